@@ -1,0 +1,107 @@
+SET LOCAL ROLE reflect_owner;
+
+-- Registers a GGUF the worker may serve. Idempotent on (name, sha256): re-registering the same file under
+-- the same name returns its id; the same name with another hash is an error (versions are immutable).
+CREATE OR REPLACE FUNCTION reflect.register_model_version_v1(
+  p_name text,
+  p_gguf_path text,
+  p_sha256 text,
+  p_source text,
+  p_n_ctx integer DEFAULT 4096,
+  p_parent text DEFAULT NULL,
+  p_activate boolean DEFAULT false
+)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_id integer;
+  v_sha text;
+  v_parent integer;
+BEGIN
+  IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
+    RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF p_sha256 IS NULL OR p_sha256 !~ '^[0-9a-f]{64}$' THEN
+    RAISE EXCEPTION 'sha256 must be 64 lowercase hex digits' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_parent IS NOT NULL THEN
+    SELECT id INTO v_parent FROM reflect.model_versions WHERE name = p_parent;
+    IF v_parent IS NULL THEN
+      RAISE EXCEPTION 'unknown parent model version "%"', p_parent USING ERRCODE = 'PR003';
+    END IF;
+  END IF;
+
+  SELECT id, sha256 INTO v_id, v_sha FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
+  IF v_id IS NOT NULL AND v_sha <> p_sha256 THEN
+    RAISE EXCEPTION 'model version "%" is already registered with another sha256', p_name
+      USING ERRCODE = 'PR001', HINT = 'register the new file under a new name';
+  END IF;
+  IF v_id IS NULL THEN
+    INSERT INTO reflect.model_versions (name, gguf_path, source, sha256, n_ctx, parent_id)
+    VALUES (p_name, p_gguf_path, coalesce(p_source, 'path'), p_sha256, coalesce(p_n_ctx, 4096), v_parent)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING id INTO v_id;
+    IF v_id IS NULL THEN  -- a concurrent registration of the same name won the race
+      RETURN reflect.register_model_version_v1(p_name, p_gguf_path, p_sha256, p_source, p_n_ctx, p_parent,
+                                                p_activate);
+    END IF;
+  ELSE
+    UPDATE reflect.model_versions SET gguf_path = p_gguf_path WHERE id = v_id;  -- the file may have moved
+  END IF;
+  IF p_activate OR NOT EXISTS (SELECT FROM reflect.model_versions WHERE is_active) THEN
+    PERFORM reflect.activate_model_version_v1(p_name);
+  END IF;
+  RETURN v_id;
+END
+$$;
+
+-- Makes p_name the default version for requests that name none. Compare-and-set: takes the row lock of
+-- the currently active version first, so two concurrent activations serialise.
+CREATE OR REPLACE FUNCTION reflect.activate_model_version_v1(p_name text)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_id integer;
+BEGIN
+  PERFORM 1 FROM reflect.model_versions WHERE is_active FOR UPDATE;
+  SELECT id INTO v_id FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
+  IF v_id IS NULL THEN
+    RAISE EXCEPTION 'unknown model version "%"', p_name USING ERRCODE = 'PR003';
+  END IF;
+  UPDATE reflect.model_versions SET is_active = false WHERE is_active AND id <> v_id;
+  UPDATE reflect.model_versions SET is_active = true WHERE id = v_id AND NOT is_active;
+  RETURN v_id;
+END
+$$;
+
+-- What a worker needs to load the versions it serves (all registered ones when p_names is NULL).
+CREATE OR REPLACE FUNCTION reflect.model_versions_to_serve_v1(p_names text[] DEFAULT NULL)
+RETURNS TABLE (id integer, name text, gguf_path text, sha256 text, n_ctx integer, is_active boolean)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_missing text;
+BEGIN
+  IF p_names IS NOT NULL THEN
+    SELECT n INTO v_missing FROM unnest(p_names) n
+    WHERE NOT EXISTS (SELECT FROM reflect.model_versions mv WHERE mv.name = n) LIMIT 1;
+    IF v_missing IS NOT NULL THEN
+      RAISE EXCEPTION 'unknown model version "%"', v_missing USING ERRCODE = 'PR003';
+    END IF;
+  END IF;
+  RETURN QUERY
+  SELECT mv.id, mv.name, mv.gguf_path, mv.sha256, mv.n_ctx, mv.is_active
+  FROM reflect.model_versions mv
+  WHERE p_names IS NULL OR mv.name = ANY (p_names)
+  ORDER BY mv.is_active DESC, mv.id;
+END
+$$;

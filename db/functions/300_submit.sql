@@ -1,0 +1,228 @@
+SET LOCAL ROLE reflect_owner;
+
+-- Validates generation parameters and fills in defaults, so the worker receives a complete, checked
+-- object and never decides a default itself. Unknown keys are errors (a typo must not be ignored).
+CREATE OR REPLACE FUNCTION reflect._normalize_params(p jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_key text;
+  v_out jsonb;
+  v_limit integer := reflect._setting_int('max_tokens_limit');
+  v_stop jsonb;
+BEGIN
+  p := coalesce(p, '{}'::jsonb);
+  IF jsonb_typeof(p) <> 'object' THEN
+    RAISE EXCEPTION 'params must be a JSON object' USING ERRCODE = 'PR001';
+  END IF;
+  SELECT k INTO v_key FROM jsonb_object_keys(p) k
+  WHERE k NOT IN ('max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop') LIMIT 1;
+  IF v_key IS NOT NULL THEN
+    RAISE EXCEPTION 'unknown generation parameter "%"', left(v_key, 40) USING ERRCODE = 'PR001',
+      HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop';
+  END IF;
+
+  v_out := jsonb_build_object(
+    'max_tokens', reflect._param_number(p, 'max_tokens', 1, v_limit, true,
+                                        reflect._setting_int('max_tokens_default')),
+    'temperature', reflect._param_number(p, 'temperature', 0, 2, false, 0),
+    'top_p', reflect._param_number(p, 'top_p', 0.000001, 1, false, 1),
+    'top_k', reflect._param_number(p, 'top_k', 0, 100000, true, 0),
+    'seed', reflect._param_number(p, 'seed', 0, 2147483647, true, NULL)
+  );
+  v_stop := coalesce(p -> 'stop', '[]'::jsonb);
+  IF jsonb_typeof(v_stop) = 'string' THEN
+    v_stop := jsonb_build_array(v_stop);
+  END IF;
+  IF jsonb_typeof(v_stop) <> 'array' OR jsonb_array_length(v_stop) > 4
+     OR EXISTS (SELECT FROM jsonb_array_elements(v_stop) e
+                WHERE jsonb_typeof(e) <> 'string' OR length(e #>> '{}') NOT BETWEEN 1 AND 64) THEN
+    RAISE EXCEPTION 'stop must be a string or a list of at most 4 strings of 1 to 64 characters'
+      USING ERRCODE = 'PR001';
+  END IF;
+  RETURN v_out || jsonb_build_object('stop', v_stop);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION reflect._param_number(
+  p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric
+)
+RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v jsonb := p -> p_name;
+  n numeric;
+BEGIN
+  IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+    RETURN p_default;
+  END IF;
+  IF jsonb_typeof(v) <> 'number' THEN
+    RAISE EXCEPTION '% must be a number', p_name USING ERRCODE = 'PR001';
+  END IF;
+  n := (v #>> '{}')::numeric;
+  IF p_integer AND n <> trunc(n) THEN
+    RAISE EXCEPTION '% must be an integer', p_name USING ERRCODE = 'PR001';
+  END IF;
+  IF n < p_min OR n > p_max THEN
+    RAISE EXCEPTION '% must be between % and %', p_name, p_min, p_max USING ERRCODE = 'PR001';
+  END IF;
+  RETURN n;
+END
+$$;
+
+-- The app's way in. Encrypts prompt and system prompt with the session's current key, resolves the model
+-- version (the active one when none is named) and queues the request. With an idempotency key that this
+-- role already used, returns the original request's id and writes nothing (whatever the prompt).
+CREATE OR REPLACE FUNCTION reflect.submit_v1(
+  p_prompt text,
+  p_system_prompt text DEFAULT NULL,
+  p_params jsonb DEFAULT NULL,
+  p_idempotency_key text DEFAULT NULL,
+  p_caller text DEFAULT NULL,
+  p_model_version text DEFAULT NULL
+)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_max integer := reflect._setting_int('max_prompt_chars');
+  v_key_id text;
+  v_model integer;
+  v_params jsonb;
+  v_id bigint;
+BEGIN
+  IF p_prompt IS NULL OR btrim(p_prompt, E' \t\r\n') = '' THEN
+    RAISE EXCEPTION 'prompt must not be empty' USING ERRCODE = 'PR001';
+  END IF;
+  IF length(p_prompt) > v_max THEN
+    RAISE EXCEPTION 'prompt is % characters long; the limit is %', length(p_prompt), v_max
+      USING ERRCODE = 'PR001', HINT = 'the limit is the max_prompt_chars setting';
+  END IF;
+  IF length(p_system_prompt) > v_max THEN
+    RAISE EXCEPTION 'system prompt is % characters long; the limit is %', length(p_system_prompt), v_max
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF p_idempotency_key IS NOT NULL AND length(p_idempotency_key) NOT BETWEEN 1 AND 200 THEN
+    RAISE EXCEPTION 'idempotency key must be 1 to 200 characters' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_caller IS NOT NULL AND length(p_caller) NOT BETWEEN 1 AND 200 THEN
+    RAISE EXCEPTION 'caller must be 1 to 200 characters' USING ERRCODE = 'PR001';
+  END IF;
+  v_params := reflect._normalize_params(p_params);
+
+  IF p_model_version IS NULL THEN
+    SELECT id INTO v_model FROM reflect.model_versions WHERE is_active;
+    IF v_model IS NULL THEN
+      RAISE EXCEPTION 'no active model version' USING ERRCODE = 'PR003',
+        HINT = 'register one: pgreflect models install-default, or pgreflect models register';
+    END IF;
+  ELSE
+    SELECT id INTO v_model FROM reflect.model_versions WHERE name = p_model_version;
+    IF v_model IS NULL THEN
+      RAISE EXCEPTION 'unknown model version "%"', left(p_model_version, 100) USING ERRCODE = 'PR003';
+    END IF;
+  END IF;
+
+  IF p_idempotency_key IS NOT NULL THEN
+    SELECT id INTO v_id FROM reflect.requests
+    WHERE submitted_by = session_user AND idempotency_key = p_idempotency_key;
+    IF v_id IS NOT NULL THEN
+      RETURN v_id;
+    END IF;
+  END IF;
+
+  v_key_id := reflect._current_key_id();
+  INSERT INTO reflect.requests
+    (key_id, prompt_enc, system_prompt_enc, params, idempotency_key, caller, submitted_by,
+     model_version_id, max_attempts)
+  VALUES
+    (v_key_id, reflect._encrypt(p_prompt, v_key_id), reflect._encrypt(p_system_prompt, v_key_id), v_params,
+     p_idempotency_key, p_caller, session_user, v_model, reflect._setting_int('max_attempts'))
+  ON CONFLICT (submitted_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+  RETURNING id INTO v_id;
+
+  IF v_id IS NULL THEN  -- a concurrent insert with the same idempotency key committed first
+    SELECT id INTO v_id FROM reflect.requests
+    WHERE submitted_by = session_user AND idempotency_key = p_idempotency_key;
+  END IF;
+  RETURN v_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION reflect._requests_after_insert()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  INSERT INTO reflect.request_events (request_id, event, attempt, detail)
+  VALUES (NEW.id, 'submitted', 0, NEW.caller);
+  -- The payload is the id only: NOTIFY payloads are visible to every LISTENer.
+  PERFORM pg_notify('needs_inference', NEW.id::text);
+  RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER _900_notify_needs_inference
+  AFTER INSERT ON reflect.requests
+  FOR EACH ROW EXECUTE FUNCTION reflect._requests_after_insert();
+
+-- The app's window: plaintext in, plaintext out, only its own requests (by login role), decrypted with
+-- the keys its session loaded. security_barrier: the row filter runs before any user-supplied function
+-- in a WHERE clause, so no leaky function sees another role's decrypted rows.
+CREATE OR REPLACE VIEW reflect.app_requests WITH (security_barrier) AS
+SELECT
+  r.id,
+  reflect._decrypt_or_null(r.prompt_enc, r.key_id) AS prompt,
+  reflect._decrypt_or_null(r.system_prompt_enc, r.key_id) AS system_prompt,
+  r.params,
+  r.idempotency_key,
+  r.caller,
+  mv.name AS model_version,
+  r.state::text AS state,
+  r.attempts,
+  r.last_error,
+  r.created_at,
+  r.finished_at,
+  reflect._decrypt_or_null(a.answer_enc, a.key_id) AS answer,
+  a.finish_reason,
+  a.completion_tokens AS tokens,
+  a.tokens_per_s,
+  a.logprob_mean,
+  a.logprob_min,
+  a.logprob_norm AS confidence,
+  a.prompt_tokens,
+  a.queue_wait_ms,
+  a.prompt_eval_ms,
+  a.generation_ms
+FROM reflect.requests r
+JOIN reflect.model_versions mv ON mv.id = r.model_version_id
+LEFT JOIN reflect.answers a ON a.request_id = r.id
+WHERE r.submitted_by = session_user;
+
+CREATE OR REPLACE FUNCTION reflect._app_requests_insert()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF NEW.id IS NOT NULL OR NEW.answer IS NOT NULL OR NEW.state IS NOT NULL THEN
+    RAISE EXCEPTION 'only prompt, system_prompt, params, idempotency_key, caller and model_version can be inserted'
+      USING ERRCODE = 'PR001';
+  END IF;
+  NEW.id := reflect.submit_v1(NEW.prompt, NEW.system_prompt, NEW.params, NEW.idempotency_key, NEW.caller,
+                              NEW.model_version);
+  SELECT * INTO NEW FROM reflect.app_requests WHERE id = NEW.id;
+  RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER _100_submit
+  INSTEAD OF INSERT ON reflect.app_requests
+  FOR EACH ROW EXECUTE FUNCTION reflect._app_requests_insert();

@@ -1,0 +1,309 @@
+SET LOCAL ROLE reflect_owner;
+
+-- Request state machine (docs/state-machine.md):
+--   queued --claim_v1--> running --complete_v1--> succeeded
+--   running --fail_v1 (retryable, attempts left)--> queued (run_after = now + backoff)
+--   running --fail_v1 (final or no attempts left)--> failed
+--   running --release_v1 (worker shutting down)--> queued (the attempt is given back)
+--   running --reap_expired_v1 (lease expired: crashed worker)--> queued, or failed with no attempts left
+-- Every transition out of running is compare-and-set on (state = 'running', lease_token) and raises
+-- PR002 otherwise, so a worker whose lease was taken away can never overwrite the new owner's work.
+
+CREATE OR REPLACE FUNCTION reflect._check_lease_seconds(p_lease_seconds integer)
+RETURNS interval
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF p_lease_seconds IS NULL OR p_lease_seconds NOT BETWEEN 1 AND 86400 THEN
+    RAISE EXCEPTION 'lease must be between 1 and 86400 seconds' USING ERRCODE = 'PR001';
+  END IF;
+  RETURN make_interval(secs => p_lease_seconds);
+END
+$$;
+
+-- Claims up to p_limit queued requests for the given model versions (all when NULL), oldest first.
+-- Requests whose key this session has not loaded are left for a worker that has it. The prompt is
+-- decrypted here and returned as a result column (results are never logged).
+CREATE OR REPLACE FUNCTION reflect.claim_v1(
+  p_worker_id text,
+  p_limit integer,
+  p_lease_seconds integer,
+  p_model_version_ids integer[] DEFAULT NULL
+)
+RETURNS TABLE (
+  request_id bigint,
+  lease_token uuid,
+  attempt integer,
+  model_version_id integer,
+  prompt text,
+  system_prompt text,
+  params jsonb,
+  queue_wait_ms double precision
+)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_lease interval := reflect._check_lease_seconds(p_lease_seconds);
+BEGIN
+  IF p_worker_id IS NULL OR length(p_worker_id) NOT BETWEEN 1 AND 200 THEN
+    RAISE EXCEPTION 'worker id must be 1 to 200 characters' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+    RAISE EXCEPTION 'claim limit must be between 1 and 1000' USING ERRCODE = 'PR001';
+  END IF;
+
+  RETURN QUERY
+  WITH picked AS (
+    SELECT r.id
+    FROM reflect.requests r
+    WHERE r.state = 'queued'
+      AND r.run_after <= now()
+      AND (p_model_version_ids IS NULL OR r.model_version_id = ANY (p_model_version_ids))
+      AND reflect._key(r.key_id) IS NOT NULL
+    ORDER BY r.id
+    LIMIT p_limit
+    FOR UPDATE SKIP LOCKED
+  ), claimed AS (
+    UPDATE reflect.requests r
+    SET state = 'running',
+        attempts = r.attempts + 1,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = clock_timestamp() + v_lease,
+        worker_id = p_worker_id,
+        claimed_at = clock_timestamp()
+    FROM picked
+    WHERE r.id = picked.id
+    RETURNING r.*
+  ), logged AS (
+    INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
+    SELECT c.id, 'claimed', c.attempts, p_worker_id FROM claimed c
+  )
+  SELECT c.id, c.lease_token, c.attempts, c.model_version_id,
+         reflect._decrypt(c.prompt_enc, c.key_id),
+         reflect._decrypt(c.system_prompt_enc, c.key_id),
+         c.params,
+         extract(epoch FROM (c.claimed_at - c.created_at))::double precision * 1000
+  FROM claimed c
+  ORDER BY c.id;
+END
+$$;
+
+-- Extends the leases still held; returns the ids whose lease was extended. An id missing from the result
+-- was lost (reaped after expiry, or finished) and its work must be abandoned.
+CREATE OR REPLACE FUNCTION reflect.heartbeat_v1(
+  p_request_ids bigint[],
+  p_lease_tokens uuid[],
+  p_lease_seconds integer
+)
+RETURNS SETOF bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_lease interval := reflect._check_lease_seconds(p_lease_seconds);
+BEGIN
+  IF cardinality(p_request_ids) IS DISTINCT FROM cardinality(p_lease_tokens) THEN
+    RAISE EXCEPTION 'request ids and lease tokens must have the same length' USING ERRCODE = 'PR001';
+  END IF;
+  RETURN QUERY
+  UPDATE reflect.requests r
+  SET lease_expires_at = clock_timestamp() + v_lease
+  FROM unnest(p_request_ids, p_lease_tokens) AS h(id, token)
+  WHERE r.id = h.id AND r.state = 'running' AND r.lease_token = h.token
+  RETURNING r.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid)
+RETURNS reflect.requests
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r reflect.requests;
+BEGIN
+  SELECT * INTO r FROM reflect.requests
+  WHERE id = p_request_id AND state = 'running' AND lease_token = p_lease_token
+  FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'stale lease: request % is not running under this lease token', p_request_id
+      USING ERRCODE = 'PR002',
+            HINT = 'the lease expired and the request was re-queued or finished elsewhere; drop this work';
+  END IF;
+  RETURN r;
+END
+$$;
+
+-- Records the answer and finishes the request. Log-probability summaries are computed here from the
+-- per-token values so every consumer reads one definition.
+CREATE OR REPLACE FUNCTION reflect.complete_v1(
+  p_request_id bigint,
+  p_lease_token uuid,
+  p_answer text,
+  p_finish_reason text,
+  p_prompt_tokens integer,
+  p_token_logprobs real[],
+  p_prompt_eval_ms double precision,
+  p_generation_ms double precision
+)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r reflect.requests;
+  v_n integer := coalesce(cardinality(p_token_logprobs), 0);
+  v_mean double precision;
+  v_min double precision;
+BEGIN
+  IF p_answer IS NULL THEN
+    RAISE EXCEPTION 'answer must not be NULL' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_finish_reason IS NULL OR p_finish_reason NOT IN ('stop', 'length', 'stop_sequence') THEN
+    RAISE EXCEPTION 'finish reason must be stop, length or stop_sequence' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_token_logprobs IS NULL OR array_position(p_token_logprobs, NULL) IS NOT NULL
+     OR EXISTS (SELECT FROM unnest(p_token_logprobs) lp WHERE lp > 0 OR lp = 'NaN' OR lp = '-Infinity') THEN
+    RAISE EXCEPTION 'token log-probabilities must be finite and <= 0' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_prompt_tokens IS NULL OR p_prompt_tokens < 0 OR p_prompt_eval_ms IS NULL OR p_prompt_eval_ms < 0
+     OR p_generation_ms IS NULL OR p_generation_ms < 0 THEN
+    RAISE EXCEPTION 'token counts and timings must be non-negative' USING ERRCODE = 'PR001';
+  END IF;
+
+  r := reflect._take_lease(p_request_id, p_lease_token);
+
+  SELECT avg(lp), min(lp) INTO v_mean, v_min FROM unnest(p_token_logprobs) lp;
+
+  INSERT INTO reflect.answers
+    (request_id, attempt, key_id, answer_enc, model_version_id, worker_id, finish_reason, prompt_tokens,
+     completion_tokens, token_logprobs, logprob_mean, logprob_min, logprob_norm, queue_wait_ms,
+     prompt_eval_ms, generation_ms, tokens_per_s)
+  VALUES
+    (r.id, r.attempts, r.key_id, reflect._encrypt(p_answer, r.key_id), r.model_version_id, r.worker_id,
+     p_finish_reason, p_prompt_tokens, v_n, p_token_logprobs, v_mean, v_min, exp(v_mean),
+     extract(epoch FROM (r.claimed_at - r.created_at)) * 1000, p_prompt_eval_ms, p_generation_ms,
+     CASE WHEN p_generation_ms > 0 THEN v_n / (p_generation_ms / 1000) END);
+
+  UPDATE reflect.requests
+  SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
+      last_error = NULL
+  WHERE id = r.id;
+
+  INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
+  VALUES (r.id, 'succeeded', r.attempts, r.worker_id);
+  PERFORM pg_notify('request_done', r.id::text);
+END
+$$;
+
+-- Records a failed attempt. Retryable failures go back to the queue after a backoff while attempts are
+-- left; otherwise (or with p_retryable = false, for errors that will not go away, such as a prompt longer
+-- than the context) the request is marked failed with the reason.
+CREATE OR REPLACE FUNCTION reflect.fail_v1(
+  p_request_id bigint,
+  p_lease_token uuid,
+  p_error text,
+  p_retryable boolean DEFAULT true
+)
+RETURNS reflect.request_state
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r reflect.requests;
+  v_error text := left(coalesce(nullif(p_error, ''), 'unknown error'), 1000);
+  v_backoff double precision;
+BEGIN
+  r := reflect._take_lease(p_request_id, p_lease_token);
+  IF coalesce(p_retryable, true) AND r.attempts < r.max_attempts THEN
+    v_backoff := least(reflect._setting_int('retry_max_s'),
+                       reflect._setting_int('retry_base_s') * 2 ^ (r.attempts - 1));
+    UPDATE reflect.requests
+    SET state = 'queued', lease_token = NULL, lease_expires_at = NULL, last_error = v_error,
+        run_after = clock_timestamp() + make_interval(secs => v_backoff)
+    WHERE id = r.id;
+    INSERT INTO reflect.request_events (request_id, event, attempt, worker_id, detail)
+    VALUES (r.id, 'retry', r.attempts, r.worker_id, v_error);
+    RETURN 'queued';
+  END IF;
+  UPDATE reflect.requests
+  SET state = 'failed', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
+      last_error = CASE WHEN coalesce(p_retryable, true)
+                        THEN format('gave up after %s attempts: %s', r.attempts, v_error)
+                        ELSE v_error END
+  WHERE id = r.id;
+  INSERT INTO reflect.request_events (request_id, event, attempt, worker_id, detail)
+  VALUES (r.id, 'failed', r.attempts, r.worker_id, v_error);
+  PERFORM pg_notify('request_done', r.id::text);
+  RETURN 'failed';
+END
+$$;
+
+-- Gives a claimed request back untouched (graceful shutdown): queued at once, and the attempt that was
+-- interrupted does not count.
+CREATE OR REPLACE FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r reflect.requests;
+BEGIN
+  r := reflect._take_lease(p_request_id, p_lease_token);
+  UPDATE reflect.requests
+  SET state = 'queued', lease_token = NULL, lease_expires_at = NULL, run_after = clock_timestamp(),
+      attempts = greatest(r.attempts - 1, 0)
+  WHERE id = r.id;
+  INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
+  VALUES (r.id, 'released', r.attempts, r.worker_id);
+  PERFORM pg_notify('needs_inference', r.id::text);
+END
+$$;
+
+-- Re-queues requests whose lease expired (their worker crashed or stalled past its heartbeat), or fails
+-- them when no attempts are left. Run every minute by pg_cron and by each worker as a backstop.
+CREATE OR REPLACE FUNCTION reflect.reap_expired_v1()
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_n integer;
+BEGIN
+  WITH expired AS (
+    SELECT id FROM reflect.requests
+    WHERE state = 'running' AND lease_expires_at < clock_timestamp()
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+  ), moved AS (
+    UPDATE reflect.requests r
+    SET state = CASE WHEN r.attempts < r.max_attempts THEN 'queued' ELSE 'failed' END::reflect.request_state,
+        lease_token = NULL,
+        lease_expires_at = NULL,
+        run_after = clock_timestamp(),
+        finished_at = CASE WHEN r.attempts < r.max_attempts THEN NULL ELSE clock_timestamp() END,
+        last_error = CASE WHEN r.attempts < r.max_attempts
+                          THEN format('lease of worker %s expired on attempt %s', r.worker_id, r.attempts)
+                          ELSE format('gave up after %s attempts: lease of worker %s expired',
+                                      r.attempts, r.worker_id) END
+    FROM expired
+    WHERE r.id = expired.id
+    RETURNING r.id, r.state, r.attempts, r.worker_id
+  ), logged AS (
+    INSERT INTO reflect.request_events (request_id, event, attempt, worker_id, detail)
+    SELECT id, 'lease_expired', attempts, worker_id, state::text FROM moved
+  )
+  SELECT count(pg_notify(CASE WHEN state = 'queued' THEN 'needs_inference' ELSE 'request_done' END,
+                         id::text))
+  INTO v_n FROM moved;
+  RETURN v_n;
+END
+$$;

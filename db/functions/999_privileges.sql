@@ -1,0 +1,35 @@
+-- Privileges, applied last on every deploy. Golden test: tests/test_privileges.py.
+SET LOCAL ROLE reflect_owner;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA reflect FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA reflect FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA reflect FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA reflect TO reflect_app, reflect_worker, reflect_analyst;
+
+-- app: submit (function or view), read its own requests and answers
+GRANT EXECUTE ON FUNCTION reflect.use_key_v1(text, text, boolean) TO reflect_app, reflect_worker;
+GRANT EXECUTE ON FUNCTION reflect.submit_v1(text, text, jsonb, text, text, text) TO reflect_app;
+GRANT EXECUTE ON FUNCTION reflect._decrypt_or_null(bytea, text) TO reflect_app;
+GRANT SELECT, INSERT ON reflect.app_requests TO reflect_app;
+
+-- worker: the lifecycle functions, nothing else
+GRANT EXECUTE ON FUNCTION
+  reflect.model_versions_to_serve_v1(text[]),
+  reflect.claim_v1(text, integer, integer, integer[]),
+  reflect.heartbeat_v1(bigint[], uuid[], integer),
+  reflect.complete_v1(bigint, uuid, text, text, integer, real[], double precision, double precision),
+  reflect.fail_v1(bigint, uuid, text, boolean),
+  reflect.release_v1(bigint, uuid),
+  reflect.reap_expired_v1()
+TO reflect_worker;
+
+-- analyst: the measurement views only (no plaintext, no ciphertext)
+GRANT SELECT ON reflect.request_metrics, reflect.model_version_daily, reflect.queue_status,
+  reflect.model_version_registry, reflect.request_audit TO reflect_analyst;
+GRANT SELECT ON reflect.queue_status, reflect.model_version_registry TO reflect_app, reflect_worker;
+
+GRANT EXECUTE ON FUNCTION reflect.worker_seen_v1(text, integer[], integer, text),
+  reflect.worker_stopped_v1(text) TO reflect_worker;
+GRANT EXECUTE ON FUNCTION reflect.live_worker_count_v1(text) TO reflect_app, reflect_worker;
+GRANT SELECT ON reflect.worker_status TO reflect_analyst;

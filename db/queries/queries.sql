@@ -1,0 +1,86 @@
+-- Every runtime query of the Python side, loaded by name (pgreflect/sql.py). Parameters are always bind
+-- parameters (%(name)s): keys and prompts never become part of a statement's text.
+
+-- name: use_key
+SELECT reflect.use_key_v1(%(key_id)s, %(key)s, %(current)s);
+
+-- name: logging_settings
+SELECT current_setting('log_parameter_max_length')::int AS log_parameter_max_length,
+       current_setting('log_parameter_max_length_on_error')::int AS log_parameter_max_length_on_error;
+
+-- name: models_to_serve
+SELECT id, name, gguf_path, sha256, n_ctx, is_active FROM reflect.model_versions_to_serve_v1(%(names)s);
+
+-- name: listen
+LISTEN needs_inference;
+
+-- name: listen_done
+LISTEN request_done;
+
+-- name: claim
+SELECT request_id, lease_token, attempt, model_version_id, prompt, system_prompt, params, queue_wait_ms
+FROM reflect.claim_v1(%(worker_id)s, %(limit)s, %(lease_seconds)s, %(model_version_ids)s);
+
+-- name: heartbeat
+SELECT heartbeat_v1 AS request_id
+FROM reflect.heartbeat_v1(%(request_ids)s, %(lease_tokens)s, %(lease_seconds)s);
+
+-- name: complete
+SELECT reflect.complete_v1(%(request_id)s, %(lease_token)s, %(answer)s, %(finish_reason)s,
+                           %(prompt_tokens)s, %(token_logprobs)s::real[], %(prompt_eval_ms)s,
+                           %(generation_ms)s);
+
+-- name: fail
+SELECT reflect.fail_v1(%(request_id)s, %(lease_token)s, %(error)s, %(retryable)s) AS state;
+
+-- name: release
+SELECT reflect.release_v1(%(request_id)s, %(lease_token)s);
+
+-- name: reap_expired
+SELECT reflect.reap_expired_v1() AS reaped;
+
+-- name: worker_seen
+SELECT reflect.worker_seen_v1(%(worker_id)s, %(model_version_ids)s, %(pid)s, %(hostname)s);
+
+-- name: worker_stopped
+SELECT reflect.worker_stopped_v1(%(worker_id)s);
+
+-- name: live_workers
+SELECT reflect.live_worker_count_v1(%(model_version)s) AS n;
+
+-- name: submit_via_view
+INSERT INTO reflect.app_requests (prompt, system_prompt, params, idempotency_key, caller, model_version)
+VALUES (%(prompt)s, %(system_prompt)s, %(params)s, %(idempotency_key)s, %(caller)s, %(model_version)s)
+RETURNING id, state;
+
+-- name: app_request
+SELECT id, state, attempts, last_error, model_version, answer, finish_reason, tokens, tokens_per_s,
+       logprob_mean, logprob_min, confidence, prompt_tokens, queue_wait_ms, prompt_eval_ms, generation_ms,
+       created_at, finished_at
+FROM reflect.app_requests WHERE id = %(id)s;
+
+-- name: register_model
+SELECT reflect.register_model_version_v1(%(name)s, %(gguf_path)s, %(sha256)s, %(source)s, %(n_ctx)s,
+                                         %(parent)s, %(activate)s) AS id;
+
+-- name: activate_model
+SELECT reflect.activate_model_version_v1(%(name)s) AS id;
+
+-- name: list_models
+SELECT id, name, source, sha256, parent, n_ctx, is_active, created_at
+FROM reflect.model_version_registry ORDER BY id;
+
+-- name: queue_status
+SELECT model_version, is_active, queued, waiting_retry, running, lease_expired, succeeded, failed,
+       oldest_queued_at
+FROM reflect.queue_status ORDER BY model_version;
+
+-- name: rotate_key
+SELECT reflect.rotate_key_v1(%(from_key_id)s, %(batch)s) AS rotated;
+
+-- name: ensure_login_role
+SELECT reflect.ensure_login_role_v1(%(login)s, %(group_role)s);
+
+-- name: workers
+SELECT worker_id, hostname, pid, model_versions, started_at, last_seen_at, live FROM reflect.worker_status
+ORDER BY started_at DESC LIMIT 20;

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    system_prompt: str | None
+    params: dict[str, Any]  # already validated and completed by reflect._normalize_params
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.params["max_tokens"])
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    token_logprobs: list[float]  # log P(token_i | prompt, tokens_<i) for each generated token
+    prompt_tokens: int
+    finish_reason: str  # stop | length | stop_sequence
+    prompt_eval_s: float
+    generation_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BackendError(Exception):
+    """A generation failed. retryable=False for errors that another attempt cannot fix."""
+
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Cancelled(Exception):
+    """The worker asked the generation to stop (shutdown, or the lease was lost)."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,161 @@
+"""llama-cpp-python backend with exact, cheap per-token log-probabilities.
+
+Why not llama-cpp-python's own `logprobs=`: it needs logits_all=True, which keeps n_ctx x n_vocab floats
+(1.2 GB for Qwen2.5 at n_ctx 2048) and sorts the whole vocabulary in Python per token (0.7-16 tok/s
+measured), and its logprobs have been reported shifted by one position. This loop keeps
+logits_all=False, reads the logits of the last evaluated position (llama_get_logits_ith(ctx, -1): the
+distribution of the NEXT token), picks the token, records log_softmax(logits)[token] for THAT token,
+then evaluates it. tests/test_llama_backend.py checks each value against an independent full-sequence
+pass, so a shift by one position fails the test.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from pgreflect.backends.base import BackendError, Cancelled, Generation, GenerationRequest
+from pgreflect.sampling import choose_token, token_logprob
+
+# Used when a GGUF carries no chat template (base models): ChatML, which most small instruct models use.
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class LlamaBackend:
+    name = "llama"
+
+    def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
+                 n_batch: int = 512):
+        self.model_path = str(model_path)
+        self.llm = llama_cpp.Llama(
+            model_path=self.model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
+            n_threads_batch=n_threads, logits_all=False, verbose=False,
+        )
+        self.n_ctx = self.llm.n_ctx()
+        self.n_vocab = self.llm.n_vocab()
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        model = self.llm._model
+        template = self.llm.metadata.get("tokenizer.chat_template") or FALLBACK_TEMPLATE
+        self.formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else "",
+            bos_token=model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else "",
+            add_generation_prompt=True,
+        )
+        self._lock = threading.Lock()
+        self._evaluated: list[int] = []  # tokens whose KV entries the context holds, for prefix reuse
+
+    def prompt_tokens(self, prompt: str, system_prompt: str | None) -> list[int]:
+        messages = []
+        if system_prompt:
+            messages.append({"role": "system", "content": system_prompt})
+        messages.append({"role": "user", "content": prompt})
+        text = self.formatter(messages=messages).prompt
+        # The template already writes any BOS it wants (added_special), as llama-cpp-python's own chat path.
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def _last_logits(self) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def _eval_prompt(self, tokens: list[int]) -> None:
+        # Reuse the KV cache of a shared prefix (same system prompt / chat header); at least one token is
+        # always evaluated so that fresh logits exist.
+        keep = 0
+        for a, b in zip(self._evaluated, tokens[:-1], strict=False):
+            if a != b:
+                break
+            keep += 1
+        self.llm.n_tokens = keep
+        self._evaluated = self._evaluated[:keep]
+        self.llm.eval(tokens[keep:])
+        self._evaluated.extend(tokens[keep:])
+
+    def _eval_token(self, token: int) -> None:
+        self.llm.eval([token])
+        self._evaluated.append(token)
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
+        with self._lock:
+            try:
+                return self._generate(request, cancel)
+            except BaseException:
+                self._evaluated = []  # the KV cache may not match any more: no prefix reuse next time
+                raise
+
+    def _generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
+        p = request.params
+        tokens = self.prompt_tokens(request.prompt, request.system_prompt)
+        max_tokens = int(p["max_tokens"])
+        if len(tokens) + 1 > self.n_ctx:
+            raise BackendError(
+                f"prompt is {len(tokens)} tokens; this model version's context is {self.n_ctx}",
+                retryable=False,
+            )
+        budget = min(max_tokens, self.n_ctx - len(tokens))
+        temperature = float(p.get("temperature") or 0.0)
+        top_k = int(p.get("top_k") or 0)
+        top_p = float(p.get("top_p") or 1.0)
+        seed = p.get("seed")
+        rng = np.random.default_rng(None if seed is None else int(seed))
+        stops: list[str] = list(p.get("stop") or [])
+
+        t0 = time.perf_counter()
+        self._eval_prompt(tokens)
+        t1 = time.perf_counter()
+
+        out: list[int] = []
+        logprobs: list[float] = []
+        finish = "length"
+        text_bytes = b""
+        stop_at: int | None = None
+        for _ in range(budget):
+            if cancel.is_set():
+                raise Cancelled()
+            logits = self._last_logits()
+            token = choose_token(logits, temperature, top_k, top_p, rng)
+            if self.is_end_of_generation(token):
+                finish = "stop"
+                break
+            out.append(token)
+            logprobs.append(token_logprob(logits, token))
+            if stops:
+                text_bytes += self.llm.detokenize([token], prev_tokens=out[:-1])
+                decoded = text_bytes.decode("utf-8", errors="ignore")
+                hits = [i for i in (decoded.find(s) for s in stops) if i >= 0]
+                if hits:
+                    stop_at = min(hits)
+                    finish = "stop_sequence"
+                    break
+            if len(out) < budget:
+                self._eval_token(token)
+        t2 = time.perf_counter()
+
+        text = self.llm.detokenize(out).decode("utf-8", errors="replace")
+        if stop_at is not None:
+            text = text[:stop_at]
+            # Keep the log-probabilities of the tokens that produced the kept text only.
+            kept = 0
+            while kept < len(out) and len(
+                self.llm.detokenize(out[: kept + 1]).decode("utf-8", errors="ignore")
+            ) <= stop_at:
+                kept += 1
+            out, logprobs = out[:kept], logprobs[:kept]
+        return Generation(
+            text=text, token_ids=out, token_logprobs=logprobs, prompt_tokens=len(tokens),
+            finish_reason=finish, prompt_eval_s=t1 - t0, generation_s=t2 - t1,
+        )
+
+    def close(self) -> None:
+        self.llm.close()

@@ -1,0 +1,23 @@
+"""A backend that answers instantly without a model: for queue tests and benchmarks."""
+
+from __future__ import annotations
+
+import threading
+
+from pgreflect.backends.base import Cancelled, Generation, GenerationRequest
+
+
+class NoopBackend:
+    name = "noop"
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
+        if self.delay_s and cancel.wait(self.delay_s):
+            raise Cancelled()
+        return Generation(text="ok", token_ids=[0], token_logprobs=[-0.01], prompt_tokens=1,
+                          finish_reason="stop", prompt_eval_s=0.0, generation_s=0.0)
+
+    def close(self) -> None:
+        pass

