@@ -1,12 +1,11 @@
 -- pg_cron can live in one database per cluster only (cron.database_name). When this is that database,
--- make sure the extension exists and that reflect_owner may schedule (jobs then run as reflect_owner).
+-- make sure the extension exists.
 -- Elsewhere the worker's own reaper loop is the backstop, and docs/operations.md shows how to schedule
 -- the reaper from the cron database with cron.schedule_in_database.
 DO $$
 BEGIN
   IF pg_catalog.current_setting('cron.database_name', true) = pg_catalog.current_database() THEN
     CREATE EXTENSION IF NOT EXISTS pg_cron;
-    GRANT USAGE ON SCHEMA cron TO reflect_owner;
   END IF;
 END
 $$;

@@ -28,9 +28,11 @@ SELECT w.worker_id, w.hostname, w.pid,
        ARRAY(SELECT mv.name FROM reflect.model_versions mv WHERE mv.id = ANY (w.model_version_ids)
              ORDER BY mv.id) AS model_versions,
        w.started_at, w.last_seen_at, w.stopped_at,
-       w.stopped_at IS NULL
-         AND w.last_seen_at > now() - make_interval(secs => reflect._setting_int('worker_live_s')) AS live
-FROM reflect.workers w;
+       w.stopped_at IS NULL AND w.last_seen_at > now() - make_interval(secs => s.live_s) AS live
+FROM reflect.workers w
+-- The setting is read from the table, not through reflect._setting_int: a view's function calls are checked
+-- against the reader's privileges, and analysts have none on internal functions.
+CROSS JOIN (SELECT (value #>> '{}')::integer AS live_s FROM reflect.settings WHERE key = 'worker_live_s') s;
 
 -- Live workers that serve p_model_version (the active version when NULL).
 CREATE OR REPLACE FUNCTION reflect.live_worker_count_v1(p_model_version text DEFAULT NULL)

@@ -1,7 +1,9 @@
 -- Schedules (re-applied on every deploy; cron.schedule with an existing job name updates it).
 -- Only where pg_cron lives in this database (see 000_cron_extension.sql). Job commands hold no secrets:
 -- pg_cron stores and logs them.
-SET LOCAL ROLE reflect_owner;
+-- Scheduled as the deploying administrator, not reflect_owner: pg_cron's background worker connects as the
+-- job's user, and reflect_owner cannot log in (seen: 'FATAL: role "reflect_owner" is not permitted to log in').
+RESET ROLE;
 
 DO $$
 BEGIN

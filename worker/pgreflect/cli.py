@@ -52,7 +52,7 @@ def setup(quiet: bool = True) -> None:
     """Cluster up (local mode), schema migrated, login roles, keyring, default model registered."""
     from pgreflect import keys
     from pgreflect.db import LOGIN_ROLES, dsns
-    from pgreflect.migrate import migrate_with_retry
+    from pgreflect.migrate import migrate
 
     say = (lambda *_: None) if quiet else (lambda msg: print(f"[setup] {msg}", file=sys.stderr))
     ring = keys.ensure_keyring()
@@ -68,7 +68,7 @@ def setup(quiet: bool = True) -> None:
             say(f"started PostgreSQL (socket {cluster.socket_dir}, port {cluster.port})")
         cluster.wait_ready()
         cluster.ensure_database()
-    result = migrate_with_retry(d.admin)
+    result = migrate(d.admin)
     say(f"migrations applied: {result.applied or 'none new'}; {len(result.functions)} function files")
     if d.local:
         import psycopg
@@ -124,9 +124,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pgreflect.db import dsns
-    from pgreflect.migrate import migrate_with_retry
+    from pgreflect.migrate import migrate
 
-    result = migrate_with_retry(dsns().admin)
+    result = migrate(dsns().admin)
     print(json.dumps({"applied": result.applied, "functions": result.functions}))
     return 0
 
@@ -206,8 +206,8 @@ def _worker_config(args: argparse.Namespace) -> Any:
         worker_id=args.worker_id or default_worker_id(), backend=args.backend, concurrency=args.concurrency,
         poll_interval=args.poll_interval, lease_seconds=args.lease_seconds,
         shutdown_timeout=args.shutdown_timeout, reap_interval=args.reap_interval,
-        model_versions=args.model_version or None, n_threads=args.threads, once=getattr(args, "once", False),
-        noop_delay_s=args.noop_delay,
+        model_versions=[mv] if isinstance(mv := args.model_version, str) else (mv or None),
+        n_threads=args.threads, once=getattr(args, "once", False), noop_delay_s=args.noop_delay,
     )
 
 
@@ -327,8 +327,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         params["temperature"] = args.temperature
     if args.seed is not None:
         params["seed"] = args.seed
-    model_version = args.model_version[0] if args.model_version else None
-    row = ask(args.prompt, system_prompt=args.system, params=params, model_version=model_version,
+    row = ask(args.prompt, system_prompt=args.system, params=params, model_version=args.model_version,
               idempotency_key=args.idempotency_key, timeout=args.timeout, inline_worker=args.inline_worker,
               worker_args=args)
     print_answer(row, args.json)
@@ -411,7 +410,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------------
-def _worker_flags(p: argparse.ArgumentParser) -> None:
+def _worker_flags(p: argparse.ArgumentParser, serve_flag: bool = True) -> None:
     _flag(p, "--backend", default="llama", choices=["llama", "noop"], help="model backend")
     _flag(p, "--concurrency", type=int, default=1, help="requests in flight at once")
     _flag(p, "--poll-interval", type=float, default=2.0, help="seconds between polls without a NOTIFY")
@@ -419,7 +418,8 @@ def _worker_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--shutdown-timeout", type=float, default=30.0,
           help="after SIGTERM, seconds to finish in-flight work before releasing it")
     _flag(p, "--reap-interval", type=float, default=15.0, help="seconds between expired-lease sweeps")
-    _flag(p, "--model-version", nargs="*", default=None, help="model versions to serve (default: all)")
+    if serve_flag:
+        _flag(p, "--model-version", nargs="*", default=None, help="model versions to serve (default: all)")
     _flag(p, "--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     _flag(p, "--worker-id", default=None, help="worker id (default: host-pid-random)")
     _flag(p, "--noop-delay", type=float, default=0.0, help="seconds the noop backend takes per request")
@@ -497,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--timeout", type=float, default=600.0, help="seconds to wait for the answer")
     _flag(p, "--inline-worker", default="auto", choices=["auto", "always", "never"],
           help="run a worker in this process: when none is live (auto), always, or never")
-    _worker_flags(p)
+    _flag(p, "--model-version", default=None, help="model version to ask (default: the active one)")
+    _worker_flags(p, serve_flag=False)
     p.set_defaults(func=cmd_ask)
     return parser
 

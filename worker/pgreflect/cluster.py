@@ -193,9 +193,11 @@ class LocalCluster:
         import psycopg
         from psycopg import sql
 
+        from pgreflect.sql import query
+
         dbname = dbname or self.dbname
         with psycopg.connect(self.dsn(dbname="postgres"), autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+            exists = conn.execute(query("database_exists"), {"dbname": dbname}).fetchone()
             if not exists:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
 

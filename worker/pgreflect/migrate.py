@@ -21,8 +21,6 @@ import psycopg
 from pgreflect.paths import db_dir
 from pgreflect.sql import query
 
-# Bootstrap statements live beside the other named queries (db/queries/migrate.sql).
-
 
 class MigrationError(RuntimeError):
     pass
@@ -54,7 +52,7 @@ def _run_file(conn: psycopg.Connection, path: Path) -> None:
         raise MigrationError(f"{path.name}: {exc}") from exc
 
 
-def migrate(dsn: str, root: Path | None = None) -> MigrationResult:
+def _migrate_once(dsn: str, root: Path | None) -> MigrationResult:
     result = MigrationResult()
     with psycopg.connect(dsn, autocommit=True) as conn:
         with conn.transaction():
@@ -93,13 +91,13 @@ def migrate(dsn: str, root: Path | None = None) -> MigrationResult:
 
 
 class _Retry(Exception):
-    pass
+    """Another migrator recorded the migration first: start over and verify what it applied."""
 
 
-def migrate_with_retry(dsn: str, root: Path | None = None, attempts: int = 3) -> MigrationResult:
+def migrate(dsn: str, root: Path | None = None, attempts: int = 5) -> MigrationResult:
     for _ in range(attempts - 1):
         try:
-            return migrate(dsn, root)
+            return _migrate_once(dsn, root)
         except _Retry:
             continue
-    return migrate(dsn, root)
+    return _migrate_once(dsn, root)

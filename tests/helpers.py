@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from conftest import Database
+from pgreflect.client import Client
+from pgreflect.keys import Keyring
+from pgreflect.worker import Worker, WorkerConfig, WorkerStats
+
+
+def worker(db: Database, keyring: Keyring, **config: Any) -> Worker:
+    config.setdefault("poll_interval", 0.2)
+    config.setdefault("model_versions", ["tiny"])
+    config.setdefault("n_threads", 2)
+    return Worker(db.dsn("worker"), WorkerConfig(**config), keyring=keyring)
+
+
+def drain(db: Database, keyring: Keyring, **config: Any) -> WorkerStats:
+    """Runs a worker in this thread until no claimable work is left."""
+    return worker(db, keyring, once=True, **config).run()
+
+
+class BackgroundWorker:
+    def __init__(self, w: Worker):
+        self.worker = w
+        self.stats: WorkerStats | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.stats = self.worker.run()
+
+    def __enter__(self) -> BackgroundWorker:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.request_stop()
+        self.thread.join(timeout=60)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def client(db: Database, keyring: Keyring) -> Client:
+    return Client(db.dsn("app"), keyring=keyring)
+
+
+GREEDY = {"temperature": 0}

@@ -1,0 +1,75 @@
+"""The CLI as a user runs it, against the test cluster; one end-to-end run of the real default model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import Database, register
+from pgreflect.keys import Keyring
+from pgreflect.models import DEFAULT_MODEL, packaged_path
+
+
+def cli(db: Database, keyring: Keyring, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pgreflect.cli", *args], env=db.env(keyring), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_ask_json_runs_its_own_worker_when_none_is_live(db: Database, keyring: Keyring) -> None:
+    out = cli(db, keyring, "ask", "--json", "--max-tokens", "5", "--model-version", "tiny", "Say hello")
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert {"id", "answer", "model_version", "tokens", "tokens_per_s", "logprob_mean"} <= answer.keys()
+    assert answer["model_version"] == "tiny" and answer["tokens"] == 5 and answer["tokens_per_s"] > 0
+    assert db.scalar("SELECT caller FROM reflect.requests WHERE id = %s", (answer["id"],)) == "pgreflect-ask"
+    # It went through the app's path: the request was submitted by the app login role.
+    assert db.scalar("SELECT submitted_by FROM reflect.requests WHERE id = %s", (answer["id"],)) == "pgreflect_app"
+
+
+def test_ask_uses_a_running_worker(db: Database, keyring: Keyring, tmp_path) -> None:
+    import signal
+
+    from test_resilience import _spawn_worker
+
+    w = _spawn_worker(db, keyring, "--model-version", "tiny", "--worker-id", "resident", "--poll-interval", "0.2",
+                      log_path=tmp_path / "w.log")
+    try:
+        from helpers import wait_for
+
+        wait_for(lambda: db.scalar("SELECT count(*) FROM reflect.worker_status WHERE live") == 1, timeout=30,
+                 what="worker to announce itself")
+        out = cli(db, keyring, "ask", "--json", "--max-tokens", "3", "--model-version", "tiny", "hi")
+        assert out.returncode == 0, out.stderr
+        rid = json.loads(out.stdout)["id"]
+        assert db.scalar("SELECT worker_id FROM reflect.answers WHERE request_id = %s", (rid,)) == "resident"
+    finally:
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(timeout=30) == 0
+    assert db.scalar("SELECT count(*) FROM reflect.worker_status WHERE live") == 0
+
+
+def test_status_and_bad_input_exit_codes(db: Database, keyring: Keyring) -> None:
+    out = cli(db, keyring, "status")
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert {q["model_version"] for q in status["queue"]} >= {"tiny", "smollm2"}
+    bad = cli(db, keyring, "ask", "--max-tokens", "0", "hello")
+    assert bad.returncode == 2 and "max_tokens must be between 1 and 4096" in bad.stderr
+    assert db.scalar("SELECT count(*) FROM reflect.requests") == 0
+
+
+@pytest.mark.realmodel
+def test_real_default_model_answers_a_factual_question(db: Database, keyring: Keyring) -> None:
+    with db.admin() as conn:
+        register(conn, DEFAULT_MODEL, packaged_path(DEFAULT_MODEL))
+    out = cli(db, keyring, "ask", "--json", "--model-version", DEFAULT_MODEL, "--max-tokens", "32",
+              "What is the capital of France? Answer in one short sentence.")
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert "Paris" in answer["answer"]
+    assert answer["model_version"] == DEFAULT_MODEL
+    assert answer["confidence"] > 0.5
+    assert answer["tokens"] == len(db.scalar("SELECT token_logprobs FROM reflect.answers WHERE request_id = %s",
+                                             (answer["id"],)))

@@ -1,0 +1,148 @@
+"""State machine: retries with backoff, final failure, expired leases (pg_cron job and worker backstop),
+heartbeats, graceful shutdown."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from conftest import CRON_DB, Database
+from helpers import BackgroundWorker, client, drain, wait_for, worker
+from pgreflect.db import connect
+from pgreflect.keys import Keyring
+from pgreflect.migrate import migrate
+from pgreflect.sql import query
+
+
+def _claim(conn: psycopg.Connection, lease: int = 60) -> list[tuple]:
+    return conn.execute(query("claim"), {"worker_id": "w-test", "limit": 10, "lease_seconds": lease,
+                                         "model_version_ids": None}).fetchall()
+
+
+def test_failed_attempts_retry_with_backoff_then_fail_with_reason(db: Database, keyring: Keyring) -> None:
+    with client(db, keyring) as c:
+        rid = c.submit("hello")
+    with connect(db.dsn("worker"), keyring=keyring) as conn:
+        for attempt in (1, 2):
+            (row,) = _claim(conn)
+            assert row[2] == attempt
+            state = conn.execute(query("fail"), {"request_id": rid, "lease_token": row[1],
+                                                 "error": "model exploded", "retryable": True}).fetchone()[0]
+            assert state == "queued"
+            delay = db.scalar("SELECT extract(epoch FROM run_after - now()) FROM reflect.requests WHERE id = %s",
+                              (rid,))
+            assert 5 * 2 ** (attempt - 1) - 1 < delay <= 5 * 2 ** (attempt - 1) + 1
+            assert _claim(conn) == []  # held back by the backoff
+            db.scalar("UPDATE reflect.requests SET run_after = now() WHERE id = %s RETURNING id", (rid,))
+        (row,) = _claim(conn)
+        assert row[2] == 3
+        state = conn.execute(query("fail"), {"request_id": rid, "lease_token": row[1],
+                                             "error": "model exploded", "retryable": True}).fetchone()[0]
+    assert state == "failed"
+    with client(db, keyring) as c:
+        final = c.get(rid)
+    assert final["state"] == "failed"
+    assert final["last_error"] == "gave up after 3 attempts: model exploded"
+    events = [r[0] for r in db.admin().execute(
+        "SELECT event FROM reflect.request_events WHERE request_id = %s ORDER BY id", (rid,))]
+    assert events == ["submitted", "claimed", "retry", "claimed", "retry", "claimed", "failed"]
+
+
+def test_non_retryable_failure_is_final_at_once(db: Database, keyring: Keyring) -> None:
+    with client(db, keyring) as c:
+        rid = c.submit("word " * 6000, params={"max_tokens": 8})  # longer than the tiny model's 4096 context
+    stats = drain(db, keyring)
+    assert stats.failed == 1
+    with client(db, keyring) as c:
+        row = c.get(rid)
+    assert row["state"] == "failed" and row["attempts"] == 1
+    assert "this model version's context is 4096" in row["last_error"]
+
+
+def test_reaper_requeues_expired_leases_and_fails_exhausted_ones(db: Database, keyring: Keyring) -> None:
+    with client(db, keyring) as c:
+        a = c.submit("a")
+        b = c.submit("b")
+    with connect(db.dsn("worker"), keyring=keyring) as conn:
+        assert len(_claim(conn, lease=1)) == 2
+        db.scalar("UPDATE reflect.requests SET attempts = max_attempts WHERE id = %s RETURNING id", (b,))
+        assert conn.execute(query("reap_expired")).fetchone()[0] == 0  # not expired yet
+        time.sleep(1.2)
+        assert conn.execute(query("reap_expired")).fetchone()[0] == 2
+    with db.admin() as conn:
+        rows = dict(conn.execute("SELECT id, state FROM reflect.requests").fetchall())
+        assert rows == {a: "queued", b: "failed"}
+        err = conn.execute("SELECT last_error FROM reflect.requests WHERE id = %s", (b,)).fetchone()[0]
+    assert err == "gave up after 3 attempts: lease of worker w-test expired"
+
+
+def test_heartbeat_keeps_a_long_generation_leased(db: Database, keyring: Keyring) -> None:
+    with client(db, keyring) as c:
+        rid = c.submit("slow")
+    # Lease 1 s, generation 3 s: without heartbeats a second worker's reaper would take it away.
+    slow = worker(db, keyring, backend="noop", noop_delay_s=3, lease_seconds=1, heartbeat_interval=0.25)
+    reaper = worker(db, keyring, backend="noop", reap_interval=0.2, worker_id="reaper")
+    with BackgroundWorker(slow), BackgroundWorker(reaper):
+        wait_for(lambda: db.scalar("SELECT state FROM reflect.requests WHERE id = %s", (rid,)) == "succeeded",
+                 timeout=20, what="completion")
+    assert db.scalar("SELECT attempts FROM reflect.requests WHERE id = %s", (rid,)) == 1
+    assert db.scalar("SELECT worker_id FROM reflect.answers WHERE request_id = %s", (rid,)) == slow.config.worker_id
+
+
+def test_graceful_shutdown_releases_unfinished_work(db: Database, keyring: Keyring) -> None:
+    with client(db, keyring) as c:
+        rid = c.submit("slow")
+    w = worker(db, keyring, backend="noop", noop_delay_s=30, shutdown_timeout=0.5)
+    with BackgroundWorker(w) as bg:
+        wait_for(lambda: db.scalar("SELECT state FROM reflect.requests WHERE id = %s", (rid,)) == "running",
+                 what="claim")
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 10
+    assert bg.stats is not None and bg.stats.released == 1
+    with db.admin() as conn:
+        state, attempts = conn.execute("SELECT state, attempts FROM reflect.requests WHERE id = %s", (rid,)).fetchone()
+    assert (state, attempts) == ("queued", 0)
+    assert drain(db, keyring, backend="noop").succeeded == 1
+
+
+def test_graceful_shutdown_lets_short_work_finish(db: Database, keyring: Keyring) -> None:
+    with client(db, keyring) as c:
+        rid = c.submit("quick enough")
+    w = worker(db, keyring, backend="noop", noop_delay_s=1.0, shutdown_timeout=10)
+    with BackgroundWorker(w):
+        wait_for(lambda: db.scalar("SELECT state FROM reflect.requests WHERE id = %s", (rid,)) == "running",
+                 what="claim")
+    assert db.scalar("SELECT state FROM reflect.requests WHERE id = %s", (rid,)) == "succeeded"
+
+
+@pytest.mark.slow
+def test_pg_cron_job_requeues_expired_leases(cluster, keyring: Keyring, template_db: str) -> None:
+    """The real pg_cron schedule, in the cluster's cron database (waits for the next minute tick)."""
+    from conftest import register
+    from pgreflect.db import LOGIN_ROLES
+
+    cluster.ensure_database(CRON_DB)
+    dsn = cluster.dsn(dbname=CRON_DB)
+    migrate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for login, group in LOGIN_ROLES.values():
+            conn.execute(query("ensure_login_role"), {"login": login, "group_role": group})
+        jobs = conn.execute("SELECT command, username FROM cron.job WHERE jobname = 'pgreflect-reap-expired-leases'"
+                            ).fetchall()
+        assert jobs == [("SELECT reflect.reap_expired_v1()", "postgres")]
+        path = conn.execute("SELECT gguf_path FROM reflect.model_versions LIMIT 1").fetchone()
+        if path is None:
+            from tiny_model import smollm2_path
+
+            register(conn, "smollm2", smollm2_path(), activate=True)
+    with connect(cluster.dsn(user="pgreflect_app", dbname=CRON_DB), keyring=keyring) as conn:
+        rid = conn.execute("SELECT reflect.submit_v1('cron test')").fetchone()[0]
+    with connect(cluster.dsn(user="pgreflect_worker", dbname=CRON_DB), keyring=keyring) as conn:
+        assert any(r[0] == rid for r in _claim(conn, lease=1))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        wait_for(lambda: conn.execute("SELECT state FROM reflect.requests WHERE id = %s", (rid,)).fetchone()[0]
+                 == "queued", timeout=75, interval=1, what="pg_cron to re-queue the request")
+        ok = conn.execute("SELECT count(*) FROM cron.job_run_details WHERE command LIKE '%reap_expired_v1%'"
+                          " AND status = 'succeeded'").fetchone()[0]
+    assert ok >= 1
