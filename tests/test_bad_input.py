@@ -6,12 +6,14 @@ import uuid
 
 import psycopg
 import pytest
-from conftest import Database
-from helpers import client, drain
+
 from pgreflect.db import connect
 from pgreflect.errors import InvalidInput, MissingKey, StaleLease, UnknownModel, translate
 from pgreflect.keys import Keyring
 from pgreflect.sql import query
+
+from conftest import Database
+from helpers import client, drain
 
 
 def _counts(db: Database) -> tuple[int, int, int]:

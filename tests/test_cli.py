@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Database, register
+
 from pgreflect.keys import Keyring
 from pgreflect.models import DEFAULT_MODEL, packaged_path
+
+from conftest import Database, register
 
 
 def cli(db: Database, keyring: Keyring, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

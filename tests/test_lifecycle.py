@@ -7,12 +7,14 @@ import time
 
 import psycopg
 import pytest
-from conftest import CRON_DB, Database
-from helpers import BackgroundWorker, client, drain, wait_for, worker
+
 from pgreflect.db import connect
 from pgreflect.keys import Keyring
 from pgreflect.migrate import migrate
 from pgreflect.sql import query
+
+from conftest import CRON_DB, Database
+from helpers import BackgroundWorker, client, drain, wait_for, worker
 
 
 def _claim(conn: psycopg.Connection, lease: int = 60) -> list[tuple]:
@@ -119,8 +121,9 @@ def test_graceful_shutdown_lets_short_work_finish(db: Database, keyring: Keyring
 @pytest.mark.slow
 def test_pg_cron_job_requeues_expired_leases(cluster, keyring: Keyring, template_db: str) -> None:
     """The real pg_cron schedule, in the cluster's cron database (waits for the next minute tick)."""
-    from conftest import register
     from pgreflect.db import LOGIN_ROLES
+
+    from conftest import register
 
     cluster.ensure_database(CRON_DB)
     dsn = cluster.dsn(dbname=CRON_DB)

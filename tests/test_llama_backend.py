@@ -7,9 +7,11 @@ import threading
 import llama_cpp
 import numpy as np
 import pytest
+
 from pgreflect.backends import Cancelled, GenerationRequest
 from pgreflect.backends.llama import LlamaBackend
 from pgreflect.sampling import log_softmax
+
 from tiny_model import smollm2_path
 
 PARAMS = {"max_tokens": 40, "temperature": 0, "top_p": 1, "top_k": 0, "seed": None, "stop": []}

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Database
+
 from pgreflect.migrate import MigrationError, migrate, migration_files
 from pgreflect.paths import db_dir
+
+from conftest import Database
 
 
 @pytest.fixture

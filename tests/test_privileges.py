@@ -7,10 +7,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Database
-from helpers import client, drain
+
 from pgreflect.db import connect
 from pgreflect.keys import Keyring, new_key
+
+from conftest import Database
+from helpers import client, drain
 
 GOLDEN = Path(__file__).parent / "golden" / "privileges.txt"
 ROLES = ("reflect_app", "reflect_worker", "reflect_analyst", "public")

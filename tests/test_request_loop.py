@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 
 import psycopg
-from conftest import Database
-from helpers import GREEDY, client, drain
+
 from pgreflect.backends import GenerationRequest
 from pgreflect.backends.llama import LlamaBackend
 from pgreflect.db import connect
 from pgreflect.keys import Keyring
+
+from conftest import Database
+from helpers import GREEDY, client, drain
 
 
 def test_insert_is_answered_and_encrypted_at_rest(db: Database, keyring: Keyring, tiny_model, cluster) -> None:

@@ -9,9 +9,10 @@ import sys
 import threading
 import time
 
+from pgreflect.keys import Keyring
+
 from conftest import Database
 from helpers import BackgroundWorker, client, wait_for, worker
-from pgreflect.keys import Keyring
 
 
 def _spawn_worker(db: Database, keyring: Keyring, *args: str, log_path=None) -> subprocess.Popen:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from pgreflect.cli import build_parser
 from pgreflect.sampling import choose_token, log_softmax, token_logprob
 from pgreflect.sql import parse_queries, query

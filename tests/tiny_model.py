@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+
 from pgreflect.models import PACKAGED, package_file
 
 HIDDEN, LAYERS, HEADS, FF = 64, 2, 4, 128

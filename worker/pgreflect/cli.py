@@ -44,19 +44,20 @@ def _flag(p: argparse.ArgumentParser, flag: str, *, type: Any = str, default: An
 
 # -- setup -------------------------------------------------------------------------------------------
 def cmd_setup(args: argparse.Namespace) -> int:
-    setup(quiet=False)
+    setup(quiet=False, model=not args.skip_model, keyring=not args.skip_keyring)
     return 0
 
 
-def setup(quiet: bool = True) -> None:
+def setup(quiet: bool = True, model: bool = True, keyring: bool = True) -> None:
     """Cluster up (local mode), schema migrated, login roles, keyring, default model registered."""
     from pgreflect import keys
     from pgreflect.db import LOGIN_ROLES, dsns
     from pgreflect.migrate import migrate
 
     say = (lambda *_: None) if quiet else (lambda msg: print(f"[setup] {msg}", file=sys.stderr))
-    ring = keys.ensure_keyring()
-    say(f"keyring ready (current key id {ring.current})")
+    if keyring:
+        ring = keys.ensure_keyring()
+        say(f"keyring ready (current key id {ring.current})")
     d = dsns()
     if d.local:
         from pgreflect.cluster import LocalCluster
@@ -78,8 +79,9 @@ def setup(quiet: bool = True) -> None:
         with psycopg.connect(d.admin, autocommit=True) as conn:
             for login, group in LOGIN_ROLES.values():
                 conn.execute(query("ensure_login_role"), {"login": login, "group_role": group})
-    name = register_packaged(d.admin, None)
-    say(f"model version {name} registered")
+    if model:
+        name = register_packaged(d.admin, None)
+        say(f"model version {name} registered")
 
 
 def register_packaged(admin_dsn: str, name: str | None, activate: bool = False) -> str:
@@ -115,6 +117,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     elif args.action == "stop":
         stop_worker_daemon()
         cluster.stop()
+    elif args.action == "run":
+        # Container entry point: set the database up, then hand the process over to postgres in the foreground.
+        setup(quiet=False, model=False, keyring=False)
+        cluster.stop()
+        cmd = cluster.foreground_command()
+        os.execvp(cmd[0], cmd)
     running = cluster.running()
     print(json.dumps({"directory": str(cluster.directory), "socket_dir": str(cluster.socket_dir),
                       "port": cluster.port, "database": cluster.dbname, "running": running,
@@ -438,12 +446,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("setup", help="cluster up, migrate, login roles, keyring, default model")
+    p.add_argument("--skip-model", action="store_true", help="do not register the default model")
+    p.add_argument("--skip-keyring", action="store_true", help="do not create a keyring (database hosts)")
     p.set_defaults(func=cmd_setup)
     p = sub.add_parser("down", help="stop the background worker and the local cluster")
     p.set_defaults(func=cmd_down)
 
     p = sub.add_parser("cluster", help="manage the project's local PostgreSQL cluster")
-    p.add_argument("action", choices=["init", "start", "stop", "status"])
+    p.add_argument("action", choices=["init", "start", "stop", "status", "run"],
+                   help="run = set up, then run postgres in the foreground (container entry point)")
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("migrate", help="apply migrations and function files")

@@ -178,6 +178,9 @@ class LocalCluster:
             raise ClusterError(f"pg_ctl start failed: {result.stderr.strip()}\n{tail}")
         return True
 
+    def foreground_command(self) -> list[str]:
+        return _as_server_user([pg_bin("postgres"), "-D", str(self.data_dir)])
+
     def stop(self, mode: str = "fast") -> bool:
         if not self.running():
             return False

@@ -1,0 +1,111 @@
+"""Inference overhead: tokens/s of the full path (INSERT -> answer read back) against calling
+llama-cpp-python directly on the same model and prompts, in one run.
+
+    .venv/bin/python bench/inference_overhead.py [--model PATH] [--rounds 3] [--max-tokens 64]
+
+Direct: Llama.create_chat_completion (greedy), timed around the call. Full path: a pgreflect worker process
+(model loaded before timing) answers requests submitted by the app client; timed from before the INSERT
+until the answer has been read back. Both use the same thread count; runs alternate (direct, full, direct,
+full, ...) so machine noise hits both. tokens/s = generated tokens / wall time, prompt evaluation included.
+Results (markdown) go to stdout and bench/results/inference.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import llama_cpp  # noqa: E402
+
+from pgreflect.client import Client  # noqa: E402
+from pgreflect.models import DEFAULT_MODEL, packaged_path, verified_sha256  # noqa: E402
+
+from bench_cluster import keyring, pgreflect_database, register, start_cluster  # noqa: E402
+
+PROMPTS = [
+    "Explain in a few sentences why the sky is blue.",
+    "Write a Python function that reverses a string, with a docstring.",
+    "List five uses of a paperclip.",
+    "Describe how a hash table works.",
+    "What are the main differences between TCP and UDP?",
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help=f"GGUF path (default: the packaged {DEFAULT_MODEL})")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    model = Path(args.model) if args.model else packaged_path(DEFAULT_MODEL)
+
+    cluster = start_cluster(durable=True)
+    worker = None
+    try:
+        dsn = pgreflect_database(cluster)
+        register(dsn, "m", str(model), verified_sha256(model))
+        ring = keyring()
+        env = {**os.environ, "PGREFLECT_DSN": dsn, "PGREFLECT_WORKER_DSN": cluster.dsn(user="pgreflect_worker"),
+               "PGREFLECT_KEY": ring.keys[ring.current], "PGREFLECT_KEY_ID": ring.current,
+               "PGREFLECT_LOG_LEVEL": "WARNING"}
+        worker = subprocess.Popen([sys.executable, "-m", "pgreflect.cli", "worker", "--threads", str(args.threads),
+                                   "--poll-interval", "2"], env=env)
+        client = Client(cluster.dsn(user="pgreflect_app"), keyring=ring)
+        direct = llama_cpp.Llama(model_path=str(model), n_ctx=4096, n_threads=args.threads,
+                                 n_threads_batch=args.threads, verbose=False)
+        params = {"max_tokens": args.max_tokens, "temperature": 0}
+        # Warm-up (page cache, worker model load) outside the timings.
+        client.wait(client.submit("Hello", params=params), timeout=600)
+        direct.create_chat_completion([{"role": "user", "content": "Hello"}], max_tokens=8, temperature=0)
+
+        d_tokens = d_time = f_tokens = f_time = 0.0
+        per_round = []
+        for _ in range(args.rounds):
+            for prompt in PROMPTS:
+                t0 = time.perf_counter()
+                out = direct.create_chat_completion([{"role": "user", "content": prompt}],
+                                                    max_tokens=args.max_tokens, temperature=0)
+                dt = time.perf_counter() - t0
+                dn = out["usage"]["completion_tokens"]
+                t0 = time.perf_counter()
+                row = client.wait(client.submit(prompt, params=params), timeout=600)
+                ft = time.perf_counter() - t0
+                fn = row["tokens"]
+                d_tokens, d_time, f_tokens, f_time = d_tokens + dn, d_time + dt, f_tokens + fn, f_time + ft
+                per_round.append((fn / ft) / (dn / dt))
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
+        cluster.destroy()
+
+    d_tps, f_tps = d_tokens / d_time, f_tokens / f_time
+    text = "\n".join([
+        f"Command: `.venv/bin/python bench/inference_overhead.py --rounds {args.rounds} "
+        f"--max-tokens {args.max_tokens}` (model {model.name}, {args.threads} threads)  ",
+        f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(per_round)} prompt pairs, alternating.",
+        "",
+        "| path | tokens | seconds | tokens/s |",
+        "|---|---|---|---|",
+        f"| llama-cpp-python create_chat_completion | {d_tokens:.0f} | {d_time:.1f} | {d_tps:.2f} |",
+        f"| pgreflect INSERT -> answer | {f_tokens:.0f} | {f_time:.1f} | {f_tps:.2f} |",
+        "",
+        f"Ratio full path / direct: {f_tps / d_tps:.3f} (per-pair median {statistics.median(per_round):.3f}, "
+        f"min {min(per_round):.3f}, max {max(per_round):.3f}).",
+    ]) + "\n"
+    print(text)
+    (HERE / "results" / "inference.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
