@@ -75,3 +75,12 @@ def test_real_default_model_answers_a_factual_question(db: Database, keyring: Ke
     assert answer["confidence"] > 0.5
     assert answer["tokens"] == len(db.scalar("SELECT token_logprobs FROM reflect.answers WHERE request_id = %s",
                                              (answer["id"],)))
+
+
+def test_ask_fails_fast_when_its_worker_cannot_load_the_model(db: Database, keyring: Keyring, tmp_path) -> None:
+    with db.admin() as conn:
+        conn.execute("SELECT reflect.register_model_version_v1('ghost', %s, %s, 'path')",
+                     (str(tmp_path / "missing.gguf"), "0" * 64))
+    out = cli(db, keyring, "ask", "--model-version", "ghost", "--timeout", "120", "hello", timeout=60)
+    assert out.returncode == 1
+    assert "in-process worker failed" in out.stderr and "does not exist" in out.stderr

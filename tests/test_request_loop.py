@@ -11,6 +11,7 @@ from pgreflect.backends import GenerationRequest
 from pgreflect.backends.llama import LlamaBackend
 from pgreflect.db import connect
 from pgreflect.keys import Keyring
+from pgreflect.sql import query
 
 from conftest import Database
 from helpers import GREEDY, client, drain
@@ -129,3 +130,19 @@ def test_concurrent_inserts_with_one_idempotency_key_make_one_request(db: Databa
         t.join()
     assert len(set(ids)) == 1 and len(ids) == 8
     assert db.scalar("SELECT count(*) FROM reflect.requests") == 1
+
+
+def test_key_and_prompt_are_not_in_pg_stat_activity(db: Database, keyring: Keyring) -> None:
+    prompt = "activity canary 9d41e0"
+    with connect(db.dsn("app"), keyring=keyring) as conn:
+        pid = conn.info.backend_pid
+        conn.execute("INSERT INTO reflect.app_requests (prompt) VALUES (%s)", (prompt,))
+        with db.admin() as admin:
+            seen = admin.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]
+            conn.execute(query("use_key"), {"key_id": keyring.current, "key": keyring.keys[keyring.current],
+                                            "current": True})
+            after_key = admin.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]
+    assert "$1" in seen and "9d41e0" not in seen
+    assert "reflect.use_key_v1($1, $2, $3)" in after_key
+    for key in keyring.keys.values():
+        assert key not in after_key

@@ -296,8 +296,8 @@ def stop_worker_daemon(timeout: float = 60) -> bool:
 # -- ask ---------------------------------------------------------------------------------------------
 def ask(prompt: str, *, system_prompt: str | None = None, params: dict[str, Any] | None = None,
         model_version: str | None = None, idempotency_key: str | None = None, caller: str = "pgreflect-ask",
-        timeout: float = 600, inline_worker: str = "auto", worker_args: argparse.Namespace | None = None
-        ) -> dict[str, Any]:
+        timeout: float = 600, inline_worker: str = "auto", worker_args: argparse.Namespace | None = None,
+        abort: Any = None) -> dict[str, Any]:
     """Submits like an app does, runs a worker in this process when none is live, waits for the answer."""
     from pgreflect.client import Client
     from pgreflect.db import dsns
@@ -314,10 +314,24 @@ def ask(prompt: str, *, system_prompt: str | None = None, params: dict[str, Any]
             if model_version:
                 cfg.model_versions = [model_version]
             worker = Worker(d.worker, cfg)
-            thread = threading.Thread(target=worker.run, kwargs={"until": done.is_set}, daemon=True)
+            crashed: list[BaseException] = []
+
+            def run_inline() -> None:
+                try:
+                    worker.run(until=done.is_set)
+                except BaseException as exc:
+                    crashed.append(exc)
+
+            thread = threading.Thread(target=run_inline, daemon=True)
             thread.start()
+
+            def inline_failed() -> str | None:
+                return f"the in-process worker failed: {crashed[0]}" if crashed else None
+
+            abort = inline_failed
+
         try:
-            row = client.wait(request_id, timeout=timeout)
+            row = client.wait(request_id, timeout=timeout, abort=abort)
         finally:
             done.set()
             if worker is not None and thread is not None:
@@ -377,7 +391,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         print(f"[up] {live} worker(s) already running", file=sys.stderr)
     print(f"[up] asking: {args.prompt}", file=sys.stderr)
-    row = ask(args.prompt, inline_worker="never", timeout=args.timeout)
+    row = ask(args.prompt, inline_worker="never", timeout=args.timeout,
+              abort=lambda: None if live or _daemon_pid() else f"the worker exited; see {_daemon_paths()[1]}")
     print_answer(row, args.json)
     return 0 if row["state"] == "succeeded" else 1
 
@@ -522,9 +537,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except PgreflectError as exc:
+    except PgreflectError as exc:  # bad input: nothing was done
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:  # model files, cluster, migrations, waits
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -65,8 +66,10 @@ class Client:
             self._listener = psycopg.connect(self.dsn, autocommit=True, application_name="pgreflect-wait")
             self._listener.execute(query("listen_done"))
 
-    def wait(self, request_id: int, timeout: float = 600.0, poll: float = 1.0) -> dict[str, Any]:
-        """Blocks until the request is final (NOTIFY request_done wakes it; polling backs it up)."""
+    def wait(self, request_id: int, timeout: float = 600.0, poll: float = 1.0,
+             abort: Callable[[], str | None] | None = None) -> dict[str, Any]:
+        """Blocks until the request is final (NOTIFY request_done wakes it; polling backs it up).
+        `abort` is checked on every wake-up; a message from it stops the wait with that error."""
         self._ensure_listening()
         assert self._listener is not None
         deadline = time.monotonic() + timeout
@@ -74,6 +77,9 @@ class Client:
             row = self.get(request_id)
             if row["state"] in FINAL_STATES:
                 return row
+            reason = abort() if abort is not None else None
+            if reason:
+                raise RuntimeError(f"request {request_id} is still {row['state']}: {reason}")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"request {request_id} is still {row['state']} after {timeout:.0f} s")

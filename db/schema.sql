@@ -1,0 +1,1044 @@
+-- Canonical schema: pg_dump of a database built by the migrations and function files.
+-- Regenerate: PGREFLECT_UPDATE_GOLDEN=1 scripts/test.sh tests/test_schema.py
+
+CREATE SCHEMA reflect;
+ALTER SCHEMA reflect OWNER TO reflect_owner;
+CREATE SCHEMA reflect_meta;
+ALTER SCHEMA reflect_meta OWNER TO postgres;
+CREATE TYPE reflect.request_state AS ENUM (
+    'queued',
+    'running',
+    'succeeded',
+    'failed'
+);
+ALTER TYPE reflect.request_state OWNER TO reflect_owner;
+CREATE FUNCTION reflect._app_requests_insert() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  IF NEW.id IS NOT NULL OR NEW.answer IS NOT NULL OR NEW.state IS NOT NULL THEN
+    RAISE EXCEPTION 'only prompt, system_prompt, params, idempotency_key, caller and model_version can be inserted'
+      USING ERRCODE = 'PR001';
+  END IF;
+  NEW.id := reflect.submit_v1(NEW.prompt, NEW.system_prompt, NEW.params, NEW.idempotency_key, NEW.caller,
+                              NEW.model_version);
+  SELECT * INTO NEW FROM reflect.app_requests WHERE id = NEW.id;
+  RETURN NEW;
+END
+$$;
+ALTER FUNCTION reflect._app_requests_insert() OWNER TO reflect_owner;
+CREATE FUNCTION reflect._check_key_id(p_key_id text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+BEGIN
+  IF p_key_id IS NULL OR p_key_id !~ '^[a-z0-9_]{1,32}$' THEN
+    RAISE EXCEPTION 'key id must match ^[a-z0-9_]{1,32}$' USING ERRCODE = 'PR001';
+  END IF;
+  RETURN p_key_id;
+END
+$_$;
+ALTER FUNCTION reflect._check_key_id(p_key_id text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) RETURNS interval
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  IF p_lease_seconds IS NULL OR p_lease_seconds NOT BETWEEN 1 AND 86400 THEN
+    RAISE EXCEPTION 'lease must be between 1 and 86400 seconds' USING ERRCODE = 'PR001';
+  END IF;
+  RETURN make_interval(secs => p_lease_seconds);
+END
+$$;
+ALTER FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._current_key_id() RETURNS text
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_id text := nullif(current_setting('reflect.current_key_id', true), '');
+BEGIN
+  IF v_id IS NULL OR reflect._key(v_id) IS NULL THEN
+    RAISE EXCEPTION 'no encryption key loaded in this session'
+      USING ERRCODE = 'PR004',
+            HINT = 'call reflect.use_key_v1(key_id, key) with bind parameters first';
+  END IF;
+  RETURN v_id;
+END
+$$;
+ALTER FUNCTION reflect._current_key_id() OWNER TO reflect_owner;
+CREATE FUNCTION reflect._decrypt(p_cipher bytea, p_key_id text) RETURNS text
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  IF p_cipher IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF reflect._key(p_key_id) IS NULL THEN
+    RAISE EXCEPTION 'no encryption key loaded for key id %', p_key_id USING ERRCODE = 'PR004';
+  END IF;
+  RETURN public.pgp_sym_decrypt(p_cipher, reflect._key(p_key_id));
+END
+$$;
+ALTER FUNCTION reflect._decrypt(p_cipher bytea, p_key_id text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT public.pgp_sym_decrypt(p_cipher, k) FROM (SELECT reflect._key(p_key_id) AS k) s WHERE k IS NOT NULL
+$$;
+ALTER FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._encrypt(p_plain text, p_key_id text) RETURNS bytea
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_key text := reflect._key(p_key_id);
+BEGIN
+  IF p_plain IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF v_key IS NULL THEN
+    RAISE EXCEPTION 'no encryption key loaded for key id %', p_key_id USING ERRCODE = 'PR004';
+  END IF;
+  RETURN public.pgp_sym_encrypt(p_plain, v_key, 'cipher-algo=aes256, s2k-mode=1');
+END
+$$;
+ALTER FUNCTION reflect._encrypt(p_plain text, p_key_id text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._key(p_key_id text) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT nullif(current_setting('reflect.key_' || p_key_id, true), '')
+$$;
+ALTER FUNCTION reflect._key(p_key_id text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._normalize_params(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_key text;
+  v_out jsonb;
+  v_limit integer := reflect._setting_int('max_tokens_limit');
+  v_stop jsonb;
+BEGIN
+  p := coalesce(p, '{}'::jsonb);
+  IF jsonb_typeof(p) <> 'object' THEN
+    RAISE EXCEPTION 'params must be a JSON object' USING ERRCODE = 'PR001';
+  END IF;
+  SELECT k INTO v_key FROM jsonb_object_keys(p) k
+  WHERE k NOT IN ('max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop') LIMIT 1;
+  IF v_key IS NOT NULL THEN
+    RAISE EXCEPTION 'unknown generation parameter "%"', left(v_key, 40) USING ERRCODE = 'PR001',
+      HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop';
+  END IF;
+  v_out := jsonb_build_object(
+    'max_tokens', reflect._param_number(p, 'max_tokens', 1, v_limit, true,
+                                        reflect._setting_int('max_tokens_default')),
+    'temperature', reflect._param_number(p, 'temperature', 0, 2, false, 0),
+    'top_p', reflect._param_number(p, 'top_p', 0.000001, 1, false, 1),
+    'top_k', reflect._param_number(p, 'top_k', 0, 100000, true, 0),
+    'seed', reflect._param_number(p, 'seed', 0, 2147483647, true, NULL)
+  );
+  v_stop := coalesce(p -> 'stop', '[]'::jsonb);
+  IF jsonb_typeof(v_stop) = 'string' THEN
+    v_stop := jsonb_build_array(v_stop);
+  END IF;
+  IF jsonb_typeof(v_stop) <> 'array' OR jsonb_array_length(v_stop) > 4
+     OR EXISTS (SELECT FROM jsonb_array_elements(v_stop) e
+                WHERE jsonb_typeof(e) <> 'string' OR length(e #>> '{}') NOT BETWEEN 1 AND 64) THEN
+    RAISE EXCEPTION 'stop must be a string or a list of at most 4 strings of 1 to 64 characters'
+      USING ERRCODE = 'PR001';
+  END IF;
+  RETURN v_out || jsonb_build_object('stop', v_stop);
+END
+$$;
+ALTER FUNCTION reflect._normalize_params(p jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) RETURNS numeric
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v jsonb := p -> p_name;
+  n numeric;
+BEGIN
+  IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+    RETURN p_default;
+  END IF;
+  IF jsonb_typeof(v) <> 'number' THEN
+    RAISE EXCEPTION '% must be a number', p_name USING ERRCODE = 'PR001';
+  END IF;
+  n := (v #>> '{}')::numeric;
+  IF p_integer AND n <> trunc(n) THEN
+    RAISE EXCEPTION '% must be an integer', p_name USING ERRCODE = 'PR001';
+  END IF;
+  IF n < p_min OR n > p_max THEN
+    RAISE EXCEPTION '% must be between % and %', p_name, p_min, p_max USING ERRCODE = 'PR001';
+  END IF;
+  RETURN n;
+END
+$$;
+ALTER FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._requests_after_insert() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  INSERT INTO reflect.request_events (request_id, event, attempt, detail)
+  VALUES (NEW.id, 'submitted', 0, NEW.caller);
+  -- The payload is the id only: NOTIFY payloads are visible to every LISTENer.
+  PERFORM pg_notify('needs_inference', NEW.id::text);
+  RETURN NULL;
+END
+$$;
+ALTER FUNCTION reflect._requests_after_insert() OWNER TO reflect_owner;
+CREATE FUNCTION reflect._setting_int(p_key text) RETURNS integer
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT (value #>> '{}')::integer FROM reflect.settings WHERE key = p_key
+$$;
+ALTER FUNCTION reflect._setting_int(p_key text) OWNER TO reflect_owner;
+CREATE TABLE reflect.requests (
+    id bigint NOT NULL,
+    key_id text NOT NULL,
+    prompt_enc bytea NOT NULL,
+    system_prompt_enc bytea,
+    params jsonb DEFAULT '{}'::jsonb NOT NULL,
+    idempotency_key text,
+    caller text,
+    submitted_by name NOT NULL,
+    model_version_id integer NOT NULL,
+    state reflect.request_state DEFAULT 'queued'::reflect.request_state NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer NOT NULL,
+    run_after timestamp with time zone DEFAULT now() NOT NULL,
+    lease_token uuid,
+    lease_expires_at timestamp with time zone,
+    worker_id text,
+    last_error text,
+    created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    claimed_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    CONSTRAINT attempts_within_max CHECK ((attempts <= max_attempts)),
+    CONSTRAINT failed_has_reason CHECK (((state <> 'failed'::reflect.request_state) OR (last_error IS NOT NULL))),
+    CONSTRAINT finished_iff_final CHECK (((state = ANY (ARRAY['succeeded'::reflect.request_state, 'failed'::reflect.request_state])) = (finished_at IS NOT NULL))),
+    CONSTRAINT requests_attempts_check CHECK ((attempts >= 0)),
+    CONSTRAINT requests_caller_check CHECK (((length(caller) >= 1) AND (length(caller) <= 200))),
+    CONSTRAINT requests_idempotency_key_check CHECK (((length(idempotency_key) >= 1) AND (length(idempotency_key) <= 200))),
+    CONSTRAINT requests_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 25))),
+    CONSTRAINT requests_params_check CHECK ((jsonb_typeof(params) = 'object'::text)),
+    CONSTRAINT running_iff_leased CHECK (((state = 'running'::reflect.request_state) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL))))
+);
+ALTER TABLE reflect.requests OWNER TO reflect_owner;
+CREATE FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) RETURNS reflect.requests
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests;
+BEGIN
+  SELECT * INTO r FROM reflect.requests
+  WHERE id = p_request_id AND state = 'running' AND lease_token = p_lease_token
+  FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'stale lease: request % is not running under this lease token', p_request_id
+      USING ERRCODE = 'PR002',
+            HINT = 'the lease expired and the request was re-queued or finished elsewhere; drop this work';
+  END IF;
+  RETURN r;
+END
+$$;
+ALTER FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.activate_model_version_v1(p_name text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_id integer;
+BEGIN
+  PERFORM 1 FROM reflect.model_versions WHERE is_active FOR UPDATE;
+  SELECT id INTO v_id FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
+  IF v_id IS NULL THEN
+    RAISE EXCEPTION 'unknown model version "%"', p_name USING ERRCODE = 'PR003';
+  END IF;
+  UPDATE reflect.model_versions SET is_active = false WHERE is_active AND id <> v_id;
+  UPDATE reflect.model_versions SET is_active = true WHERE id = v_id AND NOT is_active;
+  RETURN v_id;
+END
+$$;
+ALTER FUNCTION reflect.activate_model_version_v1(p_name text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[] DEFAULT NULL::integer[]) RETURNS TABLE(request_id bigint, lease_token uuid, attempt integer, model_version_id integer, prompt text, system_prompt text, params jsonb, queue_wait_ms double precision)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_lease interval := reflect._check_lease_seconds(p_lease_seconds);
+BEGIN
+  IF p_worker_id IS NULL OR length(p_worker_id) NOT BETWEEN 1 AND 200 THEN
+    RAISE EXCEPTION 'worker id must be 1 to 200 characters' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+    RAISE EXCEPTION 'claim limit must be between 1 and 1000' USING ERRCODE = 'PR001';
+  END IF;
+  RETURN QUERY
+  WITH picked AS (
+    SELECT r.id
+    FROM reflect.requests r
+    WHERE r.state = 'queued'
+      AND r.run_after <= now()
+      AND (p_model_version_ids IS NULL OR r.model_version_id = ANY (p_model_version_ids))
+      AND reflect._key(r.key_id) IS NOT NULL
+    ORDER BY r.id
+    LIMIT p_limit
+    FOR UPDATE SKIP LOCKED
+  ), claimed AS (
+    UPDATE reflect.requests r
+    SET state = 'running',
+        attempts = r.attempts + 1,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = clock_timestamp() + v_lease,
+        worker_id = p_worker_id,
+        claimed_at = clock_timestamp()
+    FROM picked
+    WHERE r.id = picked.id
+    RETURNING r.*
+  ), logged AS (
+    INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
+    SELECT c.id, 'claimed', c.attempts, p_worker_id FROM claimed c
+  )
+  SELECT c.id, c.lease_token, c.attempts, c.model_version_id,
+         reflect._decrypt(c.prompt_enc, c.key_id),
+         reflect._decrypt(c.system_prompt_enc, c.key_id),
+         c.params,
+         extract(epoch FROM (c.claimed_at - c.created_at))::double precision * 1000
+  FROM claimed c
+  ORDER BY c.id;
+END
+$$;
+ALTER FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests;
+  v_n integer := coalesce(cardinality(p_token_logprobs), 0);
+  v_mean double precision;
+  v_min double precision;
+BEGIN
+  IF p_answer IS NULL THEN
+    RAISE EXCEPTION 'answer must not be NULL' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_finish_reason IS NULL OR p_finish_reason NOT IN ('stop', 'length', 'stop_sequence') THEN
+    RAISE EXCEPTION 'finish reason must be stop, length or stop_sequence' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_token_logprobs IS NULL OR array_position(p_token_logprobs, NULL) IS NOT NULL
+     OR EXISTS (SELECT FROM unnest(p_token_logprobs) lp WHERE lp > 0 OR lp = 'NaN' OR lp = '-Infinity') THEN
+    RAISE EXCEPTION 'token log-probabilities must be finite and <= 0' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_prompt_tokens IS NULL OR p_prompt_tokens < 0 OR p_prompt_eval_ms IS NULL OR p_prompt_eval_ms < 0
+     OR p_generation_ms IS NULL OR p_generation_ms < 0 THEN
+    RAISE EXCEPTION 'token counts and timings must be non-negative' USING ERRCODE = 'PR001';
+  END IF;
+  r := reflect._take_lease(p_request_id, p_lease_token);
+  SELECT avg(lp), min(lp) INTO v_mean, v_min FROM unnest(p_token_logprobs) lp;
+  INSERT INTO reflect.answers
+    (request_id, attempt, key_id, answer_enc, model_version_id, worker_id, finish_reason, prompt_tokens,
+     completion_tokens, token_logprobs, logprob_mean, logprob_min, logprob_norm, queue_wait_ms,
+     prompt_eval_ms, generation_ms, tokens_per_s)
+  VALUES
+    (r.id, r.attempts, r.key_id, reflect._encrypt(p_answer, r.key_id), r.model_version_id, r.worker_id,
+     p_finish_reason, p_prompt_tokens, v_n, p_token_logprobs, v_mean, v_min, exp(v_mean),
+     extract(epoch FROM (r.claimed_at - r.created_at)) * 1000, p_prompt_eval_ms, p_generation_ms,
+     CASE WHEN p_generation_ms > 0 THEN v_n / (p_generation_ms / 1000) END);
+  UPDATE reflect.requests
+  SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
+      last_error = NULL
+  WHERE id = r.id;
+  INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
+  VALUES (r.id, 'succeeded', r.attempts, r.worker_id);
+  PERFORM pg_notify('request_done', r.id::text);
+END
+$$;
+ALTER FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.ensure_login_role_v1(p_login text, p_group text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+BEGIN
+  IF p_login IS NULL OR p_login !~ '^[a-z_][a-z0-9_]{0,62}$' THEN
+    RAISE EXCEPTION 'login role name must match ^[a-z_][a-z0-9_]{0,62}$' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_group IS NULL OR p_group NOT IN ('reflect_app', 'reflect_worker', 'reflect_analyst', 'reflect_owner') THEN
+    RAISE EXCEPTION 'group must be one of reflect_app, reflect_worker, reflect_analyst, reflect_owner'
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = p_login) THEN
+    EXECUTE format('CREATE ROLE %I LOGIN', p_login);
+  END IF;
+  IF NOT pg_has_role(p_login, p_group, 'MEMBER') THEN
+    EXECUTE format('GRANT %I TO %I', p_group, p_login);
+  END IF;
+END
+$_$;
+ALTER FUNCTION reflect.ensure_login_role_v1(p_login text, p_group text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean DEFAULT true) RETURNS reflect.request_state
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests;
+  v_error text := left(coalesce(nullif(p_error, ''), 'unknown error'), 1000);
+  v_backoff double precision;
+BEGIN
+  r := reflect._take_lease(p_request_id, p_lease_token);
+  IF coalesce(p_retryable, true) AND r.attempts < r.max_attempts THEN
+    v_backoff := least(reflect._setting_int('retry_max_s'),
+                       reflect._setting_int('retry_base_s') * 2 ^ (r.attempts - 1));
+    UPDATE reflect.requests
+    SET state = 'queued', lease_token = NULL, lease_expires_at = NULL, last_error = v_error,
+        run_after = clock_timestamp() + make_interval(secs => v_backoff)
+    WHERE id = r.id;
+    INSERT INTO reflect.request_events (request_id, event, attempt, worker_id, detail)
+    VALUES (r.id, 'retry', r.attempts, r.worker_id, v_error);
+    RETURN 'queued';
+  END IF;
+  UPDATE reflect.requests
+  SET state = 'failed', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
+      last_error = CASE WHEN coalesce(p_retryable, true)
+                        THEN format('gave up after %s attempts: %s', r.attempts, v_error)
+                        ELSE v_error END
+  WHERE id = r.id;
+  INSERT INTO reflect.request_events (request_id, event, attempt, worker_id, detail)
+  VALUES (r.id, 'failed', r.attempts, r.worker_id, v_error);
+  PERFORM pg_notify('request_done', r.id::text);
+  RETURN 'failed';
+END
+$$;
+ALTER FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) RETURNS SETOF bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_lease interval := reflect._check_lease_seconds(p_lease_seconds);
+BEGIN
+  IF cardinality(p_request_ids) IS DISTINCT FROM cardinality(p_lease_tokens) THEN
+    RAISE EXCEPTION 'request ids and lease tokens must have the same length' USING ERRCODE = 'PR001';
+  END IF;
+  RETURN QUERY
+  UPDATE reflect.requests r
+  SET lease_expires_at = clock_timestamp() + v_lease
+  FROM unnest(p_request_ids, p_lease_tokens) AS h(id, token)
+  WHERE r.id = h.id AND r.state = 'running' AND r.lease_token = h.token
+  RETURNING r.id;
+END
+$$;
+ALTER FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.live_worker_count_v1(p_model_version text DEFAULT NULL::text) RETURNS integer
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT count(*)::integer
+  FROM reflect.workers w
+  JOIN reflect.model_versions mv
+    ON mv.id = ANY (w.model_version_ids)
+   AND (mv.name = p_model_version OR (p_model_version IS NULL AND mv.is_active))
+  WHERE w.stopped_at IS NULL
+    AND w.last_seen_at > now() - make_interval(secs => reflect._setting_int('worker_live_s'))
+$$;
+ALTER FUNCTION reflect.live_worker_count_v1(p_model_version text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.model_versions_to_serve_v1(p_names text[] DEFAULT NULL::text[]) RETURNS TABLE(id integer, name text, gguf_path text, sha256 text, n_ctx integer, is_active boolean)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_missing text;
+BEGIN
+  IF p_names IS NOT NULL THEN
+    SELECT n INTO v_missing FROM unnest(p_names) n
+    WHERE NOT EXISTS (SELECT FROM reflect.model_versions mv WHERE mv.name = n) LIMIT 1;
+    IF v_missing IS NOT NULL THEN
+      RAISE EXCEPTION 'unknown model version "%"', v_missing USING ERRCODE = 'PR003';
+    END IF;
+  END IF;
+  RETURN QUERY
+  SELECT mv.id, mv.name, mv.gguf_path, mv.sha256, mv.n_ctx, mv.is_active
+  FROM reflect.model_versions mv
+  WHERE p_names IS NULL OR mv.name = ANY (p_names)
+  ORDER BY mv.is_active DESC, mv.id;
+END
+$$;
+ALTER FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.reap_expired_v1() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_n integer;
+BEGIN
+  WITH expired AS (
+    SELECT id FROM reflect.requests
+    WHERE state = 'running' AND lease_expires_at < clock_timestamp()
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+  ), moved AS (
+    UPDATE reflect.requests r
+    SET state = CASE WHEN r.attempts < r.max_attempts THEN 'queued' ELSE 'failed' END::reflect.request_state,
+        lease_token = NULL,
+        lease_expires_at = NULL,
+        run_after = clock_timestamp(),
+        finished_at = CASE WHEN r.attempts < r.max_attempts THEN NULL ELSE clock_timestamp() END,
+        last_error = CASE WHEN r.attempts < r.max_attempts
+                          THEN format('lease of worker %s expired on attempt %s', r.worker_id, r.attempts)
+                          ELSE format('gave up after %s attempts: lease of worker %s expired',
+                                      r.attempts, r.worker_id) END
+    FROM expired
+    WHERE r.id = expired.id
+    RETURNING r.id, r.state, r.attempts, r.worker_id
+  ), logged AS (
+    INSERT INTO reflect.request_events (request_id, event, attempt, worker_id, detail)
+    SELECT id, 'lease_expired', attempts, worker_id, state::text FROM moved
+  )
+  SELECT count(pg_notify(CASE WHEN state = 'queued' THEN 'needs_inference' ELSE 'request_done' END,
+                         id::text))
+  INTO v_n FROM moved;
+  RETURN v_n;
+END
+$$;
+ALTER FUNCTION reflect.reap_expired_v1() OWNER TO reflect_owner;
+CREATE FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer DEFAULT 4096, p_parent text DEFAULT NULL::text, p_activate boolean DEFAULT false) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+  v_id integer;
+  v_sha text;
+  v_parent integer;
+BEGIN
+  IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
+    RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF p_sha256 IS NULL OR p_sha256 !~ '^[0-9a-f]{64}$' THEN
+    RAISE EXCEPTION 'sha256 must be 64 lowercase hex digits' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_parent IS NOT NULL THEN
+    SELECT id INTO v_parent FROM reflect.model_versions WHERE name = p_parent;
+    IF v_parent IS NULL THEN
+      RAISE EXCEPTION 'unknown parent model version "%"', p_parent USING ERRCODE = 'PR003';
+    END IF;
+  END IF;
+  SELECT id, sha256 INTO v_id, v_sha FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
+  IF v_id IS NOT NULL AND v_sha <> p_sha256 THEN
+    RAISE EXCEPTION 'model version "%" is already registered with another sha256', p_name
+      USING ERRCODE = 'PR001', HINT = 'register the new file under a new name';
+  END IF;
+  IF v_id IS NULL THEN
+    INSERT INTO reflect.model_versions (name, gguf_path, source, sha256, n_ctx, parent_id)
+    VALUES (p_name, p_gguf_path, coalesce(p_source, 'path'), p_sha256, coalesce(p_n_ctx, 4096), v_parent)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING id INTO v_id;
+    IF v_id IS NULL THEN  -- a concurrent registration of the same name won the race
+      RETURN reflect.register_model_version_v1(p_name, p_gguf_path, p_sha256, p_source, p_n_ctx, p_parent,
+                                                p_activate);
+    END IF;
+  ELSE
+    UPDATE reflect.model_versions SET gguf_path = p_gguf_path WHERE id = v_id;  -- the file may have moved
+  END IF;
+  IF p_activate OR NOT EXISTS (SELECT FROM reflect.model_versions WHERE is_active) THEN
+    PERFORM reflect.activate_model_version_v1(p_name);
+  END IF;
+  RETURN v_id;
+END
+$_$;
+ALTER FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests;
+BEGIN
+  r := reflect._take_lease(p_request_id, p_lease_token);
+  UPDATE reflect.requests
+  SET state = 'queued', lease_token = NULL, lease_expires_at = NULL, run_after = clock_timestamp(),
+      attempts = greatest(r.attempts - 1, 0)
+  WHERE id = r.id;
+  INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
+  VALUES (r.id, 'released', r.attempts, r.worker_id);
+  PERFORM pg_notify('needs_inference', r.id::text);
+END
+$$;
+ALTER FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer DEFAULT 500) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_to text := reflect._current_key_id();
+  v_n integer;
+BEGIN
+  PERFORM reflect._check_key_id(p_from_key_id);
+  IF p_from_key_id = v_to THEN
+    RAISE EXCEPTION 'the key to rotate away from (%) is the current key', p_from_key_id USING ERRCODE = 'PR001';
+  END IF;
+  IF reflect._key(p_from_key_id) IS NULL THEN
+    RAISE EXCEPTION 'no encryption key loaded for key id %', p_from_key_id USING ERRCODE = 'PR004';
+  END IF;
+  IF p_batch IS NULL OR p_batch < 1 OR p_batch > 100000 THEN
+    RAISE EXCEPTION 'batch must be between 1 and 100000' USING ERRCODE = 'PR001';
+  END IF;
+  WITH batch AS (
+    SELECT id FROM reflect.requests
+    WHERE key_id = p_from_key_id
+    ORDER BY id LIMIT p_batch
+    FOR UPDATE SKIP LOCKED
+  ), moved AS (
+    UPDATE reflect.requests r
+    SET prompt_enc = reflect._encrypt(reflect._decrypt(r.prompt_enc, p_from_key_id), v_to),
+        system_prompt_enc = reflect._encrypt(reflect._decrypt(r.system_prompt_enc, p_from_key_id), v_to),
+        key_id = v_to
+    FROM batch WHERE r.id = batch.id
+    RETURNING r.id, r.attempts
+  ), answers_moved AS (
+    UPDATE reflect.answers a
+    SET answer_enc = reflect._encrypt(reflect._decrypt(a.answer_enc, p_from_key_id), v_to),
+        key_id = v_to
+    FROM moved WHERE a.request_id = moved.id AND a.key_id = p_from_key_id
+  )
+  INSERT INTO reflect.request_events (request_id, event, attempt, detail)
+  SELECT id, 'key_rotated', attempts, p_from_key_id || ' -> ' || v_to FROM moved;
+  GET DIAGNOSTICS v_n = ROW_COUNT;
+  RETURN v_n;
+END
+$$;
+ALTER FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text DEFAULT NULL::text, p_params jsonb DEFAULT NULL::jsonb, p_idempotency_key text DEFAULT NULL::text, p_caller text DEFAULT NULL::text, p_model_version text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_max integer := reflect._setting_int('max_prompt_chars');
+  v_key_id text;
+  v_model integer;
+  v_params jsonb;
+  v_id bigint;
+BEGIN
+  IF p_prompt IS NULL OR btrim(p_prompt, E' \t\r\n') = '' THEN
+    RAISE EXCEPTION 'prompt must not be empty' USING ERRCODE = 'PR001';
+  END IF;
+  IF length(p_prompt) > v_max THEN
+    RAISE EXCEPTION 'prompt is % characters long; the limit is %', length(p_prompt), v_max
+      USING ERRCODE = 'PR001', HINT = 'the limit is the max_prompt_chars setting';
+  END IF;
+  IF length(p_system_prompt) > v_max THEN
+    RAISE EXCEPTION 'system prompt is % characters long; the limit is %', length(p_system_prompt), v_max
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF p_idempotency_key IS NOT NULL AND length(p_idempotency_key) NOT BETWEEN 1 AND 200 THEN
+    RAISE EXCEPTION 'idempotency key must be 1 to 200 characters' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_caller IS NOT NULL AND length(p_caller) NOT BETWEEN 1 AND 200 THEN
+    RAISE EXCEPTION 'caller must be 1 to 200 characters' USING ERRCODE = 'PR001';
+  END IF;
+  v_params := reflect._normalize_params(p_params);
+  IF p_model_version IS NULL THEN
+    SELECT id INTO v_model FROM reflect.model_versions WHERE is_active;
+    IF v_model IS NULL THEN
+      RAISE EXCEPTION 'no active model version' USING ERRCODE = 'PR003',
+        HINT = 'register one: pgreflect models install-default, or pgreflect models register';
+    END IF;
+  ELSE
+    SELECT id INTO v_model FROM reflect.model_versions WHERE name = p_model_version;
+    IF v_model IS NULL THEN
+      RAISE EXCEPTION 'unknown model version "%"', left(p_model_version, 100) USING ERRCODE = 'PR003';
+    END IF;
+  END IF;
+  IF p_idempotency_key IS NOT NULL THEN
+    SELECT id INTO v_id FROM reflect.requests
+    WHERE submitted_by = session_user AND idempotency_key = p_idempotency_key;
+    IF v_id IS NOT NULL THEN
+      RETURN v_id;
+    END IF;
+  END IF;
+  v_key_id := reflect._current_key_id();
+  INSERT INTO reflect.requests
+    (key_id, prompt_enc, system_prompt_enc, params, idempotency_key, caller, submitted_by,
+     model_version_id, max_attempts)
+  VALUES
+    (v_key_id, reflect._encrypt(p_prompt, v_key_id), reflect._encrypt(p_system_prompt, v_key_id), v_params,
+     p_idempotency_key, p_caller, session_user, v_model, reflect._setting_int('max_attempts'))
+  ON CONFLICT (submitted_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+  RETURNING id INTO v_id;
+  IF v_id IS NULL THEN  -- a concurrent insert with the same idempotency key committed first
+    SELECT id INTO v_id FROM reflect.requests
+    WHERE submitted_by = session_user AND idempotency_key = p_idempotency_key;
+  END IF;
+  RETURN v_id;
+END
+$$;
+ALTER FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean DEFAULT true) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  PERFORM reflect._check_key_id(p_key_id);
+  IF p_key IS NULL OR length(p_key) < 32 THEN
+    RAISE EXCEPTION 'encryption key for key id % must be at least 32 characters', p_key_id
+      USING ERRCODE = 'PR001';
+  END IF;
+  PERFORM set_config('reflect.key_' || p_key_id, p_key, false);
+  IF p_current THEN
+    PERFORM set_config('reflect.current_key_id', p_key_id, false);
+  END IF;
+END
+$$;
+ALTER FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.worker_seen_v1(p_worker_id text, p_model_version_ids integer[], p_pid integer, p_hostname text) RETURNS void
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  INSERT INTO reflect.workers (worker_id, hostname, pid, model_version_ids)
+  VALUES (p_worker_id, left(p_hostname, 200), p_pid, p_model_version_ids)
+  ON CONFLICT (worker_id) DO UPDATE
+  SET last_seen_at = now(), model_version_ids = excluded.model_version_ids, stopped_at = NULL
+$$;
+ALTER FUNCTION reflect.worker_seen_v1(p_worker_id text, p_model_version_ids integer[], p_pid integer, p_hostname text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.worker_stopped_v1(p_worker_id text) RETURNS void
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  UPDATE reflect.workers SET stopped_at = now(), last_seen_at = now() WHERE worker_id = p_worker_id
+$$;
+ALTER FUNCTION reflect.worker_stopped_v1(p_worker_id text) OWNER TO reflect_owner;
+CREATE TABLE reflect.answers (
+    request_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    key_id text NOT NULL,
+    answer_enc bytea NOT NULL,
+    model_version_id integer NOT NULL,
+    worker_id text NOT NULL,
+    finish_reason text NOT NULL,
+    prompt_tokens integer NOT NULL,
+    completion_tokens integer NOT NULL,
+    token_logprobs real[] NOT NULL,
+    logprob_mean double precision,
+    logprob_min double precision,
+    logprob_norm double precision,
+    queue_wait_ms double precision NOT NULL,
+    prompt_eval_ms double precision NOT NULL,
+    generation_ms double precision NOT NULL,
+    tokens_per_s double precision,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT answers_completion_tokens_check CHECK ((completion_tokens >= 0)),
+    CONSTRAINT answers_finish_reason_check CHECK ((finish_reason = ANY (ARRAY['stop'::text, 'length'::text, 'stop_sequence'::text]))),
+    CONSTRAINT answers_generation_ms_check CHECK ((generation_ms >= (0)::double precision)),
+    CONSTRAINT answers_logprob_norm_check CHECK (((logprob_norm >= (0)::double precision) AND (logprob_norm <= (1)::double precision))),
+    CONSTRAINT answers_prompt_eval_ms_check CHECK ((prompt_eval_ms >= (0)::double precision)),
+    CONSTRAINT answers_prompt_tokens_check CHECK ((prompt_tokens >= 0)),
+    CONSTRAINT one_logprob_per_token CHECK ((cardinality(token_logprobs) = completion_tokens))
+);
+ALTER TABLE reflect.answers OWNER TO reflect_owner;
+CREATE TABLE reflect.model_versions (
+    id integer NOT NULL,
+    name text NOT NULL,
+    gguf_path text NOT NULL,
+    source text NOT NULL,
+    sha256 text NOT NULL,
+    parent_id integer,
+    n_ctx integer DEFAULT 4096 NOT NULL,
+    is_active boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT model_version_name_format CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'::text)),
+    CONSTRAINT model_versions_gguf_path_check CHECK ((gguf_path <> ''::text)),
+    CONSTRAINT model_versions_n_ctx_check CHECK (((n_ctx >= 256) AND (n_ctx <= 131072))),
+    CONSTRAINT model_versions_source_check CHECK ((source <> ''::text)),
+    CONSTRAINT sha256_hex CHECK ((sha256 ~ '^[0-9a-f]{64}$'::text))
+);
+ALTER TABLE reflect.model_versions OWNER TO reflect_owner;
+CREATE VIEW reflect.app_requests WITH (security_barrier='true') AS
+ SELECT r.id,
+    reflect._decrypt_or_null(r.prompt_enc, r.key_id) AS prompt,
+    reflect._decrypt_or_null(r.system_prompt_enc, r.key_id) AS system_prompt,
+    r.params,
+    r.idempotency_key,
+    r.caller,
+    mv.name AS model_version,
+    (r.state)::text AS state,
+    r.attempts,
+    r.last_error,
+    r.created_at,
+    r.finished_at,
+    reflect._decrypt_or_null(a.answer_enc, a.key_id) AS answer,
+    a.finish_reason,
+    a.completion_tokens AS tokens,
+    a.tokens_per_s,
+    a.logprob_mean,
+    a.logprob_min,
+    a.logprob_norm AS confidence,
+    a.prompt_tokens,
+    a.queue_wait_ms,
+    a.prompt_eval_ms,
+    a.generation_ms
+   FROM ((reflect.requests r
+     JOIN reflect.model_versions mv ON ((mv.id = r.model_version_id)))
+     LEFT JOIN reflect.answers a ON ((a.request_id = r.id)))
+  WHERE (r.submitted_by = SESSION_USER);
+ALTER TABLE reflect.app_requests OWNER TO reflect_owner;
+CREATE VIEW reflect.model_version_daily AS
+ SELECT mv.name AS model_version,
+    date_trunc('day'::text, r.created_at) AS day,
+    count(*) AS requests,
+    count(*) FILTER (WHERE (r.state = 'succeeded'::reflect.request_state)) AS succeeded,
+    count(*) FILTER (WHERE (r.state = 'failed'::reflect.request_state)) AS failed,
+    count(*) FILTER (WHERE (r.state = ANY (ARRAY['queued'::reflect.request_state, 'running'::reflect.request_state]))) AS pending,
+    avg(a.tokens_per_s) AS mean_tokens_per_s,
+    percentile_cont((0.5)::double precision) WITHIN GROUP (ORDER BY a.queue_wait_ms) AS p50_queue_wait_ms,
+    percentile_cont((0.95)::double precision) WITHIN GROUP (ORDER BY a.queue_wait_ms) AS p95_queue_wait_ms,
+    avg(a.logprob_norm) AS mean_confidence,
+    sum(a.completion_tokens) AS completion_tokens
+   FROM ((reflect.requests r
+     JOIN reflect.model_versions mv ON ((mv.id = r.model_version_id)))
+     LEFT JOIN reflect.answers a ON ((a.request_id = r.id)))
+  GROUP BY mv.name, (date_trunc('day'::text, r.created_at));
+ALTER TABLE reflect.model_version_daily OWNER TO reflect_owner;
+CREATE VIEW reflect.model_version_registry AS
+ SELECT mv.id,
+    mv.name,
+    mv.source,
+    mv.sha256,
+    p.name AS parent,
+    mv.n_ctx,
+    mv.is_active,
+    mv.created_at
+   FROM (reflect.model_versions mv
+     LEFT JOIN reflect.model_versions p ON ((p.id = mv.parent_id)));
+ALTER TABLE reflect.model_version_registry OWNER TO reflect_owner;
+ALTER TABLE reflect.model_versions ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.model_versions_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+CREATE VIEW reflect.queue_status AS
+ SELECT mv.name AS model_version,
+    mv.is_active,
+    count(r.id) FILTER (WHERE (r.state = 'queued'::reflect.request_state)) AS queued,
+    count(r.id) FILTER (WHERE ((r.state = 'queued'::reflect.request_state) AND (r.run_after > now()))) AS waiting_retry,
+    count(r.id) FILTER (WHERE (r.state = 'running'::reflect.request_state)) AS running,
+    count(r.id) FILTER (WHERE ((r.state = 'running'::reflect.request_state) AND (r.lease_expires_at < now()))) AS lease_expired,
+    count(r.id) FILTER (WHERE (r.state = 'succeeded'::reflect.request_state)) AS succeeded,
+    count(r.id) FILTER (WHERE (r.state = 'failed'::reflect.request_state)) AS failed,
+    min(r.created_at) FILTER (WHERE (r.state = 'queued'::reflect.request_state)) AS oldest_queued_at
+   FROM (reflect.model_versions mv
+     LEFT JOIN reflect.requests r ON ((r.model_version_id = mv.id)))
+  GROUP BY mv.id, mv.name, mv.is_active;
+ALTER TABLE reflect.queue_status OWNER TO reflect_owner;
+CREATE TABLE reflect.request_events (
+    id bigint NOT NULL,
+    request_id bigint NOT NULL,
+    at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    event text NOT NULL,
+    attempt integer NOT NULL,
+    worker_id text,
+    detail text,
+    CONSTRAINT request_events_event_check CHECK ((event = ANY (ARRAY['submitted'::text, 'claimed'::text, 'succeeded'::text, 'retry'::text, 'failed'::text, 'released'::text, 'lease_expired'::text, 'key_rotated'::text])))
+);
+ALTER TABLE reflect.request_events OWNER TO reflect_owner;
+CREATE VIEW reflect.request_audit AS
+ SELECT e.request_id,
+    e.at,
+    e.event,
+    e.attempt,
+    e.worker_id,
+    e.detail
+   FROM reflect.request_events e;
+ALTER TABLE reflect.request_audit OWNER TO reflect_owner;
+ALTER TABLE reflect.request_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.request_events_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+CREATE VIEW reflect.request_metrics AS
+ SELECT r.id AS request_id,
+    r.caller,
+    r.submitted_by,
+    mv.name AS model_version,
+    (r.state)::text AS state,
+    r.attempts,
+    r.last_error,
+    r.created_at,
+    r.claimed_at,
+    r.finished_at,
+    a.worker_id,
+    a.finish_reason,
+    a.prompt_tokens,
+    a.completion_tokens,
+    a.logprob_mean,
+    a.logprob_min,
+    a.logprob_norm AS confidence,
+    a.queue_wait_ms,
+    a.prompt_eval_ms,
+    a.generation_ms,
+    a.tokens_per_s,
+    (EXTRACT(epoch FROM (r.finished_at - r.created_at)) * (1000)::numeric) AS total_ms
+   FROM ((reflect.requests r
+     JOIN reflect.model_versions mv ON ((mv.id = r.model_version_id)))
+     LEFT JOIN reflect.answers a ON ((a.request_id = r.id)));
+ALTER TABLE reflect.request_metrics OWNER TO reflect_owner;
+ALTER TABLE reflect.requests ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.requests_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+CREATE TABLE reflect.settings (
+    key text NOT NULL,
+    value jsonb NOT NULL,
+    description text NOT NULL
+);
+ALTER TABLE reflect.settings OWNER TO reflect_owner;
+CREATE TABLE reflect.workers (
+    worker_id text NOT NULL,
+    hostname text NOT NULL,
+    pid integer NOT NULL,
+    model_version_ids integer[] NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen_at timestamp with time zone DEFAULT now() NOT NULL,
+    stopped_at timestamp with time zone,
+    CONSTRAINT workers_worker_id_check CHECK (((length(worker_id) >= 1) AND (length(worker_id) <= 200)))
+);
+ALTER TABLE reflect.workers OWNER TO reflect_owner;
+CREATE VIEW reflect.worker_status AS
+ SELECT w.worker_id,
+    w.hostname,
+    w.pid,
+    ARRAY( SELECT mv.name
+           FROM reflect.model_versions mv
+          WHERE (mv.id = ANY (w.model_version_ids))
+          ORDER BY mv.id) AS model_versions,
+    w.started_at,
+    w.last_seen_at,
+    w.stopped_at,
+    ((w.stopped_at IS NULL) AND (w.last_seen_at > (now() - make_interval(secs => (s.live_s)::double precision)))) AS live
+   FROM (reflect.workers w
+     CROSS JOIN ( SELECT ((settings.value #>> '{}'::text[]))::integer AS live_s
+           FROM reflect.settings
+          WHERE (settings.key = 'worker_live_s'::text)) s);
+ALTER TABLE reflect.worker_status OWNER TO reflect_owner;
+CREATE TABLE reflect_meta.schema_migrations (
+    name text NOT NULL,
+    sha256 text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL,
+    applied_by name DEFAULT SESSION_USER NOT NULL
+);
+ALTER TABLE reflect_meta.schema_migrations OWNER TO postgres;
+ALTER TABLE ONLY reflect.answers
+    ADD CONSTRAINT answers_pkey PRIMARY KEY (request_id);
+ALTER TABLE ONLY reflect.model_versions
+    ADD CONSTRAINT model_versions_name_key UNIQUE (name);
+ALTER TABLE ONLY reflect.model_versions
+    ADD CONSTRAINT model_versions_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.request_events
+    ADD CONSTRAINT request_events_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.requests
+    ADD CONSTRAINT requests_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.settings
+    ADD CONSTRAINT settings_pkey PRIMARY KEY (key);
+ALTER TABLE ONLY reflect.workers
+    ADD CONSTRAINT workers_pkey PRIMARY KEY (worker_id);
+ALTER TABLE ONLY reflect_meta.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (name);
+CREATE UNIQUE INDEX model_versions_one_active ON reflect.model_versions USING btree (is_active) WHERE is_active;
+CREATE INDEX request_events_request ON reflect.request_events USING btree (request_id);
+CREATE UNIQUE INDEX requests_idempotency_key ON reflect.requests USING btree (submitted_by, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+CREATE INDEX requests_leases ON reflect.requests USING btree (lease_expires_at) WHERE (state = 'running'::reflect.request_state);
+CREATE INDEX requests_queued ON reflect.requests USING btree (id) WHERE (state = 'queued'::reflect.request_state);
+CREATE TRIGGER _100_submit INSTEAD OF INSERT ON reflect.app_requests FOR EACH ROW EXECUTE FUNCTION reflect._app_requests_insert();
+CREATE TRIGGER _900_notify_needs_inference AFTER INSERT ON reflect.requests FOR EACH ROW EXECUTE FUNCTION reflect._requests_after_insert();
+ALTER TABLE ONLY reflect.answers
+    ADD CONSTRAINT answers_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.answers
+    ADD CONSTRAINT answers_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.model_versions
+    ADD CONSTRAINT model_versions_parent_id_fkey FOREIGN KEY (parent_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.request_events
+    ADD CONSTRAINT request_events_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.requests
+    ADD CONSTRAINT requests_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE reflect.answers ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.model_versions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.request_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.requests ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.settings ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.workers ENABLE ROW LEVEL SECURITY;
+GRANT USAGE ON SCHEMA reflect TO reflect_app;
+GRANT USAGE ON SCHEMA reflect TO reflect_worker;
+GRANT USAGE ON SCHEMA reflect TO reflect_analyst;
+REVOKE ALL ON FUNCTION reflect._app_requests_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._check_key_id(p_key_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._current_key_id() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._decrypt(p_cipher bytea, p_key_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect._encrypt(p_plain text, p_key_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._key(p_key_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._normalize_params(p jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._requests_after_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._setting_int(p_key text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.activate_model_version_v1(p_name text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.ensure_login_role_v1(p_login text, p_group text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.live_worker_count_v1(p_model_version text) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.live_worker_count_v1(p_model_version text) TO reflect_app;
+GRANT ALL ON FUNCTION reflect.live_worker_count_v1(p_model_version text) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.reap_expired_v1() FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.reap_expired_v1() TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_app;
+GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.worker_seen_v1(p_worker_id text, p_model_version_ids integer[], p_pid integer, p_hostname text) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.worker_seen_v1(p_worker_id text, p_model_version_ids integer[], p_pid integer, p_hostname text) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.worker_stopped_v1(p_worker_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.worker_stopped_v1(p_worker_id text) TO reflect_worker;
+GRANT SELECT,INSERT ON TABLE reflect.app_requests TO reflect_app;
+GRANT SELECT ON TABLE reflect.model_version_daily TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_app;
+GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_worker;
+GRANT SELECT ON TABLE reflect.queue_status TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.queue_status TO reflect_app;
+GRANT SELECT ON TABLE reflect.queue_status TO reflect_worker;
+GRANT SELECT ON TABLE reflect.request_audit TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.request_metrics TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.worker_status TO reflect_analyst;
