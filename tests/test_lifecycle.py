@@ -3,6 +3,7 @@ heartbeats, graceful shutdown."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import psycopg
@@ -82,12 +83,27 @@ def test_reaper_requeues_expired_leases_and_fails_exhausted_ones(db: Database, k
 def test_heartbeat_keeps_a_long_generation_leased(db: Database, keyring: Keyring) -> None:
     with client(db, keyring) as c:
         rid = c.submit("slow")
-    # Lease 1 s, generation 3 s: without heartbeats a second worker's reaper would take it away.
-    slow = worker(db, keyring, backend="noop", noop_delay_s=3, lease_seconds=1, heartbeat_interval=0.25)
-    reaper = worker(db, keyring, backend="noop", reap_interval=0.2, worker_id="reaper")
-    with BackgroundWorker(slow), BackgroundWorker(reaper):
-        wait_for(lambda: db.scalar("SELECT state FROM reflect.requests WHERE id = %s", (rid,)) == "succeeded",
-                 timeout=20, what="completion")
+    # Lease 2 s, generation 5 s, the reaper running every 0.2 s (as pg_cron would, only faster): without
+    # heartbeats the lease would expire mid-generation and the request would be re-queued.
+    slow = worker(db, keyring, backend="noop", noop_delay_s=5, lease_seconds=2, heartbeat_interval=0.25)
+    stop = threading.Event()
+    reaped: list[int] = []
+
+    def reap() -> None:
+        with db.admin() as conn:
+            while not stop.wait(0.2):
+                reaped.append(conn.execute(query("reap_expired")).fetchone()[0])
+
+    reaper = threading.Thread(target=reap)
+    reaper.start()
+    try:
+        with BackgroundWorker(slow):
+            wait_for(lambda: db.scalar("SELECT state FROM reflect.requests WHERE id = %s", (rid,)) == "succeeded",
+                     timeout=30, what="completion")
+    finally:
+        stop.set()
+        reaper.join()
+    assert len(reaped) > 10 and sum(reaped) == 0
     assert db.scalar("SELECT attempts FROM reflect.requests WHERE id = %s", (rid,)) == 1
     assert db.scalar("SELECT worker_id FROM reflect.answers WHERE request_id = %s", (rid,)) == slow.config.worker_id
 
