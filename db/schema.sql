@@ -28,6 +28,49 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._app_requests_insert() OWNER TO reflect_owner;
+CREATE FUNCTION reflect._apply_confidence(p_request_id bigint) RETURNS double precision
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  a reflect.answers;
+  cal reflect.calibrators;
+  x double precision[];
+  z double precision;
+  v_conf double precision;
+  v_params jsonb;
+  v_threshold double precision;
+  v_action text;
+BEGIN
+  SELECT * INTO a FROM reflect.answers WHERE request_id = p_request_id;
+  SELECT * INTO cal FROM reflect.calibrators
+  WHERE model_version_id = a.model_version_id AND is_active AND features = reflect.calibration_features_v1();
+  IF cal.id IS NOT NULL THEN
+    x := reflect._feature_vector(p_request_id);
+    z := cal.weights[1];
+    FOR j IN 1..cardinality(x) LOOP
+      z := z + cal.weights[j + 1] * (x[j] - cal.feature_means[j]) / cal.feature_stds[j];
+    END LOOP;
+    v_conf := reflect._sigmoid(z);
+  ELSE
+    v_conf := coalesce(
+      (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = p_request_id AND s.name = 'p_true'),
+      a.logprob_norm, 0);
+  END IF;
+  SELECT params INTO v_params FROM reflect.requests WHERE id = p_request_id;
+  v_threshold := coalesce((v_params ->> 'confidence_threshold')::double precision,
+                          reflect._setting_float('confidence_threshold_default'));
+  v_action := CASE WHEN v_conf < v_threshold
+                   THEN coalesce(v_params ->> 'low_confidence', reflect._setting_text('low_confidence_action_default'))
+                   ELSE 'answer' END;
+  UPDATE reflect.answers SET confidence = v_conf, calibrator_id = cal.id, action = v_action,
+                             memory_used = EXISTS (SELECT FROM reflect.answer_memories m
+                                                   WHERE m.request_id = p_request_id)
+  WHERE request_id = p_request_id;
+  RETURN v_conf;
+END
+$$;
+ALTER FUNCTION reflect._apply_confidence(p_request_id bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._check_key_id(p_key_id text) RETURNS text
     LANGUAGE plpgsql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -107,6 +150,22 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._encrypt(p_plain text, p_key_id text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._feature_vector(p_request_id bigint) RETURNS double precision[]
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT ARRAY[
+    greatest(coalesce(a.logprob_mean, -10), -10),
+    greatest(coalesce(a.logprob_min, -20), -20),
+    coalesce((SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'p_true'),
+             0.5),
+    coalesce((SELECT max(s.value) FROM reflect.answer_signals s
+              WHERE s.request_id = a.request_id AND s.name LIKE 'rule\_%'), 0),
+    ln(1 + a.completion_tokens)
+  ]::double precision[]
+  FROM reflect.answers a WHERE a.request_id = p_request_id
+$$;
+ALTER FUNCTION reflect._feature_vector(p_request_id bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._key(p_key_id text) RETURNS text
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -129,10 +188,18 @@ BEGIN
     RAISE EXCEPTION 'params must be a JSON object' USING ERRCODE = 'PR001';
   END IF;
   SELECT k INTO v_key FROM jsonb_object_keys(p) k
-  WHERE k NOT IN ('max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop') LIMIT 1;
+  WHERE k NOT IN ('max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'memory', 'memory_k',
+                  'low_confidence', 'confidence_threshold') LIMIT 1;
   IF v_key IS NOT NULL THEN
     RAISE EXCEPTION 'unknown generation parameter "%"', left(v_key, 40) USING ERRCODE = 'PR001',
-      HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop';
+      HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop, memory, memory_k, low_confidence, '
+             'confidence_threshold';
+  END IF;
+  IF p ? 'memory' AND jsonb_typeof(p -> 'memory') <> 'boolean' THEN
+    RAISE EXCEPTION 'memory must be true or false' USING ERRCODE = 'PR001';
+  END IF;
+  IF p ? 'low_confidence' AND coalesce(p ->> 'low_confidence', '') NOT IN ('answer', 'flag', 'abstain') THEN
+    RAISE EXCEPTION 'low_confidence must be answer, flag or abstain' USING ERRCODE = 'PR001';
   END IF;
   v_out := jsonb_build_object(
     'max_tokens', reflect._param_number(p, 'max_tokens', 1, v_limit, true,
@@ -140,7 +207,12 @@ BEGIN
     'temperature', reflect._param_number(p, 'temperature', 0, 2, false, 0),
     'top_p', reflect._param_number(p, 'top_p', 0.000001, 1, false, 1),
     'top_k', reflect._param_number(p, 'top_k', 0, 100000, true, 0),
-    'seed', reflect._param_number(p, 'seed', 0, 2147483647, true, NULL)
+    'seed', reflect._param_number(p, 'seed', 0, 2147483647, true, NULL),
+    'memory', coalesce((p -> 'memory')::boolean, true),
+    'memory_k', reflect._param_number(p, 'memory_k', 0, 20, true, reflect._setting_int('memory_k_default')),
+    'low_confidence', coalesce(p ->> 'low_confidence', reflect._setting_text('low_confidence_action_default')),
+    'confidence_threshold', reflect._param_number(p, 'confidence_threshold', 0, 1, false,
+                                                  reflect._setting_float('confidence_threshold_default')::numeric)
   );
   v_stop := coalesce(p -> 'stop', '[]'::jsonb);
   IF jsonb_typeof(v_stop) = 'string' THEN
@@ -181,26 +253,6 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) OWNER TO reflect_owner;
-CREATE FUNCTION reflect._requests_after_insert() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-BEGIN
-  INSERT INTO reflect.request_events (request_id, event, attempt, detail)
-  VALUES (NEW.id, 'submitted', 0, NEW.caller);
-  -- The payload is the id only: NOTIFY payloads are visible to every LISTENer.
-  PERFORM pg_notify('needs_inference', NEW.id::text);
-  RETURN NULL;
-END
-$$;
-ALTER FUNCTION reflect._requests_after_insert() OWNER TO reflect_owner;
-CREATE FUNCTION reflect._setting_int(p_key text) RETURNS integer
-    LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-  SELECT (value #>> '{}')::integer FROM reflect.settings WHERE key = p_key
-$$;
-ALTER FUNCTION reflect._setting_int(p_key text) OWNER TO reflect_owner;
 CREATE TABLE reflect.requests (
     id bigint NOT NULL,
     key_id text NOT NULL,
@@ -233,6 +285,158 @@ CREATE TABLE reflect.requests (
     CONSTRAINT running_iff_leased CHECK (((state = 'running'::reflect.request_state) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL))))
 );
 ALTER TABLE reflect.requests OWNER TO reflect_owner;
+CREATE FUNCTION reflect._record_answer(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) RETURNS reflect.requests
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests;
+  v_n integer := coalesce(cardinality(p_token_logprobs), 0);
+  v_mean double precision;
+  v_min double precision;
+BEGIN
+  IF p_answer IS NULL THEN
+    RAISE EXCEPTION 'answer must not be NULL' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_finish_reason IS NULL OR p_finish_reason NOT IN ('stop', 'length', 'stop_sequence') THEN
+    RAISE EXCEPTION 'finish reason must be stop, length or stop_sequence' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_token_logprobs IS NULL OR array_position(p_token_logprobs, NULL) IS NOT NULL
+     OR EXISTS (SELECT FROM unnest(p_token_logprobs) lp WHERE lp > 0 OR lp = 'NaN' OR lp = '-Infinity') THEN
+    RAISE EXCEPTION 'token log-probabilities must be finite and <= 0' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_prompt_tokens IS NULL OR p_prompt_tokens < 0 OR p_prompt_eval_ms IS NULL OR p_prompt_eval_ms < 0
+     OR p_generation_ms IS NULL OR p_generation_ms < 0 THEN
+    RAISE EXCEPTION 'token counts and timings must be non-negative' USING ERRCODE = 'PR001';
+  END IF;
+  r := reflect._take_lease(p_request_id, p_lease_token);
+  SELECT avg(lp), min(lp) INTO v_mean, v_min FROM unnest(p_token_logprobs) lp;
+  INSERT INTO reflect.answers
+    (request_id, attempt, key_id, answer_enc, model_version_id, worker_id, finish_reason, prompt_tokens,
+     completion_tokens, token_logprobs, logprob_mean, logprob_min, logprob_norm, queue_wait_ms,
+     prompt_eval_ms, generation_ms, tokens_per_s)
+  VALUES
+    (r.id, r.attempts, r.key_id, reflect._encrypt(p_answer, r.key_id), r.model_version_id, r.worker_id,
+     p_finish_reason, p_prompt_tokens, v_n, p_token_logprobs, v_mean, v_min, exp(v_mean),
+     extract(epoch FROM (r.claimed_at - r.created_at)) * 1000, p_prompt_eval_ms, p_generation_ms,
+     CASE WHEN p_generation_ms > 0 THEN v_n / (p_generation_ms / 1000) END);
+  UPDATE reflect.requests
+  SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
+      last_error = NULL
+  WHERE id = r.id;
+  INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
+  VALUES (r.id, 'succeeded', r.attempts, r.worker_id);
+  RETURN r;
+END
+$$;
+ALTER FUNCTION reflect._record_answer(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._requests_after_insert() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  INSERT INTO reflect.request_events (request_id, event, attempt, detail)
+  VALUES (NEW.id, 'submitted', 0, NEW.caller);
+  -- The payload is the id only: NOTIFY payloads are visible to every LISTENer.
+  PERFORM pg_notify('needs_inference', NEW.id::text);
+  RETURN NULL;
+END
+$$;
+ALTER FUNCTION reflect._requests_after_insert() OWNER TO reflect_owner;
+CREATE FUNCTION reflect._setting_float(p_key text) RETURNS double precision
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT (value #>> '{}')::double precision FROM reflect.settings WHERE key = p_key
+$$;
+ALTER FUNCTION reflect._setting_float(p_key text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._setting_int(p_key text) RETURNS integer
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT (value #>> '{}')::integer FROM reflect.settings WHERE key = p_key
+$$;
+ALTER FUNCTION reflect._setting_int(p_key text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._setting_text(p_key text) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT value #>> '{}' FROM reflect.settings WHERE key = p_key
+$$;
+ALTER FUNCTION reflect._setting_text(p_key text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._sigmoid(z double precision) RETURNS double precision
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT 1 / (1 + exp(-greatest(-30, least(30, z))))
+$$;
+ALTER FUNCTION reflect._sigmoid(z double precision) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._solve(a double precision[], b double precision[]) RETURNS double precision[]
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  n integer := array_length(b, 1);
+  piv integer;
+  f double precision;
+  tmp double precision;
+  x double precision[] := array_fill(0::double precision, ARRAY[n]);
+BEGIN
+  FOR k IN 1..n LOOP
+    piv := k;
+    FOR i IN k + 1..n LOOP
+      IF abs(a[i][k]) > abs(a[piv][k]) THEN piv := i; END IF;
+    END LOOP;
+    IF abs(a[piv][k]) < 1e-12 THEN
+      RAISE EXCEPTION 'singular system in calibrator fit';
+    END IF;
+    IF piv <> k THEN
+      FOR j IN 1..n LOOP
+        tmp := a[k][j]; a[k][j] := a[piv][j]; a[piv][j] := tmp;
+      END LOOP;
+      tmp := b[k]; b[k] := b[piv]; b[piv] := tmp;
+    END IF;
+    FOR i IN k + 1..n LOOP
+      f := a[i][k] / a[k][k];
+      FOR j IN k..n LOOP
+        a[i][j] := a[i][j] - f * a[k][j];
+      END LOOP;
+      b[i] := b[i] - f * b[k];
+    END LOOP;
+  END LOOP;
+  FOR i IN REVERSE n..1 LOOP
+    tmp := b[i];
+    FOR j IN i + 1..n LOOP
+      tmp := tmp - a[i][j] * x[j];
+    END LOOP;
+    x[i] := tmp / a[i][i];
+  END LOOP;
+  RETURN x;
+END
+$$;
+ALTER FUNCTION reflect._solve(a double precision[], b double precision[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._store_signals(p_request_id bigint, p_signals jsonb) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+  v_bad text;
+BEGIN
+  IF p_signals IS NULL OR jsonb_typeof(p_signals) <> 'object' THEN
+    RAISE EXCEPTION 'signals must be a JSON object of name: number' USING ERRCODE = 'PR001';
+  END IF;
+  SELECT k INTO v_bad FROM jsonb_each(p_signals) e(k, v)
+  WHERE k !~ '^[a-z][a-z0-9_]{0,40}$' OR jsonb_typeof(v) <> 'number' LIMIT 1;
+  IF v_bad IS NOT NULL THEN
+    RAISE EXCEPTION 'signal "%" must be a lowercase name with a numeric value', left(v_bad, 40)
+      USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.answer_signals (request_id, name, value)
+  SELECT p_request_id, k, (v #>> '{}')::double precision FROM jsonb_each(p_signals) e(k, v)
+  ON CONFLICT (request_id, name) DO UPDATE SET value = excluded.value, computed_at = now();
+END
+$_$;
+ALTER FUNCTION reflect._store_signals(p_request_id bigint, p_signals jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) RETURNS reflect.requests
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -252,6 +456,17 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision DEFAULT 0.8) RETURNS double precision
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  WITH d AS (
+    SELECT y, row_number() OVER (ORDER BY c DESC) AS rn, count(*) OVER () AS n
+    FROM unnest(p_confidence, p_correct) AS t(c, y) WHERE c IS NOT NULL AND y IS NOT NULL
+  )
+  SELECT avg(y::int)::double precision FROM d WHERE rn <= greatest(1, ceil(p_coverage * n))
+$$;
+ALTER FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.activate_model_version_v1(p_name text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -270,6 +485,52 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.activate_model_version_v1(p_name text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.add_signals_v1(p_request_id bigint, p_signals jsonb) RETURNS double precision
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM reflect.answers WHERE request_id = p_request_id) THEN
+    RAISE EXCEPTION 'request % has no answer', p_request_id USING ERRCODE = 'PR005';
+  END IF;
+  PERFORM reflect._store_signals(p_request_id, p_signals);
+  RETURN reflect._apply_confidence(p_request_id);
+END
+$$;
+ALTER FUNCTION reflect.add_signals_v1(p_request_id bigint, p_signals jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) RETURNS double precision
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  WITH d AS (
+    SELECT s, p FROM unnest(p_scores, p_positives) AS t(s, p) WHERE s IS NOT NULL AND p IS NOT NULL
+  ), r AS (
+    SELECT p, rank() OVER (ORDER BY s) + (count(*) OVER (PARTITION BY s) - 1) / 2.0 AS rk FROM d
+  ), c AS (
+    SELECT count(*) FILTER (WHERE p) AS n_pos, count(*) FILTER (WHERE NOT p) AS n_neg,
+           sum(rk) FILTER (WHERE p) AS rank_sum
+    FROM r
+  )
+  SELECT CASE WHEN n_pos = 0 OR n_neg = 0 THEN NULL
+              ELSE ((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))::double precision END
+  FROM c
+$$;
+ALTER FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) RETURNS double precision
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT avg((c - y::int) ^ 2) FROM unnest(p_confidence, p_correct) AS t(c, y)
+  WHERE c IS NOT NULL AND y IS NOT NULL
+$$;
+ALTER FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.calibration_features_v1() RETURNS text[]
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT ARRAY['logprob_mean', 'logprob_min', 'p_true', 'rule_failed', 'log_tokens']
+$$;
+ALTER FUNCTION reflect.calibration_features_v1() OWNER TO reflect_owner;
 CREATE FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[] DEFAULT NULL::integer[]) RETURNS TABLE(request_id bigint, lease_token uuid, attempt integer, model_version_id integer, prompt text, system_prompt text, params jsonb, queue_wait_ms double precision)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -323,47 +584,41 @@ CREATE FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_a
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-DECLARE
-  r reflect.requests;
-  v_n integer := coalesce(cardinality(p_token_logprobs), 0);
-  v_mean double precision;
-  v_min double precision;
 BEGIN
-  IF p_answer IS NULL THEN
-    RAISE EXCEPTION 'answer must not be NULL' USING ERRCODE = 'PR001';
-  END IF;
-  IF p_finish_reason IS NULL OR p_finish_reason NOT IN ('stop', 'length', 'stop_sequence') THEN
-    RAISE EXCEPTION 'finish reason must be stop, length or stop_sequence' USING ERRCODE = 'PR001';
-  END IF;
-  IF p_token_logprobs IS NULL OR array_position(p_token_logprobs, NULL) IS NOT NULL
-     OR EXISTS (SELECT FROM unnest(p_token_logprobs) lp WHERE lp > 0 OR lp = 'NaN' OR lp = '-Infinity') THEN
-    RAISE EXCEPTION 'token log-probabilities must be finite and <= 0' USING ERRCODE = 'PR001';
-  END IF;
-  IF p_prompt_tokens IS NULL OR p_prompt_tokens < 0 OR p_prompt_eval_ms IS NULL OR p_prompt_eval_ms < 0
-     OR p_generation_ms IS NULL OR p_generation_ms < 0 THEN
-    RAISE EXCEPTION 'token counts and timings must be non-negative' USING ERRCODE = 'PR001';
-  END IF;
-  r := reflect._take_lease(p_request_id, p_lease_token);
-  SELECT avg(lp), min(lp) INTO v_mean, v_min FROM unnest(p_token_logprobs) lp;
-  INSERT INTO reflect.answers
-    (request_id, attempt, key_id, answer_enc, model_version_id, worker_id, finish_reason, prompt_tokens,
-     completion_tokens, token_logprobs, logprob_mean, logprob_min, logprob_norm, queue_wait_ms,
-     prompt_eval_ms, generation_ms, tokens_per_s)
-  VALUES
-    (r.id, r.attempts, r.key_id, reflect._encrypt(p_answer, r.key_id), r.model_version_id, r.worker_id,
-     p_finish_reason, p_prompt_tokens, v_n, p_token_logprobs, v_mean, v_min, exp(v_mean),
-     extract(epoch FROM (r.claimed_at - r.created_at)) * 1000, p_prompt_eval_ms, p_generation_ms,
-     CASE WHEN p_generation_ms > 0 THEN v_n / (p_generation_ms / 1000) END);
-  UPDATE reflect.requests
-  SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
-      last_error = NULL
-  WHERE id = r.id;
-  INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
-  VALUES (r.id, 'succeeded', r.attempts, r.worker_id);
-  PERFORM pg_notify('request_done', r.id::text);
+  PERFORM reflect.complete_v2(p_request_id, p_lease_token, p_answer, p_finish_reason, p_prompt_tokens,
+                              p_token_logprobs, p_prompt_eval_ms, p_generation_ms, '{}'::jsonb);
 END
 $$;
 ALTER FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) RETURNS double precision
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests;
+  v_conf double precision;
+BEGIN
+  r := reflect._record_answer(p_request_id, p_lease_token, p_answer, p_finish_reason, p_prompt_tokens,
+                              p_token_logprobs, p_prompt_eval_ms, p_generation_ms);
+  PERFORM reflect._store_signals(r.id, p_signals);
+  v_conf := reflect._apply_confidence(r.id);
+  PERFORM pg_notify('request_done', r.id::text);
+  RETURN v_conf;
+END
+$$;
+ALTER FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer DEFAULT 10) RETURNS double precision
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  WITH d AS (
+    SELECT c, y::int AS y, least(floor(c * p_bins)::int, p_bins - 1) AS bin
+    FROM unnest(p_confidence, p_correct) AS t(c, y) WHERE c IS NOT NULL AND y IS NOT NULL
+  )
+  SELECT sum(abs(sum_c - sum_y)) / nullif(sum(n), 0)
+  FROM (SELECT bin, count(*) AS n, sum(c) AS sum_c, sum(y) AS sum_y FROM d GROUP BY bin) b
+$$;
+ALTER FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.ensure_login_role_v1(p_login text, p_group text) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -419,6 +674,183 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean DEFAULT NULL::boolean, p_rating integer DEFAULT NULL::integer, p_correction text DEFAULT NULL::text, p_source text DEFAULT 'human'::text) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+  r reflect.requests;
+  v_id bigint;
+  v_kind text;
+  v_fid bigint;
+BEGIN
+  SELECT * INTO r FROM reflect.requests WHERE id = p_request_id;
+  IF r.id IS NULL OR NOT (r.submitted_by = session_user OR pg_has_role(session_user, 'reflect_owner', 'MEMBER')) THEN
+    RAISE EXCEPTION 'no request % (or it is not yours)', p_request_id USING ERRCODE = 'PR005';
+  END IF;
+  IF p_rating IS NOT NULL AND p_rating NOT BETWEEN 1 AND 5 THEN
+    RAISE EXCEPTION 'rating must be between 1 and 5' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_correction IS NOT NULL AND btrim(p_correction, E' \t\r\n') = '' THEN
+    RAISE EXCEPTION 'correction must not be empty' USING ERRCODE = 'PR001';
+  END IF;
+  IF length(p_correction) > reflect._setting_int('max_prompt_chars') THEN
+    RAISE EXCEPTION 'correction is longer than % characters', reflect._setting_int('max_prompt_chars')
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF p_is_correct IS NULL AND p_rating IS NULL AND p_correction IS NULL THEN
+    RAISE EXCEPTION 'feedback needs is_correct, a rating or a correction' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_source IS NULL OR p_source !~ '^[a-z][a-z0-9_]{0,30}$' THEN
+    RAISE EXCEPTION 'source must match ^[a-z][a-z0-9_]{0,30}$' USING ERRCODE = 'PR001';
+  END IF;
+  IF r.state <> 'succeeded' AND (p_is_correct IS NOT NULL OR p_rating IS NOT NULL) THEN
+    RAISE EXCEPTION 'request % has no answer to judge (it is %)', p_request_id, r.state USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.feedback (request_id, is_correct, rating, key_id, correction_enc, source, given_by)
+  VALUES (r.id, p_is_correct, p_rating, CASE WHEN p_correction IS NOT NULL THEN r.key_id END,
+          reflect._encrypt(p_correction, r.key_id), p_source, session_user)
+  RETURNING id INTO v_id;
+  -- Memory follows the latest feedback that says something about correctness.
+  SELECT CASE WHEN f.correction_enc IS NOT NULL THEN 'correction' WHEN f.is_correct THEN 'confirmed' END, f.id
+  INTO v_kind, v_fid
+  FROM reflect.feedback f
+  WHERE f.request_id = r.id AND (f.is_correct IS NOT NULL OR f.correction_enc IS NOT NULL)
+  ORDER BY f.id DESC LIMIT 1;
+  IF v_kind IS NULL THEN
+    DELETE FROM reflect.memories WHERE request_id = r.id;
+  ELSE
+    INSERT INTO reflect.memories (request_id, kind, feedback_id, embedding)
+    SELECT r.id, v_kind, v_fid, e.embedding FROM reflect.prompt_embeddings e WHERE e.request_id = r.id
+    ON CONFLICT (request_id) DO UPDATE SET kind = excluded.kind, feedback_id = excluded.feedback_id;
+  END IF;
+  RETURN v_id;
+END
+$_$;
+ALTER FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.fit_calibrator_v1(p_model_version text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_mv integer;
+  v_feats text[] := reflect.calibration_features_v1();
+  d integer := cardinality(reflect.calibration_features_v1());
+  tx double precision[];
+  ty boolean[];
+  hx double precision[];
+  hy boolean[];
+  n integer;
+  v_labels integer;
+  m double precision[];
+  s double precision[];
+  w double precision[];
+  g double precision[];
+  h double precision[];
+  xi double precision[];
+  delta double precision[];
+  z double precision;
+  p double precision;
+  wt double precision;
+  v_l2 double precision := reflect._setting_float('calibration_l2');
+  hconf double precision[];
+  tconf double precision[];
+  v_metrics jsonb;
+  v_id integer;
+  v_iter integer := 0;
+BEGIN
+  SELECT id INTO v_mv FROM reflect.model_versions WHERE name = p_model_version;
+  IF v_mv IS NULL THEN
+    RAISE EXCEPTION 'unknown model version "%"', p_model_version USING ERRCODE = 'PR003';
+  END IF;
+  SELECT count(*),
+         array_agg(reflect._feature_vector(l.request_id) ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 <> 0),
+         array_agg(l.is_correct ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 <> 0),
+         array_agg(reflect._feature_vector(l.request_id) ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 = 0),
+         array_agg(l.is_correct ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 = 0)
+  INTO v_labels, tx, ty, hx, hy
+  FROM reflect.labels l JOIN reflect.answers a ON a.request_id = l.request_id
+  WHERE a.model_version_id = v_mv;
+  n := coalesce(cardinality(ty), 0);
+  IF v_labels < reflect._setting_int('calibration_min_labels')
+     OR (SELECT count(*) FILTER (WHERE y) FROM unnest(ty) y) < reflect._setting_int('calibration_min_per_class')
+     OR (SELECT count(*) FILTER (WHERE NOT y) FROM unnest(ty) y) < reflect._setting_int('calibration_min_per_class') THEN
+    RAISE NOTICE 'model version %: % labels, not enough to fit a calibrator', p_model_version, v_labels;
+    RETURN NULL;
+  END IF;
+  -- standardise with the training means and standard deviations
+  SELECT array_agg(mean ORDER BY j), array_agg(sd ORDER BY j) INTO m, s
+  FROM (SELECT j, avg(tx[i][j]) AS mean, coalesce(nullif(stddev_pop(tx[i][j]), 0), 1) AS sd
+        FROM generate_series(1, d) j, generate_series(1, n) i GROUP BY j) st;
+  w := array_fill(0::double precision, ARRAY[d + 1]);
+  LOOP
+    v_iter := v_iter + 1;
+    g := array_fill(0::double precision, ARRAY[d + 1]);
+    h := array_fill(0::double precision, ARRAY[d + 1, d + 1]);
+    FOR i IN 1..n LOOP
+      xi := ARRAY[1::double precision];
+      FOR j IN 1..d LOOP
+        xi := xi || (tx[i][j] - m[j]) / s[j];
+      END LOOP;
+      z := 0;
+      FOR j IN 1..d + 1 LOOP
+        z := z + w[j] * xi[j];
+      END LOOP;
+      p := reflect._sigmoid(z);
+      wt := greatest(p * (1 - p), 1e-9);
+      FOR j IN 1..d + 1 LOOP
+        g[j] := g[j] + (ty[i]::int - p) * xi[j];
+        FOR k IN j..d + 1 LOOP
+          h[j][k] := h[j][k] + wt * xi[j] * xi[k];
+        END LOOP;
+      END LOOP;
+    END LOOP;
+    FOR j IN 1..d + 1 LOOP
+      FOR k IN 1..j - 1 LOOP
+        h[j][k] := h[k][j];
+      END LOOP;
+      IF j > 1 THEN  -- no penalty on the intercept
+        g[j] := g[j] - v_l2 * w[j];
+        h[j][j] := h[j][j] + v_l2;
+      END IF;
+    END LOOP;
+    delta := reflect._solve(h, g);
+    FOR j IN 1..d + 1 LOOP
+      w[j] := w[j] + delta[j];
+    END LOOP;
+    EXIT WHEN v_iter >= 50 OR (SELECT max(abs(x)) FROM unnest(delta) x) < 1e-8;
+  END LOOP;
+  SELECT array_agg(reflect._sigmoid(w[1] + (SELECT sum(w[j + 1] * (hx[i][j] - m[j]) / s[j]) FROM generate_series(1, d) j))
+                   ORDER BY i)
+  INTO hconf FROM generate_series(1, coalesce(cardinality(hy), 0)) i;
+  SELECT array_agg(reflect._sigmoid(w[1] + (SELECT sum(w[j + 1] * (tx[i][j] - m[j]) / s[j]) FROM generate_series(1, d) j))
+                   ORDER BY i)
+  INTO tconf FROM generate_series(1, n) i;
+  v_metrics := jsonb_build_object(
+    'iterations', v_iter,
+    'heldout', jsonb_build_object(
+      'n', coalesce(cardinality(hy), 0),
+      'accuracy', (SELECT avg(y::int) FROM unnest(hy) y),
+      'mean_confidence', (SELECT avg(c) FROM unnest(hconf) c),
+      'ece', reflect.ece_v1(hconf, hy),
+      'brier', reflect.brier_v1(hconf, hy),
+      'auroc_wrong', reflect.auroc_v1((SELECT array_agg(1 - c) FROM unnest(hconf) c), (SELECT array_agg(NOT y) FROM unnest(hy) y)),
+      'accuracy_at_80', reflect.accuracy_at_coverage_v1(hconf, hy, 0.8)),
+    'train', jsonb_build_object(
+      'n', n,
+      'accuracy', (SELECT avg(y::int) FROM unnest(ty) y),
+      'ece', reflect.ece_v1(tconf, ty),
+      'brier', reflect.brier_v1(tconf, ty),
+      'auroc_wrong', reflect.auroc_v1((SELECT array_agg(1 - c) FROM unnest(tconf) c), (SELECT array_agg(NOT y) FROM unnest(ty) y))));
+  UPDATE reflect.calibrators SET is_active = false WHERE model_version_id = v_mv AND is_active;
+  INSERT INTO reflect.calibrators (model_version_id, method, features, feature_means, feature_stds, weights, n_train,
+                                   n_heldout, heldout_metrics, labels_seen, is_active)
+  VALUES (v_mv, 'logistic_l2', v_feats, m, s, w, n, coalesce(cardinality(hy), 0), v_metrics, v_labels, true)
+  RETURNING id INTO v_id;
+  RETURN v_id;
+END
+$$;
+ALTER FUNCTION reflect.fit_calibrator_v1(p_model_version text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) RETURNS SETOF bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -510,6 +942,79 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.reap_expired_v1() OWNER TO reflect_owner;
+CREATE FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer DEFAULT NULL::integer) RETURNS TABLE(memory_request_id bigint, kind text, distance double precision, prompt text, answer text, correction text)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+  r reflect.requests;
+  v_k integer;
+BEGIN
+  r := reflect._take_lease(p_request_id, p_lease_token);
+  IF p_embedding IS NULL OR public.vector_dims(p_embedding) <> 384 THEN
+    RAISE EXCEPTION 'embedding must have 384 dimensions' USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.prompt_embeddings (request_id, model, embedding)
+  VALUES (r.id, p_model, p_embedding)
+  ON CONFLICT (request_id) DO UPDATE SET model = excluded.model, embedding = excluded.embedding;
+  DELETE FROM reflect.answer_memories WHERE request_id = r.id;  -- a re-claim starts over
+  v_k := coalesce(p_k, (r.params ->> 'memory_k')::integer, reflect._setting_int('memory_k_default'));
+  IF coalesce((r.params ->> 'memory')::boolean, true) IS FALSE OR v_k <= 0 THEN
+    RETURN;
+  END IF;
+  RETURN QUERY
+  WITH nearest AS (
+    SELECT m.request_id, m.kind, m.feedback_id, (m.embedding OPERATOR(public.<=>) p_embedding) AS dist
+    FROM reflect.memories m
+    WHERE m.request_id <> r.id
+    ORDER BY m.embedding OPERATOR(public.<=>) p_embedding
+    LIMIT v_k
+  ), used AS (
+    INSERT INTO reflect.answer_memories (request_id, memory_request_id, rank, distance)
+    SELECT r.id, n.request_id, row_number() OVER (ORDER BY n.dist), n.dist FROM nearest n
+    JOIN reflect.requests mr ON mr.id = n.request_id
+    WHERE reflect._key(mr.key_id) IS NOT NULL
+    RETURNING memory_request_id
+  )
+  SELECT n.request_id, n.kind, n.dist, reflect._decrypt(mr.prompt_enc, mr.key_id),
+         reflect._decrypt(a.answer_enc, a.key_id), reflect._decrypt(f.correction_enc, f.key_id)
+  FROM nearest n
+  JOIN used u ON u.memory_request_id = n.request_id
+  JOIN reflect.requests mr ON mr.id = n.request_id
+  LEFT JOIN reflect.answers a ON a.request_id = n.request_id
+  LEFT JOIN reflect.feedback f ON f.id = n.feedback_id
+  ORDER BY n.dist;
+END
+$$;
+ALTER FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.refit_calibrators_v1() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v record;
+  v_n integer := 0;
+BEGIN
+  FOR v IN
+    SELECT mv.name, count(l.request_id) AS labels, c.labels_seen
+    FROM reflect.model_versions mv
+    JOIN reflect.answers a ON a.model_version_id = mv.id
+    JOIN reflect.labels l ON l.request_id = a.request_id
+    LEFT JOIN reflect.calibrators c ON c.model_version_id = mv.id AND c.is_active
+    GROUP BY mv.name, c.labels_seen
+  LOOP
+    IF (v.labels_seen IS NULL AND v.labels >= reflect._setting_int('calibration_min_labels'))
+       OR v.labels - v.labels_seen >= reflect._setting_int('calibration_refit_new_labels') THEN
+      IF reflect.fit_calibrator_v1(v.name) IS NOT NULL THEN
+        v_n := v_n + 1;
+      END IF;
+    END IF;
+  END LOOP;
+  RETURN v_n;
+END
+$$;
+ALTER FUNCTION reflect.refit_calibrators_v1() OWNER TO reflect_owner;
 CREATE FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer DEFAULT 4096, p_parent text DEFAULT NULL::text, p_activate boolean DEFAULT false) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -716,6 +1221,22 @@ CREATE FUNCTION reflect.worker_stopped_v1(p_worker_id text) RETURNS void
   UPDATE reflect.workers SET stopped_at = now(), last_seen_at = now() WHERE worker_id = p_worker_id
 $$;
 ALTER FUNCTION reflect.worker_stopped_v1(p_worker_id text) OWNER TO reflect_owner;
+CREATE TABLE reflect.answer_memories (
+    request_id bigint NOT NULL,
+    memory_request_id bigint NOT NULL,
+    rank integer NOT NULL,
+    distance double precision NOT NULL
+);
+ALTER TABLE reflect.answer_memories OWNER TO reflect_owner;
+CREATE TABLE reflect.answer_signals (
+    request_id bigint NOT NULL,
+    name text NOT NULL,
+    value double precision NOT NULL,
+    computed_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT answer_signals_name_check CHECK ((name ~ '^[a-z][a-z0-9_]{0,40}$'::text)),
+    CONSTRAINT answer_signals_value_check CHECK ((value = value))
+);
+ALTER TABLE reflect.answer_signals OWNER TO reflect_owner;
 CREATE TABLE reflect.answers (
     request_id bigint NOT NULL,
     attempt integer NOT NULL,
@@ -735,7 +1256,13 @@ CREATE TABLE reflect.answers (
     generation_ms double precision NOT NULL,
     tokens_per_s double precision,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    confidence double precision,
+    calibrator_id integer,
+    action text DEFAULT 'answer'::text NOT NULL,
+    memory_used boolean DEFAULT false NOT NULL,
+    CONSTRAINT answers_action_check CHECK ((action = ANY (ARRAY['answer'::text, 'flag'::text, 'abstain'::text]))),
     CONSTRAINT answers_completion_tokens_check CHECK ((completion_tokens >= 0)),
+    CONSTRAINT answers_confidence_check CHECK (((confidence >= (0)::double precision) AND (confidence <= (1)::double precision))),
     CONSTRAINT answers_finish_reason_check CHECK ((finish_reason = ANY (ARRAY['stop'::text, 'length'::text, 'stop_sequence'::text]))),
     CONSTRAINT answers_generation_ms_check CHECK ((generation_ms >= (0)::double precision)),
     CONSTRAINT answers_logprob_norm_check CHECK (((logprob_norm >= (0)::double precision) AND (logprob_norm <= (1)::double precision))),
@@ -780,16 +1307,169 @@ CREATE VIEW reflect.app_requests WITH (security_barrier='true') AS
     a.tokens_per_s,
     a.logprob_mean,
     a.logprob_min,
-    a.logprob_norm AS confidence,
+    COALESCE(a.confidence, a.logprob_norm) AS confidence,
     a.prompt_tokens,
     a.queue_wait_ms,
     a.prompt_eval_ms,
-    a.generation_ms
+    a.generation_ms,
+    (a.calibrator_id IS NOT NULL) AS calibrated,
+    a.action,
+    a.memory_used
    FROM ((reflect.requests r
      JOIN reflect.model_versions mv ON ((mv.id = r.model_version_id)))
      LEFT JOIN reflect.answers a ON ((a.request_id = r.id)))
   WHERE (r.submitted_by = SESSION_USER);
 ALTER TABLE reflect.app_requests OWNER TO reflect_owner;
+CREATE TABLE reflect.feedback (
+    id bigint NOT NULL,
+    request_id bigint NOT NULL,
+    is_correct boolean,
+    rating smallint,
+    key_id text,
+    correction_enc bytea,
+    source text NOT NULL,
+    given_by name NOT NULL,
+    created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    CONSTRAINT correction_has_key CHECK (((correction_enc IS NULL) = (key_id IS NULL))),
+    CONSTRAINT feedback_rating_check CHECK (((rating >= 1) AND (rating <= 5))),
+    CONSTRAINT feedback_says_something CHECK (((is_correct IS NOT NULL) OR (rating IS NOT NULL) OR (correction_enc IS NOT NULL))),
+    CONSTRAINT feedback_source_check CHECK ((source ~ '^[a-z][a-z0-9_]{0,30}$'::text))
+);
+ALTER TABLE reflect.feedback OWNER TO reflect_owner;
+CREATE VIEW reflect.labels AS
+ SELECT DISTINCT ON (f.request_id) f.request_id,
+    f.is_correct,
+    f.source,
+    f.created_at
+   FROM reflect.feedback f
+  WHERE (f.is_correct IS NOT NULL)
+  ORDER BY f.request_id, f.id DESC;
+ALTER TABLE reflect.labels OWNER TO reflect_owner;
+CREATE VIEW reflect.labelled_answers AS
+ SELECT a.request_id,
+    mv.name AS model_version,
+    date_trunc('day'::text, a.created_at) AS day,
+    l.is_correct,
+    l.source AS label_source,
+    a.confidence,
+    (a.calibrator_id IS NOT NULL) AS calibrated,
+    a.action,
+    a.memory_used,
+    COALESCE(((r.params ->> 'memory'::text))::boolean, true) AS memory_enabled,
+    a.logprob_mean,
+    a.logprob_min,
+    a.logprob_norm,
+    a.completion_tokens,
+    ( SELECT s.value
+           FROM reflect.answer_signals s
+          WHERE ((s.request_id = a.request_id) AND (s.name = 'p_true'::text))) AS p_true,
+    ( SELECT max(s.value) AS max
+           FROM reflect.answer_signals s
+          WHERE ((s.request_id = a.request_id) AND (s.name ~~ 'rule\_%'::text))) AS rule_failed,
+    ( SELECT s.value
+           FROM reflect.answer_signals s
+          WHERE ((s.request_id = a.request_id) AND (s.name = 'agreement'::text))) AS agreement
+   FROM (((reflect.answers a
+     JOIN reflect.labels l ON ((l.request_id = a.request_id)))
+     JOIN reflect.requests r ON ((r.id = a.request_id)))
+     JOIN reflect.model_versions mv ON ((mv.id = a.model_version_id)));
+ALTER TABLE reflect.labelled_answers OWNER TO reflect_owner;
+CREATE VIEW reflect.calibration_daily AS
+ SELECT labelled_answers.model_version,
+    labelled_answers.day,
+    count(*) AS labelled,
+    avg((labelled_answers.is_correct)::integer) AS accuracy,
+    avg(labelled_answers.confidence) AS mean_confidence,
+    reflect.ece_v1(array_agg(labelled_answers.confidence), array_agg(labelled_answers.is_correct)) AS ece,
+    reflect.brier_v1(array_agg(labelled_answers.confidence), array_agg(labelled_answers.is_correct)) AS brier,
+    reflect.auroc_v1(array_agg(((1)::double precision - labelled_answers.confidence)), array_agg((NOT labelled_answers.is_correct))) AS auroc_confidence,
+    reflect.auroc_v1(array_agg((- labelled_answers.logprob_mean)), array_agg((NOT labelled_answers.is_correct))) AS auroc_logprob_mean,
+    reflect.auroc_v1(array_agg((- labelled_answers.logprob_min)), array_agg((NOT labelled_answers.is_correct))) AS auroc_logprob_min,
+    reflect.auroc_v1(array_agg((- labelled_answers.p_true)), array_agg((NOT labelled_answers.is_correct))) AS auroc_p_true,
+    reflect.auroc_v1(array_agg(labelled_answers.rule_failed), array_agg((NOT labelled_answers.is_correct))) AS auroc_rules,
+    reflect.auroc_v1(array_agg((- labelled_answers.agreement)), array_agg((NOT labelled_answers.is_correct))) AS auroc_agreement,
+    reflect.accuracy_at_coverage_v1(array_agg(labelled_answers.confidence), array_agg(labelled_answers.is_correct), (0.8)::double precision) AS accuracy_at_80,
+    avg(((labelled_answers.action = 'abstain'::text))::integer) AS abstention_rate,
+    avg(((labelled_answers.action = 'flag'::text))::integer) AS review_rate,
+    avg((labelled_answers.is_correct)::integer) FILTER (WHERE labelled_answers.memory_enabled) AS accuracy_memory_on,
+    avg((labelled_answers.is_correct)::integer) FILTER (WHERE (NOT labelled_answers.memory_enabled)) AS accuracy_memory_off,
+    avg((labelled_answers.calibrated)::integer) AS calibrated_share
+   FROM reflect.labelled_answers
+  GROUP BY labelled_answers.model_version, labelled_answers.day;
+ALTER TABLE reflect.calibration_daily OWNER TO reflect_owner;
+CREATE TABLE reflect.calibrators (
+    id integer NOT NULL,
+    model_version_id integer NOT NULL,
+    method text NOT NULL,
+    features text[] NOT NULL,
+    feature_means double precision[] NOT NULL,
+    feature_stds double precision[] NOT NULL,
+    weights double precision[] NOT NULL,
+    n_train integer NOT NULL,
+    n_heldout integer NOT NULL,
+    heldout_metrics jsonb NOT NULL,
+    labels_seen integer NOT NULL,
+    is_active boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT calibrators_method_check CHECK ((method = 'logistic_l2'::text)),
+    CONSTRAINT weights_match_features CHECK (((cardinality(weights) = (cardinality(features) + 1)) AND (cardinality(feature_means) = cardinality(features)) AND (cardinality(feature_stds) = cardinality(features))))
+);
+ALTER TABLE reflect.calibrators OWNER TO reflect_owner;
+CREATE VIEW reflect.calibrator_history AS
+ SELECT c.id,
+    mv.name AS model_version,
+    c.method,
+    c.features,
+    c.weights,
+    c.n_train,
+    c.n_heldout,
+    c.heldout_metrics,
+    c.labels_seen,
+    c.is_active,
+    c.created_at
+   FROM (reflect.calibrators c
+     JOIN reflect.model_versions mv ON ((mv.id = c.model_version_id)));
+ALTER TABLE reflect.calibrator_history OWNER TO reflect_owner;
+ALTER TABLE reflect.calibrators ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.calibrators_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+CREATE TABLE reflect.eval_items (
+    dataset text NOT NULL,
+    item_id text NOT NULL,
+    split text NOT NULL,
+    CONSTRAINT eval_items_dataset_check CHECK ((dataset ~ '^[a-z0-9_]{1,40}$'::text)),
+    CONSTRAINT eval_items_split_check CHECK ((split = ANY (ARRAY['train'::text, 'heldout'::text])))
+);
+ALTER TABLE reflect.eval_items OWNER TO reflect_owner;
+CREATE TABLE reflect.eval_requests (
+    request_id bigint NOT NULL,
+    dataset text NOT NULL,
+    item_id text NOT NULL,
+    run_label text NOT NULL
+);
+ALTER TABLE reflect.eval_requests OWNER TO reflect_owner;
+ALTER TABLE reflect.feedback ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.feedback_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+CREATE TABLE reflect.memories (
+    request_id bigint NOT NULL,
+    kind text NOT NULL,
+    feedback_id bigint NOT NULL,
+    embedding public.vector(384) NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT memories_kind_check CHECK ((kind = ANY (ARRAY['correction'::text, 'confirmed'::text])))
+);
+ALTER TABLE reflect.memories OWNER TO reflect_owner;
 CREATE VIEW reflect.model_version_daily AS
  SELECT mv.name AS model_version,
     date_trunc('day'::text, r.created_at) AS day,
@@ -827,6 +1507,12 @@ ALTER TABLE reflect.model_versions ALTER COLUMN id ADD GENERATED ALWAYS AS IDENT
     NO MAXVALUE
     CACHE 1
 );
+CREATE TABLE reflect.prompt_embeddings (
+    request_id bigint NOT NULL,
+    model text NOT NULL,
+    embedding public.vector(384) NOT NULL
+);
+ALTER TABLE reflect.prompt_embeddings OWNER TO reflect_owner;
 CREATE VIEW reflect.queue_status AS
  SELECT mv.name AS model_version,
     mv.is_active,
@@ -841,6 +1527,18 @@ CREATE VIEW reflect.queue_status AS
      LEFT JOIN reflect.requests r ON ((r.model_version_id = mv.id)))
   GROUP BY mv.id, mv.name, mv.is_active;
 ALTER TABLE reflect.queue_status OWNER TO reflect_owner;
+CREATE VIEW reflect.reliability AS
+ SELECT labelled_answers.model_version,
+    LEAST((floor((labelled_answers.confidence * (10)::double precision)))::integer, 9) AS bin,
+    ((LEAST((floor((labelled_answers.confidence * (10)::double precision)))::integer, 9))::numeric / 10.0) AS bin_low,
+    (((LEAST((floor((labelled_answers.confidence * (10)::double precision)))::integer, 9) + 1))::numeric / 10.0) AS bin_high,
+    count(*) AS n,
+    avg(labelled_answers.confidence) AS mean_confidence,
+    avg((labelled_answers.is_correct)::integer) AS accuracy
+   FROM reflect.labelled_answers
+  WHERE (labelled_answers.confidence IS NOT NULL)
+  GROUP BY labelled_answers.model_version, LEAST((floor((labelled_answers.confidence * (10)::double precision)))::integer, 9), ((LEAST((floor((labelled_answers.confidence * (10)::double precision)))::integer, 9))::numeric / 10.0), (((LEAST((floor((labelled_answers.confidence * (10)::double precision)))::integer, 9) + 1))::numeric / 10.0);
+ALTER TABLE reflect.reliability OWNER TO reflect_owner;
 CREATE TABLE reflect.request_events (
     id bigint NOT NULL,
     request_id bigint NOT NULL,
@@ -910,6 +1608,16 @@ CREATE TABLE reflect.settings (
     description text NOT NULL
 );
 ALTER TABLE reflect.settings OWNER TO reflect_owner;
+CREATE VIEW reflect.signal_auroc AS
+ SELECT la.model_version,
+    s.signal,
+    count(s.score) AS n,
+    reflect.auroc_v1(array_agg(s.score), array_agg((NOT la.is_correct))) AS auroc_wrong
+   FROM (reflect.labelled_answers la
+     CROSS JOIN LATERAL ( VALUES ('confidence'::text,((1)::double precision - la.confidence)), ('logprob_mean'::text,(- la.logprob_mean)), ('logprob_min'::text,(- la.logprob_min)), ('logprob_norm'::text,(- la.logprob_norm)), ('p_true'::text,(- la.p_true)), ('rule_failed'::text,la.rule_failed), ('agreement'::text,(- la.agreement))) s(signal, score))
+  WHERE (s.score IS NOT NULL)
+  GROUP BY la.model_version, s.signal;
+ALTER TABLE reflect.signal_auroc OWNER TO reflect_owner;
 CREATE TABLE reflect.workers (
     worker_id text NOT NULL,
     hostname text NOT NULL,
@@ -945,12 +1653,28 @@ CREATE TABLE reflect_meta.schema_migrations (
     applied_by name DEFAULT SESSION_USER NOT NULL
 );
 ALTER TABLE reflect_meta.schema_migrations OWNER TO postgres;
+ALTER TABLE ONLY reflect.answer_memories
+    ADD CONSTRAINT answer_memories_pkey PRIMARY KEY (request_id, memory_request_id);
+ALTER TABLE ONLY reflect.answer_signals
+    ADD CONSTRAINT answer_signals_pkey PRIMARY KEY (request_id, name);
 ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_pkey PRIMARY KEY (request_id);
+ALTER TABLE ONLY reflect.calibrators
+    ADD CONSTRAINT calibrators_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.eval_items
+    ADD CONSTRAINT eval_items_pkey PRIMARY KEY (dataset, item_id);
+ALTER TABLE ONLY reflect.eval_requests
+    ADD CONSTRAINT eval_requests_pkey PRIMARY KEY (request_id);
+ALTER TABLE ONLY reflect.feedback
+    ADD CONSTRAINT feedback_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.memories
+    ADD CONSTRAINT memories_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_name_key UNIQUE (name);
 ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.prompt_embeddings
+    ADD CONSTRAINT prompt_embeddings_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.request_events
     ADD CONSTRAINT request_events_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.requests
@@ -961,6 +1685,9 @@ ALTER TABLE ONLY reflect.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (worker_id);
 ALTER TABLE ONLY reflect_meta.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (name);
+CREATE UNIQUE INDEX calibrators_one_active ON reflect.calibrators USING btree (model_version_id) WHERE is_active;
+CREATE INDEX feedback_request ON reflect.feedback USING btree (request_id, id DESC);
+CREATE INDEX memories_embedding ON reflect.memories USING hnsw (embedding public.vector_cosine_ops);
 CREATE UNIQUE INDEX model_versions_one_active ON reflect.model_versions USING btree (is_active) WHERE is_active;
 CREATE INDEX request_events_request ON reflect.request_events USING btree (request_id);
 CREATE UNIQUE INDEX requests_idempotency_key ON reflect.requests USING btree (submitted_by, idempotency_key) WHERE (idempotency_key IS NOT NULL);
@@ -968,18 +1695,46 @@ CREATE INDEX requests_leases ON reflect.requests USING btree (lease_expires_at) 
 CREATE INDEX requests_queued ON reflect.requests USING btree (id) WHERE (state = 'queued'::reflect.request_state);
 CREATE TRIGGER _100_submit INSTEAD OF INSERT ON reflect.app_requests FOR EACH ROW EXECUTE FUNCTION reflect._app_requests_insert();
 CREATE TRIGGER _900_notify_needs_inference AFTER INSERT ON reflect.requests FOR EACH ROW EXECUTE FUNCTION reflect._requests_after_insert();
+ALTER TABLE ONLY reflect.answer_memories
+    ADD CONSTRAINT answer_memories_memory_request_id_fkey FOREIGN KEY (memory_request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.answer_memories
+    ADD CONSTRAINT answer_memories_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.answer_signals
+    ADD CONSTRAINT answer_signals_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.answers(request_id);
+ALTER TABLE ONLY reflect.answers
+    ADD CONSTRAINT answers_calibrator_id_fkey FOREIGN KEY (calibrator_id) REFERENCES reflect.calibrators(id);
 ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.calibrators
+    ADD CONSTRAINT calibrators_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.eval_requests
+    ADD CONSTRAINT eval_requests_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.feedback
+    ADD CONSTRAINT feedback_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.memories
+    ADD CONSTRAINT memories_feedback_id_fkey FOREIGN KEY (feedback_id) REFERENCES reflect.feedback(id);
+ALTER TABLE ONLY reflect.memories
+    ADD CONSTRAINT memories_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_parent_id_fkey FOREIGN KEY (parent_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.prompt_embeddings
+    ADD CONSTRAINT prompt_embeddings_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.request_events
     ADD CONSTRAINT request_events_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.requests
     ADD CONSTRAINT requests_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE reflect.answer_memories ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.answer_signals ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answers ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.calibrators ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.eval_items ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.eval_requests ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.feedback ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.model_versions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.prompt_embeddings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.request_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.requests ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.settings ENABLE ROW LEVEL SECURITY;
@@ -988,6 +1743,7 @@ GRANT USAGE ON SCHEMA reflect TO reflect_app;
 GRANT USAGE ON SCHEMA reflect TO reflect_worker;
 GRANT USAGE ON SCHEMA reflect TO reflect_analyst;
 REVOKE ALL ON FUNCTION reflect._app_requests_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._apply_confidence(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_key_id(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._current_key_id() FROM PUBLIC;
@@ -995,20 +1751,47 @@ REVOKE ALL ON FUNCTION reflect._decrypt(p_cipher bytea, p_key_id text) FROM PUBL
 REVOKE ALL ON FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect._encrypt(p_plain text, p_key_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._feature_vector(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._normalize_params(p jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._record_answer(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._requests_after_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._setting_float(p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._setting_int(p_key text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._setting_text(p_key text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._sigmoid(z double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._solve(a double precision[], b double precision[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._store_signals(p_request_id bigint, p_signals jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_analyst;
+GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.activate_model_version_v1(p_name text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.add_signals_v1(p_request_id bigint, p_signals jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.add_signals_v1(p_request_id bigint, p_signals jsonb) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) TO reflect_analyst;
+GRANT ALL ON FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_analyst;
+GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect.calibration_features_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_analyst;
+GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.ensure_login_role_v1(p_login text, p_group text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect.fit_calibrator_v1(p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.live_worker_count_v1(p_model_version text) FROM PUBLIC;
@@ -1018,6 +1801,9 @@ REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) FROM P
 GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.reap_expired_v1() FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.reap_expired_v1() TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.refit_calibrators_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) TO reflect_worker;
@@ -1032,6 +1818,9 @@ GRANT ALL ON FUNCTION reflect.worker_seen_v1(p_worker_id text, p_model_version_i
 REVOKE ALL ON FUNCTION reflect.worker_stopped_v1(p_worker_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.worker_stopped_v1(p_worker_id text) TO reflect_worker;
 GRANT SELECT,INSERT ON TABLE reflect.app_requests TO reflect_app;
+GRANT SELECT ON TABLE reflect.labelled_answers TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.calibration_daily TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.calibrator_history TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_version_daily TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_app;
@@ -1039,6 +1828,8 @@ GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_worker;
 GRANT SELECT ON TABLE reflect.queue_status TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.queue_status TO reflect_app;
 GRANT SELECT ON TABLE reflect.queue_status TO reflect_worker;
+GRANT SELECT ON TABLE reflect.reliability TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.request_audit TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.request_metrics TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.signal_auroc TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.worker_status TO reflect_analyst;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 
 import psycopg
@@ -39,6 +40,9 @@ def _counts(db: Database) -> tuple[int, int, int]:
     ({"prompt": "ok", "params": {"stop": ["a", "b", "c", "d", "e"]}}, InvalidInput, "stop must be"),
     ({"prompt": "ok", "params": {"stop": [""]}}, InvalidInput, "stop must be"),
     ({"prompt": "ok", "params": {"stop": [1]}}, InvalidInput, "stop must be"),
+    ({"prompt": "ok", "params": {"memory": "yes"}}, InvalidInput, "memory must be true or false"),
+    ({"prompt": "ok", "params": {"low_confidence": "panic"}}, InvalidInput, "low_confidence must be answer, flag"),
+    ({"prompt": "ok", "params": {"confidence_threshold": 1.5}}, InvalidInput, "confidence_threshold must be between"),
     ({"prompt": "ok", "model_version": "no-such-model"}, UnknownModel, 'unknown model version "no-such-model"'),
     ({"prompt": "ok", "idempotency_key": "k" * 201}, InvalidInput, "idempotency key must be 1 to 200"),
 ])
@@ -65,7 +69,8 @@ def test_params_defaults_are_filled_in_by_the_database(db: Database, keyring: Ke
     with client(db, keyring) as c:
         rid = c.submit("ok", params={"stop": "END"})
     params = db.scalar("SELECT params FROM reflect.requests WHERE id = %s", (rid,))
-    assert params == {"max_tokens": 256, "temperature": 0, "top_p": 1, "top_k": 0, "seed": None, "stop": ["END"]}
+    assert params == {"max_tokens": 256, "temperature": 0, "top_p": 1, "top_k": 0, "seed": None, "stop": ["END"],
+                      "memory": True, "memory_k": 3, "low_confidence": "answer", "confidence_threshold": 0.5}
 
 
 def test_submit_without_a_key_is_refused(db: Database) -> None:
@@ -93,7 +98,7 @@ def test_completing_with_a_stale_lease_raises_and_changes_nothing(db: Database, 
         token = claimed[0][1]
         before = _counts(db)
         args = {"request_id": rid, "answer": "forged", "finish_reason": "stop", "prompt_tokens": 1,
-                "token_logprobs": [-0.1], "prompt_eval_ms": 1.0, "generation_ms": 1.0}
+                "token_logprobs": [-0.1], "prompt_eval_ms": 1.0, "generation_ms": 1.0, "signals": "{}"}
         with pytest.raises(psycopg.Error, match="stale lease") as info:
             conn.execute(query("complete"), {**args, "lease_token": uuid.uuid4()})
         assert info.value.sqlstate == "PR002"
@@ -103,7 +108,8 @@ def test_completing_with_a_stale_lease_raises_and_changes_nothing(db: Database, 
         assert _counts(db) == before
         # Bad completion payloads are refused before the lease is touched.
         for bad in ({"token_logprobs": [0.5]}, {"token_logprobs": [float("nan")]}, {"finish_reason": "done"},
-                    {"answer": None}, {"prompt_tokens": -1}):
+                    {"answer": None}, {"prompt_tokens": -1}, {"signals": '{"p_true": "high"}'},
+                    {"signals": '{"Bad Name": 1}'}, {"signals": "[1]"}):
             with pytest.raises(psycopg.Error):
                 conn.execute(query("complete"), {**args, "lease_token": token, **bad})
         assert db.scalar("SELECT state FROM reflect.requests WHERE id = %s", (rid,)) == "running"
@@ -145,3 +151,18 @@ def test_missing_key_error_names_the_key_id_not_the_key(db: Database, keyring: K
     assert "nokey" in str(err)
     for key in keyring.keys.values():
         assert key not in str(err)
+
+
+def test_complete_v1_still_works_for_older_workers(db: Database, keyring: Keyring) -> None:
+    with client(db, keyring) as c:
+        rid = c.submit("hello")
+    with connect(db.dsn("worker"), keyring=keyring) as conn:
+        (row,) = conn.execute(query("claim"), {"worker_id": "old", "limit": 1, "lease_seconds": 60,
+                                               "model_version_ids": None}).fetchall()
+        conn.execute(query("complete_v1"), {"request_id": rid, "lease_token": row[1], "answer": "hi",
+                                            "finish_reason": "stop", "prompt_tokens": 1,
+                                            "token_logprobs": [-0.5], "prompt_eval_ms": 1.0, "generation_ms": 1.0})
+    with client(db, keyring) as c:
+        got = c.get(rid)
+    assert got["state"] == "succeeded" and got["calibrated"] is False
+    assert got["confidence"] == pytest.approx(math.exp(-0.5))

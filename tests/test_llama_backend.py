@@ -40,7 +40,7 @@ def test_each_token_carries_its_own_logprob(smollm2: LlamaBackend) -> None:
     req = GenerationRequest("Name three colours of the rainbow.", None, PARAMS)
     gen = smollm2.generate(req, threading.Event())
     assert len(gen.token_ids) == len(gen.token_logprobs) > 10
-    prompt_tokens = smollm2.prompt_tokens(req.prompt, None)
+    prompt_tokens = smollm2.prompt_tokens(req.messages())
     assert gen.prompt_tokens == len(prompt_tokens)
     ours = np.array(gen.token_logprobs)
     ref = _reference_logprobs(prompt_tokens, gen.token_ids)

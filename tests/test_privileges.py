@@ -56,7 +56,9 @@ def test_privileges_match_the_golden_file(db: Database) -> None:
 @pytest.mark.parametrize("role", ["app", "worker", "analyst"])
 def test_internal_tables_are_closed_to_every_role(db: Database, role: str) -> None:
     with psycopg.connect(db.dsn(role), autocommit=True) as conn:
-        for table in ("requests", "answers", "model_versions", "request_events", "settings", "workers"):
+        for table in ("requests", "answers", "model_versions", "request_events", "settings", "workers",
+                      "feedback", "answer_signals", "calibrators", "prompt_embeddings", "memories",
+                      "answer_memories", "eval_items", "eval_requests", "labels"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"SELECT 1 FROM reflect.{table} LIMIT 1")
 
@@ -70,7 +72,8 @@ def test_analyst_reads_the_views_and_no_plaintext(db: Database, keyring: Keyring
                            " WHERE request_id = %s", (rid,)).fetchone()
         assert row[0] == "succeeded" and row[1] == 3 and 0 < row[2] <= 1
         for view in ("request_metrics", "model_version_daily", "queue_status", "model_version_registry",
-                     "request_audit", "worker_status"):
+                     "request_audit", "worker_status", "labelled_answers", "calibration_daily", "signal_auroc",
+                     "reliability", "calibrator_history"):
             cols = [d.name for d in conn.execute(f"SELECT * FROM reflect.{view} LIMIT 0").description]
             assert not {"prompt", "answer", "system_prompt", "prompt_enc", "answer_enc"} & set(cols), view
             text = str(conn.execute(f"SELECT * FROM reflect.{view}").fetchall())

@@ -51,3 +51,19 @@ BEGIN
   END IF;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION reflect._setting_float(p_key text)
+RETURNS double precision
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT (value #>> '{}')::double precision FROM reflect.settings WHERE key = p_key
+$$;
+
+CREATE OR REPLACE FUNCTION reflect._setting_text(p_key text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT value #>> '{}' FROM reflect.settings WHERE key = p_key
+$$;

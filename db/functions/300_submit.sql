@@ -18,10 +18,18 @@ BEGIN
     RAISE EXCEPTION 'params must be a JSON object' USING ERRCODE = 'PR001';
   END IF;
   SELECT k INTO v_key FROM jsonb_object_keys(p) k
-  WHERE k NOT IN ('max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop') LIMIT 1;
+  WHERE k NOT IN ('max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'memory', 'memory_k',
+                  'low_confidence', 'confidence_threshold') LIMIT 1;
   IF v_key IS NOT NULL THEN
     RAISE EXCEPTION 'unknown generation parameter "%"', left(v_key, 40) USING ERRCODE = 'PR001',
-      HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop';
+      HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop, memory, memory_k, low_confidence, '
+             'confidence_threshold';
+  END IF;
+  IF p ? 'memory' AND jsonb_typeof(p -> 'memory') <> 'boolean' THEN
+    RAISE EXCEPTION 'memory must be true or false' USING ERRCODE = 'PR001';
+  END IF;
+  IF p ? 'low_confidence' AND coalesce(p ->> 'low_confidence', '') NOT IN ('answer', 'flag', 'abstain') THEN
+    RAISE EXCEPTION 'low_confidence must be answer, flag or abstain' USING ERRCODE = 'PR001';
   END IF;
 
   v_out := jsonb_build_object(
@@ -30,7 +38,12 @@ BEGIN
     'temperature', reflect._param_number(p, 'temperature', 0, 2, false, 0),
     'top_p', reflect._param_number(p, 'top_p', 0.000001, 1, false, 1),
     'top_k', reflect._param_number(p, 'top_k', 0, 100000, true, 0),
-    'seed', reflect._param_number(p, 'seed', 0, 2147483647, true, NULL)
+    'seed', reflect._param_number(p, 'seed', 0, 2147483647, true, NULL),
+    'memory', coalesce((p -> 'memory')::boolean, true),
+    'memory_k', reflect._param_number(p, 'memory_k', 0, 20, true, reflect._setting_int('memory_k_default')),
+    'low_confidence', coalesce(p ->> 'low_confidence', reflect._setting_text('low_confidence_action_default')),
+    'confidence_threshold', reflect._param_number(p, 'confidence_threshold', 0, 1, false,
+                                                  reflect._setting_float('confidence_threshold_default')::numeric)
   );
   v_stop := coalesce(p -> 'stop', '[]'::jsonb);
   IF jsonb_typeof(v_stop) = 'string' THEN
@@ -196,11 +209,14 @@ SELECT
   a.tokens_per_s,
   a.logprob_mean,
   a.logprob_min,
-  a.logprob_norm AS confidence,
+  coalesce(a.confidence, a.logprob_norm) AS confidence,
   a.prompt_tokens,
   a.queue_wait_ms,
   a.prompt_eval_ms,
-  a.generation_ms
+  a.generation_ms,
+  a.calibrator_id IS NOT NULL AS calibrated,
+  a.action,
+  a.memory_used
 FROM reflect.requests r
 JOIN reflect.model_versions mv ON mv.id = r.model_version_id
 LEFT JOIN reflect.answers a ON a.request_id = r.id

@@ -140,7 +140,7 @@ $$;
 
 -- Records the answer and finishes the request. Log-probability summaries are computed here from the
 -- per-token values so every consumer reads one definition.
-CREATE OR REPLACE FUNCTION reflect.complete_v1(
+CREATE OR REPLACE FUNCTION reflect._record_answer(
   p_request_id bigint,
   p_lease_token uuid,
   p_answer text,
@@ -150,9 +150,8 @@ CREATE OR REPLACE FUNCTION reflect.complete_v1(
   p_prompt_eval_ms double precision,
   p_generation_ms double precision
 )
-RETURNS void
+RETURNS reflect.requests
 LANGUAGE plpgsql
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -197,7 +196,59 @@ BEGIN
 
   INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
   VALUES (r.id, 'succeeded', r.attempts, r.worker_id);
+  RETURN r;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION reflect.complete_v1(
+  p_request_id bigint,
+  p_lease_token uuid,
+  p_answer text,
+  p_finish_reason text,
+  p_prompt_tokens integer,
+  p_token_logprobs real[],
+  p_prompt_eval_ms double precision,
+  p_generation_ms double precision
+)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM reflect.complete_v2(p_request_id, p_lease_token, p_answer, p_finish_reason, p_prompt_tokens,
+                              p_token_logprobs, p_prompt_eval_ms, p_generation_ms, '{}'::jsonb);
+END
+$$;
+
+-- v2: the worker also reports the signals it measured (P(True), rule checks, ...); the database turns
+-- them into the calibrated confidence and the low-confidence action, then tells waiting apps.
+CREATE OR REPLACE FUNCTION reflect.complete_v2(
+  p_request_id bigint,
+  p_lease_token uuid,
+  p_answer text,
+  p_finish_reason text,
+  p_prompt_tokens integer,
+  p_token_logprobs real[],
+  p_prompt_eval_ms double precision,
+  p_generation_ms double precision,
+  p_signals jsonb
+)
+RETURNS double precision
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r reflect.requests;
+  v_conf double precision;
+BEGIN
+  r := reflect._record_answer(p_request_id, p_lease_token, p_answer, p_finish_reason, p_prompt_tokens,
+                              p_token_logprobs, p_prompt_eval_ms, p_generation_ms);
+  PERFORM reflect._store_signals(r.id, p_signals);
+  v_conf := reflect._apply_confidence(r.id);
   PERFORM pg_notify('request_done', r.id::text);
+  RETURN v_conf;
 END
 $$;
 

@@ -71,3 +71,90 @@ LEFT JOIN reflect.model_versions p ON p.id = mv.parent_id;
 CREATE OR REPLACE VIEW reflect.request_audit AS
 SELECT e.request_id, e.at, e.event, e.attempt, e.worker_id, e.detail
 FROM reflect.request_events e;
+
+-- Labelled answers with their signals (no text): the base of the calibration views.
+CREATE OR REPLACE VIEW reflect.labelled_answers AS
+SELECT
+  a.request_id,
+  mv.name AS model_version,
+  date_trunc('day', a.created_at) AS day,
+  l.is_correct,
+  l.source AS label_source,
+  a.confidence,
+  a.calibrator_id IS NOT NULL AS calibrated,
+  a.action,
+  a.memory_used,
+  coalesce((r.params ->> 'memory')::boolean, true) AS memory_enabled,
+  a.logprob_mean,
+  a.logprob_min,
+  a.logprob_norm,
+  a.completion_tokens,
+  (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'p_true') AS p_true,
+  (SELECT max(s.value) FROM reflect.answer_signals s
+   WHERE s.request_id = a.request_id AND s.name LIKE 'rule\_%') AS rule_failed,
+  (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'agreement')
+    AS agreement
+FROM reflect.answers a
+JOIN reflect.labels l ON l.request_id = a.request_id
+JOIN reflect.requests r ON r.id = a.request_id
+JOIN reflect.model_versions mv ON mv.id = a.model_version_id;
+
+-- Per model version and day. AUROCs score how well each signal ranks wrong answers above right ones
+-- (0.5 = no information); accuracy_at_80 abstains on the least confident 20%.
+CREATE OR REPLACE VIEW reflect.calibration_daily AS
+SELECT
+  model_version,
+  day,
+  count(*) AS labelled,
+  avg(is_correct::int) AS accuracy,
+  avg(confidence) AS mean_confidence,
+  reflect.ece_v1(array_agg(confidence), array_agg(is_correct)) AS ece,
+  reflect.brier_v1(array_agg(confidence), array_agg(is_correct)) AS brier,
+  reflect.auroc_v1(array_agg(1 - confidence), array_agg(NOT is_correct)) AS auroc_confidence,
+  reflect.auroc_v1(array_agg(-logprob_mean), array_agg(NOT is_correct)) AS auroc_logprob_mean,
+  reflect.auroc_v1(array_agg(-logprob_min), array_agg(NOT is_correct)) AS auroc_logprob_min,
+  reflect.auroc_v1(array_agg(-p_true), array_agg(NOT is_correct)) AS auroc_p_true,
+  reflect.auroc_v1(array_agg(rule_failed), array_agg(NOT is_correct)) AS auroc_rules,
+  reflect.auroc_v1(array_agg(-agreement), array_agg(NOT is_correct)) AS auroc_agreement,
+  reflect.accuracy_at_coverage_v1(array_agg(confidence), array_agg(is_correct), 0.8) AS accuracy_at_80,
+  avg((action = 'abstain')::int) AS abstention_rate,
+  avg((action = 'flag')::int) AS review_rate,
+  avg(is_correct::int) FILTER (WHERE memory_enabled) AS accuracy_memory_on,
+  avg(is_correct::int) FILTER (WHERE NOT memory_enabled) AS accuracy_memory_off,
+  avg(calibrated::int) AS calibrated_share
+FROM reflect.labelled_answers
+GROUP BY model_version, day;
+
+-- Each signal's AUROC on its own, per model version over all labelled answers.
+CREATE OR REPLACE VIEW reflect.signal_auroc AS
+SELECT la.model_version, s.signal, count(s.score) AS n,
+       reflect.auroc_v1(array_agg(s.score), array_agg(NOT la.is_correct)) AS auroc_wrong
+FROM reflect.labelled_answers la
+CROSS JOIN LATERAL (VALUES
+  ('confidence', 1 - la.confidence),
+  ('logprob_mean', -la.logprob_mean),
+  ('logprob_min', -la.logprob_min),
+  ('logprob_norm', -la.logprob_norm),
+  ('p_true', -la.p_true),
+  ('rule_failed', la.rule_failed),
+  ('agreement', -la.agreement)) AS s(signal, score)
+WHERE s.score IS NOT NULL
+GROUP BY la.model_version, s.signal;
+
+-- Reliability diagram data: 10 equal-width confidence bins per model version.
+CREATE OR REPLACE VIEW reflect.reliability AS
+SELECT model_version,
+       least(floor(confidence * 10)::int, 9) AS bin,
+       least(floor(confidence * 10)::int, 9) / 10.0 AS bin_low,
+       (least(floor(confidence * 10)::int, 9) + 1) / 10.0 AS bin_high,
+       count(*) AS n,
+       avg(confidence) AS mean_confidence,
+       avg(is_correct::int) AS accuracy
+FROM reflect.labelled_answers
+WHERE confidence IS NOT NULL
+GROUP BY model_version, 2, 3, 4;
+
+CREATE OR REPLACE VIEW reflect.calibrator_history AS
+SELECT c.id, mv.name AS model_version, c.method, c.features, c.weights, c.n_train, c.n_heldout,
+       c.heldout_metrics, c.labels_seen, c.is_active, c.created_at
+FROM reflect.calibrators c JOIN reflect.model_versions mv ON mv.id = c.model_version_id;

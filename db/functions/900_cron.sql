@@ -9,6 +9,7 @@ DO $$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
     PERFORM cron.schedule('pgreflect-reap-expired-leases', '* * * * *', 'SELECT reflect.reap_expired_v1()');
+    PERFORM cron.schedule('pgreflect-refit-calibrators', '*/5 * * * *', 'SELECT reflect.refit_calibrators_v1()');
   END IF;
 END
 $$;

@@ -33,3 +33,18 @@ GRANT EXECUTE ON FUNCTION reflect.worker_seen_v1(text, integer[], integer, text)
   reflect.worker_stopped_v1(text) TO reflect_worker;
 GRANT EXECUTE ON FUNCTION reflect.live_worker_count_v1(text) TO reflect_app, reflect_worker;
 GRANT SELECT ON reflect.worker_status TO reflect_analyst;
+
+-- metacognition (0002)
+GRANT EXECUTE ON FUNCTION
+  reflect.complete_v2(bigint, uuid, text, text, integer, real[], double precision, double precision, jsonb),
+  reflect.add_signals_v1(bigint, jsonb),
+  reflect.recall_v1(bigint, uuid, text, public.vector, integer)
+TO reflect_worker;
+GRANT EXECUTE ON FUNCTION reflect.feedback_v1(bigint, boolean, integer, text, text) TO reflect_app;
+GRANT EXECUTE ON FUNCTION reflect.auroc_v1(double precision[], boolean[]),
+  reflect.ece_v1(double precision[], boolean[], integer),
+  reflect.brier_v1(double precision[], boolean[]),
+  reflect.accuracy_at_coverage_v1(double precision[], boolean[], double precision)
+TO reflect_analyst, reflect_app;
+GRANT SELECT ON reflect.labelled_answers, reflect.calibration_daily, reflect.signal_auroc, reflect.reliability,
+  reflect.calibrator_history TO reflect_analyst;

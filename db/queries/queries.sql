@@ -26,9 +26,30 @@ SELECT heartbeat_v1 AS request_id
 FROM reflect.heartbeat_v1(%(request_ids)s, %(lease_tokens)s, %(lease_seconds)s);
 
 -- name: complete
+SELECT reflect.complete_v2(%(request_id)s, %(lease_token)s, %(answer)s, %(finish_reason)s,
+                           %(prompt_tokens)s, %(token_logprobs)s::real[], %(prompt_eval_ms)s,
+                           %(generation_ms)s, %(signals)s::jsonb) AS confidence;
+
+-- name: complete_v1
 SELECT reflect.complete_v1(%(request_id)s, %(lease_token)s, %(answer)s, %(finish_reason)s,
                            %(prompt_tokens)s, %(token_logprobs)s::real[], %(prompt_eval_ms)s,
                            %(generation_ms)s);
+
+-- name: recall
+SELECT memory_request_id, kind, distance, prompt, answer, correction
+FROM reflect.recall_v1(%(request_id)s, %(lease_token)s, %(model)s, %(embedding)s::public.vector, %(k)s);
+
+-- name: add_signals
+SELECT reflect.add_signals_v1(%(request_id)s, %(signals)s::jsonb) AS confidence;
+
+-- name: feedback
+SELECT reflect.feedback_v1(%(request_id)s, %(is_correct)s, %(rating)s, %(correction)s, %(source)s) AS id;
+
+-- name: fit_calibrator
+SELECT reflect.fit_calibrator_v1(%(model_version)s) AS id;
+
+-- name: refit_calibrators
+SELECT reflect.refit_calibrators_v1() AS fitted;
 
 -- name: fail
 SELECT reflect.fail_v1(%(request_id)s, %(lease_token)s, %(error)s, %(retryable)s) AS state;
@@ -56,7 +77,7 @@ RETURNING id, state;
 -- name: app_request
 SELECT id, state, attempts, last_error, model_version, answer, finish_reason, tokens, tokens_per_s,
        logprob_mean, logprob_min, confidence, prompt_tokens, queue_wait_ms, prompt_eval_ms, generation_ms,
-       created_at, finished_at
+       created_at, finished_at, calibrated, action, memory_used
 FROM reflect.app_requests WHERE id = %(id)s;
 
 -- name: register_model

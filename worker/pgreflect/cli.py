@@ -216,6 +216,7 @@ def _worker_config(args: argparse.Namespace) -> Any:
         shutdown_timeout=args.shutdown_timeout, reap_interval=args.reap_interval,
         model_versions=[mv] if isinstance(mv := args.model_version, str) else (mv or None),
         n_threads=args.threads, once=getattr(args, "once", False), noop_delay_s=args.noop_delay,
+        memory=args.memory, p_true=args.p_true == "on",
     )
 
 
@@ -446,6 +447,9 @@ def _worker_flags(p: argparse.ArgumentParser, serve_flag: bool = True) -> None:
     _flag(p, "--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     _flag(p, "--worker-id", default=None, help="worker id (default: host-pid-random)")
     _flag(p, "--noop-delay", type=float, default=0.0, help="seconds the noop backend takes per request")
+    _flag(p, "--memory", default="auto", choices=["auto", "on", "off"],
+          help="embed prompts and retrieve past corrections (auto: on with the llama backend)")
+    _flag(p, "--p-true", default="on", choices=["on", "off"], help="measure P(True) after each answer")
 
 
 def build_parser() -> argparse.ArgumentParser:

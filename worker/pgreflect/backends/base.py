@@ -10,6 +10,15 @@ class GenerationRequest:
     prompt: str
     system_prompt: str | None
     params: dict[str, Any]  # already validated and completed by reflect._normalize_params
+    # Few-shot (question, answer) pairs from memory, put before the prompt as earlier turns.
+    examples: tuple[tuple[str, str], ...] = ()
+
+    def messages(self) -> list[dict[str, str]]:
+        out = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        for question, answer in self.examples:
+            out += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        out.append({"role": "user", "content": self.prompt})
+        return out
 
     @property
     def max_tokens(self) -> int:
@@ -44,5 +53,9 @@ class Backend(Protocol):
     name: str
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation: ...
+
+    def p_true(self, request: GenerationRequest, generation: Generation) -> float | None:
+        """P(the model says its own answer is correct), or None when the backend cannot measure it."""
+        ...
 
     def close(self) -> None: ...

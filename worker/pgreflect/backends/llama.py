@@ -29,6 +29,9 @@ FALLBACK_TEMPLATE = (
 )
 
 
+P_TRUE_QUESTION = "Is your answer above correct? Reply with only yes or no."
+
+
 class LlamaBackend:
     name = "llama"
 
@@ -51,13 +54,10 @@ class LlamaBackend:
             add_generation_prompt=True,
         )
         self._lock = threading.Lock()
+        self._yes_no: tuple[list[int], list[int]] | None = None
         self._evaluated: list[int] = []  # tokens whose KV entries the context holds, for prefix reuse
 
-    def prompt_tokens(self, prompt: str, system_prompt: str | None) -> list[int]:
-        messages = []
-        if system_prompt:
-            messages.append({"role": "system", "content": system_prompt})
-        messages.append({"role": "user", "content": prompt})
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
         text = self.formatter(messages=messages).prompt
         # The template already writes any BOS it wants (added_special), as llama-cpp-python's own chat path.
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
@@ -96,7 +96,7 @@ class LlamaBackend:
 
     def _generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
         p = request.params
-        tokens = self.prompt_tokens(request.prompt, request.system_prompt)
+        tokens = self.prompt_tokens(request.messages())
         max_tokens = int(p["max_tokens"])
         if len(tokens) + 1 > self.n_ctx:
             raise BackendError(
@@ -156,6 +156,38 @@ class LlamaBackend:
             text=text, token_ids=out, token_logprobs=logprobs, prompt_tokens=len(tokens),
             finish_reason=finish, prompt_eval_s=t1 - t0, generation_s=t2 - t1,
         )
+
+    def p_true(self, request: GenerationRequest, generation: Generation) -> float | None:
+        """Asks the model, in the same conversation, whether its answer is correct, and reads P(yes) against
+        P(no) from the next-token distribution: one forward pass over the question (the conversation so far
+        is still in the KV cache), no free-text judging."""
+        messages = [*request.messages(), {"role": "assistant", "content": generation.text},
+                    {"role": "user", "content": P_TRUE_QUESTION}]
+        with self._lock:
+            try:
+                tokens = self.prompt_tokens(messages)
+                if len(tokens) + 1 > self.n_ctx:
+                    return None
+                self._eval_prompt(tokens)
+                logits = self._last_logits().astype(np.float64)
+            except BaseException:
+                self._evaluated = []
+                raise
+        yes, no = self._answer_token_ids()
+        m = float(np.max(logits))
+        p_yes = float(np.sum(np.exp(logits[yes] - m)))
+        p_no = float(np.sum(np.exp(logits[no] - m)))
+        return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else None
+
+    def _answer_token_ids(self) -> tuple[list[int], list[int]]:
+        if self._yes_no is None:
+            def first_tokens(words: tuple[str, ...]) -> list[int]:
+                ids = {self.llm.tokenize(w.encode(), add_bos=False, special=False)[0] for w in words}
+                return sorted(ids)
+
+            self._yes_no = (first_tokens(("yes", "Yes", " yes", " Yes", "YES")),
+                            first_tokens(("no", "No", " no", " No", "NO")))
+        return self._yes_no
 
     def close(self) -> None:
         self.llm.close()

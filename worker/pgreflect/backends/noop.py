@@ -19,5 +19,8 @@ class NoopBackend:
         return Generation(text="ok", token_ids=[0], token_logprobs=[-0.01], prompt_tokens=1,
                           finish_reason="stop", prompt_eval_s=0.0, generation_s=0.0)
 
+    def p_true(self, request: GenerationRequest, generation: Generation) -> float | None:
+        return None
+
     def close(self) -> None:
         pass

@@ -1,0 +1,250 @@
+"""Signals, labels, the calibrator, memory retrieval and the analyst's calibration views."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import psycopg
+import pytest
+from sklearn.metrics import brier_score_loss, roc_auc_score
+
+from pgreflect.db import connect
+from pgreflect.errors import InvalidInput, NotFound
+from pgreflect.keys import Keyring
+from pgreflect.signals import format_violated, repetition_loop, rule_checks
+from pgreflect.sql import query
+
+from conftest import Database
+from helpers import client, drain
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def test_sql_metrics_match_reference_implementations(db: Database) -> None:
+    rng = np.random.default_rng(0)
+    conf = np.round(rng.uniform(size=300), 2)  # rounding makes ties, which AUROC must average
+    correct = rng.uniform(size=300) < conf
+    with db.admin() as conn:
+        auroc, ece, brier, acc80 = conn.execute(
+            "SELECT reflect.auroc_v1(%(s)s, %(p)s), reflect.ece_v1(%(c)s, %(y)s), reflect.brier_v1(%(c)s, %(y)s),"
+            " reflect.accuracy_at_coverage_v1(%(c)s, %(y)s, 0.8)",
+            {"s": list(1 - conf), "p": list(~correct), "c": list(conf), "y": list(correct)}).fetchone()
+        assert conn.execute("SELECT reflect.auroc_v1(ARRAY[0.1, 0.2], ARRAY[true, true])").fetchone()[0] is None
+    assert auroc == pytest.approx(roc_auc_score(~correct, 1 - conf))
+    assert brier == pytest.approx(brier_score_loss(correct, conf))
+    bins = np.minimum((conf * 10).astype(int), 9)
+    ref_ece = sum(abs(conf[bins == b].sum() - correct[bins == b].sum()) for b in range(10)) / len(conf)
+    assert ece == pytest.approx(ref_ece)
+    order = np.argsort(-conf, kind="stable")
+    assert acc80 == pytest.approx(correct[order[:240]].mean(), abs=0.02)  # tie order may differ at the cut
+
+
+# -- rule checks -----------------------------------------------------------------------------------
+def test_rule_checks() -> None:
+    assert rule_checks("q", "   ", "stop")["rule_empty"] == 1
+    assert rule_checks("q", "some text", "length")["rule_truncated"] == 1
+    assert repetition_loop("the cat sat on the mat " * 10)
+    assert not repetition_loop("A perfectly ordinary answer that explains one thing and then stops. " * 2)
+    assert rule_checks("q", "I'm sorry, but I cannot help with that.", "stop")["rule_refusal"] == 1
+    assert format_violated("Answer with only the letter of the right option.", "The answer is B because")
+    assert not format_violated("Answer with only the letter of the right option.", "B")
+    assert format_violated("Reply with only yes or no: is 7 prime?", "Seven is prime.")
+    assert not format_violated("Reply with only yes or no: is 7 prime?", "Yes.")
+    assert format_violated("Respond in JSON with keys a and b.", "a is 1, b is 2")
+    assert not format_violated("Respond in JSON with keys a and b.", '{"a": 1, "b": 2}')
+    assert sum(rule_checks("What is 2+2?", "4", "stop").values()) == 0
+
+
+# -- feedback ----------------------------------------------------------------------------------------
+def _answered(db: Database, keyring: Keyring, prompt: str = "hello", **params) -> int:  # type: ignore[no-untyped-def]
+    with client(db, keyring) as c:
+        rid = c.submit(prompt, params={"max_tokens": 3, **params})
+    drain(db, keyring, memory="off")
+    return rid
+
+
+def _feedback(db: Database, keyring: Keyring, request_id: int, is_correct=None, rating=None,  # type: ignore[no-untyped-def]
+              correction=None, source="human", role: str = "app") -> int:
+    with connect(db.dsn(role), keyring=keyring) as conn:
+        try:
+            return conn.execute(query("feedback"), {"request_id": request_id, "is_correct": is_correct,
+                                                    "rating": rating, "correction": correction,
+                                                    "source": source}).fetchone()[0]
+        except psycopg.Error as exc:
+            from pgreflect.errors import translate
+
+            raise translate(exc) from None
+
+
+def test_feedback_validation(db: Database, keyring: Keyring) -> None:
+    rid = _answered(db, keyring)
+    with client(db, keyring) as c:
+        queued = c.submit("not answered yet")
+    cases = [({"request_id": 999999, "is_correct": True}, NotFound, "no request 999999"),
+             ({"request_id": rid, "rating": 6}, InvalidInput, "rating must be between 1 and 5"),
+             ({"request_id": rid, "rating": 0}, InvalidInput, "rating must be between 1 and 5"),
+             ({"request_id": rid}, InvalidInput, "needs is_correct, a rating or a correction"),
+             ({"request_id": rid, "correction": "  "}, InvalidInput, "correction must not be empty"),
+             ({"request_id": rid, "is_correct": True, "source": "Bad Source"}, InvalidInput, "source must match"),
+             ({"request_id": queued, "is_correct": True}, InvalidInput, "has no answer to judge")]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            _feedback(db, keyring, **kwargs)
+    assert db.scalar("SELECT count(*) FROM reflect.feedback") == 0
+    with db.admin() as conn:
+        conn.execute("SELECT reflect.ensure_login_role_v1('other_app', 'reflect_app')")
+    with connect(db.cluster.dsn(user="other_app", dbname=db.name), keyring=keyring) as conn, \
+            pytest.raises(psycopg.Error, match=f"no request {rid}"):
+        conn.execute(query("feedback"), {"request_id": rid, "is_correct": True, "rating": None, "correction": None,
+                                         "source": "human"})
+    fid = _feedback(db, keyring, rid, is_correct=False, rating=2, correction="The right answer is 42.")
+    enc = db.scalar("SELECT correction_enc FROM reflect.feedback WHERE id = %s", (fid,))
+    assert b"42" not in bytes(enc) and b"right answer" not in bytes(enc)
+
+
+def test_low_confidence_actions(db: Database, keyring: Keyring) -> None:
+    flagged = _answered(db, keyring, "a", low_confidence="flag", confidence_threshold=1.0)
+    abstained = _answered(db, keyring, "b", low_confidence="abstain", confidence_threshold=1.0)
+    kept = _answered(db, keyring, "c", low_confidence="abstain", confidence_threshold=0.0)
+    with client(db, keyring) as c:
+        assert c.get(flagged)["action"] == "flag"
+        assert c.get(abstained)["action"] == "abstain"
+        row = c.get(kept)
+        assert row["action"] == "answer" and row["calibrated"] is False
+        assert c.get(abstained)["answer"] is not None  # the best guess is kept
+
+
+# -- calibrator ---------------------------------------------------------------------------------------
+def _synthetic_labelled_answers(db: Database, keyring: Keyring, n: int, seed: int) -> np.ndarray:
+    """n answers whose only informative signal is the log-prob: P(correct) = sigmoid(3 (x + 1.5)).
+    p_true is noise. Returns the true probabilities."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-3, 0, size=n)
+    truth = 1 / (1 + np.exp(-3 * (x + 1.5)))
+    labels = rng.uniform(size=n) < truth
+    with client(db, keyring) as c:
+        ids = [c.submit(f"synthetic question {seed}-{i}") for i in range(n)]
+    with connect(db.dsn("worker"), keyring=keyring) as conn:
+        claimed = conn.execute(query("claim"), {"worker_id": "synthetic", "limit": 1000, "lease_seconds": 600,
+                                                "model_version_ids": None}).fetchall()
+        tokens = {r[0]: r[1] for r in claimed}
+        for rid, xi, noise in zip(ids, x, rng.uniform(size=n), strict=True):
+            conn.execute(query("complete"), {
+                "request_id": rid, "lease_token": tokens[rid], "answer": "a", "finish_reason": "stop",
+                "prompt_tokens": 3, "token_logprobs": [float(xi)], "prompt_eval_ms": 1.0, "generation_ms": 1.0,
+                "signals": json.dumps({"p_true": float(noise), "rule_format": 0.0})})
+    with connect(db.dsn("app"), keyring=keyring) as conn:
+        for rid, y in zip(ids, labels, strict=True):
+            conn.execute(query("feedback"), {"request_id": rid, "is_correct": bool(y), "rating": None,
+                                             "correction": None, "source": "ground_truth"})
+    return truth
+
+
+def test_calibrator_recovers_a_known_relationship(db: Database, keyring: Keyring) -> None:
+    truth = _synthetic_labelled_answers(db, keyring, 800, seed=1)
+    with db.admin() as conn:
+        cal_id = conn.execute(query("fit_calibrator"), {"model_version": "tiny"}).fetchone()[0]
+        features, weights, metrics, n_train, n_heldout = conn.execute(
+            "SELECT features, weights, heldout_metrics, n_train, n_heldout FROM reflect.calibrators WHERE id = %s",
+            (cal_id,)).fetchone()
+    assert n_train + n_heldout == 800 and 100 < n_heldout < 220
+    w = dict(zip(features, weights[1:], strict=True))
+    assert w["logprob_mean"] + w["logprob_min"] > 1.5  # the informative signal carries the weight
+    assert abs(w["p_true"]) < 0.3  # noise gets almost none
+    # Bayes-optimal AUROC on this data is ~0.86; the held-out fit should be close, and well calibrated.
+    assert metrics["heldout"]["auroc_wrong"] > 0.78
+    assert metrics["heldout"]["ece"] < 0.1
+    # New answers now carry the calibrated confidence and say which calibrator produced it.
+    with client(db, keyring) as c:
+        rid = c.submit("after the fit")
+    with connect(db.dsn("worker"), keyring=keyring) as conn:
+        (row,) = conn.execute(query("claim"), {"worker_id": "w", "limit": 1, "lease_seconds": 60,
+                                               "model_version_ids": None}).fetchall()
+        conf = conn.execute(query("complete"), {
+            "request_id": rid, "lease_token": row[1], "answer": "a", "finish_reason": "stop", "prompt_tokens": 3,
+            "token_logprobs": [-0.2], "prompt_eval_ms": 1.0, "generation_ms": 1.0, "signals": '{"p_true": 0.5}'
+        }).fetchone()[0]
+    assert conf == pytest.approx(1 / (1 + math.exp(-3 * (-0.2 + 1.5))), abs=0.12)
+    with client(db, keyring) as c:
+        got = c.get(rid)
+    assert got["calibrated"] is True and got["confidence"] == pytest.approx(conf)
+    assert db.scalar("SELECT calibrator_id FROM reflect.answers WHERE request_id = %s", (rid,)) == cal_id
+    assert truth.size == 800
+
+
+def test_refit_waits_for_enough_labels_then_for_new_ones(db: Database, keyring: Keyring) -> None:
+    _synthetic_labelled_answers(db, keyring, 40, seed=2)
+    with db.admin() as conn:
+        assert conn.execute(query("refit_calibrators")).fetchone()[0] == 0  # 40 < 50 labels
+    _synthetic_labelled_answers(db, keyring, 20, seed=3)
+    with db.admin() as conn:
+        assert conn.execute(query("refit_calibrators")).fetchone()[0] == 1
+        assert conn.execute(query("refit_calibrators")).fetchone()[0] == 0  # nothing new
+    _synthetic_labelled_answers(db, keyring, 25, seed=4)
+    with db.admin() as conn:
+        assert conn.execute(query("refit_calibrators")).fetchone()[0] == 1
+        assert conn.execute("SELECT count(*), count(*) FILTER (WHERE is_active) FROM reflect.calibrators"
+                            ).fetchone() == (2, 1)
+
+
+def test_analyst_calibration_views(db: Database, keyring: Keyring) -> None:
+    _synthetic_labelled_answers(db, keyring, 120, seed=5)
+    with psycopg.connect(db.dsn("analyst"), autocommit=True) as conn:
+        daily = conn.execute("SELECT labelled, accuracy, ece, brier, auroc_confidence, auroc_logprob_mean,"
+                             " auroc_p_true, accuracy_at_80, abstention_rate FROM reflect.calibration_daily").fetchall()
+        signals = dict(conn.execute("SELECT signal, auroc_wrong FROM reflect.signal_auroc"
+                                    " WHERE model_version = 'tiny'").fetchall())
+        bins = conn.execute("SELECT sum(n) FROM reflect.reliability").fetchone()[0]
+        text = str(conn.execute("SELECT * FROM reflect.labelled_answers").fetchall())
+    (labelled, accuracy, ece, brier, auroc_conf, auroc_lp, auroc_pt, acc80, abstain), = daily
+    assert labelled == 120 and bins == 120 and 0 < accuracy < 1
+    assert auroc_lp > 0.7 and 0.3 < auroc_pt < 0.7  # the informative signal and the noise
+    assert set(signals) >= {"confidence", "logprob_mean", "logprob_min", "p_true", "rule_failed"}
+    assert 0 <= ece <= 1 and 0 <= brier <= 1 and abstain == 0 and acc80 is not None and auroc_conf is not None
+    assert "synthetic question" not in text
+
+
+# -- memory -----------------------------------------------------------------------------------------
+def test_corrections_become_memories_and_similar_prompts_retrieve_them(db: Database, keyring: Keyring) -> None:
+    topics = ["What is the capital city of France?", "How many legs does a spider have?",
+              "Which planet is known as the red planet?"]
+    ids = []
+    with client(db, keyring) as c:
+        for t in topics:
+            ids.append(c.submit(t, params={"max_tokens": 3}))
+    drain(db, keyring, memory="on")
+    assert db.scalar("SELECT count(*) FROM reflect.prompt_embeddings") == 3
+    _feedback(db, keyring, ids[0], is_correct=False, correction="Paris.")
+    _feedback(db, keyring, ids[1], is_correct=True)
+    _feedback(db, keyring, ids[2], rating=4)  # a rating alone makes no memory
+    assert dict(db.admin().execute("SELECT request_id, kind FROM reflect.memories").fetchall()) == {
+        ids[0]: "correction", ids[1]: "confirmed"}
+
+    with client(db, keyring) as c:
+        similar = c.submit("Tell me the capital of France.", params={"max_tokens": 3, "memory_k": 1})
+        off = c.submit("Tell me the capital of France.", params={"max_tokens": 3, "memory": False})
+        spider = c.submit("Number of legs on a spider?", params={"max_tokens": 3, "memory_k": 2})
+    drain(db, keyring, memory="on")
+    with db.admin() as conn:
+        used = conn.execute("SELECT request_id, memory_request_id, rank FROM reflect.answer_memories"
+                            " ORDER BY request_id, rank").fetchall()
+    assert (similar, ids[0], 1) in used
+    assert [u for u in used if u[0] == off] == []
+    assert [u[1] for u in used if u[0] == spider] == [ids[1], ids[0]]  # nearest first
+    with client(db, keyring) as c:
+        assert c.get(similar)["memory_used"] is True and c.get(off)["memory_used"] is False
+    # A later "wrong" verdict without a correction withdraws the confirmed memory.
+    _feedback(db, keyring, ids[1], is_correct=False)
+    assert db.scalar("SELECT count(*) FROM reflect.memories WHERE request_id = %s", (ids[1],)) == 0
+
+
+def test_p_true_is_measured_for_llama_answers(db: Database, keyring: Keyring) -> None:
+    rid = _answered(db, keyring, "Is the sky blue? Reply with only yes or no.")
+    with db.admin() as conn:
+        signals = dict(conn.execute("SELECT name, value FROM reflect.answer_signals WHERE request_id = %s",
+                                    (rid,)).fetchall())
+    assert 0 <= signals["p_true"] <= 1
+    assert {"rule_empty", "rule_truncated", "rule_repetition", "rule_refusal", "rule_format"} <= set(signals)
+    with client(db, keyring) as c:
+        assert c.get(rid)["confidence"] == pytest.approx(signals["p_true"])  # the uncalibrated default
