@@ -1015,6 +1015,34 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.refit_calibrators_v1() OWNER TO reflect_owner;
+CREATE FUNCTION reflect.register_eval_items_v1(p_dataset text, p_item_ids text[], p_splits text[]) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+  v_n integer;
+  v_conflict text;
+BEGIN
+  IF p_dataset IS NULL OR p_dataset !~ '^[a-z0-9_]{1,40}$' THEN
+    RAISE EXCEPTION 'dataset name must match ^[a-z0-9_]{1,40}$' USING ERRCODE = 'PR001';
+  END IF;
+  IF cardinality(p_item_ids) IS DISTINCT FROM cardinality(p_splits)
+     OR EXISTS (SELECT FROM unnest(p_splits) s WHERE s IS NULL OR s NOT IN ('train', 'heldout')) THEN
+    RAISE EXCEPTION 'one split (train or heldout) per item id' USING ERRCODE = 'PR001';
+  END IF;
+  SELECT i.id INTO v_conflict FROM unnest(p_item_ids, p_splits) AS i(id, split)
+  JOIN reflect.eval_items e ON e.dataset = p_dataset AND e.item_id = i.id AND e.split <> i.split LIMIT 1;
+  IF v_conflict IS NOT NULL THEN
+    RAISE EXCEPTION 'item % of % is already stored in the other split', v_conflict, p_dataset USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.eval_items (dataset, item_id, split)
+  SELECT p_dataset, id, split FROM unnest(p_item_ids, p_splits) AS i(id, split)
+  ON CONFLICT DO NOTHING;
+  GET DIAGNOSTICS v_n = ROW_COUNT;
+  RETURN v_n;
+END
+$_$;
+ALTER FUNCTION reflect.register_eval_items_v1(p_dataset text, p_item_ids text[], p_splits text[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer DEFAULT 4096, p_parent text DEFAULT NULL::text, p_activate boolean DEFAULT false) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1187,6 +1215,24 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM reflect.requests WHERE id = p_request_id AND submitted_by = session_user) THEN
+    RAISE EXCEPTION 'no request % (or it is not yours)', p_request_id USING ERRCODE = 'PR005';
+  END IF;
+  IF p_run_label IS NULL OR length(p_run_label) NOT BETWEEN 1 AND 100 THEN
+    RAISE EXCEPTION 'run label must be 1 to 100 characters' USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.eval_requests (request_id, dataset, item_id, run_label)
+  VALUES (p_request_id, p_dataset, p_item_id, p_run_label)
+  ON CONFLICT (request_id) DO UPDATE SET dataset = excluded.dataset, item_id = excluded.item_id,
+                                         run_label = excluded.run_label;
+END
+$$;
+ALTER FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean DEFAULT true) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1314,7 +1360,10 @@ CREATE VIEW reflect.app_requests WITH (security_barrier='true') AS
     a.generation_ms,
     (a.calibrator_id IS NOT NULL) AS calibrated,
     a.action,
-    a.memory_used
+    a.memory_used,
+    ( SELECT jsonb_object_agg(s.name, s.value) AS jsonb_object_agg
+           FROM reflect.answer_signals s
+          WHERE (s.request_id = r.id)) AS signals
    FROM ((reflect.requests r
      JOIN reflect.model_versions mv ON ((mv.id = r.model_version_id)))
      LEFT JOIN reflect.answers a ON ((a.request_id = r.id)))
@@ -1453,6 +1502,24 @@ CREATE TABLE reflect.eval_requests (
     run_label text NOT NULL
 );
 ALTER TABLE reflect.eval_requests OWNER TO reflect_owner;
+CREATE VIEW reflect.eval_results AS
+ SELECT er.run_label,
+    er.dataset,
+    COALESCE(ei.split, 'unsplit'::text) AS split,
+    la.model_version,
+    count(*) AS n,
+    avg((la.is_correct)::integer) AS accuracy,
+    avg(la.confidence) AS mean_confidence,
+    reflect.auroc_v1(array_agg(((1)::double precision - la.confidence)), array_agg((NOT la.is_correct))) AS auroc_confidence,
+    reflect.ece_v1(array_agg(la.confidence), array_agg(la.is_correct)) AS ece,
+    reflect.brier_v1(array_agg(la.confidence), array_agg(la.is_correct)) AS brier,
+    reflect.accuracy_at_coverage_v1(array_agg(la.confidence), array_agg(la.is_correct), (0.8)::double precision) AS accuracy_at_80,
+    avg((la.calibrated)::integer) AS calibrated_share
+   FROM ((reflect.eval_requests er
+     JOIN reflect.labelled_answers la ON ((la.request_id = er.request_id)))
+     LEFT JOIN reflect.eval_items ei ON (((ei.dataset = er.dataset) AND (ei.item_id = er.item_id))))
+  GROUP BY er.run_label, er.dataset, COALESCE(ei.split, 'unsplit'::text), la.model_version;
+ALTER TABLE reflect.eval_results OWNER TO reflect_owner;
 ALTER TABLE reflect.feedback ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME reflect.feedback_id_seq
     START WITH 1
@@ -1804,12 +1871,16 @@ GRANT ALL ON FUNCTION reflect.reap_expired_v1() TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.refit_calibrators_v1() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.register_eval_items_v1(p_dataset text, p_item_ids text[], p_splits text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.register_eval_items_v1(p_dataset text, p_item_ids text[], p_splits text[]) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_app;
 GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_worker;
@@ -1821,6 +1892,7 @@ GRANT SELECT,INSERT ON TABLE reflect.app_requests TO reflect_app;
 GRANT SELECT ON TABLE reflect.labelled_answers TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.calibration_daily TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.calibrator_history TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.eval_results TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_version_daily TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_app;

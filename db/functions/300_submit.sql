@@ -216,7 +216,8 @@ SELECT
   a.generation_ms,
   a.calibrator_id IS NOT NULL AS calibrated,
   a.action,
-  a.memory_used
+  a.memory_used,
+  (SELECT jsonb_object_agg(s.name, s.value) FROM reflect.answer_signals s WHERE s.request_id = r.id) AS signals
 FROM reflect.requests r
 JOIN reflect.model_versions mv ON mv.id = r.model_version_id
 LEFT JOIN reflect.answers a ON a.request_id = r.id

@@ -48,3 +48,6 @@ GRANT EXECUTE ON FUNCTION reflect.auroc_v1(double precision[], boolean[]),
 TO reflect_analyst, reflect_app;
 GRANT SELECT ON reflect.labelled_answers, reflect.calibration_daily, reflect.signal_auroc, reflect.reliability,
   reflect.calibrator_history TO reflect_analyst;
+GRANT EXECUTE ON FUNCTION reflect.register_eval_items_v1(text, text[], text[]),
+  reflect.tag_eval_request_v1(bigint, text, text, text) TO reflect_app;
+GRANT SELECT ON reflect.eval_results TO reflect_analyst;

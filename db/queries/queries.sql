@@ -77,7 +77,7 @@ RETURNING id, state;
 -- name: app_request
 SELECT id, state, attempts, last_error, model_version, answer, finish_reason, tokens, tokens_per_s,
        logprob_mean, logprob_min, confidence, prompt_tokens, queue_wait_ms, prompt_eval_ms, generation_ms,
-       created_at, finished_at, calibrated, action, memory_used
+       created_at, finished_at, calibrated, action, memory_used, signals
 FROM reflect.app_requests WHERE id = %(id)s;
 
 -- name: register_model
@@ -105,3 +105,21 @@ SELECT reflect.ensure_login_role_v1(%(login)s, %(group_role)s);
 -- name: workers
 SELECT worker_id, hostname, pid, model_versions, started_at, last_seen_at, live FROM reflect.worker_status
 ORDER BY started_at DESC LIMIT 20;
+
+-- name: register_eval_items
+SELECT reflect.register_eval_items_v1(%(dataset)s, %(item_ids)s, %(splits)s) AS added;
+
+-- name: tag_eval_request
+SELECT reflect.tag_eval_request_v1(%(request_id)s, %(dataset)s, %(item_id)s, %(run_label)s);
+
+-- name: metrics
+SELECT reflect.auroc_v1(%(wrong_scores)s::float8[], %(wrong)s::bool[]) AS auroc,
+       reflect.ece_v1(%(confidence)s::float8[], %(correct)s::bool[]) AS ece,
+       reflect.brier_v1(%(confidence)s::float8[], %(correct)s::bool[]) AS brier,
+       reflect.accuracy_at_coverage_v1(%(confidence)s::float8[], %(correct)s::bool[], 0.8) AS accuracy_at_80;
+
+-- name: auroc
+SELECT reflect.auroc_v1(%(scores)s::float8[], %(positives)s::bool[]) AS auroc;
+
+-- name: calibrator
+SELECT heldout_metrics FROM reflect.calibrator_history WHERE id = %(id)s;

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -302,44 +301,32 @@ def ask(prompt: str, *, system_prompt: str | None = None, params: dict[str, Any]
     """Submits like an app does, runs a worker in this process when none is live, waits for the answer."""
     from pgreflect.client import Client
     from pgreflect.db import dsns
-    from pgreflect.worker import Worker, WorkerConfig
+    from pgreflect.worker import InlineWorker, Worker
 
     d = dsns()
     with Client(d.app, application_name="pgreflect-ask") as client:
         request_id = client.submit(prompt, system_prompt=system_prompt, params=params,
                                    idempotency_key=idempotency_key, caller=caller, model_version=model_version)
-        worker = thread = None
-        done = threading.Event()
+        inline = None
         if inline_worker == "always" or (inline_worker == "auto" and client.live_workers(model_version) == 0):
-            cfg = _worker_config(worker_args) if worker_args is not None else WorkerConfig()
-            if model_version:
-                cfg.model_versions = [model_version]
-            worker = Worker(d.worker, cfg)
-            crashed: list[BaseException] = []
-
-            def run_inline() -> None:
-                try:
-                    worker.run(until=done.is_set)
-                except BaseException as exc:
-                    crashed.append(exc)
-
-            thread = threading.Thread(target=run_inline, daemon=True)
-            thread.start()
-
-            def inline_failed() -> str | None:
-                return f"the in-process worker failed: {crashed[0]}" if crashed else None
-
-            abort = inline_failed
-
+            inline = InlineWorker(Worker(d.worker, _inline_config(worker_args, model_version))).start()
+            abort = inline.failure
         try:
             row = client.wait(request_id, timeout=timeout, abort=abort)
         finally:
-            done.set()
-            if worker is not None and thread is not None:
-                worker.request_stop()
-                thread.join(timeout=worker.config.shutdown_timeout + 10)
+            if inline is not None:
+                inline.stop()
     row["id"] = request_id
     return row
+
+
+def _inline_config(worker_args: argparse.Namespace | None, model_version: str | None) -> Any:
+    from pgreflect.worker import WorkerConfig
+
+    cfg = _worker_config(worker_args) if worker_args is not None else WorkerConfig()
+    if model_version:
+        cfg.model_versions = [model_version]
+    return cfg
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -376,6 +363,97 @@ def print_answer(row: dict[str, Any], as_json: bool) -> None:
     print(f"-- request {row['id']} | model {row['model_version']} | confidence {row['confidence']:.3f} "
           f"(uncalibrated: geometric-mean token probability) | {row['tokens']} tokens at "
           f"{row['tokens_per_s'] or 0:.1f} tok/s | logprob mean {row['logprob_mean'] or 0:.3f}")
+
+
+# -- metacognition: feedback, calibration, datasets, evaluation ------------------------------------------
+def cmd_feedback(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from pgreflect.db import connect, dsns
+    from pgreflect.errors import translate
+    from pgreflect.sql import query
+
+    is_correct = True if args.correct else False if args.wrong else None
+    with connect(dsns().app, application_name="pgreflect-feedback") as conn:
+        try:
+            fid = conn.execute(query("feedback"), {"request_id": args.request_id, "is_correct": is_correct,
+                                                   "rating": args.rating, "correction": args.correction,
+                                                   "source": args.source}).fetchone()[0]
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+    print(f"feedback {fid} recorded for request {args.request_id}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from pgreflect.db import dsns
+    from pgreflect.sql import query
+
+    with psycopg.connect(dsns().admin, autocommit=True) as conn:
+        names = [args.model_version] if args.model_version else [r[1] for r in conn.execute(query("list_models"))]
+        for name in names:
+            cal_id = conn.execute(query("fit_calibrator"), {"model_version": name}).fetchone()[0]
+            if cal_id is None:
+                print(f"{name}: not enough labels yet (see reflect.settings calibration_min_*)")
+                continue
+            metrics = conn.execute(query("calibrator"), {"id": cal_id}).fetchone()[0]
+            print(f"{name}: calibrator {cal_id}: {json.dumps(metrics)}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from pgreflect import datasets
+    from pgreflect.db import connect, dsns
+    from pgreflect.sql import query
+
+    if args.action == "list":
+        for name, ds in datasets.DATASETS.items():
+            print(f"{name}: {ds.file()} ({ds.license})")
+        return 0
+    chosen = datasets.select(args.name, args.split, args.limit, args.seed)
+    with connect(dsns().app, application_name="pgreflect-datasets") as conn:
+        added = conn.execute(query("register_eval_items"), {
+            "dataset": args.name, "item_ids": [it["id"] for it in chosen],
+            "splits": [it["split"] for it in chosen]}).fetchone()[0]
+    with open(args.out, "w") as f:
+        for it in chosen:
+            f.write(json.dumps(it) + "\n")
+    print(f"wrote {len(chosen)} {args.name} items ({args.split}) to {args.out}; {added} new in reflect.eval_items")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pgreflect.client import Client
+    from pgreflect.db import dsns
+    from pgreflect.errors import InvalidInput
+    from pgreflect.evaluate import EvalConfig, run
+    from pgreflect.worker import InlineWorker, Worker
+
+    if not args.file:
+        raise InvalidInput("--file (or PGREFLECT_FILE) is required")
+    cfg = EvalConfig(file=Path(args.file), out=Path(args.out), report=Path(args.report) if args.report else None,
+                     plot=Path(args.plot) if args.plot else None, model_version=args.model_version,
+                     max_tokens=args.max_tokens, memory=args.eval_memory == "on", timeout=args.timeout)
+    if args.run_label:
+        cfg.run_label = args.run_label
+    d = dsns()
+    with Client(d.app, application_name="pgreflect-eval") as client:
+        inline = None
+        if args.inline_worker == "always" or (args.inline_worker == "auto"
+                                              and client.live_workers(args.model_version) == 0):
+            inline = InlineWorker(Worker(d.worker, _inline_config(args, args.model_version))).start()
+        try:
+            summary = run(cfg, client, abort=inline.failure if inline else None)
+        finally:
+            if inline is not None:
+                inline.stop()
+    printable = {k: v for k, v in summary.items() if k != "signal_auroc"}
+    print(json.dumps(printable, default=str))
+    for name, v in summary.get("signal_auroc", {}).items():
+        print(f"  AUROC {name:13} {v['auroc'] if v['auroc'] is None else round(v['auroc'], 3)} (n={v['n']})")
+    return 0
 
 
 # -- up / down / status ------------------------------------------------------------------------------
@@ -515,6 +593,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="cluster, queue and workers")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("feedback", help="label an answer, rate it, or correct it")
+    p.add_argument("request_id", type=int)
+    verdict = p.add_mutually_exclusive_group()
+    verdict.add_argument("--correct", action="store_true", help="the answer is right")
+    verdict.add_argument("--wrong", action="store_true", help="the answer is wrong")
+    p.add_argument("--rating", type=int, default=None, help="1 (useless) to 5 (excellent)")
+    p.add_argument("--correction", default=None, help="the right answer; it becomes memory")
+    _flag(p, "--source", default="human", help="who says so (human, ground_truth, ...)")
+    p.set_defaults(func=cmd_feedback)
+
+    p = sub.add_parser("calibrate", help="fit calibrators now (pg_cron also does, every 5 minutes)")
+    p.add_argument("--model-version", default=None, help="one version (default: all)")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("datasets", help="packaged QA datasets with ground truth")
+    dsub = p.add_subparsers(dest="action", required=True)
+    dsub.add_parser("list")
+    d = dsub.add_parser("export", help="write questions JSONL and store their fixed split in the database")
+    d.add_argument("name", choices=["gsm8k", "mmlu"])
+    d.add_argument("--split", default="heldout", choices=["train", "heldout", "all"])
+    d.add_argument("--limit", type=int, default=None)
+    d.add_argument("--seed", type=int, default=0, help="which items a --limit picks")
+    d.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("eval", help="answer a question file through the app path, score, label, report")
+    _flag(p, "--file", default=None, help='questions JSONL, one {"id", "question", "answer"?} per line (required)')
+    _flag(p, "--out", default="results.jsonl", help="results JSONL")
+    _flag(p, "--report", default=None, help="markdown report path")
+    _flag(p, "--plot", default=None, help="reliability diagram PNG path")
+    _flag(p, "--max-tokens", type=int, default=256, help="generation limit per question")
+    _flag(p, "--run-label", default=None, help="names the run; re-running a label resumes it")
+    _flag(p, "--eval-memory", default="on", choices=["on", "off"], help="let answers use retrieved memories")
+    _flag(p, "--timeout", type=float, default=3600.0, help="seconds to wait for all answers")
+    _flag(p, "--inline-worker", default="auto", choices=["auto", "always", "never"],
+          help="run a worker in this process: when none is live (auto), always, or never")
+    _flag(p, "--model-version", default=None, help="model version to evaluate (default: the active one)")
+    _worker_flags(p, serve_flag=False)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("ask", help="submit a prompt like an app, wait, print the answer")
     p.add_argument("prompt")

@@ -415,3 +415,31 @@ class Worker:
     def _seen(self, model_ids: list[int], role: str = "main") -> None:
         self._call(role, "worker_seen", {"worker_id": self.config.worker_id, "model_version_ids": model_ids,
                                    "pid": os.getpid(), "hostname": socket.gethostname()})
+
+
+class InlineWorker:
+    """Runs a worker in this process until stopped (when no live worker serves the model)."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run(until=self.done.is_set)
+        except BaseException as exc:
+            self.error = exc
+
+    def start(self) -> InlineWorker:
+        self.thread.start()
+        return self
+
+    def failure(self) -> str | None:
+        return f"the in-process worker failed: {self.error}" if self.error else None
+
+    def stop(self) -> None:
+        self.done.set()
+        self.worker.request_stop()
+        self.thread.join(timeout=self.worker.config.shutdown_timeout + 10)

@@ -1,0 +1,110 @@
+"""The evaluation harness end to end (tiny model), the scoring normalisers and the dataset loaders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pgreflect import datasets
+from pgreflect.keys import Keyring
+from pgreflect.scoring import extract_choice, extract_number, is_correct, kind_of, normalise_text
+
+from conftest import Database
+
+
+@pytest.mark.parametrize(("answer", "reference", "expected"), [
+    ("The answer is 18.", "18", True),
+    ("She makes 9 * 2 = $18 every day.\n18", "18", True),
+    ("1,000 apples", "1000", True),
+    ("It is 17", "18", False),
+    ("B", "B", True),
+    ("(C) because", "C", True),
+    ("The correct answer is D.", "D", True),
+    ("A. Paris", "B", False),
+    ("Paris", "paris", True),
+    ("The capital is Paris.", "Paris", True),
+    ("Lyon", "Paris", False),
+    ("", "Paris", False),
+])
+def test_scoring(answer: str, reference: str, expected: bool) -> None:
+    assert is_correct(answer, reference) is expected
+
+
+def test_normalisers() -> None:
+    assert kind_of("42") == "number" and kind_of("C") == "choice" and kind_of("New York") == "text"
+    assert extract_number("about -3.5 degrees") == -3.5
+    assert extract_choice("I think the answer is b") == "B"
+    assert normalise_text("The  Eiffel Tower!") == "eiffel tower"
+
+
+def test_dataset_loaders_and_fixed_split() -> None:
+    gsm = list(datasets.items("gsm8k"))
+    mmlu = list(datasets.items("mmlu"))
+    assert len(gsm) == 1319 and len(mmlu) == 14044  # counted in the pinned packages
+    assert gsm[0]["answer"] == "18" and gsm[0]["question"].endswith(datasets.NUMBER_INSTRUCTION)
+    assert mmlu[0]["answer"] in "ABCD" and "\nA. " in mmlu[0]["question"]
+    share = sum(it["split"] == "heldout" for it in mmlu) / len(mmlu)
+    assert 0.18 < share < 0.22
+    assert datasets.split_of("mmlu", "mmlu-00042") == datasets.split_of("mmlu", "mmlu-00042")
+    sample = datasets.select("mmlu", "heldout", 50)
+    assert len(sample) == 50 and all(it["split"] == "heldout" for it in sample)
+    assert len({it.get("topic") for it in sample}) > 10  # the limit samples across subjects
+
+
+def _cli(db: Database, keyring: Keyring, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pgreflect.cli", *args], env=db.env(keyring), capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_eval_harness_end_to_end(db: Database, keyring: Keyring, tmp_path) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(json.dumps(q) for q in [
+        {"id": "a", "question": "What is 2 + 2?", "answer": "4"},
+        {"id": "b", "question": "Pick one: A. yes B. no. Answer with only the letter.", "answer": "A"},
+        {"id": "c", "question": "Say something.", "answer": "Paris"},
+        {"id": "d", "question": "No reference for this one."},
+    ]) + "\n")
+    out, report, plot = tmp_path / "r.jsonl", tmp_path / "report.md", tmp_path / "rel.png"
+    args = ["eval", "--file", str(questions), "--out", str(out), "--report", str(report), "--plot", str(plot),
+            "--model-version", "tiny", "--max-tokens", "8", "--run-label", "t1"]
+    done = _cli(db, keyring, *args)
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in results] == ["a", "b", "c", "d"]
+    for r in results:
+        assert {"id", "answer", "confidence", "signals"} <= r.keys() and 0 <= r["confidence"] <= 1
+        assert "p_true" in r["signals"] and "logprob_mean" in r["signals"]
+    assert all("correct" in r for r in results[:3]) and "correct" not in results[3]
+    summary = json.loads(done.stdout.splitlines()[0])
+    assert summary["scored"] == 3 and summary["questions"] == 4
+    assert "| accuracy |" in report.read_text() and "| p_true |" in report.read_text()
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with db.admin() as conn:
+        labels = conn.execute("SELECT count(*) FROM reflect.feedback WHERE source = 'ground_truth'").fetchone()[0]
+        callers = conn.execute("SELECT DISTINCT caller, submitted_by FROM reflect.requests").fetchall()
+    assert labels == 3 and callers == [("pgreflect-eval", "pgreflect_app")]  # the public path, no side door
+    # Re-running the same run label resumes: no new requests.
+    assert _cli(db, keyring, *args).returncode == 0
+    assert db.scalar("SELECT count(*) FROM reflect.requests") == 4
+
+
+def test_eval_rejects_a_bad_file(db: Database, keyring: Keyring, tmp_path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1}\n')
+    done = _cli(db, keyring, "eval", "--file", str(bad), "--out", str(tmp_path / "o.jsonl"))
+    assert done.returncode == 2 and 'needs "id" and a string "question"' in done.stderr
+    assert db.scalar("SELECT count(*) FROM reflect.requests") == 0
+
+
+def test_datasets_export_stores_the_split(db: Database, keyring: Keyring, tmp_path) -> None:
+    out = tmp_path / "mmlu.jsonl"
+    done = _cli(db, keyring, "datasets", "export", "mmlu", "--split", "heldout", "--limit", "20", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    items = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(items) == 20
+    assert db.scalar("SELECT count(*) FROM reflect.eval_items WHERE split = 'heldout'") == 20
+    again = _cli(db, keyring, "datasets", "export", "mmlu", "--split", "heldout", "--limit", "20", "--out", str(out))
+    assert "0 new" in again.stdout

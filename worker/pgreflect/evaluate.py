@@ -1,0 +1,190 @@
+"""The evaluation harness behind `pgreflect eval`: questions in, answers, labels and calibration metrics out.
+
+It goes through the public path only: each question is submitted like an app submits (INSERT into
+reflect.app_requests, with an idempotency key per run and item, so an interrupted run resumes), answers are
+scored against the reference with pgreflect.scoring, and each verdict is recorded with reflect.feedback_v1
+(source ground_truth), exactly as a person's label would be. Metrics use the database's own definitions
+(reflect.auroc_v1, ece_v1, brier_v1, accuracy_at_coverage_v1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pgreflect.client import Client
+from pgreflect.errors import InvalidInput
+from pgreflect.scoring import is_correct, kind_of
+from pgreflect.sql import query
+
+SIGNALS = ("logprob_mean", "logprob_min", "p_true", "rule_failed", "agreement")
+
+
+@dataclass
+class EvalConfig:
+    file: Path
+    out: Path
+    report: Path | None = None
+    plot: Path | None = None
+    model_version: str | None = None
+    max_tokens: int = 256
+    run_label: str = field(default_factory=lambda: time.strftime("eval-%Y%m%d-%H%M%S"))
+    memory: bool = True
+    timeout: float = 3600.0
+
+
+def read_items(path: Path) -> list[dict[str, Any]]:
+    items, seen = [], set()
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"{path}:{n}: not JSON ({exc.msg})") from None
+            if not isinstance(item, dict) or not isinstance(item.get("question"), str) or "id" not in item:
+                raise InvalidInput(f'{path}:{n}: each line needs "id" and a string "question"')
+            item["id"] = str(item["id"])
+            if item["id"] in seen:
+                raise InvalidInput(f"{path}:{n}: duplicate id {item['id']!r}")
+            seen.add(item["id"])
+            if item.get("answer") is not None:
+                item["answer"] = str(item["answer"])
+            items.append(item)
+    if not items:
+        raise InvalidInput(f"{path}: no questions")
+    return items
+
+
+def _rule_failed(signals: dict[str, float]) -> float | None:
+    rules = [v for k, v in signals.items() if k.startswith("rule_")]
+    return max(rules) if rules else None
+
+
+def run(cfg: EvalConfig, client: Client, progress: bool = True,
+        abort: Callable[[], str | None] | None = None) -> dict[str, Any]:
+    items = read_items(cfg.file)
+    params = {"max_tokens": cfg.max_tokens, "temperature": 0, "memory": cfg.memory}
+    ids: dict[str, int] = {}
+    for item in tqdm(items, desc="submitting", disable=not progress, unit="q"):
+        rid = client.submit(item["question"], params=params, idempotency_key=f"{cfg.run_label}:{item['id']}",
+                            caller="pgreflect-eval", model_version=cfg.model_version)
+        ids[item["id"]] = rid
+        if item.get("dataset"):
+            client.conn.execute(query("tag_eval_request"), {"request_id": rid, "dataset": item["dataset"],
+                                                             "item_id": item["id"], "run_label": cfg.run_label})
+    results = []
+    deadline = time.monotonic() + cfg.timeout
+    for item in tqdm(items, desc="answering", disable=not progress, unit="q"):
+        rid = ids[item["id"]]
+        row = client.wait(rid, timeout=max(1.0, deadline - time.monotonic()), abort=abort)
+        out: dict[str, Any] = {
+            "id": item["id"], "request_id": rid, "state": row["state"], "answer": row["answer"],
+            "confidence": row["confidence"], "calibrated": row["calibrated"], "action": row["action"],
+            "signals": {**(row["signals"] or {}), "logprob_mean": row["logprob_mean"],
+                        "logprob_min": row["logprob_min"]},
+            "tokens": row["tokens"], "error": row["last_error"],
+        }
+        if item.get("answer") is not None and row["state"] == "succeeded":
+            out["reference"] = item["answer"]
+            out["correct"] = is_correct(row["answer"] or "", item["answer"])
+            out["scored_as"] = kind_of(item["answer"])
+            client.conn.execute(query("feedback"), {"request_id": rid, "is_correct": out["correct"], "rating": None,
+                                                    "correction": None, "source": "ground_truth"})
+        results.append(out)
+    with cfg.out.open("w") as f:
+        for r in results:
+            f.write(json.dumps(r, default=str) + "\n")
+    summary = summarise(client, results, cfg)
+    if cfg.report:
+        write_report(cfg, summary, results)
+    if cfg.plot:
+        plot_reliability(cfg.plot, results, summary)
+    return summary
+
+
+def summarise(client: Client, results: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
+    scored = [r for r in results if "correct" in r and r["confidence"] is not None]
+    summary: dict[str, Any] = {"run_label": cfg.run_label, "questions": len(results), "scored": len(scored),
+                               "failed": sum(r["state"] != "succeeded" for r in results)}
+    if not scored:
+        return summary
+    conf = [float(r["confidence"]) for r in scored]
+    correct = [bool(r["correct"]) for r in scored]
+    row = client.conn.execute(query("metrics"), {"wrong_scores": [1 - c for c in conf],
+                                                 "wrong": [not y for y in correct], "confidence": conf,
+                                                 "correct": correct}).fetchone()
+    summary.update({"accuracy": sum(correct) / len(correct), "mean_confidence": sum(conf) / len(conf),
+                    "auroc": row[0], "ece": row[1], "brier": row[2], "accuracy_at_80": row[3],
+                    "calibrated_share": sum(bool(r["calibrated"]) for r in scored) / len(scored)})
+    per_signal = {}
+    for name in SIGNALS:
+        pairs = []
+        for r in scored:
+            value = _rule_failed(r["signals"]) if name == "rule_failed" else r["signals"].get(name)
+            if value is not None:
+                # high rule_failed means wrong; for the others a low value means wrong
+                pairs.append((value if name == "rule_failed" else -value, not r["correct"]))
+        if pairs:
+            auroc = client.conn.execute(query("auroc"), {"scores": [p[0] for p in pairs],
+                                                         "positives": [p[1] for p in pairs]}).fetchone()[0]
+            per_signal[name] = {"n": len(pairs), "auroc": auroc}
+    summary["signal_auroc"] = per_signal
+    return summary
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def write_report(cfg: EvalConfig, summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    lines = [f"# Evaluation {summary['run_label']}", "",
+             f"Questions: {cfg.file} ({summary['questions']}; {summary['scored']} scored, {summary['failed']} failed). "
+             f"Model version: {cfg.model_version or 'active'}; memory {'on' if cfg.memory else 'off'}; "
+             f"max_tokens {cfg.max_tokens}; greedy.", "",
+             "| metric | value |", "|---|---|"]
+    for key in ("accuracy", "mean_confidence", "auroc", "ece", "brier", "accuracy_at_80", "calibrated_share"):
+        lines.append(f"| {key} | {_fmt(summary.get(key))} |")
+    lines += ["", "AUROC for detecting wrong answers, each signal on its own (0.5 = no information):", "",
+              "| signal | n | AUROC |", "|---|---|---|"]
+    for name, v in summary.get("signal_auroc", {}).items():
+        lines.append(f"| {name} | {v['n']} | {_fmt(v['auroc'])} |")
+    if cfg.plot:
+        lines += ["", f"![reliability diagram]({cfg.plot.name})"]
+    cfg.report.write_text("\n".join(lines) + "\n")  # type: ignore[union-attr]
+
+
+def plot_reliability(path: Path, results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in results if "correct" in r and r["confidence"] is not None]
+    bins = [[] for _ in range(10)]
+    for r in scored:
+        bins[min(int(float(r["confidence"]) * 10), 9)].append(bool(r["correct"]))
+    centers = [(i + 0.5) / 10 for i in range(10)]
+    acc = [sum(b) / len(b) if b else 0 for b in bins]
+    counts = [len(b) for b in bins]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.bar(centers, acc, width=0.09, color="#4c72b0", label="accuracy in bin")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Reliability ({summary.get('scored', 0)} answers, ECE {_fmt(summary.get('ece'))})")
+    ax.legend(loc="upper left")
+    ax2.bar(centers, counts, width=0.09, color="#dd8452")
+    ax2.set_xlabel("confidence")
+    ax2.set_ylabel("answers")
+    ax2.set_xlim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,68 @@
+"""Scoring an answer against a reference, with one normaliser per kind of reference:
+
+- a number (e.g. "18", "-3.5", "1,000"): the last number in the answer, compared numerically (GSM8K style);
+- a single option letter A-J: the option the answer picks ("B", "(B)", "B.", "The answer is B", "B) ...");
+- anything else, short text: lower-cased, punctuation, articles and extra spaces removed; correct when the
+  normalised reference equals the normalised answer or appears in it as whole words.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_LETTER_PATTERNS = [
+    re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE),
+    re.compile(r"\b([A-J])\s*(?:is correct|is the correct)", re.IGNORECASE),
+    # a leading letter counts only when set apart ("B", "B.", "(B)", "B) ..."), not "I think" or "A good"
+    re.compile(r"^\s*\(?([A-J])(?:\)|\.|:|\s*$|\s*\n)"),
+]
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def kind_of(reference: str) -> str:
+    ref = reference.strip()
+    if re.fullmatch(r"[A-J]", ref):
+        return "choice"
+    if re.fullmatch(r"-?[\d,]*\.?\d+", ref.replace(" ", "")):
+        return "number"
+    return "text"
+
+
+def _to_float(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def extract_number(answer: str) -> float | None:
+    numbers = _NUMBER.findall(answer.replace("$", ""))
+    return _to_float(numbers[-1]) if numbers else None
+
+
+def extract_choice(answer: str) -> str | None:
+    for pattern in _LETTER_PATTERNS:
+        m = pattern.search(answer)
+        if m:
+            return m.group(1).upper()
+    return None
+
+
+def normalise_text(text: str) -> str:
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in string.punctuation)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def is_correct(answer: str, reference: str) -> bool:
+    kind = kind_of(reference)
+    if kind == "number":
+        got, want = extract_number(answer), _to_float(reference.replace(" ", ""))
+        return got is not None and want is not None and abs(got - want) < 1e-6 * max(1.0, abs(want))
+    if kind == "choice":
+        return extract_choice(answer) == reference.strip().upper()
+    ref, ans = normalise_text(reference), normalise_text(answer)
+    return bool(ref) and (ref == ans or f" {ref} " in f" {ans} ")
