@@ -49,7 +49,7 @@ BEGIN
     x := reflect._feature_vector(p_request_id);
     z := cal.weights[1];
     FOR j IN 1..cardinality(x) LOOP
-      z := z + cal.weights[j + 1] * (x[j] - cal.feature_means[j]) / cal.feature_stds[j];
+      z := z + cal.weights[j + 1] * (coalesce(x[j], cal.feature_means[j]) - cal.feature_means[j]) / cal.feature_stds[j];
     END LOOP;
     v_conf := reflect._sigmoid(z);
   ELSE
@@ -161,7 +161,9 @@ CREATE FUNCTION reflect._feature_vector(p_request_id bigint) RETURNS double prec
              0.5),
     coalesce((SELECT max(s.value) FROM reflect.answer_signals s
               WHERE s.request_id = a.request_id AND s.name LIKE 'rule\_%'), 0),
-    ln(1 + a.completion_tokens)
+    ln(1 + a.completion_tokens),
+    (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'agreement'),
+    (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'critique_verdict')
   ]::double precision[]
   FROM reflect.answers a WHERE a.request_id = p_request_id
 $$;
@@ -253,6 +255,47 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._queue_followups(p_request_id bigint) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_eval boolean;
+  v_n integer;
+BEGIN
+  SELECT caller = 'pgreflect-eval' INTO v_eval FROM reflect.requests WHERE id = p_request_id;
+  INSERT INTO reflect.followups (request_id, kind)
+  SELECT p_request_id, k FROM (VALUES ('critique', reflect._setting_float('critique_fraction')),
+                                      ('agreement', reflect._setting_float('agreement_fraction'))) f(k, fraction)
+  WHERE coalesce(v_eval, false) OR random() < fraction
+  ON CONFLICT (request_id, kind) DO NOTHING;
+  GET DIAGNOSTICS v_n = ROW_COUNT;
+  IF v_n > 0 THEN
+    PERFORM pg_notify('needs_inference', p_request_id::text);
+  END IF;
+  RETURN v_n;
+END
+$$;
+ALTER FUNCTION reflect._queue_followups(p_request_id bigint) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._reap_expired_followups() RETURNS integer
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  WITH expired AS (
+    SELECT id FROM reflect.followups WHERE state = 'running' AND lease_expires_at < clock_timestamp()
+    FOR UPDATE SKIP LOCKED
+  ), moved AS (
+    UPDATE reflect.followups f
+    SET state = CASE WHEN f.attempts < f.max_attempts THEN 'queued' ELSE 'failed' END::reflect.request_state,
+        lease_token = NULL, lease_expires_at = NULL,
+        finished_at = CASE WHEN f.attempts < f.max_attempts THEN NULL ELSE clock_timestamp() END,
+        last_error = format('lease of worker %s expired', f.worker_id)
+    FROM expired WHERE f.id = expired.id
+    RETURNING f.id
+  )
+  SELECT count(*)::integer FROM moved
+$$;
+ALTER FUNCTION reflect._reap_expired_followups() OWNER TO reflect_owner;
 CREATE TABLE reflect.requests (
     id bigint NOT NULL,
     key_id text NOT NULL,
@@ -437,6 +480,41 @@ BEGIN
 END
 $_$;
 ALTER FUNCTION reflect._store_signals(p_request_id bigint, p_signals jsonb) OWNER TO reflect_owner;
+CREATE TABLE reflect.followups (
+    id bigint NOT NULL,
+    request_id bigint NOT NULL,
+    kind text NOT NULL,
+    state reflect.request_state DEFAULT 'queued'::reflect.request_state NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 2 NOT NULL,
+    lease_token uuid,
+    lease_expires_at timestamp with time zone,
+    worker_id text,
+    last_error text,
+    created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    finished_at timestamp with time zone,
+    CONSTRAINT followup_attempts_within_max CHECK ((attempts <= max_attempts)),
+    CONSTRAINT followup_running_iff_leased CHECK (((state = 'running'::reflect.request_state) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
+    CONSTRAINT followups_kind_check CHECK ((kind = ANY (ARRAY['critique'::text, 'agreement'::text])))
+);
+ALTER TABLE reflect.followups OWNER TO reflect_owner;
+CREATE FUNCTION reflect._take_followup_lease(p_followup_id bigint, p_lease_token uuid) RETURNS reflect.followups
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  f reflect.followups;
+BEGIN
+  SELECT * INTO f FROM reflect.followups
+  WHERE id = p_followup_id AND state = 'running' AND lease_token = p_lease_token FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'stale lease: follow-up % is not running under this lease token', p_followup_id
+      USING ERRCODE = 'PR002';
+  END IF;
+  RETURN f;
+END
+$$;
+ALTER FUNCTION reflect._take_followup_lease(p_followup_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) RETURNS reflect.requests
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -528,9 +606,49 @@ CREATE FUNCTION reflect.calibration_features_v1() RETURNS text[]
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-  SELECT ARRAY['logprob_mean', 'logprob_min', 'p_true', 'rule_failed', 'log_tokens']
+  SELECT ARRAY['logprob_mean', 'logprob_min', 'p_true', 'rule_failed', 'log_tokens', 'agreement',
+               'critique_verdict']
 $$;
 ALTER FUNCTION reflect.calibration_features_v1() OWNER TO reflect_owner;
+CREATE FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[] DEFAULT NULL::integer[]) RETURNS TABLE(followup_id bigint, lease_token uuid, kind text, request_id bigint, model_version_id integer, prompt text, system_prompt text, answer text, params jsonb, samples integer, temperature double precision)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+  v_lease interval := reflect._check_lease_seconds(p_lease_seconds);
+BEGIN
+  IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+    RAISE EXCEPTION 'claim limit must be between 1 and 1000' USING ERRCODE = 'PR001';
+  END IF;
+  RETURN QUERY
+  WITH picked AS (
+    SELECT f.id FROM reflect.followups f
+    JOIN reflect.requests r ON r.id = f.request_id
+    WHERE f.state = 'queued'
+      AND (p_model_version_ids IS NULL OR r.model_version_id = ANY (p_model_version_ids))
+      AND reflect._key(r.key_id) IS NOT NULL
+    ORDER BY f.id
+    LIMIT p_limit
+    FOR UPDATE OF f SKIP LOCKED
+  ), claimed AS (
+    UPDATE reflect.followups f
+    SET state = 'running', attempts = f.attempts + 1, lease_token = gen_random_uuid(),
+        lease_expires_at = clock_timestamp() + v_lease, worker_id = p_worker_id
+    FROM picked WHERE f.id = picked.id
+    RETURNING f.*
+  )
+  SELECT c.id, c.lease_token, c.kind, c.request_id, r.model_version_id,
+         reflect._decrypt(r.prompt_enc, r.key_id), reflect._decrypt(r.system_prompt_enc, r.key_id),
+         reflect._decrypt(a.answer_enc, a.key_id), r.params,
+         reflect._setting_int('agreement_samples'), reflect._setting_float('agreement_temperature')
+  FROM claimed c
+  JOIN reflect.requests r ON r.id = c.request_id
+  JOIN reflect.answers a ON a.request_id = c.request_id
+  ORDER BY c.id;
+END
+$$;
+ALTER FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[] DEFAULT NULL::integer[]) RETURNS TABLE(request_id bigint, lease_token uuid, attempt integer, model_version_id integer, prompt text, system_prompt text, params jsonb, queue_wait_ms double precision)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -580,6 +698,51 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.complete_followup_v1(p_followup_id bigint, p_lease_token uuid, p_signals jsonb, p_critique text DEFAULT NULL::text) RETURNS double precision
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  f reflect.followups;
+  v_key text;
+  c jsonb;
+  v_verdict text;
+  v_signals jsonb := coalesce(p_signals, '{}'::jsonb);
+BEGIN
+  f := reflect._take_followup_lease(p_followup_id, p_lease_token);
+  IF f.kind = 'critique' THEN
+    BEGIN
+      c := p_critique::jsonb;
+    EXCEPTION WHEN others THEN
+      RAISE EXCEPTION 'critique is not valid JSON' USING ERRCODE = 'PR001';
+    END;
+    v_verdict := c ->> 'verdict';
+    IF jsonb_typeof(c) <> 'object' OR v_verdict IS NULL
+       OR v_verdict NOT IN ('correct', 'partially_correct', 'incorrect', 'unsure')
+       OR jsonb_typeof(c -> 'issues') <> 'array' THEN
+      RAISE EXCEPTION 'critique must have a verdict (correct, partially_correct, incorrect, unsure) and issues'
+        USING ERRCODE = 'PR001';
+    END IF;
+    SELECT key_id INTO v_key FROM reflect.requests WHERE id = f.request_id;
+    INSERT INTO reflect.critiques (request_id, key_id, critique_enc, verdict, n_issues, max_severity)
+    VALUES (f.request_id, v_key, reflect._encrypt(p_critique, v_key), v_verdict, jsonb_array_length(c -> 'issues'),
+            (SELECT s FROM jsonb_array_elements(c -> 'issues') i, LATERAL (SELECT i ->> 'severity' AS s) x
+             WHERE s IN ('low', 'medium', 'high')
+             ORDER BY array_position(ARRAY['high', 'medium', 'low'], s) LIMIT 1))
+    ON CONFLICT (request_id) DO UPDATE
+      SET critique_enc = excluded.critique_enc, verdict = excluded.verdict, n_issues = excluded.n_issues,
+          max_severity = excluded.max_severity, created_at = now(), rating = NULL, rated_by = NULL;
+    v_signals := v_signals || jsonb_build_object('critique_verdict',
+      CASE v_verdict WHEN 'correct' THEN 1.0 WHEN 'partially_correct' THEN 0.5 WHEN 'unsure' THEN 0.5 ELSE 0.0 END);
+  END IF;
+  PERFORM reflect._store_signals(f.request_id, v_signals);
+  UPDATE reflect.followups SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL,
+                               finished_at = clock_timestamp(), last_error = NULL
+  WHERE id = f.id;
+  RETURN reflect._apply_confidence(f.request_id);
+END
+$$;
+ALTER FUNCTION reflect.complete_followup_v1(p_followup_id bigint, p_lease_token uuid, p_signals jsonb, p_critique text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -602,6 +765,7 @@ BEGIN
                               p_token_logprobs, p_prompt_eval_ms, p_generation_ms);
   PERFORM reflect._store_signals(r.id, p_signals);
   v_conf := reflect._apply_confidence(r.id);
+  PERFORM reflect._queue_followups(r.id);
   PERFORM pg_notify('request_done', r.id::text);
   RETURN v_conf;
 END
@@ -640,6 +804,26 @@ BEGIN
 END
 $_$;
 ALTER FUNCTION reflect.ensure_login_role_v1(p_login text, p_group text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean DEFAULT false) RETURNS reflect.request_state
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  f reflect.followups;
+  v_state reflect.request_state;
+BEGIN
+  f := reflect._take_followup_lease(p_followup_id, p_lease_token);
+  v_state := CASE WHEN p_release OR f.attempts < f.max_attempts THEN 'queued' ELSE 'failed' END;
+  UPDATE reflect.followups
+  SET state = v_state, lease_token = NULL, lease_expires_at = NULL,
+      attempts = CASE WHEN p_release THEN greatest(f.attempts - 1, 0) ELSE f.attempts END,
+      last_error = CASE WHEN p_release THEN f.last_error ELSE left(coalesce(p_error, 'unknown error'), 1000) END,
+      finished_at = CASE WHEN v_state = 'failed' THEN clock_timestamp() END
+  WHERE id = f.id;
+  RETURN v_state;
+END
+$$;
+ALTER FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean DEFAULT true) RETURNS reflect.request_state
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -779,9 +963,20 @@ BEGIN
     RETURN NULL;
   END IF;
   -- standardise with the training means and standard deviations
-  SELECT array_agg(mean ORDER BY j), array_agg(sd ORDER BY j) INTO m, s
+  SELECT array_agg(coalesce(mean, 0) ORDER BY j), array_agg(sd ORDER BY j) INTO m, s
   FROM (SELECT j, avg(tx[i][j]) AS mean, coalesce(nullif(stddev_pop(tx[i][j]), 0), 1) AS sd
         FROM generate_series(1, d) j, generate_series(1, n) i GROUP BY j) st;
+  -- missing follow-up signals take the training mean (see _feature_vector)
+  FOR i IN 1..n LOOP
+    FOR j IN 1..d LOOP
+      IF tx[i][j] IS NULL THEN tx[i][j] := m[j]; END IF;
+    END LOOP;
+  END LOOP;
+  FOR i IN 1..coalesce(cardinality(hy), 0) LOOP
+    FOR j IN 1..d LOOP
+      IF hx[i][j] IS NULL THEN hx[i][j] := m[j]; END IF;
+    END LOOP;
+  END LOOP;
   w := array_fill(0::double precision, ARRAY[d + 1]);
   LOOP
     v_iter := v_iter + 1;
@@ -851,6 +1046,17 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.fit_calibrator_v1(p_model_version text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) RETURNS SETOF bigint
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  UPDATE reflect.followups f
+  SET lease_expires_at = clock_timestamp() + reflect._check_lease_seconds(p_lease_seconds)
+  FROM unnest(p_ids, p_lease_tokens) AS h(id, token)
+  WHERE f.id = h.id AND f.state = 'running' AND f.lease_token = h.token
+  RETURNING f.id
+$$;
+ALTER FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) RETURNS SETOF bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -905,6 +1111,24 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  IF p_rating IS NULL OR p_rating NOT BETWEEN 1 AND 5 THEN
+    RAISE EXCEPTION 'rating must be between 1 and 5' USING ERRCODE = 'PR001';
+  END IF;
+  UPDATE reflect.critiques c SET rating = p_rating, rated_by = session_user
+  FROM reflect.requests r
+  WHERE c.request_id = p_request_id AND r.id = c.request_id
+    AND (r.submitted_by = session_user OR pg_has_role(session_user, 'reflect_owner', 'MEMBER'));
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'no critique for request % (or it is not yours)', p_request_id USING ERRCODE = 'PR005';
+  END IF;
+END
+$$;
+ALTER FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.reap_expired_v1() RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -938,7 +1162,7 @@ BEGIN
   SELECT count(pg_notify(CASE WHEN state = 'queued' THEN 'needs_inference' ELSE 'request_done' END,
                          id::text))
   INTO v_n FROM moved;
-  RETURN v_n;
+  RETURN v_n + reflect._reap_expired_followups();
 END
 $$;
 ALTER FUNCTION reflect.reap_expired_v1() OWNER TO reflect_owner;
@@ -1317,6 +1541,22 @@ CREATE TABLE reflect.answers (
     CONSTRAINT one_logprob_per_token CHECK ((cardinality(token_logprobs) = completion_tokens))
 );
 ALTER TABLE reflect.answers OWNER TO reflect_owner;
+CREATE TABLE reflect.critiques (
+    request_id bigint NOT NULL,
+    key_id text NOT NULL,
+    critique_enc bytea NOT NULL,
+    verdict text NOT NULL,
+    n_issues integer NOT NULL,
+    max_severity text,
+    rating smallint,
+    rated_by name,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT critiques_max_severity_check CHECK ((max_severity = ANY (ARRAY['low'::text, 'medium'::text, 'high'::text]))),
+    CONSTRAINT critiques_n_issues_check CHECK ((n_issues >= 0)),
+    CONSTRAINT critiques_rating_check CHECK (((rating >= 1) AND (rating <= 5))),
+    CONSTRAINT critiques_verdict_check CHECK ((verdict = ANY (ARRAY['correct'::text, 'partially_correct'::text, 'incorrect'::text, 'unsure'::text])))
+);
+ALTER TABLE reflect.critiques OWNER TO reflect_owner;
 CREATE TABLE reflect.model_versions (
     id integer NOT NULL,
     name text NOT NULL,
@@ -1363,10 +1603,17 @@ CREATE VIEW reflect.app_requests WITH (security_barrier='true') AS
     a.memory_used,
     ( SELECT jsonb_object_agg(s.name, s.value) AS jsonb_object_agg
            FROM reflect.answer_signals s
-          WHERE (s.request_id = r.id)) AS signals
-   FROM ((reflect.requests r
+          WHERE (s.request_id = r.id)) AS signals,
+    reflect._decrypt_or_null(c.critique_enc, c.key_id) AS critique,
+    c.verdict AS critique_verdict,
+    c.rating AS critique_rating,
+    ( SELECT count(*) AS count
+           FROM reflect.followups f
+          WHERE ((f.request_id = r.id) AND (f.state = ANY (ARRAY['queued'::reflect.request_state, 'running'::reflect.request_state])))) AS followups_pending
+   FROM (((reflect.requests r
      JOIN reflect.model_versions mv ON ((mv.id = r.model_version_id)))
      LEFT JOIN reflect.answers a ON ((a.request_id = r.id)))
+     LEFT JOIN reflect.critiques c ON ((c.request_id = r.id)))
   WHERE (r.submitted_by = SESSION_USER);
 ALTER TABLE reflect.app_requests OWNER TO reflect_owner;
 CREATE TABLE reflect.feedback (
@@ -1417,7 +1664,10 @@ CREATE VIEW reflect.labelled_answers AS
           WHERE ((s.request_id = a.request_id) AND (s.name ~~ 'rule\_%'::text))) AS rule_failed,
     ( SELECT s.value
            FROM reflect.answer_signals s
-          WHERE ((s.request_id = a.request_id) AND (s.name = 'agreement'::text))) AS agreement
+          WHERE ((s.request_id = a.request_id) AND (s.name = 'agreement'::text))) AS agreement,
+    ( SELECT s.value
+           FROM reflect.answer_signals s
+          WHERE ((s.request_id = a.request_id) AND (s.name = 'critique_verdict'::text))) AS critique_verdict
    FROM (((reflect.answers a
      JOIN reflect.labels l ON ((l.request_id = a.request_id)))
      JOIN reflect.requests r ON ((r.id = a.request_id)))
@@ -1437,6 +1687,7 @@ CREATE VIEW reflect.calibration_daily AS
     reflect.auroc_v1(array_agg((- labelled_answers.p_true)), array_agg((NOT labelled_answers.is_correct))) AS auroc_p_true,
     reflect.auroc_v1(array_agg(labelled_answers.rule_failed), array_agg((NOT labelled_answers.is_correct))) AS auroc_rules,
     reflect.auroc_v1(array_agg((- labelled_answers.agreement)), array_agg((NOT labelled_answers.is_correct))) AS auroc_agreement,
+    reflect.auroc_v1(array_agg((- labelled_answers.critique_verdict)), array_agg((NOT labelled_answers.is_correct))) AS auroc_critique,
     reflect.accuracy_at_coverage_v1(array_agg(labelled_answers.confidence), array_agg(labelled_answers.is_correct), (0.8)::double precision) AS accuracy_at_80,
     avg(((labelled_answers.action = 'abstain'::text))::integer) AS abstention_rate,
     avg(((labelled_answers.action = 'flag'::text))::integer) AS review_rate,
@@ -1522,6 +1773,14 @@ CREATE VIEW reflect.eval_results AS
 ALTER TABLE reflect.eval_results OWNER TO reflect_owner;
 ALTER TABLE reflect.feedback ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME reflect.feedback_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+ALTER TABLE reflect.followups ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.followups_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
@@ -1681,7 +1940,7 @@ CREATE VIEW reflect.signal_auroc AS
     count(s.score) AS n,
     reflect.auroc_v1(array_agg(s.score), array_agg((NOT la.is_correct))) AS auroc_wrong
    FROM (reflect.labelled_answers la
-     CROSS JOIN LATERAL ( VALUES ('confidence'::text,((1)::double precision - la.confidence)), ('logprob_mean'::text,(- la.logprob_mean)), ('logprob_min'::text,(- la.logprob_min)), ('logprob_norm'::text,(- la.logprob_norm)), ('p_true'::text,(- la.p_true)), ('rule_failed'::text,la.rule_failed), ('agreement'::text,(- la.agreement))) s(signal, score))
+     CROSS JOIN LATERAL ( VALUES ('confidence'::text,((1)::double precision - la.confidence)), ('logprob_mean'::text,(- la.logprob_mean)), ('logprob_min'::text,(- la.logprob_min)), ('logprob_norm'::text,(- la.logprob_norm)), ('p_true'::text,(- la.p_true)), ('rule_failed'::text,la.rule_failed), ('agreement'::text,(- la.agreement)), ('critique_verdict'::text,(- la.critique_verdict))) s(signal, score))
   WHERE (s.score IS NOT NULL)
   GROUP BY la.model_version, s.signal;
 ALTER TABLE reflect.signal_auroc OWNER TO reflect_owner;
@@ -1728,12 +1987,18 @@ ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.calibrators
     ADD CONSTRAINT calibrators_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.critiques
+    ADD CONSTRAINT critiques_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.eval_items
     ADD CONSTRAINT eval_items_pkey PRIMARY KEY (dataset, item_id);
 ALTER TABLE ONLY reflect.eval_requests
     ADD CONSTRAINT eval_requests_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.feedback
     ADD CONSTRAINT feedback_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.followups
+    ADD CONSTRAINT followups_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.followups
+    ADD CONSTRAINT followups_request_id_kind_key UNIQUE (request_id, kind);
 ALTER TABLE ONLY reflect.memories
     ADD CONSTRAINT memories_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.model_versions
@@ -1754,6 +2019,7 @@ ALTER TABLE ONLY reflect_meta.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (name);
 CREATE UNIQUE INDEX calibrators_one_active ON reflect.calibrators USING btree (model_version_id) WHERE is_active;
 CREATE INDEX feedback_request ON reflect.feedback USING btree (request_id, id DESC);
+CREATE INDEX followups_queued ON reflect.followups USING btree (id) WHERE (state = 'queued'::reflect.request_state);
 CREATE INDEX memories_embedding ON reflect.memories USING hnsw (embedding public.vector_cosine_ops);
 CREATE UNIQUE INDEX model_versions_one_active ON reflect.model_versions USING btree (is_active) WHERE is_active;
 CREATE INDEX request_events_request ON reflect.request_events USING btree (request_id);
@@ -1776,10 +2042,14 @@ ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.calibrators
     ADD CONSTRAINT calibrators_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.critiques
+    ADD CONSTRAINT critiques_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.answers(request_id);
 ALTER TABLE ONLY reflect.eval_requests
     ADD CONSTRAINT eval_requests_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.feedback
     ADD CONSTRAINT feedback_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.followups
+    ADD CONSTRAINT followups_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.answers(request_id);
 ALTER TABLE ONLY reflect.memories
     ADD CONSTRAINT memories_feedback_id_fkey FOREIGN KEY (feedback_id) REFERENCES reflect.feedback(id);
 ALTER TABLE ONLY reflect.memories
@@ -1796,9 +2066,11 @@ ALTER TABLE reflect.answer_memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_signals ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.calibrators ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.critiques ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.eval_items ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.eval_requests ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.feedback ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.followups ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.model_versions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.prompt_embeddings ENABLE ROW LEVEL SECURITY;
@@ -1822,6 +2094,8 @@ REVOKE ALL ON FUNCTION reflect._feature_vector(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._normalize_params(p jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._queue_followups(p_request_id bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._reap_expired_followups() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._record_answer(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._requests_after_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._setting_float(p_key text) FROM PUBLIC;
@@ -1830,6 +2104,7 @@ REVOKE ALL ON FUNCTION reflect._setting_text(p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._sigmoid(z double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._solve(a double precision[], b double precision[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._store_signals(p_request_id bigint, p_signals jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._take_followup_lease(p_followup_id bigint, p_lease_token uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_analyst;
@@ -1844,8 +2119,12 @@ REVOKE ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_corre
 GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.calibration_features_v1() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.complete_followup_v1(p_followup_id bigint, p_lease_token uuid, p_signals jsonb, p_critique text) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.complete_followup_v1(p_followup_id bigint, p_lease_token uuid, p_signals jsonb, p_critique text) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) FROM PUBLIC;
@@ -1854,11 +2133,15 @@ REVOKE ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct
 GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.ensure_login_role_v1(p_login text, p_group text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.fit_calibrator_v1(p_model_version text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.live_worker_count_v1(p_model_version text) FROM PUBLIC;
@@ -1866,6 +2149,8 @@ GRANT ALL ON FUNCTION reflect.live_worker_count_v1(p_model_version text) TO refl
 GRANT ALL ON FUNCTION reflect.live_worker_count_v1(p_model_version text) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.reap_expired_v1() FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.reap_expired_v1() TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) FROM PUBLIC;

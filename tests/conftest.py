@@ -112,6 +112,8 @@ def template_db(cluster: LocalCluster, tiny_model: Path) -> str:
             conn.execute(query("ensure_login_role"), {"login": login, "group_role": group})
         register(conn, "tiny", tiny_model, activate=True)
         register(conn, "smollm2", smollm2_path())
+        # Follow-ups (critique, agreement) cost extra generations: off unless a test turns them on.
+        conn.execute("UPDATE reflect.settings SET value = '0' WHERE key IN ('critique_fraction', 'agreement_fraction')")
     return TEMPLATE
 
 

@@ -217,10 +217,16 @@ SELECT
   a.calibrator_id IS NOT NULL AS calibrated,
   a.action,
   a.memory_used,
-  (SELECT jsonb_object_agg(s.name, s.value) FROM reflect.answer_signals s WHERE s.request_id = r.id) AS signals
+  (SELECT jsonb_object_agg(s.name, s.value) FROM reflect.answer_signals s WHERE s.request_id = r.id) AS signals,
+  reflect._decrypt_or_null(c.critique_enc, c.key_id) AS critique,
+  c.verdict AS critique_verdict,
+  c.rating AS critique_rating,
+  (SELECT count(*) FROM reflect.followups f WHERE f.request_id = r.id AND f.state IN ('queued', 'running'))
+    AS followups_pending
 FROM reflect.requests r
 JOIN reflect.model_versions mv ON mv.id = r.model_version_id
 LEFT JOIN reflect.answers a ON a.request_id = r.id
+LEFT JOIN reflect.critiques c ON c.request_id = r.id
 WHERE r.submitted_by = session_user;
 
 CREATE OR REPLACE FUNCTION reflect._app_requests_insert()

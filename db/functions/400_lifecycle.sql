@@ -247,6 +247,7 @@ BEGIN
                               p_token_logprobs, p_prompt_eval_ms, p_generation_ms);
   PERFORM reflect._store_signals(r.id, p_signals);
   v_conf := reflect._apply_confidence(r.id);
+  PERFORM reflect._queue_followups(r.id);
   PERFORM pg_notify('request_done', r.id::text);
   RETURN v_conf;
 END
@@ -355,6 +356,6 @@ BEGIN
   SELECT count(pg_notify(CASE WHEN state = 'queued' THEN 'needs_inference' ELSE 'request_done' END,
                          id::text))
   INTO v_n FROM moved;
-  RETURN v_n;
+  RETURN v_n + reflect._reap_expired_followups();
 END
 $$;

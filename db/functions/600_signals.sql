@@ -7,11 +7,14 @@ RETURNS text[]
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT ARRAY['logprob_mean', 'logprob_min', 'p_true', 'rule_failed', 'log_tokens']
+  SELECT ARRAY['logprob_mean', 'logprob_min', 'p_true', 'rule_failed', 'log_tokens', 'agreement',
+               'critique_verdict']
 $$;
 
 -- Feature vector of one answer. Missing values get fixed stand-ins: an empty answer has no log-probs
 -- (-10 / -20: as unlikely as it gets), an answer without a P(True) measurement gets 0.5 (no opinion).
+-- agreement and critique_verdict arrive later, for a share of the traffic: NULL until then, and a
+-- calibrator replaces NULL with its training mean, so a missing follow-up moves the confidence nowhere.
 CREATE OR REPLACE FUNCTION reflect._feature_vector(p_request_id bigint)
 RETURNS double precision[]
 LANGUAGE sql STABLE
@@ -24,7 +27,9 @@ AS $$
              0.5),
     coalesce((SELECT max(s.value) FROM reflect.answer_signals s
               WHERE s.request_id = a.request_id AND s.name LIKE 'rule\_%'), 0),
-    ln(1 + a.completion_tokens)
+    ln(1 + a.completion_tokens),
+    (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'agreement'),
+    (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'critique_verdict')
   ]::double precision[]
   FROM reflect.answers a WHERE a.request_id = p_request_id
 $$;
@@ -62,7 +67,7 @@ BEGIN
     x := reflect._feature_vector(p_request_id);
     z := cal.weights[1];
     FOR j IN 1..cardinality(x) LOOP
-      z := z + cal.weights[j + 1] * (x[j] - cal.feature_means[j]) / cal.feature_stds[j];
+      z := z + cal.weights[j + 1] * (coalesce(x[j], cal.feature_means[j]) - cal.feature_means[j]) / cal.feature_stds[j];
     END LOOP;
     v_conf := reflect._sigmoid(z);
   ELSE

@@ -62,9 +62,20 @@ BEGIN
   END IF;
 
   -- standardise with the training means and standard deviations
-  SELECT array_agg(mean ORDER BY j), array_agg(sd ORDER BY j) INTO m, s
+  SELECT array_agg(coalesce(mean, 0) ORDER BY j), array_agg(sd ORDER BY j) INTO m, s
   FROM (SELECT j, avg(tx[i][j]) AS mean, coalesce(nullif(stddev_pop(tx[i][j]), 0), 1) AS sd
         FROM generate_series(1, d) j, generate_series(1, n) i GROUP BY j) st;
+  -- missing follow-up signals take the training mean (see _feature_vector)
+  FOR i IN 1..n LOOP
+    FOR j IN 1..d LOOP
+      IF tx[i][j] IS NULL THEN tx[i][j] := m[j]; END IF;
+    END LOOP;
+  END LOOP;
+  FOR i IN 1..coalesce(cardinality(hy), 0) LOOP
+    FOR j IN 1..d LOOP
+      IF hx[i][j] IS NULL THEN hx[i][j] := m[j]; END IF;
+    END LOOP;
+  END LOOP;
 
   w := array_fill(0::double precision, ARRAY[d + 1]);
   LOOP

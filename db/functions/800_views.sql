@@ -93,7 +93,9 @@ SELECT
   (SELECT max(s.value) FROM reflect.answer_signals s
    WHERE s.request_id = a.request_id AND s.name LIKE 'rule\_%') AS rule_failed,
   (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'agreement')
-    AS agreement
+    AS agreement,
+  (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'critique_verdict')
+    AS critique_verdict
 FROM reflect.answers a
 JOIN reflect.labels l ON l.request_id = a.request_id
 JOIN reflect.requests r ON r.id = a.request_id
@@ -116,6 +118,7 @@ SELECT
   reflect.auroc_v1(array_agg(-p_true), array_agg(NOT is_correct)) AS auroc_p_true,
   reflect.auroc_v1(array_agg(rule_failed), array_agg(NOT is_correct)) AS auroc_rules,
   reflect.auroc_v1(array_agg(-agreement), array_agg(NOT is_correct)) AS auroc_agreement,
+  reflect.auroc_v1(array_agg(-critique_verdict), array_agg(NOT is_correct)) AS auroc_critique,
   reflect.accuracy_at_coverage_v1(array_agg(confidence), array_agg(is_correct), 0.8) AS accuracy_at_80,
   avg((action = 'abstain')::int) AS abstention_rate,
   avg((action = 'flag')::int) AS review_rate,
@@ -137,7 +140,8 @@ CROSS JOIN LATERAL (VALUES
   ('logprob_norm', -la.logprob_norm),
   ('p_true', -la.p_true),
   ('rule_failed', la.rule_failed),
-  ('agreement', -la.agreement)) AS s(signal, score)
+  ('agreement', -la.agreement),
+  ('critique_verdict', -la.critique_verdict)) AS s(signal, score)
 WHERE s.score IS NOT NULL
 GROUP BY la.model_version, s.signal;
 

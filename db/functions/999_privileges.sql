@@ -51,3 +51,10 @@ GRANT SELECT ON reflect.labelled_answers, reflect.calibration_daily, reflect.sig
 GRANT EXECUTE ON FUNCTION reflect.register_eval_items_v1(text, text[], text[]),
   reflect.tag_eval_request_v1(bigint, text, text, text) TO reflect_app;
 GRANT SELECT ON reflect.eval_results TO reflect_analyst;
+GRANT EXECUTE ON FUNCTION
+  reflect.claim_followups_v1(text, integer, integer, integer[]),
+  reflect.complete_followup_v1(bigint, uuid, jsonb, text),
+  reflect.fail_followup_v1(bigint, uuid, text, boolean),
+  reflect.heartbeat_followups_v1(bigint[], uuid[], integer)
+TO reflect_worker;
+GRANT EXECUTE ON FUNCTION reflect.rate_critique_v1(bigint, integer) TO reflect_app;

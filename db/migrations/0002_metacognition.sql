@@ -96,6 +96,44 @@ CREATE TABLE reflect.eval_requests (
   run_label text NOT NULL
 );
 
+-- Follow-up jobs on an answer that cost extra generations and run after the answer is returned:
+-- a structured critique, and agreement between k extra samples. Same lease protocol as requests.
+CREATE TABLE reflect.followups (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  request_id bigint NOT NULL REFERENCES reflect.answers (request_id),
+  kind text NOT NULL CHECK (kind IN ('critique', 'agreement')),
+  state reflect.request_state NOT NULL DEFAULT 'queued',
+  attempts integer NOT NULL DEFAULT 0,
+  max_attempts integer NOT NULL DEFAULT 2,
+  lease_token uuid,
+  lease_expires_at timestamptz,
+  worker_id text,
+  last_error text,
+  created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  finished_at timestamptz,
+  UNIQUE (request_id, kind),
+  CONSTRAINT followup_running_iff_leased
+    CHECK ((state = 'running') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL)),
+  CONSTRAINT followup_attempts_within_max CHECK (attempts <= max_attempts)
+);
+CREATE INDEX followups_queued ON reflect.followups (id) WHERE state = 'queued';
+
+-- Structured critiques (JSON constrained by a grammar), encrypted like other text; the verdict and
+-- issue counts are kept in clear for analysis. Reviewers rate them 1 to 5.
+CREATE TABLE reflect.critiques (
+  request_id bigint PRIMARY KEY REFERENCES reflect.answers (request_id),
+  key_id text NOT NULL,
+  critique_enc bytea NOT NULL,
+  verdict text NOT NULL CHECK (verdict IN ('correct', 'partially_correct', 'incorrect', 'unsure')),
+  n_issues integer NOT NULL CHECK (n_issues >= 0),
+  max_severity text CHECK (max_severity IN ('low', 'medium', 'high')),
+  rating smallint CHECK (rating BETWEEN 1 AND 5),
+  rated_by name,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+
+ALTER TABLE reflect.followups ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.critiques ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_signals ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.feedback ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.calibrators ENABLE ROW LEVEL SECURITY;
@@ -112,4 +150,8 @@ INSERT INTO reflect.settings (key, value, description) VALUES
   ('calibration_l2', '1.0', 'L2 penalty of the logistic regression (on standardised features)'),
   ('confidence_threshold_default', '0.5', 'Below this calibrated confidence the low-confidence action applies'),
   ('low_confidence_action_default', '"answer"', 'answer | flag | abstain, when a request sets none'),
-  ('memory_k_default', '3', 'Past corrections retrieved as few-shot examples');
+  ('memory_k_default', '3', 'Past corrections retrieved as few-shot examples'),
+  ('critique_fraction', '1.0', 'Share of answers that get a structured critique (evaluation traffic: all)'),
+  ('agreement_fraction', '0.1', 'Share of answers that get the agreement signal (evaluation traffic: all)'),
+  ('agreement_samples', '3', 'Extra samples drawn for the agreement signal'),
+  ('agreement_temperature', '0.7', 'Sampling temperature of the agreement samples');

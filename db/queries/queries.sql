@@ -77,7 +77,8 @@ RETURNING id, state;
 -- name: app_request
 SELECT id, state, attempts, last_error, model_version, answer, finish_reason, tokens, tokens_per_s,
        logprob_mean, logprob_min, confidence, prompt_tokens, queue_wait_ms, prompt_eval_ms, generation_ms,
-       created_at, finished_at, calibrated, action, memory_used, signals
+       created_at, finished_at, calibrated, action, memory_used, signals, critique, critique_verdict,
+       critique_rating, followups_pending
 FROM reflect.app_requests WHERE id = %(id)s;
 
 -- name: register_model
@@ -123,3 +124,22 @@ SELECT reflect.auroc_v1(%(scores)s::float8[], %(positives)s::bool[]) AS auroc;
 
 -- name: calibrator
 SELECT heldout_metrics FROM reflect.calibrator_history WHERE id = %(id)s;
+
+-- name: claim_followups
+SELECT followup_id, lease_token, kind, request_id, model_version_id, prompt, system_prompt, answer, params,
+       samples, temperature
+FROM reflect.claim_followups_v1(%(worker_id)s, %(limit)s, %(lease_seconds)s, %(model_version_ids)s);
+
+-- name: complete_followup
+SELECT reflect.complete_followup_v1(%(followup_id)s, %(lease_token)s, %(signals)s::jsonb, %(critique)s)
+  AS confidence;
+
+-- name: fail_followup
+SELECT reflect.fail_followup_v1(%(followup_id)s, %(lease_token)s, %(error)s, %(release)s) AS state;
+
+-- name: heartbeat_followups
+SELECT heartbeat_followups_v1 AS followup_id
+FROM reflect.heartbeat_followups_v1(%(ids)s, %(lease_tokens)s, %(lease_seconds)s);
+
+-- name: rate_critique
+SELECT reflect.rate_critique_v1(%(request_id)s, %(rating)s);

@@ -215,7 +215,7 @@ def _worker_config(args: argparse.Namespace) -> Any:
         shutdown_timeout=args.shutdown_timeout, reap_interval=args.reap_interval,
         model_versions=[mv] if isinstance(mv := args.model_version, str) else (mv or None),
         n_threads=args.threads, once=getattr(args, "once", False), noop_delay_s=args.noop_delay,
-        memory=args.memory, p_true=args.p_true == "on",
+        memory=args.memory, p_true=args.p_true == "on", followups=args.followups == "on",
     )
 
 
@@ -326,6 +326,7 @@ def _inline_config(worker_args: argparse.Namespace | None, model_version: str | 
     cfg = _worker_config(worker_args) if worker_args is not None else WorkerConfig()
     if model_version:
         cfg.model_versions = [model_version]
+    cfg.followups = False  # follow-ups are left to the long-running workers, not to a short-lived one
     return cfg
 
 
@@ -443,7 +444,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         inline = None
         if args.inline_worker == "always" or (args.inline_worker == "auto"
                                               and client.live_workers(args.model_version) == 0):
-            inline = InlineWorker(Worker(d.worker, _inline_config(args, args.model_version))).start()
+            config = _inline_config(args, args.model_version)
+            config.followups = True  # evaluation traffic gets critique and agreement; eval waits for them
+            inline = InlineWorker(Worker(d.worker, config)).start()
         try:
             summary = run(cfg, client, abort=inline.failure if inline else None)
         finally:
@@ -528,6 +531,8 @@ def _worker_flags(p: argparse.ArgumentParser, serve_flag: bool = True) -> None:
     _flag(p, "--memory", default="auto", choices=["auto", "on", "off"],
           help="embed prompts and retrieve past corrections (auto: on with the llama backend)")
     _flag(p, "--p-true", default="on", choices=["on", "off"], help="measure P(True) after each answer")
+    _flag(p, "--followups", default="on", choices=["on", "off"],
+          help="run critique and agreement follow-ups when no request is waiting")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -83,8 +83,17 @@ def run(cfg: EvalConfig, client: Client, progress: bool = True,
     results = []
     deadline = time.monotonic() + cfg.timeout
     for item in tqdm(items, desc="answering", disable=not progress, unit="q"):
+        client.wait(ids[item["id"]], timeout=max(1.0, deadline - time.monotonic()), abort=abort)
+    # Critique and agreement follow-ups run after the answers; their signals change the confidence.
+    for item in tqdm(items, desc="follow-ups", disable=not progress, unit="q"):
         rid = ids[item["id"]]
-        row = client.wait(rid, timeout=max(1.0, deadline - time.monotonic()), abort=abort)
+        while (row := client.get(rid))["followups_pending"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"follow-ups of request {rid} still pending after {cfg.timeout:.0f} s")
+            reason = abort() if abort else None
+            if reason:
+                raise RuntimeError(reason)
+            time.sleep(0.5)
         out: dict[str, Any] = {
             "id": item["id"], "request_id": rid, "state": row["state"], "answer": row["answer"],
             "confidence": row["confidence"], "calibrated": row["calibrated"], "action": row["action"],

@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from pgreflect.agreement import agreement
 from pgreflect.backends import Backend, BackendError, Cancelled, GenerationRequest
 from pgreflect.db import connect
 from pgreflect.errors import StaleLease, translate
@@ -57,6 +58,7 @@ class WorkerConfig:
     noop_delay_s: float = 0.0
     memory: str = "auto"  # embed prompts and retrieve memories: on | off | auto (on for the llama backend)
     p_true: bool = True  # measure P(True) after each answer (one extra forward pass over a short question)
+    followups: bool = True  # also run critique and agreement follow-ups when no request is waiting
 
 
 @dataclass
@@ -74,6 +76,23 @@ class Job:
 
 
 @dataclass
+class FollowupJob:
+    followup_id: int
+    lease_token: uuid.UUID
+    kind: str  # critique | agreement
+    request_id: int
+    model_version_id: int
+    prompt: str
+    system_prompt: str | None
+    answer: str
+    params: dict[str, Any]
+    samples: int
+    temperature: float
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lease_lost: bool = False
+
+
+@dataclass
 class WorkerStats:
     claimed: int = 0
     succeeded: int = 0
@@ -81,6 +100,7 @@ class WorkerStats:
     retried: int = 0
     released: int = 0
     lost: int = 0
+    followups: int = 0
 
 
 class _ConnectionSlot:
@@ -116,6 +136,7 @@ class Worker:
         self._wake = threading.Event()
         self._closed = threading.Event()  # set after shutdown: the heartbeat runs until then
         self._inflight: dict[int, Job] = {}
+        self._inflight_followups: dict[int, FollowupJob] = {}
         self._inflight_lock = threading.Lock()
         self._local = threading.local()
         self._slots: list[_ConnectionSlot] = []
@@ -258,6 +279,19 @@ class Worker:
             fut = pool.submit(self._process, job)
             fut.add_done_callback(lambda _f: self._wake.set())
             futures.add(fut)
+        if len(rows) < limit and self.config.followups:
+            # Answers first: follow-ups (critique, agreement) only fill slots no request wanted.
+            for row in self._call("main", "claim_followups", {
+                "worker_id": self.config.worker_id, "limit": limit - len(rows),
+                "lease_seconds": self.config.lease_seconds, "model_version_ids": model_ids,
+            }):
+                fjob = FollowupJob(*row)
+                with self._inflight_lock:
+                    self._inflight_followups[fjob.followup_id] = fjob
+                fut = pool.submit(self._process_followup, fjob)
+                fut.add_done_callback(lambda _f: self._wake.set())
+                futures.add(fut)
+                rows.append(row)
         return len(rows)
 
     def _process(self, job: Job) -> None:
@@ -299,6 +333,39 @@ class Worker:
         finally:
             with self._inflight_lock:
                 self._inflight.pop(job.request_id, None)
+
+    def _process_followup(self, job: FollowupJob) -> None:
+        backend = self.backends[job.model_version_id]
+        request = GenerationRequest(job.prompt, job.system_prompt, job.params)
+        args: dict[str, Any] = {"followup_id": job.followup_id, "lease_token": job.lease_token}
+        try:
+            if job.kind == "critique":
+                result = {"signals": "{}", "critique": backend.critique(request, job.answer)}
+            else:
+                texts = []
+                for i in range(job.samples):
+                    if job.cancel.is_set():
+                        raise Cancelled()
+                    sample = GenerationRequest(job.prompt, job.system_prompt, {
+                        **job.params, "temperature": job.temperature, "seed": i + 1, "top_p": 0.95, "top_k": 0})
+                    texts.append(backend.generate(sample, job.cancel).text)
+                result = {"signals": json.dumps({"agreement": agreement(job.answer, texts, self.embedder)}),
+                          "critique": None}
+            self._call("job", "complete_followup", {**args, **result})
+            self.stats.followups += 1
+        except Cancelled:
+            if not job.lease_lost:
+                self._call("job", "fail_followup", {**args, "error": "released", "release": True})
+        except StaleLease as exc:
+            log.warning("follow-up %s: %s", job.followup_id, exc)
+        except Exception as exc:
+            log.exception("follow-up %s (%s of request %s) failed", job.followup_id, job.kind, job.request_id)
+            with contextlib.suppress(Exception):
+                self._call("job", "fail_followup", {**args, "error": f"{type(exc).__name__}: {exc}"[:500],
+                                                    "release": False})
+        finally:
+            with self._inflight_lock:
+                self._inflight_followups.pop(job.followup_id, None)
 
     def _recall(self, job: Job) -> tuple[tuple[str, str], ...]:
         """Stores the prompt's embedding and fetches memories to use as few-shot examples."""
@@ -347,7 +414,7 @@ class Worker:
                 time.sleep(0.05)
                 pending = {f for f in pending if not f.done()}
         with self._inflight_lock:
-            for job in self._inflight.values():
+            for job in [*self._inflight.values(), *self._inflight_followups.values()]:
                 job.cancel.set()  # each generation checks this per token, then releases its request
         pool.shutdown(wait=True)
 
@@ -397,6 +464,15 @@ class Worker:
     def _heartbeat(self) -> None:
         with self._inflight_lock:
             jobs = list(self._inflight.values())
+            followups = list(self._inflight_followups.values())
+        if followups:
+            held_f = {row[0] for row in self._call("heartbeat", "heartbeat_followups", {
+                "ids": [f.followup_id for f in followups], "lease_tokens": [f.lease_token for f in followups],
+                "lease_seconds": self.config.lease_seconds})}
+            for f in followups:
+                if f.followup_id not in held_f:
+                    f.lease_lost = True
+                    f.cancel.set()
         if not jobs:
             return
         held = {row[0] for row in self._call("heartbeat", "heartbeat", {

@@ -11,6 +11,7 @@ pass, so a shift by one position fails the test.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,16 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from pgreflect.backends.base import BackendError, Cancelled, Generation, GenerationRequest
+from pgreflect.backends.base import (
+    CRITIQUE_MAX_TOKENS,
+    CRITIQUE_SCHEMA,
+    CRITIQUE_SYSTEM,
+    BackendError,
+    Cancelled,
+    Generation,
+    GenerationRequest,
+    critique_prompt,
+)
 from pgreflect.sampling import choose_token, token_logprob
 
 # Used when a GGUF carries no chat template (base models): ChatML, which most small instruct models use.
@@ -30,6 +40,17 @@ FALLBACK_TEMPLATE = (
 
 
 P_TRUE_QUESTION = "Is your answer above correct? Reply with only yes or no."
+
+
+def normalise_json(raw: str) -> str:
+    """The grammar guarantees the structure, but its string rule lets raw control characters, escaped NULs
+    and lone surrogates through, which strict JSON or jsonb refuse; re-serialising cleans them."""
+    try:
+        value = json.loads(raw, strict=False)
+    except json.JSONDecodeError as exc:
+        raise BackendError(f"critique is not JSON even with the grammar ({exc.msg})") from None
+    text = json.dumps(value, ensure_ascii=False).replace("\\u0000", "")
+    return text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become "?"
 
 
 class LlamaBackend:
@@ -178,6 +199,21 @@ class LlamaBackend:
         p_yes = float(np.sum(np.exp(logits[yes] - m)))
         p_no = float(np.sum(np.exp(logits[no] - m)))
         return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else None
+
+    def critique(self, request: GenerationRequest, answer: str) -> str:
+        """A second generation constrained by a grammar built from CRITIQUE_SCHEMA, through
+        llama-cpp-python's own chat completion (grammar sampling); no log-probs are needed here."""
+        messages = [{"role": "system", "content": CRITIQUE_SYSTEM},
+                    {"role": "user", "content": critique_prompt(request, answer)}]
+        with self._lock:
+            try:
+                out = self.llm.create_chat_completion(
+                    messages=messages, max_tokens=CRITIQUE_MAX_TOKENS, temperature=0.0,
+                    response_format={"type": "json_object", "schema": CRITIQUE_SCHEMA})
+            finally:
+                # create_chat_completion evaluated its own tokens: resynchronise the prefix cache.
+                self._evaluated = [int(t) for t in self.llm.input_ids[: self.llm.n_tokens]]
+        return normalise_json(out["choices"][0]["message"]["content"])
 
     def _answer_token_ids(self) -> tuple[list[int], list[int]]:
         if self._yes_no is None:

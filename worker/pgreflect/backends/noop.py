@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 from pgreflect.backends.base import Cancelled, Generation, GenerationRequest
@@ -18,6 +19,9 @@ class NoopBackend:
             raise Cancelled()
         return Generation(text="ok", token_ids=[0], token_logprobs=[-0.01], prompt_tokens=1,
                           finish_reason="stop", prompt_eval_s=0.0, generation_s=0.0)
+
+    def critique(self, request: GenerationRequest, answer: str) -> str:
+        return json.dumps({"verdict": "unsure", "issues": [], "suggested_fix": ""})
 
     def p_true(self, request: GenerationRequest, generation: Generation) -> float | None:
         return None

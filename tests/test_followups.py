@@ -1,0 +1,113 @@
+"""Follow-ups on answers: the grammar-constrained critique and the agreement signal."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from pgreflect.agreement import agreement, answers_agree
+from pgreflect.db import connect
+from pgreflect.keys import Keyring
+from pgreflect.sql import query
+
+from conftest import Database
+from helpers import client, drain
+
+
+def _enable(db: Database, critique: float, agreement_share: float) -> None:
+    with db.admin() as conn:
+        conn.execute("UPDATE reflect.settings SET value = to_jsonb(%s::float8) WHERE key = 'critique_fraction'",
+                     (critique,))
+        conn.execute("UPDATE reflect.settings SET value = to_jsonb(%s::float8) WHERE key = 'agreement_fraction'",
+                     (agreement_share,))
+
+
+def test_agreement_rules() -> None:
+    assert answers_agree("B", "The answer is B.")
+    assert not answers_agree("B", "C")
+    assert answers_agree("It is 42.", "42")
+    assert not answers_agree("41", "42")
+    assert answers_agree("Paris", "paris.")
+    long_a = "The mitochondria is the powerhouse of the cell and produces most of its ATP through respiration"
+    long_b = "Mitochondria are the powerhouse of the cell, producing most of its ATP through cellular respiration"
+    assert answers_agree(long_a, long_b)  # word overlap without an embedder
+    assert agreement("B", ["B", "C", "(B)", "D"]) == 0.5
+
+
+def test_every_critique_parses_even_from_a_random_model(db: Database, keyring: Keyring) -> None:
+    _enable(db, critique=1.0, agreement_share=0.0)
+    prompts = ["What is 2 + 2?", "Name a prime number larger than 10.", 'Say "hello" in French; use "quotes".']
+    with client(db, keyring) as c:
+        ids = [c.submit(p, params={"max_tokens": 6}) for p in prompts]
+    stats = drain(db, keyring, memory="off")
+    assert stats.succeeded == 3 and stats.followups == 3
+    with client(db, keyring) as c:
+        for rid in ids:
+            row = c.get(rid)
+            critique = json.loads(row["critique"])  # the tiny model writes nonsense, but valid JSON
+            assert critique["verdict"] in ("correct", "partially_correct", "incorrect", "unsure")
+            assert isinstance(critique["issues"], list) and len(critique["issues"]) <= 3
+            for issue in critique["issues"]:
+                assert issue["severity"] in ("low", "medium", "high") and len(issue["description"]) <= 80
+            assert row["critique_verdict"] == critique["verdict"]
+            assert "critique_verdict" in row["signals"] and row["followups_pending"] == 0
+    enc = db.scalar("SELECT critique_enc FROM reflect.critiques WHERE request_id = %s", (ids[0],))
+    assert b"verdict" not in bytes(enc)
+
+
+def test_agreement_follow_up(db: Database, keyring: Keyring) -> None:
+    _enable(db, critique=0.0, agreement_share=1.0)
+    with client(db, keyring) as c:
+        rid = c.submit("anything")
+    drain(db, keyring, backend="noop")  # every noop sample says "ok", like the answer
+    with client(db, keyring) as c:
+        assert c.get(rid)["signals"]["agreement"] == 1.0
+    _enable(db, critique=0.0, agreement_share=1.0)
+    with client(db, keyring) as c:
+        rid = c.submit("Write one random word.", params={"max_tokens": 4})
+    drain(db, keyring, memory="off")  # samples at temperature 0.7 from the random model
+    with client(db, keyring) as c:
+        value = c.get(rid)["signals"]["agreement"]
+    assert 0.0 <= value <= 1.0
+
+
+def test_evaluation_traffic_always_gets_follow_ups(db: Database, keyring: Keyring) -> None:
+    with client(db, keyring) as c:
+        normal = c.submit("normal")
+        evaluated = c.submit("evaluated", caller="pgreflect-eval")
+    drain(db, keyring, backend="noop")
+    with db.admin() as conn:
+        kinds = conn.execute("SELECT request_id, kind, state FROM reflect.followups ORDER BY 1, 2").fetchall()
+    assert kinds == [(evaluated, "agreement", "succeeded"), (evaluated, "critique", "succeeded")]
+    assert normal not in {k[0] for k in kinds}
+
+
+def test_bad_critiques_are_refused_and_ratings_checked(db: Database, keyring: Keyring) -> None:
+    _enable(db, critique=1.0, agreement_share=0.0)
+    with client(db, keyring) as c:
+        rid = c.submit("hello")
+    drain(db, keyring, backend="noop", followups=False)
+    with connect(db.dsn("worker"), keyring=keyring) as conn:
+        (row,) = conn.execute(query("claim_followups"), {"worker_id": "w", "limit": 5, "lease_seconds": 60,
+                                                         "model_version_ids": None}).fetchall()
+        fid, token = row[0], row[1]
+        for bad, message in (("not json", "not valid JSON"), ('{"verdict": "great", "issues": []}', "verdict"),
+                             ('{"verdict": "correct"}', "issues")):
+            with pytest.raises(psycopg.Error, match=message):
+                conn.execute(query("complete_followup"), {"followup_id": fid, "lease_token": token,
+                                                          "signals": "{}", "critique": bad})
+        conn.execute(query("complete_followup"), {"followup_id": fid, "lease_token": token, "signals": "{}",
+                                                  "critique": '{"verdict": "incorrect", "issues": '
+                                                              '[{"kind": "factual", "severity": "high", '
+                                                              '"description": "x"}], "suggested_fix": "y"}'})
+    with connect(db.dsn("app"), keyring=keyring) as conn:
+        with pytest.raises(psycopg.Error, match="rating must be between 1 and 5"):
+            conn.execute(query("rate_critique"), {"request_id": rid, "rating": 9})
+        conn.execute(query("rate_critique"), {"request_id": rid, "rating": 4})
+        with pytest.raises(psycopg.Error, match="no critique for request 999"):
+            conn.execute(query("rate_critique"), {"request_id": 999, "rating": 4})
+    with db.admin() as conn:
+        assert conn.execute("SELECT verdict, n_issues, max_severity, rating FROM reflect.critiques").fetchone() == (
+            "incorrect", 1, "high", 4)
