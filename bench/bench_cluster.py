@@ -3,7 +3,9 @@ test cluster so that disk flushes do not dominate a 2-core machine)."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,7 +24,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _exit_on_sigterm() -> None:
+    # SIGTERM runs the `finally` blocks (cluster.destroy) instead of leaving a server behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def start_cluster(durable: bool = False) -> LocalCluster:
+    _exit_on_sigterm()
     root = Path(tempfile.mkdtemp(prefix="pgrb-", dir="/tmp"))
     root.chmod(0o755)
     extra = {} if durable else {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}

@@ -34,40 +34,21 @@ CREATE FUNCTION reflect._apply_confidence(p_request_id bigint) RETURNS double pr
     AS $$
 DECLARE
   a reflect.answers;
-  cal reflect.calibrators;
-  x double precision[];
-  z double precision;
-  v_conf double precision;
+  c record;
   v_params jsonb;
-  v_threshold double precision;
-  v_action text;
+  v_reanswered boolean;
 BEGIN
   SELECT * INTO a FROM reflect.answers WHERE request_id = p_request_id;
-  SELECT * INTO cal FROM reflect.calibrators
-  WHERE model_version_id = a.model_version_id AND is_active AND features = reflect.calibration_features_v1();
-  IF cal.id IS NOT NULL THEN
-    x := reflect._feature_vector(p_request_id);
-    z := cal.weights[1];
-    FOR j IN 1..cardinality(x) LOOP
-      z := z + cal.weights[j + 1] * (coalesce(x[j], cal.feature_means[j]) - cal.feature_means[j]) / cal.feature_stds[j];
-    END LOOP;
-    v_conf := reflect._sigmoid(z);
-  ELSE
-    v_conf := coalesce(
-      (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = p_request_id AND s.name = 'p_true'),
-      a.logprob_norm, 0);
-  END IF;
+  SELECT * INTO c FROM reflect._confidence(a.model_version_id, reflect._feature_vector(p_request_id),
+                                           reflect._signals_of(p_request_id), a.logprob_norm);
   SELECT params INTO v_params FROM reflect.requests WHERE id = p_request_id;
-  v_threshold := coalesce((v_params ->> 'confidence_threshold')::double precision,
-                          reflect._setting_float('confidence_threshold_default'));
-  v_action := CASE WHEN v_conf < v_threshold
-                   THEN coalesce(v_params ->> 'low_confidence', reflect._setting_text('low_confidence_action_default'))
-                   ELSE 'answer' END;
-  UPDATE reflect.answers SET confidence = v_conf, calibrator_id = cal.id, action = v_action,
-                             memory_used = EXISTS (SELECT FROM reflect.answer_memories m
-                                                   WHERE m.request_id = p_request_id)
+  v_reanswered := EXISTS (SELECT FROM reflect.answer_candidates WHERE request_id = p_request_id AND n > 1);
+  UPDATE reflect.answers
+  SET confidence = c.confidence, calibrator_id = c.calibrator_id,
+      action = CASE WHEN v_reanswered THEN 'reanswer' ELSE reflect._low_confidence_action(v_params, c.confidence) END,
+      memory_used = EXISTS (SELECT FROM reflect.answer_memories m WHERE m.request_id = p_request_id)
   WHERE request_id = p_request_id;
-  RETURN v_conf;
+  RETURN c.confidence;
 END
 $$;
 ALTER FUNCTION reflect._apply_confidence(p_request_id bigint) OWNER TO reflect_owner;
@@ -95,6 +76,29 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._confidence(p_model_version_id integer, x double precision[], p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  cal reflect.calibrators;
+  z double precision;
+BEGIN
+  SELECT * INTO cal FROM reflect.calibrators c
+  WHERE c.model_version_id = p_model_version_id AND c.is_active AND c.features = reflect.calibration_features_v1();
+  IF cal.id IS NULL THEN
+    confidence := coalesce((p_signals ->> 'p_true')::double precision, p_logprob_norm, 0);
+    RETURN;
+  END IF;
+  z := cal.weights[1];
+  FOR j IN 1..cardinality(x) LOOP
+    z := z + cal.weights[j + 1] * (coalesce(x[j], cal.feature_means[j]) - cal.feature_means[j]) / cal.feature_stds[j];
+  END LOOP;
+  confidence := reflect._sigmoid(z);
+  calibrator_id := cal.id;
+END
+$$;
+ALTER FUNCTION reflect._confidence(p_model_version_id integer, x double precision[], p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._current_key_id() RETURNS text
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -154,20 +158,25 @@ CREATE FUNCTION reflect._feature_vector(p_request_id bigint) RETURNS double prec
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-  SELECT ARRAY[
-    greatest(coalesce(a.logprob_mean, -10), -10),
-    greatest(coalesce(a.logprob_min, -20), -20),
-    coalesce((SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'p_true'),
-             0.5),
-    coalesce((SELECT max(s.value) FROM reflect.answer_signals s
-              WHERE s.request_id = a.request_id AND s.name LIKE 'rule\_%'), 0),
-    ln(1 + a.completion_tokens),
-    (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'agreement'),
-    (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'critique_verdict')
-  ]::double precision[]
+  SELECT reflect._features(a.logprob_mean, a.logprob_min, a.completion_tokens, reflect._signals_of(a.request_id))
   FROM reflect.answers a WHERE a.request_id = p_request_id
 $$;
 ALTER FUNCTION reflect._feature_vector(p_request_id bigint) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) RETURNS double precision[]
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT ARRAY[
+    greatest(coalesce(p_logprob_mean, -10), -10),
+    greatest(coalesce(p_logprob_min, -20), -20),
+    coalesce((p_signals ->> 'p_true')::double precision, 0.5),
+    coalesce((SELECT max(v::double precision) FROM jsonb_each_text(p_signals) e(k, v) WHERE k LIKE 'rule\_%'), 0),
+    ln(1 + p_completion_tokens),
+    (p_signals ->> 'agreement')::double precision,
+    (p_signals ->> 'critique_verdict')::double precision
+  ]::double precision[]
+$$;
+ALTER FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._key(p_key_id text) RETURNS text
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -175,6 +184,16 @@ CREATE FUNCTION reflect._key(p_key_id text) RETURNS text
   SELECT nullif(current_setting('reflect.key_' || p_key_id, true), '')
 $$;
 ALTER FUNCTION reflect._key(p_key_id text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT CASE WHEN p_confidence < coalesce((p_params ->> 'confidence_threshold')::double precision,
+                                          reflect._setting_float('confidence_threshold_default'))
+              THEN coalesce(p_params ->> 'low_confidence', reflect._setting_text('low_confidence_action_default'))
+              ELSE 'answer' END
+$$;
+ALTER FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._normalize_params(p jsonb) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -200,8 +219,8 @@ BEGIN
   IF p ? 'memory' AND jsonb_typeof(p -> 'memory') <> 'boolean' THEN
     RAISE EXCEPTION 'memory must be true or false' USING ERRCODE = 'PR001';
   END IF;
-  IF p ? 'low_confidence' AND coalesce(p ->> 'low_confidence', '') NOT IN ('answer', 'flag', 'abstain') THEN
-    RAISE EXCEPTION 'low_confidence must be answer, flag or abstain' USING ERRCODE = 'PR001';
+  IF p ? 'low_confidence' AND coalesce(p ->> 'low_confidence', '') NOT IN ('answer', 'flag', 'abstain', 'reanswer') THEN
+    RAISE EXCEPTION 'low_confidence must be answer, flag, abstain or reanswer' USING ERRCODE = 'PR001';
   END IF;
   v_out := jsonb_build_object(
     'max_tokens', reflect._param_number(p, 'max_tokens', 1, v_limit, true,
@@ -414,6 +433,13 @@ CREATE FUNCTION reflect._sigmoid(z double precision) RETURNS double precision
   SELECT 1 / (1 + exp(-greatest(-30, least(30, z))))
 $$;
 ALTER FUNCTION reflect._sigmoid(z double precision) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._signals_of(p_request_id bigint) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT coalesce(jsonb_object_agg(name, value), '{}'::jsonb) FROM reflect.answer_signals WHERE request_id = p_request_id
+$$;
+ALTER FUNCTION reflect._signals_of(p_request_id bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._solve(a double precision[], b double precision[]) RETURNS double precision[]
     LANGUAGE plpgsql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -765,6 +791,10 @@ BEGIN
                               p_token_logprobs, p_prompt_eval_ms, p_generation_ms);
   PERFORM reflect._store_signals(r.id, p_signals);
   v_conf := reflect._apply_confidence(r.id);
+  -- when attempts were recorded (re-answer), the stored answer is the most confident one
+  UPDATE reflect.answer_candidates ac SET chosen = (ac.n = (
+    SELECT c.n FROM reflect.answer_candidates c WHERE c.request_id = r.id ORDER BY c.confidence DESC, c.n LIMIT 1))
+  WHERE ac.request_id = r.id;
   PERFORM reflect._queue_followups(r.id);
   PERFORM pg_notify('request_done', r.id::text);
   RETURN v_conf;
@@ -804,6 +834,32 @@ BEGIN
 END
 $_$;
 ALTER FUNCTION reflect.ensure_login_role_v1(p_login text, p_group text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer DEFAULT 3) RETURNS TABLE(memory_request_id bigint, prompt text, answer text)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests;
+  v_embedding public.vector;
+BEGIN
+  r := reflect._take_lease(p_request_id, p_lease_token);
+  SELECT embedding INTO v_embedding FROM reflect.prompt_embeddings WHERE request_id = r.id;
+  IF v_embedding IS NULL THEN
+    RETURN;
+  END IF;
+  RETURN QUERY
+  SELECT m.request_id, reflect._decrypt(mr.prompt_enc, mr.key_id),
+         coalesce(reflect._decrypt(f.correction_enc, f.key_id), reflect._decrypt(a.answer_enc, a.key_id))
+  FROM reflect.memories m
+  JOIN reflect.requests mr ON mr.id = m.request_id
+  LEFT JOIN reflect.answers a ON a.request_id = m.request_id
+  LEFT JOIN reflect.feedback f ON f.id = m.feedback_id
+  WHERE m.request_id <> r.id AND reflect._key(mr.key_id) IS NOT NULL
+  ORDER BY m.embedding OPERATOR(public.<=>) v_embedding
+  LIMIT greatest(1, least(coalesce(p_k, 3), 20));
+END
+$$;
+ALTER FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean DEFAULT false) RETURNS reflect.request_state
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1212,6 +1268,37 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb, p_evidence_request_ids bigint[] DEFAULT '{}'::bigint[]) RETURNS TABLE(n integer, confidence double precision, reanswer boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+  r reflect.requests;
+  v_mean double precision;
+  v_min double precision;
+  v_tokens integer := coalesce(cardinality(p_token_logprobs), 0);
+  c record;
+  v_n integer;
+BEGIN
+  r := reflect._take_lease(p_request_id, p_lease_token);
+  IF p_answer IS NULL OR p_signals IS NULL OR jsonb_typeof(p_signals) <> 'object' THEN
+    RAISE EXCEPTION 'a candidate needs an answer and a signals object' USING ERRCODE = 'PR001';
+  END IF;
+  SELECT avg(lp), min(lp) INTO v_mean, v_min FROM unnest(p_token_logprobs) lp;
+  SELECT * INTO c FROM reflect._confidence(r.model_version_id, reflect._features(v_mean, v_min, v_tokens, p_signals),
+                                           p_signals, exp(v_mean));
+  SELECT coalesce(max(ac.n), 0) + 1 INTO v_n FROM reflect.answer_candidates ac WHERE ac.request_id = r.id;
+  INSERT INTO reflect.answer_candidates (request_id, n, key_id, answer_enc, completion_tokens, logprob_mean,
+                                         logprob_min, signals, confidence, evidence_request_ids)
+  VALUES (r.id, v_n, r.key_id, reflect._encrypt(p_answer, r.key_id), v_tokens, v_mean, v_min, p_signals,
+          c.confidence, coalesce(p_evidence_request_ids, '{}'));
+  RETURN QUERY SELECT v_n, c.confidence,
+    v_n = 1 AND reflect._low_confidence_action(r.params, c.confidence) = 'reanswer'
+      AND EXISTS (SELECT FROM reflect.memories m WHERE m.request_id <> r.id);
+END
+$$;
+ALTER FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb, p_evidence_request_ids bigint[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.refit_calibrators_v1() RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1491,6 +1578,23 @@ CREATE FUNCTION reflect.worker_stopped_v1(p_worker_id text) RETURNS void
   UPDATE reflect.workers SET stopped_at = now(), last_seen_at = now() WHERE worker_id = p_worker_id
 $$;
 ALTER FUNCTION reflect.worker_stopped_v1(p_worker_id text) OWNER TO reflect_owner;
+CREATE TABLE reflect.answer_candidates (
+    request_id bigint NOT NULL,
+    n integer NOT NULL,
+    key_id text NOT NULL,
+    answer_enc bytea NOT NULL,
+    completion_tokens integer NOT NULL,
+    logprob_mean double precision,
+    logprob_min double precision,
+    signals jsonb NOT NULL,
+    confidence double precision NOT NULL,
+    evidence_request_ids bigint[] DEFAULT '{}'::bigint[] NOT NULL,
+    chosen boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    CONSTRAINT answer_candidates_confidence_check CHECK (((confidence >= (0)::double precision) AND (confidence <= (1)::double precision))),
+    CONSTRAINT answer_candidates_n_check CHECK ((n >= 1))
+);
+ALTER TABLE reflect.answer_candidates OWNER TO reflect_owner;
 CREATE TABLE reflect.answer_memories (
     request_id bigint NOT NULL,
     memory_request_id bigint NOT NULL,
@@ -1530,7 +1634,7 @@ CREATE TABLE reflect.answers (
     calibrator_id integer,
     action text DEFAULT 'answer'::text NOT NULL,
     memory_used boolean DEFAULT false NOT NULL,
-    CONSTRAINT answers_action_check CHECK ((action = ANY (ARRAY['answer'::text, 'flag'::text, 'abstain'::text]))),
+    CONSTRAINT answers_action_check CHECK ((action = ANY (ARRAY['answer'::text, 'flag'::text, 'abstain'::text, 'reanswer'::text]))),
     CONSTRAINT answers_completion_tokens_check CHECK ((completion_tokens >= 0)),
     CONSTRAINT answers_confidence_check CHECK (((confidence >= (0)::double precision) AND (confidence <= (1)::double precision))),
     CONSTRAINT answers_finish_reason_check CHECK ((finish_reason = ANY (ARRAY['stop'::text, 'length'::text, 'stop_sequence'::text]))),
@@ -1979,6 +2083,8 @@ CREATE TABLE reflect_meta.schema_migrations (
     applied_by name DEFAULT SESSION_USER NOT NULL
 );
 ALTER TABLE reflect_meta.schema_migrations OWNER TO postgres;
+ALTER TABLE ONLY reflect.answer_candidates
+    ADD CONSTRAINT answer_candidates_pkey PRIMARY KEY (request_id, n);
 ALTER TABLE ONLY reflect.answer_memories
     ADD CONSTRAINT answer_memories_pkey PRIMARY KEY (request_id, memory_request_id);
 ALTER TABLE ONLY reflect.answer_signals
@@ -2028,6 +2134,8 @@ CREATE INDEX requests_leases ON reflect.requests USING btree (lease_expires_at) 
 CREATE INDEX requests_queued ON reflect.requests USING btree (id) WHERE (state = 'queued'::reflect.request_state);
 CREATE TRIGGER _100_submit INSTEAD OF INSERT ON reflect.app_requests FOR EACH ROW EXECUTE FUNCTION reflect._app_requests_insert();
 CREATE TRIGGER _900_notify_needs_inference AFTER INSERT ON reflect.requests FOR EACH ROW EXECUTE FUNCTION reflect._requests_after_insert();
+ALTER TABLE ONLY reflect.answer_candidates
+    ADD CONSTRAINT answer_candidates_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.answer_memories
     ADD CONSTRAINT answer_memories_memory_request_id_fkey FOREIGN KEY (memory_request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.answer_memories
@@ -2062,6 +2170,7 @@ ALTER TABLE ONLY reflect.request_events
     ADD CONSTRAINT request_events_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.requests
     ADD CONSTRAINT requests_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE reflect.answer_candidates ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_signals ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answers ENABLE ROW LEVEL SECURITY;
@@ -2085,13 +2194,16 @@ REVOKE ALL ON FUNCTION reflect._app_requests_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._apply_confidence(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_key_id(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._confidence(p_model_version_id integer, x double precision[], p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._current_key_id() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._decrypt(p_cipher bytea, p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect._encrypt(p_plain text, p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._feature_vector(p_request_id bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key(p_key_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._normalize_params(p jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._queue_followups(p_request_id bigint) FROM PUBLIC;
@@ -2102,6 +2214,7 @@ REVOKE ALL ON FUNCTION reflect._setting_float(p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._setting_int(p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._setting_text(p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._sigmoid(z double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._signals_of(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._solve(a double precision[], b double precision[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._store_signals(p_request_id bigint, p_signals jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._take_followup_lease(p_followup_id bigint, p_lease_token uuid) FROM PUBLIC;
@@ -2133,6 +2246,8 @@ REVOKE ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct
 GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.ensure_login_role_v1(p_login text, p_group text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) FROM PUBLIC;
@@ -2155,6 +2270,8 @@ REVOKE ALL ON FUNCTION reflect.reap_expired_v1() FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.reap_expired_v1() TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb, p_evidence_request_ids bigint[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb, p_evidence_request_ids bigint[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.refit_calibrators_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.register_eval_items_v1(p_dataset text, p_item_ids text[], p_splits text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.register_eval_items_v1(p_dataset text, p_item_ids text[], p_splits text[]) TO reflect_app;

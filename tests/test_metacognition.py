@@ -248,3 +248,30 @@ def test_p_true_is_measured_for_llama_answers(db: Database, keyring: Keyring) ->
     assert {"rule_empty", "rule_truncated", "rule_repetition", "rule_refusal", "rule_format"} <= set(signals)
     with client(db, keyring) as c:
         assert c.get(rid)["confidence"] == pytest.approx(signals["p_true"])  # the uncalibrated default
+
+
+def test_reanswer_with_evidence_keeps_the_more_confident_attempt(db: Database, keyring: Keyring) -> None:
+    with client(db, keyring) as c:
+        memory_id = c.submit("What is the capital city of Australia?", params={"max_tokens": 3})
+    drain(db, keyring, memory="on")
+    _feedback(db, keyring, memory_id, is_correct=False, correction="Canberra.")
+    with client(db, keyring) as c:
+        rid = c.submit("Which city is the capital of Australia?",
+                       params={"max_tokens": 3, "low_confidence": "reanswer", "confidence_threshold": 1.0,
+                               "memory": False})
+        plain = c.submit("Which city is the capital of Australia?",
+                         params={"max_tokens": 3, "low_confidence": "reanswer", "confidence_threshold": 0.0})
+    drain(db, keyring, memory="on")
+    with db.admin() as conn:
+        cands = conn.execute("SELECT n, confidence, evidence_request_ids, chosen FROM reflect.answer_candidates"
+                             " WHERE request_id = %s ORDER BY n", (rid,)).fetchall()
+        action, conf = conn.execute("SELECT action, confidence FROM reflect.answers WHERE request_id = %s",
+                                    (rid,)).fetchone()
+        plain_cands = conn.execute("SELECT count(*) FROM reflect.answer_candidates WHERE request_id = %s",
+                                   (plain,)).fetchone()[0]
+    assert [c[0] for c in cands] == [1, 2]  # both attempts are stored
+    assert cands[0][2] == [] and memory_id in cands[1][2]  # the second used the correction as evidence
+    best = max(cands, key=lambda c: (c[1], -c[0]))
+    assert [c[3] for c in cands] == [c is best for c in cands]
+    assert action == "reanswer" and conf == pytest.approx(best[1])
+    assert plain_cands == 1  # confident enough: no second attempt

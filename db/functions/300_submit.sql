@@ -28,8 +28,8 @@ BEGIN
   IF p ? 'memory' AND jsonb_typeof(p -> 'memory') <> 'boolean' THEN
     RAISE EXCEPTION 'memory must be true or false' USING ERRCODE = 'PR001';
   END IF;
-  IF p ? 'low_confidence' AND coalesce(p ->> 'low_confidence', '') NOT IN ('answer', 'flag', 'abstain') THEN
-    RAISE EXCEPTION 'low_confidence must be answer, flag or abstain' USING ERRCODE = 'PR001';
+  IF p ? 'low_confidence' AND coalesce(p ->> 'low_confidence', '') NOT IN ('answer', 'flag', 'abstain', 'reanswer') THEN
+    RAISE EXCEPTION 'low_confidence must be answer, flag, abstain or reanswer' USING ERRCODE = 'PR001';
   END IF;
 
   v_out := jsonb_build_object(

@@ -247,6 +247,10 @@ BEGIN
                               p_token_logprobs, p_prompt_eval_ms, p_generation_ms);
   PERFORM reflect._store_signals(r.id, p_signals);
   v_conf := reflect._apply_confidence(r.id);
+  -- when attempts were recorded (re-answer), the stored answer is the most confident one
+  UPDATE reflect.answer_candidates ac SET chosen = (ac.n = (
+    SELECT c.n FROM reflect.answer_candidates c WHERE c.request_id = r.id ORDER BY c.confidence DESC, c.n LIMIT 1))
+  WHERE ac.request_id = r.id;
   PERFORM reflect._queue_followups(r.id);
   PERFORM pg_notify('request_done', r.id::text);
   RETURN v_conf;

@@ -11,27 +11,82 @@ AS $$
                'critique_verdict']
 $$;
 
--- Feature vector of one answer. Missing values get fixed stand-ins: an empty answer has no log-probs
--- (-10 / -20: as unlikely as it gets), an answer without a P(True) measurement gets 0.5 (no opinion).
--- agreement and critique_verdict arrive later, for a share of the traffic: NULL until then, and a
--- calibrator replaces NULL with its training mean, so a missing follow-up moves the confidence nowhere.
+-- Feature vector of an answer from its log-prob statistics and signals. Missing values get fixed
+-- stand-ins: an empty answer has no log-probs (-10 / -20: as unlikely as it gets), an answer without a
+-- P(True) measurement gets 0.5 (no opinion). agreement and critique_verdict arrive later, for a share of
+-- the traffic: NULL until then, and a calibrator replaces NULL with its training mean, so a missing
+-- follow-up moves the confidence nowhere.
+CREATE OR REPLACE FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision,
+                                             p_completion_tokens integer, p_signals jsonb)
+RETURNS double precision[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT ARRAY[
+    greatest(coalesce(p_logprob_mean, -10), -10),
+    greatest(coalesce(p_logprob_min, -20), -20),
+    coalesce((p_signals ->> 'p_true')::double precision, 0.5),
+    coalesce((SELECT max(v::double precision) FROM jsonb_each_text(p_signals) e(k, v) WHERE k LIKE 'rule\_%'), 0),
+    ln(1 + p_completion_tokens),
+    (p_signals ->> 'agreement')::double precision,
+    (p_signals ->> 'critique_verdict')::double precision
+  ]::double precision[]
+$$;
+
+CREATE OR REPLACE FUNCTION reflect._signals_of(p_request_id bigint)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(jsonb_object_agg(name, value), '{}'::jsonb) FROM reflect.answer_signals WHERE request_id = p_request_id
+$$;
+
 CREATE OR REPLACE FUNCTION reflect._feature_vector(p_request_id bigint)
 RETURNS double precision[]
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT ARRAY[
-    greatest(coalesce(a.logprob_mean, -10), -10),
-    greatest(coalesce(a.logprob_min, -20), -20),
-    coalesce((SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'p_true'),
-             0.5),
-    coalesce((SELECT max(s.value) FROM reflect.answer_signals s
-              WHERE s.request_id = a.request_id AND s.name LIKE 'rule\_%'), 0),
-    ln(1 + a.completion_tokens),
-    (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'agreement'),
-    (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'critique_verdict')
-  ]::double precision[]
+  SELECT reflect._features(a.logprob_mean, a.logprob_min, a.completion_tokens, reflect._signals_of(a.request_id))
   FROM reflect.answers a WHERE a.request_id = p_request_id
+$$;
+
+-- Confidence of a feature vector under a model version's active calibrator; calibrator id NULL when the
+-- version has none yet (then the documented default applies: P(True) when measured, else the
+-- geometric-mean token probability).
+CREATE OR REPLACE FUNCTION reflect._confidence(p_model_version_id integer, x double precision[],
+                                               p_signals jsonb, p_logprob_norm double precision,
+                                               OUT confidence double precision, OUT calibrator_id integer)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  cal reflect.calibrators;
+  z double precision;
+BEGIN
+  SELECT * INTO cal FROM reflect.calibrators c
+  WHERE c.model_version_id = p_model_version_id AND c.is_active AND c.features = reflect.calibration_features_v1();
+  IF cal.id IS NULL THEN
+    confidence := coalesce((p_signals ->> 'p_true')::double precision, p_logprob_norm, 0);
+    RETURN;
+  END IF;
+  z := cal.weights[1];
+  FOR j IN 1..cardinality(x) LOOP
+    z := z + cal.weights[j + 1] * (coalesce(x[j], cal.feature_means[j]) - cal.feature_means[j]) / cal.feature_stds[j];
+  END LOOP;
+  confidence := reflect._sigmoid(z);
+  calibrator_id := cal.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT CASE WHEN p_confidence < coalesce((p_params ->> 'confidence_threshold')::double precision,
+                                          reflect._setting_float('confidence_threshold_default'))
+              THEN coalesce(p_params ->> 'low_confidence', reflect._setting_text('low_confidence_action_default'))
+              ELSE 'answer' END
 $$;
 
 CREATE OR REPLACE FUNCTION reflect._sigmoid(z double precision)
@@ -42,9 +97,8 @@ AS $$
   SELECT 1 / (1 + exp(-greatest(-30, least(30, z))))
 $$;
 
--- Calibrated confidence of one answer from its version's active calibrator, or the documented default
--- (P(True) when measured, else the geometric-mean token probability) marked uncalibrated; then the
--- request's low-confidence action. Re-run whenever a signal arrives.
+-- Calibrated confidence of one answer and the request's low-confidence action. Re-run whenever a signal
+-- arrives.
 CREATE OR REPLACE FUNCTION reflect._apply_confidence(p_request_id bigint)
 RETURNS double precision
 LANGUAGE plpgsql
@@ -52,40 +106,90 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   a reflect.answers;
-  cal reflect.calibrators;
-  x double precision[];
-  z double precision;
-  v_conf double precision;
+  c record;
   v_params jsonb;
-  v_threshold double precision;
-  v_action text;
+  v_reanswered boolean;
 BEGIN
   SELECT * INTO a FROM reflect.answers WHERE request_id = p_request_id;
-  SELECT * INTO cal FROM reflect.calibrators
-  WHERE model_version_id = a.model_version_id AND is_active AND features = reflect.calibration_features_v1();
-  IF cal.id IS NOT NULL THEN
-    x := reflect._feature_vector(p_request_id);
-    z := cal.weights[1];
-    FOR j IN 1..cardinality(x) LOOP
-      z := z + cal.weights[j + 1] * (coalesce(x[j], cal.feature_means[j]) - cal.feature_means[j]) / cal.feature_stds[j];
-    END LOOP;
-    v_conf := reflect._sigmoid(z);
-  ELSE
-    v_conf := coalesce(
-      (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = p_request_id AND s.name = 'p_true'),
-      a.logprob_norm, 0);
-  END IF;
+  SELECT * INTO c FROM reflect._confidence(a.model_version_id, reflect._feature_vector(p_request_id),
+                                           reflect._signals_of(p_request_id), a.logprob_norm);
   SELECT params INTO v_params FROM reflect.requests WHERE id = p_request_id;
-  v_threshold := coalesce((v_params ->> 'confidence_threshold')::double precision,
-                          reflect._setting_float('confidence_threshold_default'));
-  v_action := CASE WHEN v_conf < v_threshold
-                   THEN coalesce(v_params ->> 'low_confidence', reflect._setting_text('low_confidence_action_default'))
-                   ELSE 'answer' END;
-  UPDATE reflect.answers SET confidence = v_conf, calibrator_id = cal.id, action = v_action,
-                             memory_used = EXISTS (SELECT FROM reflect.answer_memories m
-                                                   WHERE m.request_id = p_request_id)
+  v_reanswered := EXISTS (SELECT FROM reflect.answer_candidates WHERE request_id = p_request_id AND n > 1);
+  UPDATE reflect.answers
+  SET confidence = c.confidence, calibrator_id = c.calibrator_id,
+      action = CASE WHEN v_reanswered THEN 'reanswer' ELSE reflect._low_confidence_action(v_params, c.confidence) END,
+      memory_used = EXISTS (SELECT FROM reflect.answer_memories m WHERE m.request_id = p_request_id)
   WHERE request_id = p_request_id;
-  RETURN v_conf;
+  RETURN c.confidence;
+END
+$$;
+
+-- The worker's question when a request's low-confidence action is 'reanswer': records this attempt (encrypted)
+-- and says whether to try again with evidence: only when the calibrated confidence is under the threshold,
+-- no re-answer was made yet, and evidence exists. Returns the attempt's number and confidence.
+CREATE OR REPLACE FUNCTION reflect.record_candidate_v1(
+  p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb,
+  p_evidence_request_ids bigint[] DEFAULT '{}'
+)
+RETURNS TABLE (n integer, confidence double precision, reanswer boolean)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+  r reflect.requests;
+  v_mean double precision;
+  v_min double precision;
+  v_tokens integer := coalesce(cardinality(p_token_logprobs), 0);
+  c record;
+  v_n integer;
+BEGIN
+  r := reflect._take_lease(p_request_id, p_lease_token);
+  IF p_answer IS NULL OR p_signals IS NULL OR jsonb_typeof(p_signals) <> 'object' THEN
+    RAISE EXCEPTION 'a candidate needs an answer and a signals object' USING ERRCODE = 'PR001';
+  END IF;
+  SELECT avg(lp), min(lp) INTO v_mean, v_min FROM unnest(p_token_logprobs) lp;
+  SELECT * INTO c FROM reflect._confidence(r.model_version_id, reflect._features(v_mean, v_min, v_tokens, p_signals),
+                                           p_signals, exp(v_mean));
+  SELECT coalesce(max(ac.n), 0) + 1 INTO v_n FROM reflect.answer_candidates ac WHERE ac.request_id = r.id;
+  INSERT INTO reflect.answer_candidates (request_id, n, key_id, answer_enc, completion_tokens, logprob_mean,
+                                         logprob_min, signals, confidence, evidence_request_ids)
+  VALUES (r.id, v_n, r.key_id, reflect._encrypt(p_answer, r.key_id), v_tokens, v_mean, v_min, p_signals,
+          c.confidence, coalesce(p_evidence_request_ids, '{}'));
+  RETURN QUERY SELECT v_n, c.confidence,
+    v_n = 1 AND reflect._low_confidence_action(r.params, c.confidence) = 'reanswer'
+      AND EXISTS (SELECT FROM reflect.memories m WHERE m.request_id <> r.id);
+END
+$$;
+
+-- Evidence for a re-answer: the k past requests nearest to this prompt that carry a correction or a
+-- confirmed-correct answer (whatever the request's memory setting), decrypted.
+CREATE OR REPLACE FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer DEFAULT 3)
+RETURNS TABLE (memory_request_id bigint, prompt text, answer text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+  r reflect.requests;
+  v_embedding public.vector;
+BEGIN
+  r := reflect._take_lease(p_request_id, p_lease_token);
+  SELECT embedding INTO v_embedding FROM reflect.prompt_embeddings WHERE request_id = r.id;
+  IF v_embedding IS NULL THEN
+    RETURN;
+  END IF;
+  RETURN QUERY
+  SELECT m.request_id, reflect._decrypt(mr.prompt_enc, mr.key_id),
+         coalesce(reflect._decrypt(f.correction_enc, f.key_id), reflect._decrypt(a.answer_enc, a.key_id))
+  FROM reflect.memories m
+  JOIN reflect.requests mr ON mr.id = m.request_id
+  LEFT JOIN reflect.answers a ON a.request_id = m.request_id
+  LEFT JOIN reflect.feedback f ON f.id = m.feedback_id
+  WHERE m.request_id <> r.id AND reflect._key(mr.key_id) IS NOT NULL
+  ORDER BY m.embedding OPERATOR(public.<=>) v_embedding
+  LIMIT greatest(1, least(coalesce(p_k, 3), 20));
 END
 $$;
 

@@ -58,3 +58,7 @@ GRANT EXECUTE ON FUNCTION
   reflect.heartbeat_followups_v1(bigint[], uuid[], integer)
 TO reflect_worker;
 GRANT EXECUTE ON FUNCTION reflect.rate_critique_v1(bigint, integer) TO reflect_app;
+GRANT EXECUTE ON FUNCTION
+  reflect.record_candidate_v1(bigint, uuid, text, real[], jsonb, bigint[]),
+  reflect.evidence_v1(bigint, uuid, integer)
+TO reflect_worker;

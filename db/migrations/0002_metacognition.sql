@@ -51,7 +51,7 @@ ALTER TABLE reflect.answers
   ADD COLUMN confidence double precision CHECK (confidence BETWEEN 0 AND 1),
   ADD COLUMN calibrator_id integer REFERENCES reflect.calibrators (id),  -- NULL: uncalibrated default
   ADD COLUMN action text NOT NULL DEFAULT 'answer'
-    CHECK (action IN ('answer', 'flag', 'abstain')),  -- what the low-confidence policy did
+    CHECK (action IN ('answer', 'flag', 'abstain', 'reanswer')),  -- what the low-confidence policy did
   ADD COLUMN memory_used boolean NOT NULL DEFAULT false;
 
 -- Every prompt's embedding (sentence-transformers all-MiniLM-L6-v2, 384 dimensions).
@@ -132,6 +132,26 @@ CREATE TABLE reflect.critiques (
   created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Every attempt at an answer when the low-confidence action is 'reanswer': the first answer, and the
+-- re-answer written with retrieved corrections as evidence; the one with the higher calibrated
+-- confidence becomes the answer (chosen).
+CREATE TABLE reflect.answer_candidates (
+  request_id bigint NOT NULL REFERENCES reflect.requests (id),
+  n integer NOT NULL CHECK (n >= 1),
+  key_id text NOT NULL,
+  answer_enc bytea NOT NULL,
+  completion_tokens integer NOT NULL,
+  logprob_mean double precision,
+  logprob_min double precision,
+  signals jsonb NOT NULL,
+  confidence double precision NOT NULL CHECK (confidence BETWEEN 0 AND 1),
+  evidence_request_ids bigint[] NOT NULL DEFAULT '{}',
+  chosen boolean NOT NULL DEFAULT false,
+  created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  PRIMARY KEY (request_id, n)
+);
+
+ALTER TABLE reflect.answer_candidates ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.followups ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.critiques ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_signals ENABLE ROW LEVEL SECURITY;

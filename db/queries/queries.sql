@@ -143,3 +143,11 @@ FROM reflect.heartbeat_followups_v1(%(ids)s, %(lease_tokens)s, %(lease_seconds)s
 
 -- name: rate_critique
 SELECT reflect.rate_critique_v1(%(request_id)s, %(rating)s);
+
+-- name: record_candidate
+SELECT n, confidence, reanswer
+FROM reflect.record_candidate_v1(%(request_id)s, %(lease_token)s, %(answer)s, %(token_logprobs)s::real[],
+                                 %(signals)s::jsonb, %(evidence)s::bigint[]);
+
+-- name: evidence
+SELECT memory_request_id, prompt, answer FROM reflect.evidence_v1(%(request_id)s, %(lease_token)s, %(k)s);

@@ -36,6 +36,10 @@ from pgreflect.sql import query
 log = logging.getLogger("pgreflect.worker")
 
 
+REANSWER_SYSTEM = ("The earlier exchanges are verified answers to similar questions. Use them as evidence "
+                   "where they apply.")
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -317,11 +321,13 @@ class Worker:
                 log.exception("request %s: generation failed", job.request_id)
                 self._fail(job, f"{type(exc).__name__}: {exc}"[:500], True)
                 return
+            signals = self._signals(backend, request, gen)
+            if job.params.get("low_confidence") == "reanswer":
+                gen, signals = self._maybe_reanswer(job, backend, request, gen, signals)
             self._finish(job, "complete", {
                 "answer": gen.text, "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
                 "token_logprobs": gen.token_logprobs, "prompt_eval_ms": gen.prompt_eval_s * 1000,
-                "generation_ms": gen.generation_s * 1000,
-                "signals": json.dumps(self._signals(backend, request, gen)),
+                "generation_ms": gen.generation_s * 1000, "signals": json.dumps(signals),
             })
             self.stats.succeeded += 1
         except StaleLease as exc:
@@ -366,6 +372,34 @@ class Worker:
         finally:
             with self._inflight_lock:
                 self._inflight_followups.pop(job.followup_id, None)
+
+    def _maybe_reanswer(self, job: Job, backend: Backend, request: GenerationRequest, gen: Any,
+                        signals: dict[str, float]) -> tuple[Any, dict[str, float]]:
+        """Low confidence and action 'reanswer': answer again with retrieved corrections as evidence and keep
+        the more confident attempt (the database scores and stores both). The model's own critique is never
+        used to rewrite an answer."""
+        def record(g: Any, s: dict[str, float], evidence: list[int]) -> tuple[float, bool]:
+            (row,) = self._call("job", "record_candidate", {
+                "request_id": job.request_id, "lease_token": job.lease_token, "answer": g.text,
+                "token_logprobs": g.token_logprobs, "signals": json.dumps(s), "evidence": evidence})
+            return row[1], row[2]
+
+        first_conf, again = record(gen, signals, [])
+        if not again:
+            return gen, signals
+        rows = self._call("job", "evidence", {"request_id": job.request_id, "lease_token": job.lease_token,
+                                              "k": job.params.get("memory_k") or 3})
+        if not rows:
+            return gen, signals
+        system = "\n".join(filter(None, [request.system_prompt, REANSWER_SYSTEM]))
+        second_request = GenerationRequest(job.prompt, system, job.params,
+                                           tuple((p, a) for _id, p, a in rows if p and a))
+        second = backend.generate(second_request, job.cancel)
+        second_signals = self._signals(backend, second_request, second)
+        second_conf, _ = record(second, second_signals, [r[0] for r in rows])
+        log.info("request %s: re-answered with %d piece(s) of evidence: confidence %.3f -> %.3f",
+                 job.request_id, len(rows), first_conf, second_conf)
+        return (second, second_signals) if second_conf > first_conf else (gen, signals)
 
     def _recall(self, job: Job) -> tuple[tuple[str, str], ...]:
         """Stores the prompt's embedding and fetches memories to use as few-shot examples."""
