@@ -61,3 +61,9 @@ def register(dsn: str, name: str, path: str, sha256: str, n_ctx: int = 4096) -> 
 def keyring() -> Keyring:
     key_id = new_key_id()
     return Keyring(current=key_id, keys={key_id: new_key()})
+
+
+def no_followups(dsn: str) -> None:
+    """No critique / agreement follow-ups: they are extra generations that would compete for the cores."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE reflect.settings SET value = '0' WHERE key IN ('critique_fraction', 'agreement_fraction')")

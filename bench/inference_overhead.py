@@ -29,7 +29,7 @@ import llama_cpp  # noqa: E402
 from pgreflect.client import Client  # noqa: E402
 from pgreflect.models import DEFAULT_MODEL, packaged_path, verified_sha256  # noqa: E402
 
-from bench_cluster import keyring, pgreflect_database, register, start_cluster  # noqa: E402
+from bench_cluster import keyring, no_followups, pgreflect_database, register, start_cluster  # noqa: E402
 
 PROMPTS = [
     "Explain in a few sentences why the sky is blue.",
@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--signals", default="on", choices=["on", "off"],
+                    help="off: no P(True) pass and no memory retrieval (the bare request loop)")
     args = ap.parse_args()
     model = Path(args.model) if args.model else packaged_path(DEFAULT_MODEL)
 
@@ -58,8 +60,10 @@ def main() -> None:
         env = {**os.environ, "PGREFLECT_DSN": dsn, "PGREFLECT_WORKER_DSN": cluster.dsn(user="pgreflect_worker"),
                "PGREFLECT_KEY": ring.keys[ring.current], "PGREFLECT_KEY_ID": ring.current,
                "PGREFLECT_LOG_LEVEL": "WARNING"}
+        extra = ["--p-true", "off", "--memory", "off"] if args.signals == "off" else ["--memory", "on"]
+        no_followups(dsn)
         worker = subprocess.Popen([sys.executable, "-m", "pgreflect.cli", "worker", "--threads", str(args.threads),
-                                   "--poll-interval", "2"], env=env)
+                                   "--poll-interval", "2", *extra], env=env)
         client = Client(cluster.dsn(user="pgreflect_app"), keyring=ring)
         direct = llama_cpp.Llama(model_path=str(model), n_ctx=4096, n_threads=args.threads,
                                  n_threads_batch=args.threads, verbose=False)
@@ -92,7 +96,9 @@ def main() -> None:
     d_tps, f_tps = d_tokens / d_time, f_tokens / f_time
     text = "\n".join([
         f"Command: `.venv/bin/python bench/inference_overhead.py --rounds {args.rounds} "
-        f"--max-tokens {args.max_tokens}` (model {model.name}, {args.threads} threads)  ",
+        f"--max-tokens {args.max_tokens} --signals {args.signals}` (model {model.name}, {args.threads} threads; "
+        f"signals {'on: P(True) pass, prompt embedding and memory retrieval' if args.signals == 'on' else 'off'}; "
+        "no follow-ups)  ",
         f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(per_round)} prompt pairs, alternating.",
         "",
         "| path | tokens | seconds | tokens/s |",
@@ -104,7 +110,7 @@ def main() -> None:
         f"min {min(per_round):.3f}, max {max(per_round):.3f}).",
     ]) + "\n"
     print(text)
-    (HERE / "results" / "inference.md").write_text(text)
+    (HERE / "results" / f"inference-signals-{args.signals}.md").write_text(text)
 
 
 if __name__ == "__main__":

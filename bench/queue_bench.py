@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 
 from pgreflect.client import Client  # noqa: E402
 
-from bench_cluster import keyring, pgreflect_database, register, start_cluster  # noqa: E402
+from bench_cluster import keyring, no_followups, pgreflect_database, register, start_cluster  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -48,6 +48,7 @@ class Pgreflect:
     def __init__(self, cluster, concurrency: int):  # type: ignore[no-untyped-def]
         self.dsn = pgreflect_database(cluster, "bench_pgreflect")
         register(self.dsn, "noop", "/dev/null", "0" * 64)
+        no_followups(self.dsn)  # the queue alone
         self.cluster, self.concurrency, self.ring = cluster, concurrency, keyring()
         self.client = Client(cluster.dsn(user="pgreflect_app", dbname="bench_pgreflect"), keyring=self.ring)
 
