@@ -172,6 +172,7 @@ CREATE FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min
     coalesce((p_signals ->> 'p_true')::double precision, 0.5),
     coalesce((SELECT max(v::double precision) FROM jsonb_each_text(p_signals) e(k, v) WHERE k LIKE 'rule\_%'), 0),
     ln(1 + p_completion_tokens),
+    (p_signals ->> 'p_answer')::double precision,
     (p_signals ->> 'agreement')::double precision,
     (p_signals ->> 'critique_verdict')::double precision
   ]::double precision[]
@@ -632,7 +633,7 @@ CREATE FUNCTION reflect.calibration_features_v1() RETURNS text[]
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-  SELECT ARRAY['logprob_mean', 'logprob_min', 'p_true', 'rule_failed', 'log_tokens', 'agreement',
+  SELECT ARRAY['logprob_mean', 'logprob_min', 'p_true', 'rule_failed', 'log_tokens', 'p_answer', 'agreement',
                'critique_verdict']
 $$;
 ALTER FUNCTION reflect.calibration_features_v1() OWNER TO reflect_owner;
@@ -1763,6 +1764,9 @@ CREATE VIEW reflect.labelled_answers AS
     ( SELECT s.value
            FROM reflect.answer_signals s
           WHERE ((s.request_id = a.request_id) AND (s.name = 'p_true'::text))) AS p_true,
+    ( SELECT s.value
+           FROM reflect.answer_signals s
+          WHERE ((s.request_id = a.request_id) AND (s.name = 'p_answer'::text))) AS p_answer,
     ( SELECT max(s.value) AS max
            FROM reflect.answer_signals s
           WHERE ((s.request_id = a.request_id) AND (s.name ~~ 'rule\_%'::text))) AS rule_failed,
@@ -1789,6 +1793,7 @@ CREATE VIEW reflect.calibration_daily AS
     reflect.auroc_v1(array_agg((- labelled_answers.logprob_mean)), array_agg((NOT labelled_answers.is_correct))) AS auroc_logprob_mean,
     reflect.auroc_v1(array_agg((- labelled_answers.logprob_min)), array_agg((NOT labelled_answers.is_correct))) AS auroc_logprob_min,
     reflect.auroc_v1(array_agg((- labelled_answers.p_true)), array_agg((NOT labelled_answers.is_correct))) AS auroc_p_true,
+    reflect.auroc_v1(array_agg((- labelled_answers.p_answer)), array_agg((NOT labelled_answers.is_correct))) AS auroc_p_answer,
     reflect.auroc_v1(array_agg(labelled_answers.rule_failed), array_agg((NOT labelled_answers.is_correct))) AS auroc_rules,
     reflect.auroc_v1(array_agg((- labelled_answers.agreement)), array_agg((NOT labelled_answers.is_correct))) AS auroc_agreement,
     reflect.auroc_v1(array_agg((- labelled_answers.critique_verdict)), array_agg((NOT labelled_answers.is_correct))) AS auroc_critique,
@@ -2044,7 +2049,7 @@ CREATE VIEW reflect.signal_auroc AS
     count(s.score) AS n,
     reflect.auroc_v1(array_agg(s.score), array_agg((NOT la.is_correct))) AS auroc_wrong
    FROM (reflect.labelled_answers la
-     CROSS JOIN LATERAL ( VALUES ('confidence'::text,((1)::double precision - la.confidence)), ('logprob_mean'::text,(- la.logprob_mean)), ('logprob_min'::text,(- la.logprob_min)), ('logprob_norm'::text,(- la.logprob_norm)), ('p_true'::text,(- la.p_true)), ('rule_failed'::text,la.rule_failed), ('agreement'::text,(- la.agreement)), ('critique_verdict'::text,(- la.critique_verdict))) s(signal, score))
+     CROSS JOIN LATERAL ( VALUES ('confidence'::text,((1)::double precision - la.confidence)), ('logprob_mean'::text,(- la.logprob_mean)), ('logprob_min'::text,(- la.logprob_min)), ('logprob_norm'::text,(- la.logprob_norm)), ('p_true'::text,(- la.p_true)), ('p_answer'::text,(- la.p_answer)), ('rule_failed'::text,la.rule_failed), ('agreement'::text,(- la.agreement)), ('critique_verdict'::text,(- la.critique_verdict))) s(signal, score))
   WHERE (s.score IS NOT NULL)
   GROUP BY la.model_version, s.signal;
 ALTER TABLE reflect.signal_auroc OWNER TO reflect_owner;

@@ -275,3 +275,16 @@ def test_reanswer_with_evidence_keeps_the_more_confident_attempt(db: Database, k
     assert [c[3] for c in cands] == [c is best for c in cands]
     assert action == "reanswer" and conf == pytest.approx(best[1])
     assert plain_cands == 1  # confident enough: no second attempt
+
+
+def test_p_answer_reads_the_probability_of_the_answer_span() -> None:
+    from pgreflect.signals import answer_span, p_answer
+
+    assert answer_span("The correct answer is D. Aurign") == (22, 23)
+    assert answer_span("(B) because") == (1, 2)
+    assert answer_span("So she makes 9 * 2 = 18 dollars.\n18") == (33, 35)
+    assert answer_span(" ".join(["word"] * 12)) is None
+    texts, lps = ["The", " answer", " is", " D", "."], [-0.1, -0.2, -0.1, -0.7, -0.3]
+    assert p_answer(texts, lps, "The answer is D.") == pytest.approx(math.exp(-0.7))
+    assert p_answer(["1", "8"], [-0.2, -0.3], "18") == pytest.approx(math.exp(-0.5))
+    assert p_answer(["x"], [-0.1], "mismatch") is None  # token texts that do not spell the answer

@@ -7,15 +7,15 @@ RETURNS text[]
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT ARRAY['logprob_mean', 'logprob_min', 'p_true', 'rule_failed', 'log_tokens', 'agreement',
+  SELECT ARRAY['logprob_mean', 'logprob_min', 'p_true', 'rule_failed', 'log_tokens', 'p_answer', 'agreement',
                'critique_verdict']
 $$;
 
 -- Feature vector of an answer from its log-prob statistics and signals. Missing values get fixed
 -- stand-ins: an empty answer has no log-probs (-10 / -20: as unlikely as it gets), an answer without a
--- P(True) measurement gets 0.5 (no opinion). agreement and critique_verdict arrive later, for a share of
--- the traffic: NULL until then, and a calibrator replaces NULL with its training mean, so a missing
--- follow-up moves the confidence nowhere.
+-- P(True) measurement gets 0.5 (no opinion). p_answer exists only for answers with a short answer span;
+-- agreement and critique_verdict arrive later, for a share of the traffic. Those are NULL when missing,
+-- and a calibrator replaces NULL with its training mean, so a missing signal moves the confidence nowhere.
 CREATE OR REPLACE FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision,
                                              p_completion_tokens integer, p_signals jsonb)
 RETURNS double precision[]
@@ -28,6 +28,7 @@ AS $$
     coalesce((p_signals ->> 'p_true')::double precision, 0.5),
     coalesce((SELECT max(v::double precision) FROM jsonb_each_text(p_signals) e(k, v) WHERE k LIKE 'rule\_%'), 0),
     ln(1 + p_completion_tokens),
+    (p_signals ->> 'p_answer')::double precision,
     (p_signals ->> 'agreement')::double precision,
     (p_signals ->> 'critique_verdict')::double precision
   ]::double precision[]

@@ -90,6 +90,8 @@ SELECT
   a.logprob_norm,
   a.completion_tokens,
   (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'p_true') AS p_true,
+  (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'p_answer')
+    AS p_answer,
   (SELECT max(s.value) FROM reflect.answer_signals s
    WHERE s.request_id = a.request_id AND s.name LIKE 'rule\_%') AS rule_failed,
   (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'agreement')
@@ -116,6 +118,7 @@ SELECT
   reflect.auroc_v1(array_agg(-logprob_mean), array_agg(NOT is_correct)) AS auroc_logprob_mean,
   reflect.auroc_v1(array_agg(-logprob_min), array_agg(NOT is_correct)) AS auroc_logprob_min,
   reflect.auroc_v1(array_agg(-p_true), array_agg(NOT is_correct)) AS auroc_p_true,
+  reflect.auroc_v1(array_agg(-p_answer), array_agg(NOT is_correct)) AS auroc_p_answer,
   reflect.auroc_v1(array_agg(rule_failed), array_agg(NOT is_correct)) AS auroc_rules,
   reflect.auroc_v1(array_agg(-agreement), array_agg(NOT is_correct)) AS auroc_agreement,
   reflect.auroc_v1(array_agg(-critique_verdict), array_agg(NOT is_correct)) AS auroc_critique,
@@ -139,6 +142,7 @@ CROSS JOIN LATERAL (VALUES
   ('logprob_min', -la.logprob_min),
   ('logprob_norm', -la.logprob_norm),
   ('p_true', -la.p_true),
+  ('p_answer', -la.p_answer),
   ('rule_failed', la.rule_failed),
   ('agreement', -la.agreement),
   ('critique_verdict', -la.critique_verdict)) AS s(signal, score)

@@ -23,7 +23,7 @@ from pgreflect.errors import InvalidInput
 from pgreflect.scoring import is_correct, kind_of
 from pgreflect.sql import query
 
-SIGNALS = ("logprob_mean", "logprob_min", "p_true", "rule_failed", "agreement")
+SIGNALS = ("logprob_mean", "logprob_min", "p_true", "p_answer", "rule_failed", "agreement", "critique_verdict")
 
 
 @dataclass

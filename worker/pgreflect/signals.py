@@ -7,6 +7,7 @@ combines them with the other signals into the calibrated confidence.
 from __future__ import annotations
 
 import json
+import math
 import re
 
 _REFUSAL = re.compile(
@@ -20,6 +21,11 @@ _NUMBER_ONLY = re.compile(r"\b(?:answer|reply|respond) with (?:only )?(?:a|the) 
 _YES_NO = re.compile(r"\b(?:answer|reply|respond) (?:with )?(?:only )?(?:yes or no|'yes' or 'no')\b", re.IGNORECASE)
 _LETTER = re.compile(r"\b(?:answer|reply|respond) with (?:only )?(?:the |a )?(?:single )?letter\b", re.IGNORECASE)
 _JSON = re.compile(r"\b(?:respond|answer|reply|output)\b[^.]{0,30}\bjson\b", re.IGNORECASE)
+_CHOICE_SPANS = [
+    re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE),
+    re.compile(r"^\s*\(?([A-J])(?:\)|\.|:|\s*$|\s*\n)"),
+]
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def repetition_loop(text: str, n: int = 4, threshold: float = 0.5, min_words: int = 24) -> bool:
@@ -46,6 +52,40 @@ def format_violated(prompt: str, answer: str) -> bool:
     if _NUMBER_ONLY.search(prompt) and not re.fullmatch(r"-?[\d,]*\.?\d+", a.replace(" ", "")):
         return True
     return bool(_ONE_WORD.search(prompt) and len(a.split()) != 1)
+
+
+def answer_span(answer: str) -> tuple[int, int] | None:
+    """Character span of the answer proper: the option letter picked, else the final number, else the
+    whole text when it is short (at most 8 words). None for long free text."""
+    for pattern in _CHOICE_SPANS:
+        m = pattern.search(answer)
+        if m:
+            return m.span(1)
+    numbers = list(_NUMBER.finditer(answer))
+    if numbers:
+        return numbers[-1].span()
+    stripped = answer.strip()
+    if stripped and len(stripped.split()) <= 8:
+        start = answer.index(stripped)
+        return start, start + len(stripped)
+    return None
+
+
+def p_answer(token_texts: list[str], token_logprobs: list[float], answer: str) -> float | None:
+    """Probability of the answer tokens: exp of the summed log-probs of the generated tokens that overlap the
+    answer span (the letter of "The answer is B", the number at the end of a worked solution). None when the
+    answer has no short span or the token texts do not line up with the text."""
+    span = answer_span(answer)
+    if span is None or "".join(token_texts) != answer:
+        return None
+    total, pos, hit = 0.0, 0, False
+    for text, lp in zip(token_texts, token_logprobs, strict=True):
+        start, end = pos, pos + len(text)
+        if start < span[1] and end > span[0] and text.strip():
+            total += lp
+            hit = True
+        pos = end
+    return math.exp(total) if hit else None
 
 
 def rule_checks(prompt: str, answer: str, finish_reason: str) -> dict[str, float]:

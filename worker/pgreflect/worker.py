@@ -30,7 +30,7 @@ from pgreflect.db import connect
 from pgreflect.errors import StaleLease, translate
 from pgreflect.keys import Keyring, load_keyring
 from pgreflect.models import verify_file
-from pgreflect.signals import rule_checks
+from pgreflect.signals import p_answer, rule_checks
 from pgreflect.sql import query
 
 log = logging.getLogger("pgreflect.worker")
@@ -415,6 +415,9 @@ class Worker:
 
     def _signals(self, backend: Backend, request: GenerationRequest, gen: Any) -> dict[str, float]:
         signals = rule_checks(request.prompt, gen.text, gen.finish_reason)
+        p_ans = p_answer(gen.token_texts, gen.token_logprobs, gen.text) if gen.token_texts else None
+        if p_ans is not None:
+            signals["p_answer"] = p_ans
         if self.config.p_true:
             try:
                 p = backend.p_true(request, gen)

@@ -34,7 +34,7 @@ class Generation:
     finish_reason: str  # stop | length | stop_sequence
     prompt_eval_s: float
     generation_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    token_texts: list[str] = field(default_factory=list)  # each generated token's text, when known
 
 
 # The critique's JSON schema; the llama backend enforces it with a llama.cpp grammar, so the output always

@@ -176,7 +176,21 @@ class LlamaBackend:
         return Generation(
             text=text, token_ids=out, token_logprobs=logprobs, prompt_tokens=len(tokens),
             finish_reason=finish, prompt_eval_s=t1 - t0, generation_s=t2 - t1,
+            token_texts=self._token_texts(out),
         )
+
+    def _token_texts(self, tokens: list[int]) -> list[str]:
+        """Per-token text whose concatenation is the decoded answer (a multi-byte character split across
+        tokens is attributed to the token that completes it)."""
+        texts, pending = [], b""
+        for i, token in enumerate(tokens):
+            pending += self.llm.detokenize([token], prev_tokens=tokens[:i])
+            try:
+                texts.append(pending.decode("utf-8"))
+                pending = b""
+            except UnicodeDecodeError:
+                texts.append("")
+        return texts
 
     def p_true(self, request: GenerationRequest, generation: Generation) -> float | None:
         """Asks the model, in the same conversation, whether its answer is correct, and reads P(yes) against

@@ -18,7 +18,7 @@ class NoopBackend:
         if self.delay_s and cancel.wait(self.delay_s):
             raise Cancelled()
         return Generation(text="ok", token_ids=[0], token_logprobs=[-0.01], prompt_tokens=1,
-                          finish_reason="stop", prompt_eval_s=0.0, generation_s=0.0)
+                          finish_reason="stop", prompt_eval_s=0.0, generation_s=0.0, token_texts=["ok"])
 
     def critique(self, request: GenerationRequest, answer: str) -> str:
         return json.dumps({"verdict": "unsure", "issues": [], "suggested_fix": ""})
