@@ -147,9 +147,10 @@ def test_pg_cron_job_requeues_expired_leases(cluster, keyring: Keyring, template
     with psycopg.connect(dsn, autocommit=True) as conn:
         for login, group in LOGIN_ROLES.values():
             conn.execute(query("ensure_login_role"), {"login": login, "group_role": group})
-        jobs = conn.execute("SELECT command, username FROM cron.job WHERE jobname = 'pgreflect-reap-expired-leases'"
-                            ).fetchall()
-        assert jobs == [("SELECT reflect.reap_expired_v1()", "postgres")]
+        jobs = conn.execute("SELECT jobname, schedule, command, username FROM cron.job ORDER BY jobname").fetchall()
+        assert jobs == [
+            ("pgreflect-reap-expired-leases", "* * * * *", "SELECT reflect.reap_expired_v1()", "postgres"),
+            ("pgreflect-refit-calibrators", "*/5 * * * *", "SELECT reflect.refit_calibrators_v1()", "postgres")]
         path = conn.execute("SELECT gguf_path FROM reflect.model_versions LIMIT 1").fetchone()
         if path is None:
             from tiny_model import smollm2_path
