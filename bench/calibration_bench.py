@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 from pgreflect.models import DEFAULT_MODEL, packaged_path, verified_sha256  # noqa: E402
 from pgreflect.sql import query  # noqa: E402
 
-from bench_cluster import keyring, pgreflect_database, register, start_cluster  # noqa: E402
+from bench_cluster import keyring, no_followups, pgreflect_database, register, start_cluster  # noqa: E402
 
 
 def main() -> None:
@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=400)
     ap.add_argument("--heldout", type=int, default=200)
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--followups", default="off", choices=["on", "off"],
+                    help="critique and agreement for every question (about 30 s more per question here)")
     args = ap.parse_args()
     results = HERE / "results"
     model = packaged_path(DEFAULT_MODEL)
@@ -46,6 +48,8 @@ def main() -> None:
     try:
         dsn = pgreflect_database(cluster)
         register(dsn, DEFAULT_MODEL, str(model), verified_sha256(model))
+        if args.followups == "off":
+            no_followups(dsn)
         ring = keyring()
         env = {**os.environ, "PGREFLECT_DSN": dsn, "PGREFLECT_APP_DSN": cluster.dsn(user="pgreflect_app"),
                "PGREFLECT_WORKER_DSN": cluster.dsn(user="pgreflect_worker"),
@@ -82,8 +86,9 @@ def main() -> None:
     h = summaries["heldout"]
     lines = [
         f"Command: `.venv/bin/python bench/calibration_bench.py --dataset {args.dataset} --train {args.train} "
-        f"--heldout {args.heldout} --max-tokens {args.max_tokens}`  ",
+        f"--heldout {args.heldout} --max-tokens {args.max_tokens} --followups {args.followups}`  ",
         f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {DEFAULT_MODEL}, greedy, memory off, "
+        f"follow-ups (critique, agreement) {args.followups}, "
         f"{(time.time() - started) / 60:.0f} min on 2 cores.",
         "",
         f"Calibrator fitted on {args.train} labelled train-split answers "

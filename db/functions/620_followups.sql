@@ -1,7 +1,8 @@
 SET LOCAL ROLE reflect_owner;
 
 -- Follow-ups (critique, agreement) are queued when an answer is recorded: for all evaluation traffic, and
--- for critique_fraction / agreement_fraction of the rest. Workers take them when no request is waiting.
+-- for critique_fraction / agreement_fraction of the rest; a fraction of 0 turns that follow-up off for all
+-- traffic. Workers take them when no request is waiting.
 CREATE OR REPLACE FUNCTION reflect._queue_followups(p_request_id bigint)
 RETURNS integer
 LANGUAGE plpgsql
@@ -15,7 +16,7 @@ BEGIN
   INSERT INTO reflect.followups (request_id, kind)
   SELECT p_request_id, k FROM (VALUES ('critique', reflect._setting_float('critique_fraction')),
                                       ('agreement', reflect._setting_float('agreement_fraction'))) f(k, fraction)
-  WHERE coalesce(v_eval, false) OR random() < fraction
+  WHERE fraction > 0 AND (coalesce(v_eval, false) OR random() < fraction)
   ON CONFLICT (request_id, kind) DO NOTHING;
   GET DIAGNOSTICS v_n = ROW_COUNT;
   IF v_n > 0 THEN
