@@ -3,6 +3,8 @@ test cluster so that disk flushes do not dominate a 2-core machine)."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import signal
 import socket
 import sys
@@ -33,6 +35,7 @@ def start_cluster(durable: bool = False) -> LocalCluster:
     _exit_on_sigterm()
     root = Path(tempfile.mkdtemp(prefix="pgrb-", dir="/tmp"))
     root.chmod(0o755)
+    atexit.register(shutil.rmtree, root, True)  # after cluster.destroy() has stopped the server
     extra = {} if durable else {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
     cluster = LocalCluster(directory=root / "pg", port=free_port(), dbname="bench", extra_settings=extra)
     cluster.init()
