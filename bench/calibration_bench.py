@@ -65,6 +65,9 @@ def main() -> None:
 
         summaries = {}
         for split, n in (("train", args.train), ("heldout", args.heldout)):
+            if n <= 0:
+                summaries[split] = {"signals_text": []}
+                continue
             qfile = results / f"calibration-{args.dataset}-{split}.questions.jsonl"
             cli("datasets", "export", args.dataset, "--split", split, "--limit", str(n), "--out", str(qfile))
             if split == "heldout":

@@ -72,4 +72,4 @@ def select(name: str, split: str | None, limit: int | None, seed: int = 0) -> li
     """Items of one split, in a fixed pseudo-random order (so a limit samples across subjects)."""
     chosen = [it for it in items(name) if split in (None, "all") or it["split"] == split]
     chosen.sort(key=lambda it: hashlib.sha256(f"{seed}:{it['id']}".encode()).hexdigest())
-    return chosen[:limit] if limit else chosen
+    return chosen if limit is None else chosen[:limit]
