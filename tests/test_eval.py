@@ -108,3 +108,27 @@ def test_datasets_export_stores_the_split(db: Database, keyring: Keyring, tmp_pa
     assert db.scalar("SELECT count(*) FROM reflect.eval_items WHERE split = 'heldout'") == 20
     again = _cli(db, keyring, "datasets", "export", "mmlu", "--split", "heldout", "--limit", "20", "--out", str(out))
     assert "0 new" in again.stdout
+
+
+def test_summary_handles_signals_that_jsonb_returns_as_integers() -> None:
+    from pgreflect.evaluate import EvalConfig, summarise
+
+    class FakeClient:
+        class conn:  # stands in for a psycopg connection
+            @staticmethod
+            def execute(sql, params):  # type: ignore[no-untyped-def]
+                for values in params.values():
+                    assert len({type(v) for v in values}) == 1, "mixed types cannot be dumped as one array"
+
+                class Row:
+                    @staticmethod
+                    def fetchone():  # type: ignore[no-untyped-def]
+                        return (0.5, 0.1, 0.2, 0.3)
+                return Row()
+
+    results = [{"correct": True, "confidence": 0.9, "calibrated": False, "state": "succeeded",
+                "signals": {"agreement": 1, "p_true": 1, "rule_empty": 0}},
+               {"correct": False, "confidence": 0.2, "calibrated": False, "state": "succeeded",
+                "signals": {"agreement": 0.333, "p_true": 0.25, "rule_empty": 1.0}}]
+    summary = summarise(FakeClient(), results, EvalConfig(file=None, out=None))  # type: ignore[arg-type]
+    assert set(summary["signal_auroc"]) == {"agreement", "p_true", "rule_failed"}

@@ -139,7 +139,9 @@ def summarise(client: Client, results: list[dict[str, Any]], cfg: EvalConfig) ->
         for r in scored:
             value = _rule_failed(r["signals"]) if name == "rule_failed" else r["signals"].get(name)
             if value is not None:
-                # high rule_failed means wrong; for the others a low value means wrong
+                # high rule_failed means wrong; for the others a low value means wrong. jsonb gives 1.0 back
+                # as the integer 1: make every score a float.
+                value = float(value)
                 pairs.append((value if name == "rule_failed" else -value, not r["correct"]))
         if pairs:
             auroc = client.conn.execute(query("auroc"), {"scores": [p[0] for p in pairs],
