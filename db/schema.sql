@@ -287,7 +287,7 @@ BEGIN
   INSERT INTO reflect.followups (request_id, kind)
   SELECT p_request_id, k FROM (VALUES ('critique', reflect._setting_float('critique_fraction')),
                                       ('agreement', reflect._setting_float('agreement_fraction'))) f(k, fraction)
-  WHERE coalesce(v_eval, false) OR random() < fraction
+  WHERE fraction > 0 AND (coalesce(v_eval, false) OR random() < fraction)
   ON CONFLICT (request_id, kind) DO NOTHING;
   GET DIAGNOSTICS v_n = ROW_COUNT;
   IF v_n > 0 THEN

@@ -74,6 +74,7 @@ def test_agreement_follow_up(db: Database, keyring: Keyring) -> None:
 
 
 def test_evaluation_traffic_always_gets_follow_ups(db: Database, keyring: Keyring) -> None:
+    _enable(db, critique=1e-9, agreement_share=1e-9)  # on, but (practically) never for other traffic
     with client(db, keyring) as c:
         normal = c.submit("normal")
         evaluated = c.submit("evaluated", caller="pgreflect-eval")
@@ -82,6 +83,11 @@ def test_evaluation_traffic_always_gets_follow_ups(db: Database, keyring: Keyrin
         kinds = conn.execute("SELECT request_id, kind, state FROM reflect.followups ORDER BY 1, 2").fetchall()
     assert kinds == [(evaluated, "agreement", "succeeded"), (evaluated, "critique", "succeeded")]
     assert normal not in {k[0] for k in kinds}
+    _enable(db, critique=0.0, agreement_share=0.0)  # 0 turns a follow-up off for evaluation traffic too
+    with client(db, keyring) as c:
+        c.submit("evaluated again", caller="pgreflect-eval")
+    drain(db, keyring, backend="noop")
+    assert db.scalar("SELECT count(*) FROM reflect.followups") == 2
 
 
 def test_bad_critiques_are_refused_and_ratings_checked(db: Database, keyring: Keyring) -> None:
