@@ -353,6 +353,7 @@ def print_answer(row: dict[str, Any], as_json: bool) -> None:
         "finish_reason": row["finish_reason"], "prompt_tokens": row["prompt_tokens"],
         "queue_wait_ms": row["queue_wait_ms"], "prompt_eval_ms": row["prompt_eval_ms"],
         "generation_ms": row["generation_ms"], "attempts": row["attempts"], "error": row["last_error"],
+        "calibrated": row.get("calibrated"), "action": row.get("action"), "signals": row.get("signals"),
     }
     if as_json:
         print(json.dumps(out, default=str))
@@ -361,9 +362,11 @@ def print_answer(row: dict[str, Any], as_json: bool) -> None:
         print(f"request {row['id']} {row['state']}: {row['last_error']}")
         return
     print(row["answer"].strip())
+    kind = "calibrated" if row.get("calibrated") else "uncalibrated default: P(True), else token probability"
+    action = f" | action {row['action']}" if row.get("action") not in (None, "answer") else ""
     print(f"-- request {row['id']} | model {row['model_version']} | confidence {row['confidence']:.3f} "
-          f"(uncalibrated: geometric-mean token probability) | {row['tokens']} tokens at "
-          f"{row['tokens_per_s'] or 0:.1f} tok/s | logprob mean {row['logprob_mean'] or 0:.3f}")
+          f"({kind}){action} | {row['tokens']} tokens at {row['tokens_per_s'] or 0:.1f} tok/s | "
+          f"logprob mean {row['logprob_mean'] or 0:.3f}")
 
 
 # -- metacognition: feedback, calibration, datasets, evaluation ------------------------------------------
