@@ -54,11 +54,11 @@ def pgreflect_database(cluster: LocalCluster, name: str = "bench") -> str:
     return dsn
 
 
-def register(dsn: str, name: str, path: str, sha256: str, n_ctx: int = 4096) -> None:
+def register(dsn: str, name: str, path: str, sha256: str, n_ctx: int = 4096, backend: str = "llama") -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(query("register_model"), {"name": name, "gguf_path": path, "sha256": sha256,
                                                "source": f"path:{path}", "n_ctx": n_ctx, "parent": None,
-                                               "activate": True})
+                                               "activate": True, "backend": backend})
 
 
 def keyring() -> Keyring:

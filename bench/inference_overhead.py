@@ -7,7 +7,7 @@ Direct: Llama.create_chat_completion (greedy), timed around the call. Full path:
 (model loaded before timing) answers requests submitted by the app client; timed from before the INSERT
 until the answer has been read back. Both use the same thread count; runs alternate (direct, full, direct,
 full, ...) so machine noise hits both. tokens/s = generated tokens / wall time, prompt evaluation included.
-Results (markdown) go to stdout and bench/results/inference.md.
+Results (markdown) go to stdout; the runs recorded are bench/results/inference-signals-off.md and -on.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The procrastinate side of bench/queue.py: one no-op task."""
+"""The procrastinate side of bench/queue_bench.py: one no-op task."""
 
 import os
 

@@ -47,7 +47,7 @@ class Pgreflect:
 
     def __init__(self, cluster, concurrency: int):  # type: ignore[no-untyped-def]
         self.dsn = pgreflect_database(cluster, "bench_pgreflect")
-        register(self.dsn, "noop", "/dev/null", "0" * 64)
+        register(self.dsn, "noop", "noop", "0" * 64, backend="noop")
         no_followups(self.dsn)  # the queue alone
         self.cluster, self.concurrency, self.ring = cluster, concurrency, keyring()
         self.client = Client(cluster.dsn(user="pgreflect_app", dbname="bench_pgreflect"), keyring=self.ring)

@@ -16,10 +16,17 @@ CREATE FUNCTION reflect._app_requests_insert() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
+DECLARE
+  v_refused text;
 BEGIN
-  IF NEW.id IS NOT NULL OR NEW.answer IS NOT NULL OR NEW.state IS NOT NULL THEN
-    RAISE EXCEPTION 'only prompt, system_prompt, params, idempotency_key, caller and model_version can be inserted'
-      USING ERRCODE = 'PR001';
+  -- Every other column is computed; a value given for one would be silently dropped, so it is refused.
+  SELECT string_agg(key, ', ' ORDER BY key) INTO v_refused
+  FROM jsonb_each(to_jsonb(NEW))
+  WHERE value <> 'null'::jsonb
+    AND key NOT IN ('prompt', 'system_prompt', 'params', 'idempotency_key', 'caller', 'model_version');
+  IF v_refused IS NOT NULL THEN
+    RAISE EXCEPTION 'only prompt, system_prompt, params, idempotency_key, caller and model_version can be inserted (got %)',
+      v_refused USING ERRCODE = 'PR001';
   END IF;
   NEW.id := reflect.submit_v1(NEW.prompt, NEW.system_prompt, NEW.params, NEW.idempotency_key, NEW.caller,
                               NEW.model_version);
@@ -28,6 +35,16 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._app_requests_insert() OWNER TO reflect_owner;
+CREATE FUNCTION reflect._append_only() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  RAISE EXCEPTION 'reflect.% is append-only: rows can be added, never changed or removed', TG_TABLE_NAME
+    USING ERRCODE = 'PR006';
+END
+$$;
+ALTER FUNCTION reflect._append_only() OWNER TO reflect_owner;
 CREATE FUNCTION reflect._apply_confidence(p_request_id bigint) RETURNS double precision
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -137,6 +154,37 @@ CREATE FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) RETURNS 
   SELECT public.pgp_sym_decrypt(p_cipher, k) FROM (SELECT reflect._key(p_key_id) AS k) s WHERE k IS NOT NULL
 $$;
 ALTER FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._decrypt_safe(p_cipher bytea, p_key_id text, OUT plain text, OUT ok boolean) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  ok := true;
+  IF p_cipher IS NULL THEN
+    RETURN;
+  END IF;
+  BEGIN
+    plain := reflect._decrypt(p_cipher, p_key_id);
+  EXCEPTION WHEN external_routine_invocation_exception OR data_exception THEN
+    -- pgcrypto: "Wrong key or corrupt data" (39000), bad UTF-8 in the plaintext (22021)
+    plain := NULL;
+    ok := false;
+  END;
+END
+$$;
+ALTER FUNCTION reflect._decrypt_safe(p_cipher bytea, p_key_id text, OUT plain text, OUT ok boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._decrypts(p_cipher bytea, p_key text) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  PERFORM public.pgp_sym_decrypt(p_cipher, p_key);
+  RETURN true;
+EXCEPTION WHEN OTHERS THEN
+  RETURN false;
+END
+$$;
+ALTER FUNCTION reflect._decrypts(p_cipher bytea, p_key text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._encrypt(p_plain text, p_key_id text) RETURNS bytea
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -154,6 +202,39 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._encrypt(p_plain text, p_key_id text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._encrypted_columns() RETURNS TABLE(table_name name, column_names name[])
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT c.relname, array_agg(a.attname ORDER BY a.attnum)
+  FROM pg_attribute a
+  JOIN pg_class c ON c.oid = a.attrelid AND c.relkind = 'r'
+  JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'reflect'
+  WHERE a.atttypid = 'bytea'::regtype AND a.attname LIKE '%\_enc' AND a.attnum > 0 AND NOT a.attisdropped
+    AND EXISTS (SELECT FROM pg_attribute k WHERE k.attrelid = c.oid AND k.attname = 'key_id' AND NOT k.attisdropped)
+  GROUP BY c.relname
+  ORDER BY c.relname
+$$;
+ALTER FUNCTION reflect._encrypted_columns() OWNER TO reflect_owner;
+CREATE FUNCTION reflect._fail_undecryptable(p_request_id bigint, p_lease_token uuid, p_key_id text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests := reflect._take_lease(p_request_id, p_lease_token);
+  v_error text := format('cannot decrypt this request with the key registered for key id %s (wrong key or '
+                         'corrupt data when it was stored); submit it again', p_key_id);
+BEGIN
+  UPDATE reflect.requests
+  SET state = 'failed', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
+      last_error = v_error
+  WHERE id = r.id;
+  INSERT INTO reflect.request_events (request_id, event, attempt, worker_id, detail)
+  VALUES (r.id, 'undecryptable', r.attempts, r.worker_id, v_error);
+  PERFORM pg_notify('request_done', r.id::text);
+END
+$$;
+ALTER FUNCTION reflect._fail_undecryptable(p_request_id bigint, p_lease_token uuid, p_key_id text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._feature_vector(p_request_id bigint) RETURNS double precision[]
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -178,13 +259,49 @@ CREATE FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min
   ]::double precision[]
 $$;
 ALTER FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._is_blank(p_text text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+  SELECT p_text ~ '^[[:space:][:cntrl:]\u00a0\u00ad\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff]*$'
+$_$;
+ALTER FUNCTION reflect._is_blank(p_text text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._key(p_key_id text) RETURNS text
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+  v_key text := nullif(current_setting('reflect.key_' || p_key_id, true), '');
+BEGIN
+  IF v_key IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF NOT EXISTS (SELECT FROM reflect.key_verifiers
+                 WHERE key_id = p_key_id AND verifier = reflect._key_verifier(p_key_id, v_key)) THEN
+    RAISE EXCEPTION 'the key set for key id % is not the one registered for it', p_key_id
+      USING ERRCODE = 'PR004', HINT = 'load keys with reflect.use_key_v1($1, $2), never with SET';
+  END IF;
+  RETURN v_key;
+END
+$_$;
+ALTER FUNCTION reflect._key(p_key_id text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._key_verifier(p_key_id text, p_key text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT encode(public.hmac(convert_to('pgreflect key verifier v1:' || p_key_id, 'UTF8'), convert_to(p_key, 'UTF8'),
+                            'sha256'), 'hex')
+$$;
+ALTER FUNCTION reflect._key_verifier(p_key_id text, p_key text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._loaded_key_ids() RETURNS text[]
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-  SELECT nullif(current_setting('reflect.key_' || p_key_id, true), '')
+  SELECT coalesce(array_agg(k ORDER BY k), '{}')
+  FROM unnest(string_to_array(current_setting('reflect.loaded_key_ids', true), ',')) k
+  WHERE k <> '' AND reflect._key(k) IS NOT NULL
 $$;
-ALTER FUNCTION reflect._key(p_key_id text) OWNER TO reflect_owner;
+ALTER FUNCTION reflect._loaded_key_ids() OWNER TO reflect_owner;
 CREATE FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision) RETURNS text
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -195,6 +312,14 @@ CREATE FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence doub
               ELSE 'answer' END
 $$;
 ALTER FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._memory_owners(p_reader name) RETURNS name[]
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT array_append(coalesce(array_agg(s.owner), '{}'), p_reader)
+  FROM reflect.memory_shares s WHERE s.reader = p_reader
+$$;
+ALTER FUNCTION reflect._memory_owners(p_reader name) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._normalize_params(p jsonb) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -271,7 +396,13 @@ BEGIN
   IF n < p_min OR n > p_max THEN
     RAISE EXCEPTION '% must be between % and %', p_name, p_min, p_max USING ERRCODE = 'PR001';
   END IF;
-  RETURN n;
+  -- Stored normalised: 8.0 as 8, and a real number as the double the worker will use (1e-400 is 0).
+  IF p_integer THEN
+    RETURN trunc(n);
+  ELSIF abs(n) < 1e-300 THEN
+    RETURN 0;
+  END IF;
+  RETURN n::double precision::numeric;
 END
 $$;
 ALTER FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) OWNER TO reflect_owner;
@@ -283,7 +414,7 @@ DECLARE
   v_eval boolean;
   v_n integer;
 BEGIN
-  SELECT caller = 'pgreflect-eval' INTO v_eval FROM reflect.requests WHERE id = p_request_id;
+  SELECT r.caller = 'pgreflect-eval' INTO v_eval FROM reflect.requests r WHERE r.id = p_request_id;
   INSERT INTO reflect.followups (request_id, kind)
   SELECT p_request_id, k FROM (VALUES ('critique', reflect._setting_float('critique_fraction')),
                                       ('agreement', reflect._setting_float('agreement_fraction'))) f(k, fraction)
@@ -644,35 +775,75 @@ CREATE FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_
 #variable_conflict use_column
 DECLARE
   v_lease interval := reflect._check_lease_seconds(p_lease_seconds);
+  v_keys text[] := reflect._loaded_key_ids();
+  c record;
+  v_prompt record;
+  v_system record;
+  v_answer record;
+  v_want integer := p_limit;
+  v_seen integer;
+  v_bad integer;
 BEGIN
   IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
     RAISE EXCEPTION 'claim limit must be between 1 and 1000' USING ERRCODE = 'PR001';
   END IF;
-  RETURN QUERY
-  WITH picked AS (
-    SELECT f.id FROM reflect.followups f
-    JOIN reflect.requests r ON r.id = f.request_id
-    WHERE f.state = 'queued'
-      AND (p_model_version_ids IS NULL OR r.model_version_id = ANY (p_model_version_ids))
-      AND reflect._key(r.key_id) IS NOT NULL
-    ORDER BY f.id
-    LIMIT p_limit
-    FOR UPDATE OF f SKIP LOCKED
-  ), claimed AS (
-    UPDATE reflect.followups f
-    SET state = 'running', attempts = f.attempts + 1, lease_token = gen_random_uuid(),
-        lease_expires_at = clock_timestamp() + v_lease, worker_id = p_worker_id
-    FROM picked WHERE f.id = picked.id
-    RETURNING f.*
-  )
-  SELECT c.id, c.lease_token, c.kind, c.request_id, r.model_version_id,
-         reflect._decrypt(r.prompt_enc, r.key_id), reflect._decrypt(r.system_prompt_enc, r.key_id),
-         reflect._decrypt(a.answer_enc, a.key_id), r.params,
-         reflect._setting_int('agreement_samples'), reflect._setting_float('agreement_temperature')
-  FROM claimed c
-  JOIN reflect.requests r ON r.id = c.request_id
-  JOIN reflect.answers a ON a.request_id = c.request_id
-  ORDER BY c.id;
+  -- Each undecryptable follow-up is failed and replaced by the next queued one.
+  LOOP
+    v_seen := 0;
+    v_bad := 0;
+    FOR c IN
+      WITH picked AS (
+        SELECT f.id FROM reflect.followups f
+        JOIN reflect.requests r ON r.id = f.request_id
+        WHERE f.state = 'queued'
+          AND (p_model_version_ids IS NULL OR r.model_version_id = ANY (p_model_version_ids))
+          AND r.key_id = ANY (v_keys)
+        ORDER BY f.id
+        LIMIT v_want
+        FOR UPDATE OF f SKIP LOCKED
+      ), claimed AS (
+        UPDATE reflect.followups f
+        SET state = 'running', attempts = f.attempts + 1, lease_token = gen_random_uuid(),
+            lease_expires_at = clock_timestamp() + v_lease, worker_id = p_worker_id
+        FROM picked WHERE f.id = picked.id
+        RETURNING f.*
+      )
+      SELECT cl.id, cl.lease_token, cl.kind, cl.request_id, r.model_version_id, r.key_id, r.prompt_enc,
+             r.system_prompt_enc, a.answer_enc, a.key_id AS answer_key_id, r.params
+      FROM claimed cl
+      JOIN reflect.requests r ON r.id = cl.request_id
+      JOIN reflect.answers a ON a.request_id = cl.request_id
+      ORDER BY cl.id
+    LOOP
+      v_seen := v_seen + 1;
+      SELECT * INTO v_prompt FROM reflect._decrypt_safe(c.prompt_enc, c.key_id);
+      SELECT * INTO v_system FROM reflect._decrypt_safe(c.system_prompt_enc, c.key_id);
+      SELECT * INTO v_answer FROM reflect._decrypt_safe(c.answer_enc, c.answer_key_id);
+      IF NOT (v_prompt.ok AND v_system.ok AND v_answer.ok) THEN
+        UPDATE reflect.followups f
+        SET state = 'failed', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
+            last_error = format('cannot decrypt request %s with the key registered for key id %s', c.request_id,
+                                c.key_id)
+        WHERE f.id = c.id;
+        v_bad := v_bad + 1;
+        CONTINUE;
+      END IF;
+      followup_id := c.id;
+      lease_token := c.lease_token;
+      kind := c.kind;
+      request_id := c.request_id;
+      model_version_id := c.model_version_id;
+      prompt := v_prompt.plain;
+      system_prompt := v_system.plain;
+      answer := v_answer.plain;
+      params := c.params;
+      samples := reflect._setting_int('agreement_samples');
+      temperature := reflect._setting_float('agreement_temperature');
+      RETURN NEXT;
+    END LOOP;
+    EXIT WHEN v_bad = 0 OR v_seen = 0;
+    v_want := v_bad;
+  END LOOP;
 END
 $$;
 ALTER FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) OWNER TO reflect_owner;
@@ -680,8 +851,16 @@ CREATE FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seco
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
+#variable_conflict use_column
 DECLARE
   v_lease interval := reflect._check_lease_seconds(p_lease_seconds);
+  v_keys text[] := reflect._loaded_key_ids();
+  c record;
+  v_prompt record;
+  v_system record;
+  v_want integer := p_limit;
+  v_seen integer;
+  v_bad integer;
 BEGIN
   IF p_worker_id IS NULL OR length(p_worker_id) NOT BETWEEN 1 AND 200 THEN
     RAISE EXCEPTION 'worker id must be 1 to 200 characters' USING ERRCODE = 'PR001';
@@ -689,39 +868,59 @@ BEGIN
   IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
     RAISE EXCEPTION 'claim limit must be between 1 and 1000' USING ERRCODE = 'PR001';
   END IF;
-  RETURN QUERY
-  WITH picked AS (
-    SELECT r.id
-    FROM reflect.requests r
-    WHERE r.state = 'queued'
-      AND r.run_after <= now()
-      AND (p_model_version_ids IS NULL OR r.model_version_id = ANY (p_model_version_ids))
-      AND reflect._key(r.key_id) IS NOT NULL
-    ORDER BY r.id
-    LIMIT p_limit
-    FOR UPDATE SKIP LOCKED
-  ), claimed AS (
-    UPDATE reflect.requests r
-    SET state = 'running',
-        attempts = r.attempts + 1,
-        lease_token = gen_random_uuid(),
-        lease_expires_at = clock_timestamp() + v_lease,
-        worker_id = p_worker_id,
-        claimed_at = clock_timestamp()
-    FROM picked
-    WHERE r.id = picked.id
-    RETURNING r.*
-  ), logged AS (
-    INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
-    SELECT c.id, 'claimed', c.attempts, p_worker_id FROM claimed c
-  )
-  SELECT c.id, c.lease_token, c.attempts, c.model_version_id,
-         reflect._decrypt(c.prompt_enc, c.key_id),
-         reflect._decrypt(c.system_prompt_enc, c.key_id),
-         c.params,
-         extract(epoch FROM (c.claimed_at - c.created_at))::double precision * 1000
-  FROM claimed c
-  ORDER BY c.id;
+  -- Each undecryptable row is failed and replaced by the next queued one, so the caller still gets work.
+  LOOP
+    v_seen := 0;
+    v_bad := 0;
+    FOR c IN
+      WITH picked AS (
+        SELECT r.id
+        FROM reflect.requests r
+        WHERE r.state = 'queued'
+          AND r.run_after <= now()
+          AND (p_model_version_ids IS NULL OR r.model_version_id = ANY (p_model_version_ids))
+          AND r.key_id = ANY (v_keys)
+        ORDER BY r.id
+        LIMIT v_want
+        FOR UPDATE SKIP LOCKED
+      ), claimed AS (
+        UPDATE reflect.requests r
+        SET state = 'running',
+            attempts = r.attempts + 1,
+            lease_token = gen_random_uuid(),
+            lease_expires_at = clock_timestamp() + v_lease,
+            worker_id = p_worker_id,
+            claimed_at = clock_timestamp()
+        FROM picked
+        WHERE r.id = picked.id
+        RETURNING r.*
+      ), logged AS (
+        INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
+        SELECT cl.id, 'claimed', cl.attempts, p_worker_id FROM claimed cl
+      )
+      SELECT * FROM claimed ORDER BY id
+    LOOP
+      v_seen := v_seen + 1;
+      SELECT * INTO v_prompt FROM reflect._decrypt_safe(c.prompt_enc, c.key_id);
+      SELECT * INTO v_system FROM reflect._decrypt_safe(c.system_prompt_enc, c.key_id);
+      IF NOT (v_prompt.ok AND v_system.ok) THEN
+        PERFORM reflect._fail_undecryptable(c.id, c.lease_token, c.key_id);
+        v_bad := v_bad + 1;
+        CONTINUE;
+      END IF;
+      request_id := c.id;
+      lease_token := c.lease_token;
+      attempt := c.attempts;
+      model_version_id := c.model_version_id;
+      prompt := v_prompt.plain;
+      system_prompt := v_system.plain;
+      params := c.params;
+      queue_wait_ms := extract(epoch FROM (c.claimed_at - c.created_at))::double precision * 1000;
+      RETURN NEXT;
+    END LOOP;
+    EXIT WHEN v_bad = 0 OR v_seen = 0;
+    v_want := v_bad;
+  END LOOP;
 END
 $$;
 ALTER FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) OWNER TO reflect_owner;
@@ -822,8 +1021,9 @@ BEGIN
   IF p_login IS NULL OR p_login !~ '^[a-z_][a-z0-9_]{0,62}$' THEN
     RAISE EXCEPTION 'login role name must match ^[a-z_][a-z0-9_]{0,62}$' USING ERRCODE = 'PR001';
   END IF;
-  IF p_group IS NULL OR p_group NOT IN ('reflect_app', 'reflect_worker', 'reflect_analyst', 'reflect_owner') THEN
-    RAISE EXCEPTION 'group must be one of reflect_app, reflect_worker, reflect_analyst, reflect_owner'
+  IF p_group IS NULL OR p_group NOT IN ('reflect_app', 'reflect_worker', 'reflect_analyst', 'reflect_reviewer',
+                                        'reflect_owner') THEN
+    RAISE EXCEPTION 'group must be one of reflect_app, reflect_worker, reflect_analyst, reflect_reviewer, reflect_owner'
       USING ERRCODE = 'PR001';
   END IF;
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = p_login) THEN
@@ -848,16 +1048,27 @@ BEGIN
   IF v_embedding IS NULL THEN
     RETURN;
   END IF;
+  PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);  -- as in recall_v1: the owner filter
   RETURN QUERY
-  SELECT m.request_id, reflect._decrypt(mr.prompt_enc, mr.key_id),
-         coalesce(reflect._decrypt(f.correction_enc, f.key_id), reflect._decrypt(a.answer_enc, a.key_id))
-  FROM reflect.memories m
-  JOIN reflect.requests mr ON mr.id = m.request_id
-  LEFT JOIN reflect.answers a ON a.request_id = m.request_id
-  LEFT JOIN reflect.feedback f ON f.id = m.feedback_id
-  WHERE m.request_id <> r.id AND reflect._key(mr.key_id) IS NOT NULL
-  ORDER BY m.embedding OPERATOR(public.<=>) v_embedding
-  LIMIT greatest(1, least(coalesce(p_k, 3), 20));
+  WITH nearest AS (  -- ids first: only the k rows found are decrypted
+    SELECT m.request_id, m.feedback_id, m.embedding OPERATOR(public.<=>) v_embedding AS dist
+    FROM reflect.memories m
+    JOIN reflect.requests mr ON mr.id = m.request_id
+    WHERE m.request_id <> r.id AND m.owner = ANY (reflect._memory_owners(r.submitted_by))
+      AND mr.key_id = ANY (reflect._loaded_key_ids())
+    ORDER BY m.embedding OPERATOR(public.<=>) v_embedding
+    LIMIT greatest(1, least(coalesce(p_k, 3), 20))
+  )
+  SELECT n.request_id, p.plain, coalesce(co.plain, an.plain)
+  FROM nearest n
+  JOIN reflect.requests mr ON mr.id = n.request_id
+  LEFT JOIN reflect.answers a ON a.request_id = n.request_id
+  LEFT JOIN reflect.feedback f ON f.id = n.feedback_id
+  CROSS JOIN LATERAL reflect._decrypt_safe(mr.prompt_enc, mr.key_id) p
+  CROSS JOIN LATERAL reflect._decrypt_safe(a.answer_enc, a.key_id) an
+  CROSS JOIN LATERAL reflect._decrypt_safe(f.correction_enc, f.key_id) co
+  WHERE p.ok AND an.ok AND co.ok
+  ORDER BY n.dist;
 END
 $$;
 ALTER FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer) OWNER TO reflect_owner;
@@ -932,7 +1143,7 @@ BEGIN
   IF p_rating IS NOT NULL AND p_rating NOT BETWEEN 1 AND 5 THEN
     RAISE EXCEPTION 'rating must be between 1 and 5' USING ERRCODE = 'PR001';
   END IF;
-  IF p_correction IS NOT NULL AND btrim(p_correction, E' \t\r\n') = '' THEN
+  IF p_correction IS NOT NULL AND reflect._is_blank(p_correction) THEN
     RAISE EXCEPTION 'correction must not be empty' USING ERRCODE = 'PR001';
   END IF;
   IF length(p_correction) > reflect._setting_int('max_prompt_chars') THEN
@@ -961,8 +1172,8 @@ BEGIN
   IF v_kind IS NULL THEN
     DELETE FROM reflect.memories WHERE request_id = r.id;
   ELSE
-    INSERT INTO reflect.memories (request_id, kind, feedback_id, embedding)
-    SELECT r.id, v_kind, v_fid, e.embedding FROM reflect.prompt_embeddings e WHERE e.request_id = r.id
+    INSERT INTO reflect.memories (request_id, kind, feedback_id, embedding, owner)
+    SELECT r.id, v_kind, v_fid, e.embedding, r.submitted_by FROM reflect.prompt_embeddings e WHERE e.request_id = r.id
     ON CONFLICT (request_id) DO UPDATE SET kind = excluded.kind, feedback_id = excluded.feedback_id;
   END IF;
   RETURN v_id;
@@ -1133,6 +1344,20 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.key_usage_v1() RETURNS TABLE(key_id text, table_name name, n_rows bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  t record;
+BEGIN
+  FOR t IN SELECT * FROM reflect._encrypted_columns() LOOP
+    RETURN QUERY EXECUTE format('SELECT key_id, %L::name, count(*) FROM reflect.%I GROUP BY key_id ORDER BY key_id',
+                                t.table_name, t.table_name);
+  END LOOP;
+END
+$$;
+ALTER FUNCTION reflect.key_usage_v1() OWNER TO reflect_owner;
 CREATE FUNCTION reflect.live_worker_count_v1(p_model_version text DEFAULT NULL::text) RETURNS integer
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1147,11 +1372,19 @@ CREATE FUNCTION reflect.live_worker_count_v1(p_model_version text DEFAULT NULL::
 $$;
 ALTER FUNCTION reflect.live_worker_count_v1(p_model_version text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.model_versions_to_serve_v1(p_names text[] DEFAULT NULL::text[]) RETURNS TABLE(id integer, name text, gguf_path text, sha256 text, n_ctx integer, is_active boolean)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT * FROM reflect.model_versions_to_serve_v2('llama', p_names)
+$$;
+ALTER FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.model_versions_to_serve_v2(p_backend text, p_names text[] DEFAULT NULL::text[]) RETURNS TABLE(id integer, name text, gguf_path text, sha256 text, n_ctx integer, is_active boolean)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
   v_missing text;
+  v_other record;
 BEGIN
   IF p_names IS NOT NULL THEN
     SELECT n INTO v_missing FROM unnest(p_names) n
@@ -1159,15 +1392,21 @@ BEGIN
     IF v_missing IS NOT NULL THEN
       RAISE EXCEPTION 'unknown model version "%"', v_missing USING ERRCODE = 'PR003';
     END IF;
+    SELECT mv.name, mv.backend INTO v_other FROM reflect.model_versions mv
+    WHERE mv.name = ANY (p_names) AND mv.backend IS DISTINCT FROM p_backend LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'model version "%" runs on the % backend, not on %', v_other.name, v_other.backend,
+        coalesce(p_backend, 'NULL') USING ERRCODE = 'PR003';
+    END IF;
   END IF;
   RETURN QUERY
   SELECT mv.id, mv.name, mv.gguf_path, mv.sha256, mv.n_ctx, mv.is_active
   FROM reflect.model_versions mv
-  WHERE p_names IS NULL OR mv.name = ANY (p_names)
+  WHERE mv.backend = p_backend AND (p_names IS NULL OR mv.name = ANY (p_names))
   ORDER BY mv.is_active DESC, mv.id;
 END
 $$;
-ALTER FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) OWNER TO reflect_owner;
+ALTER FUNCTION reflect.model_versions_to_serve_v2(p_backend text, p_names text[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1231,6 +1470,7 @@ CREATE FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_mod
 DECLARE
   r reflect.requests;
   v_k integer;
+  v_keys text[] := reflect._loaded_key_ids();
 BEGIN
   r := reflect._take_lease(p_request_id, p_lease_token);
   IF p_embedding IS NULL OR public.vector_dims(p_embedding) <> 384 THEN
@@ -1244,28 +1484,34 @@ BEGIN
   IF coalesce((r.params ->> 'memory')::boolean, true) IS FALSE OR v_k <= 0 THEN
     RETURN;
   END IF;
+  -- transaction-local; a SET clause on the function would need the setting known when it is created
+  PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
   RETURN QUERY
   WITH nearest AS (
     SELECT m.request_id, m.kind, m.feedback_id, (m.embedding OPERATOR(public.<=>) p_embedding) AS dist
     FROM reflect.memories m
-    WHERE m.request_id <> r.id
+    WHERE m.request_id <> r.id AND m.owner = ANY (reflect._memory_owners(r.submitted_by))
     ORDER BY m.embedding OPERATOR(public.<=>) p_embedding
     LIMIT v_k
+  ), texts AS (
+    SELECT n.request_id, n.kind, n.dist, p.plain AS prompt, an.plain AS answer, co.plain AS correction,
+           p.ok AND an.ok AND co.ok AS ok
+    FROM nearest n
+    JOIN reflect.requests mr ON mr.id = n.request_id AND mr.key_id = ANY (v_keys)
+    LEFT JOIN reflect.answers a ON a.request_id = n.request_id
+    LEFT JOIN reflect.feedback f ON f.id = n.feedback_id
+    CROSS JOIN LATERAL reflect._decrypt_safe(mr.prompt_enc, mr.key_id) p
+    CROSS JOIN LATERAL reflect._decrypt_safe(a.answer_enc, a.key_id) an
+    CROSS JOIN LATERAL reflect._decrypt_safe(f.correction_enc, f.key_id) co
   ), used AS (
     INSERT INTO reflect.answer_memories (request_id, memory_request_id, rank, distance)
-    SELECT r.id, n.request_id, row_number() OVER (ORDER BY n.dist), n.dist FROM nearest n
-    JOIN reflect.requests mr ON mr.id = n.request_id
-    WHERE reflect._key(mr.key_id) IS NOT NULL
+    SELECT r.id, t.request_id, row_number() OVER (ORDER BY t.dist), t.dist FROM texts t WHERE t.ok
     RETURNING memory_request_id
   )
-  SELECT n.request_id, n.kind, n.dist, reflect._decrypt(mr.prompt_enc, mr.key_id),
-         reflect._decrypt(a.answer_enc, a.key_id), reflect._decrypt(f.correction_enc, f.key_id)
-  FROM nearest n
-  JOIN used u ON u.memory_request_id = n.request_id
-  JOIN reflect.requests mr ON mr.id = n.request_id
-  LEFT JOIN reflect.answers a ON a.request_id = n.request_id
-  LEFT JOIN reflect.feedback f ON f.id = n.feedback_id
-  ORDER BY n.dist;
+  SELECT t.request_id, t.kind, t.dist, t.prompt, t.answer, t.correction
+  FROM texts t
+  JOIN used u ON u.memory_request_id = t.request_id
+  ORDER BY t.dist;
 END
 $$;
 ALTER FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) OWNER TO reflect_owner;
@@ -1296,7 +1542,8 @@ BEGIN
           c.confidence, coalesce(p_evidence_request_ids, '{}'));
   RETURN QUERY SELECT v_n, c.confidence,
     v_n = 1 AND reflect._low_confidence_action(r.params, c.confidence) = 'reanswer'
-      AND EXISTS (SELECT FROM reflect.memories m WHERE m.request_id <> r.id);
+      AND EXISTS (SELECT FROM reflect.memories m
+                 WHERE m.request_id <> r.id AND m.owner = ANY (reflect._memory_owners(r.submitted_by)));
 END
 $$;
 ALTER FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb, p_evidence_request_ids bigint[]) OWNER TO reflect_owner;
@@ -1358,12 +1605,26 @@ ALTER FUNCTION reflect.register_eval_items_v1(p_dataset text, p_item_ids text[],
 CREATE FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer DEFAULT 4096, p_parent text DEFAULT NULL::text, p_activate boolean DEFAULT false) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  RETURN reflect.register_model_version_v2(p_name, p_gguf_path, p_sha256, p_source, p_n_ctx, p_parent, p_activate,
+                                           'llama');
+END
+$$;
+ALTER FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.register_model_version_v2(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer DEFAULT 4096, p_parent text DEFAULT NULL::text, p_activate boolean DEFAULT false, p_backend text DEFAULT 'llama'::text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 DECLARE
   v_id integer;
   v_sha text;
   v_parent integer;
+  v_backend text;
 BEGIN
+  IF p_backend IS NULL OR p_backend NOT IN ('llama', 'noop') THEN
+    RAISE EXCEPTION 'backend must be llama or noop' USING ERRCODE = 'PR001';
+  END IF;
   IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
     RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'
       USING ERRCODE = 'PR001';
@@ -1377,19 +1638,23 @@ BEGIN
       RAISE EXCEPTION 'unknown parent model version "%"', p_parent USING ERRCODE = 'PR003';
     END IF;
   END IF;
-  SELECT id, sha256 INTO v_id, v_sha FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
+  SELECT id, sha256, backend INTO v_id, v_sha, v_backend FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
   IF v_id IS NOT NULL AND v_sha <> p_sha256 THEN
     RAISE EXCEPTION 'model version "%" is already registered with another sha256', p_name
       USING ERRCODE = 'PR001', HINT = 'register the new file under a new name';
   END IF;
+  IF v_id IS NOT NULL AND v_backend <> p_backend THEN
+    RAISE EXCEPTION 'model version "%" is already registered for the % backend', p_name, v_backend
+      USING ERRCODE = 'PR001';
+  END IF;
   IF v_id IS NULL THEN
-    INSERT INTO reflect.model_versions (name, gguf_path, source, sha256, n_ctx, parent_id)
-    VALUES (p_name, p_gguf_path, coalesce(p_source, 'path'), p_sha256, coalesce(p_n_ctx, 4096), v_parent)
+    INSERT INTO reflect.model_versions (name, gguf_path, source, sha256, n_ctx, parent_id, backend)
+    VALUES (p_name, p_gguf_path, coalesce(p_source, 'path'), p_sha256, coalesce(p_n_ctx, 4096), v_parent, p_backend)
     ON CONFLICT (name) DO NOTHING
     RETURNING id INTO v_id;
     IF v_id IS NULL THEN  -- a concurrent registration of the same name won the race
-      RETURN reflect.register_model_version_v1(p_name, p_gguf_path, p_sha256, p_source, p_n_ctx, p_parent,
-                                                p_activate);
+      RETURN reflect.register_model_version_v2(p_name, p_gguf_path, p_sha256, p_source, p_n_ctx, p_parent,
+                                                p_activate, p_backend);
     END IF;
   ELSE
     UPDATE reflect.model_versions SET gguf_path = p_gguf_path WHERE id = v_id;  -- the file may have moved
@@ -1400,7 +1665,7 @@ BEGIN
   RETURN v_id;
 END
 $_$;
-ALTER FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean) OWNER TO reflect_owner;
+ALTER FUNCTION reflect.register_model_version_v2(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean, p_backend text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1419,13 +1684,48 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
-CREATE FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer DEFAULT 500) RETURNS integer
+CREATE FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) RETURNS TABLE(request_id bigint, submitted_by name, caller text, state text, prompt text, system_prompt text, answer text, corrections text[], critique text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
+#variable_conflict use_column
+DECLARE
+  r reflect.requests;
+BEGIN
+  IF p_purpose IS NULL OR reflect._is_blank(p_purpose) OR length(btrim(p_purpose)) NOT BETWEEN 3 AND 500 THEN
+    RAISE EXCEPTION 'say why you need to see this text (3 to 500 characters); it is recorded in the audit trail'
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF p_redacted IS NULL THEN
+    RAISE EXCEPTION 'redacted must be true or false' USING ERRCODE = 'PR001';
+  END IF;
+  SELECT * INTO r FROM reflect.requests WHERE id = p_request_id;
+  IF r.id IS NULL THEN
+    RAISE EXCEPTION 'no request %', p_request_id USING ERRCODE = 'PR005';
+  END IF;
+  INSERT INTO reflect.decryption_audit (by_login, request_id, what, purpose, redacted)
+  VALUES (session_user, r.id,
+          ARRAY['prompt', 'system_prompt', 'answer', 'corrections', 'critique'], btrim(p_purpose), p_redacted);
+  RETURN QUERY
+  SELECT r.id, r.submitted_by, r.caller, r.state::text,
+         reflect._decrypt(r.prompt_enc, r.key_id), reflect._decrypt(r.system_prompt_enc, r.key_id),
+         (SELECT reflect._decrypt(a.answer_enc, a.key_id) FROM reflect.answers a WHERE a.request_id = r.id),
+         ARRAY(SELECT reflect._decrypt(f.correction_enc, f.key_id) FROM reflect.feedback f
+               WHERE f.request_id = r.id AND f.correction_enc IS NOT NULL ORDER BY f.id),
+         (SELECT reflect._decrypt(c.critique_enc, c.key_id) FROM reflect.critiques c WHERE c.request_id = r.id);
+END
+$$;
+ALTER FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer DEFAULT 500) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
 DECLARE
   v_to text := reflect._current_key_id();
+  v_left integer := p_batch;
   v_n integer;
+  v_total integer := 0;
+  t record;
 BEGIN
   PERFORM reflect._check_key_id(p_from_key_id);
   IF p_from_key_id = v_to THEN
@@ -1437,31 +1737,49 @@ BEGIN
   IF p_batch IS NULL OR p_batch < 1 OR p_batch > 100000 THEN
     RAISE EXCEPTION 'batch must be between 1 and 100000' USING ERRCODE = 'PR001';
   END IF;
-  WITH batch AS (
-    SELECT id FROM reflect.requests
-    WHERE key_id = p_from_key_id
-    ORDER BY id LIMIT p_batch
-    FOR UPDATE SKIP LOCKED
-  ), moved AS (
-    UPDATE reflect.requests r
-    SET prompt_enc = reflect._encrypt(reflect._decrypt(r.prompt_enc, p_from_key_id), v_to),
-        system_prompt_enc = reflect._encrypt(reflect._decrypt(r.system_prompt_enc, p_from_key_id), v_to),
-        key_id = v_to
-    FROM batch WHERE r.id = batch.id
-    RETURNING r.id, r.attempts
-  ), answers_moved AS (
-    UPDATE reflect.answers a
-    SET answer_enc = reflect._encrypt(reflect._decrypt(a.answer_enc, p_from_key_id), v_to),
-        key_id = v_to
-    FROM moved WHERE a.request_id = moved.id AND a.key_id = p_from_key_id
-  )
-  INSERT INTO reflect.request_events (request_id, event, attempt, detail)
-  SELECT id, 'key_rotated', attempts, p_from_key_id || ' -> ' || v_to FROM moved;
-  GET DIAGNOSTICS v_n = ROW_COUNT;
-  RETURN v_n;
+  FOR t IN SELECT * FROM reflect._encrypted_columns() LOOP
+    EXIT WHEN v_left <= 0;
+    EXECUTE format(
+      'WITH batch AS (SELECT ctid FROM reflect.%1$I WHERE key_id = $1 LIMIT $3 FOR UPDATE SKIP LOCKED), '
+      'moved AS (UPDATE reflect.%1$I t SET %2$s, key_id = $2 FROM batch WHERE t.ctid = batch.ctid RETURNING t.*) '
+      '%3$s SELECT count(*) FROM moved',
+      t.table_name,
+      (SELECT string_agg(format('%1$I = reflect._encrypt(reflect._decrypt(t.%1$I, $1), $2)', col), ', ')
+       FROM unnest(t.column_names) col),
+      CASE WHEN t.table_name = 'requests'
+           THEN ', logged AS (INSERT INTO reflect.request_events (request_id, event, attempt, detail) '
+                'SELECT id, ''key_rotated'', attempts, $1 || '' -> '' || $2 FROM moved)'
+           ELSE '' END)
+    INTO v_n
+    USING p_from_key_id, v_to, v_left;
+    v_left := v_left - v_n;
+    v_total := v_total + v_n;
+  END LOOP;
+  RETURN v_total;
+END
+$_$;
+ALTER FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean DEFAULT true) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  IF p_reader IS NULL OR NOT EXISTS (SELECT FROM pg_roles WHERE rolname = p_reader)
+     OR NOT pg_has_role(p_reader, 'reflect_app', 'MEMBER') THEN
+    RAISE EXCEPTION 'no app login named "%"', left(p_reader, 63) USING ERRCODE = 'PR001';
+  END IF;
+  IF p_reader = session_user THEN
+    RAISE EXCEPTION 'an app always reads its own memories' USING ERRCODE = 'PR001';
+  END IF;
+  IF coalesce(p_share, true) THEN
+    INSERT INTO reflect.memory_shares (owner, reader) VALUES (session_user, p_reader) ON CONFLICT DO NOTHING;
+  ELSE
+    DELETE FROM reflect.memory_shares WHERE owner = session_user AND reader = p_reader;
+  END IF;
+  RETURN coalesce(p_share, true);
 END
 $$;
-ALTER FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) OWNER TO reflect_owner;
+ALTER FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text DEFAULT NULL::text, p_params jsonb DEFAULT NULL::jsonb, p_idempotency_key text DEFAULT NULL::text, p_caller text DEFAULT NULL::text, p_model_version text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1473,7 +1791,7 @@ DECLARE
   v_params jsonb;
   v_id bigint;
 BEGIN
-  IF p_prompt IS NULL OR btrim(p_prompt, E' \t\r\n') = '' THEN
+  IF p_prompt IS NULL OR reflect._is_blank(p_prompt) THEN
     RAISE EXCEPTION 'prompt must not be empty' USING ERRCODE = 'PR001';
   END IF;
   IF length(p_prompt) > v_max THEN
@@ -1549,13 +1867,41 @@ CREATE FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean 
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
+DECLARE
+  v_verifier text;
+  v_known text;
+  v_sampled integer;
+  v_readable integer;
 BEGIN
   PERFORM reflect._check_key_id(p_key_id);
   IF p_key IS NULL OR length(p_key) < 32 THEN
     RAISE EXCEPTION 'encryption key for key id % must be at least 32 characters', p_key_id
       USING ERRCODE = 'PR001';
   END IF;
+  v_verifier := reflect._key_verifier(p_key_id, p_key);
+  SELECT verifier INTO v_known FROM reflect.key_verifiers WHERE key_id = p_key_id;
+  IF v_known IS NULL THEN
+    SELECT count(*), count(*) FILTER (WHERE reflect._decrypts(s.prompt_enc, p_key))
+    INTO v_sampled, v_readable
+    FROM (SELECT prompt_enc FROM reflect.requests WHERE key_id = p_key_id ORDER BY id LIMIT 5) s;
+    IF v_sampled > 0 AND v_readable * 2 <= v_sampled THEN
+      RAISE EXCEPTION 'wrong key for key id %: it does not decrypt the rows already stored under that id', p_key_id
+        USING ERRCODE = 'PR004';
+    END IF;
+    INSERT INTO reflect.key_verifiers (key_id, verifier, registered_by)
+    VALUES (p_key_id, v_verifier, session_user)
+    ON CONFLICT (key_id) DO NOTHING;
+    SELECT verifier INTO v_known FROM reflect.key_verifiers WHERE key_id = p_key_id;
+  END IF;
+  IF v_known <> v_verifier THEN
+    RAISE EXCEPTION 'wrong key for key id %: another key is registered under that id', p_key_id
+      USING ERRCODE = 'PR004',
+            HINT = 'two keys must never share a key id; give each app its own (pgreflect apps add)';
+  END IF;
   PERFORM set_config('reflect.key_' || p_key_id, p_key, false);
+  PERFORM set_config('reflect.loaded_key_ids', array_to_string(ARRAY(
+    SELECT DISTINCT k FROM unnest(string_to_array(current_setting('reflect.loaded_key_ids', true), ',')
+                                  || p_key_id) k WHERE k <> '' ORDER BY k), ','), false);
   IF p_current THEN
     PERFORM set_config('reflect.current_key_id', p_key_id, false);
   END IF;
@@ -1672,6 +2018,8 @@ CREATE TABLE reflect.model_versions (
     n_ctx integer DEFAULT 4096 NOT NULL,
     is_active boolean DEFAULT false NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    backend text DEFAULT 'llama'::text NOT NULL,
+    CONSTRAINT model_version_backend CHECK ((backend = ANY (ARRAY['llama'::text, 'noop'::text]))),
     CONSTRAINT model_version_name_format CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'::text)),
     CONSTRAINT model_versions_gguf_path_check CHECK ((gguf_path <> ''::text)),
     CONSTRAINT model_versions_n_ctx_check CHECK (((n_ctx >= 256) AND (n_ctx <= 131072))),
@@ -1721,6 +2069,15 @@ CREATE VIEW reflect.app_requests WITH (security_barrier='true') AS
      LEFT JOIN reflect.critiques c ON ((c.request_id = r.id)))
   WHERE (r.submitted_by = SESSION_USER);
 ALTER TABLE reflect.app_requests OWNER TO reflect_owner;
+CREATE TABLE reflect.apps (
+    name text NOT NULL,
+    login name NOT NULL,
+    key_id text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    revoked_at timestamp with time zone,
+    CONSTRAINT app_name_format CHECK ((name ~ '^[a-z][a-z0-9_]{0,40}$'::text))
+);
+ALTER TABLE reflect.apps OWNER TO reflect_owner;
 CREATE TABLE reflect.feedback (
     id bigint NOT NULL,
     request_id bigint NOT NULL,
@@ -1847,6 +2204,35 @@ ALTER TABLE reflect.calibrators ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY
     NO MAXVALUE
     CACHE 1
 );
+CREATE TABLE reflect.decryption_audit (
+    id bigint NOT NULL,
+    at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    by_login name NOT NULL,
+    request_id bigint NOT NULL,
+    what text[] NOT NULL,
+    purpose text NOT NULL,
+    redacted boolean NOT NULL,
+    CONSTRAINT decryption_audit_purpose_check CHECK (((length(purpose) >= 3) AND (length(purpose) <= 500)))
+);
+ALTER TABLE reflect.decryption_audit OWNER TO reflect_owner;
+ALTER TABLE reflect.decryption_audit ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.decryption_audit_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+CREATE VIEW reflect.decryption_log AS
+ SELECT d.id,
+    d.at,
+    d.by_login,
+    d.request_id,
+    d.what,
+    d.purpose,
+    d.redacted
+   FROM reflect.decryption_audit d;
+ALTER TABLE reflect.decryption_log OWNER TO reflect_owner;
 CREATE TABLE reflect.eval_items (
     dataset text NOT NULL,
     item_id text NOT NULL,
@@ -1896,15 +2282,32 @@ ALTER TABLE reflect.followups ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
+CREATE TABLE reflect.key_verifiers (
+    key_id text NOT NULL,
+    verifier text NOT NULL,
+    registered_by name NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT key_id_format CHECK ((key_id ~ '^[a-z0-9_]{1,32}$'::text)),
+    CONSTRAINT key_verifiers_verifier_check CHECK ((verifier ~ '^[0-9a-f]{64}$'::text))
+);
+ALTER TABLE reflect.key_verifiers OWNER TO reflect_owner;
 CREATE TABLE reflect.memories (
     request_id bigint NOT NULL,
     kind text NOT NULL,
     feedback_id bigint NOT NULL,
     embedding public.vector(384) NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    owner name NOT NULL,
     CONSTRAINT memories_kind_check CHECK ((kind = ANY (ARRAY['correction'::text, 'confirmed'::text])))
 );
 ALTER TABLE reflect.memories OWNER TO reflect_owner;
+CREATE TABLE reflect.memory_shares (
+    owner name NOT NULL,
+    reader name NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT share_with_another CHECK ((owner <> reader))
+);
+ALTER TABLE reflect.memory_shares OWNER TO reflect_owner;
 CREATE VIEW reflect.model_version_daily AS
  SELECT mv.name AS model_version,
     date_trunc('day'::text, r.created_at) AS day,
@@ -1930,7 +2333,8 @@ CREATE VIEW reflect.model_version_registry AS
     p.name AS parent,
     mv.n_ctx,
     mv.is_active,
-    mv.created_at
+    mv.created_at,
+    mv.backend
    FROM (reflect.model_versions mv
      LEFT JOIN reflect.model_versions p ON ((p.id = mv.parent_id)));
 ALTER TABLE reflect.model_version_registry OWNER TO reflect_owner;
@@ -1982,7 +2386,7 @@ CREATE TABLE reflect.request_events (
     attempt integer NOT NULL,
     worker_id text,
     detail text,
-    CONSTRAINT request_events_event_check CHECK ((event = ANY (ARRAY['submitted'::text, 'claimed'::text, 'succeeded'::text, 'retry'::text, 'failed'::text, 'released'::text, 'lease_expired'::text, 'key_rotated'::text])))
+    CONSTRAINT request_events_event_check CHECK ((event = ANY (ARRAY['submitted'::text, 'claimed'::text, 'succeeded'::text, 'retry'::text, 'failed'::text, 'released'::text, 'lease_expired'::text, 'key_rotated'::text, 'undecryptable'::text])))
 );
 ALTER TABLE reflect.request_events OWNER TO reflect_owner;
 CREATE VIEW reflect.request_audit AS
@@ -2096,10 +2500,16 @@ ALTER TABLE ONLY reflect.answer_signals
     ADD CONSTRAINT answer_signals_pkey PRIMARY KEY (request_id, name);
 ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_pkey PRIMARY KEY (request_id);
+ALTER TABLE ONLY reflect.apps
+    ADD CONSTRAINT apps_login_key UNIQUE (login);
+ALTER TABLE ONLY reflect.apps
+    ADD CONSTRAINT apps_pkey PRIMARY KEY (name);
 ALTER TABLE ONLY reflect.calibrators
     ADD CONSTRAINT calibrators_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.critiques
     ADD CONSTRAINT critiques_pkey PRIMARY KEY (request_id);
+ALTER TABLE ONLY reflect.decryption_audit
+    ADD CONSTRAINT decryption_audit_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.eval_items
     ADD CONSTRAINT eval_items_pkey PRIMARY KEY (dataset, item_id);
 ALTER TABLE ONLY reflect.eval_requests
@@ -2110,8 +2520,12 @@ ALTER TABLE ONLY reflect.followups
     ADD CONSTRAINT followups_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.followups
     ADD CONSTRAINT followups_request_id_kind_key UNIQUE (request_id, kind);
+ALTER TABLE ONLY reflect.key_verifiers
+    ADD CONSTRAINT key_verifiers_pkey PRIMARY KEY (key_id);
 ALTER TABLE ONLY reflect.memories
     ADD CONSTRAINT memories_pkey PRIMARY KEY (request_id);
+ALTER TABLE ONLY reflect.memory_shares
+    ADD CONSTRAINT memory_shares_pkey PRIMARY KEY (owner, reader);
 ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_name_key UNIQUE (name);
 ALTER TABLE ONLY reflect.model_versions
@@ -2129,14 +2543,18 @@ ALTER TABLE ONLY reflect.workers
 ALTER TABLE ONLY reflect_meta.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (name);
 CREATE UNIQUE INDEX calibrators_one_active ON reflect.calibrators USING btree (model_version_id) WHERE is_active;
+CREATE INDEX decryption_audit_request ON reflect.decryption_audit USING btree (request_id);
 CREATE INDEX feedback_request ON reflect.feedback USING btree (request_id, id DESC);
 CREATE INDEX followups_queued ON reflect.followups USING btree (id) WHERE (state = 'queued'::reflect.request_state);
 CREATE INDEX memories_embedding ON reflect.memories USING hnsw (embedding public.vector_cosine_ops);
+CREATE INDEX memories_owner ON reflect.memories USING btree (owner);
 CREATE UNIQUE INDEX model_versions_one_active ON reflect.model_versions USING btree (is_active) WHERE is_active;
 CREATE INDEX request_events_request ON reflect.request_events USING btree (request_id);
 CREATE UNIQUE INDEX requests_idempotency_key ON reflect.requests USING btree (submitted_by, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX requests_leases ON reflect.requests USING btree (lease_expires_at) WHERE (state = 'running'::reflect.request_state);
 CREATE INDEX requests_queued ON reflect.requests USING btree (id) WHERE (state = 'queued'::reflect.request_state);
+CREATE TRIGGER _100_append_only BEFORE DELETE OR UPDATE ON reflect.decryption_audit FOR EACH ROW EXECUTE FUNCTION reflect._append_only();
+CREATE TRIGGER _100_append_only_truncate BEFORE TRUNCATE ON reflect.decryption_audit FOR EACH STATEMENT EXECUTE FUNCTION reflect._append_only();
 CREATE TRIGGER _100_submit INSTEAD OF INSERT ON reflect.app_requests FOR EACH ROW EXECUTE FUNCTION reflect._app_requests_insert();
 CREATE TRIGGER _900_notify_needs_inference AFTER INSERT ON reflect.requests FOR EACH ROW EXECUTE FUNCTION reflect._requests_after_insert();
 ALTER TABLE ONLY reflect.answer_candidates
@@ -2157,6 +2575,8 @@ ALTER TABLE ONLY reflect.calibrators
     ADD CONSTRAINT calibrators_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE ONLY reflect.critiques
     ADD CONSTRAINT critiques_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.answers(request_id);
+ALTER TABLE ONLY reflect.decryption_audit
+    ADD CONSTRAINT decryption_audit_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.eval_requests
     ADD CONSTRAINT eval_requests_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.feedback
@@ -2179,13 +2599,17 @@ ALTER TABLE reflect.answer_candidates ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_signals ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answers ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.apps ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.calibrators ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.critiques ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.decryption_audit ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.eval_items ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.eval_requests ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.feedback ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.followups ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.key_verifiers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.memories ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.memory_shares ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.model_versions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.prompt_embeddings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.request_events ENABLE ROW LEVEL SECURITY;
@@ -2195,7 +2619,9 @@ ALTER TABLE reflect.workers ENABLE ROW LEVEL SECURITY;
 GRANT USAGE ON SCHEMA reflect TO reflect_app;
 GRANT USAGE ON SCHEMA reflect TO reflect_worker;
 GRANT USAGE ON SCHEMA reflect TO reflect_analyst;
+GRANT USAGE ON SCHEMA reflect TO reflect_reviewer;
 REVOKE ALL ON FUNCTION reflect._app_requests_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._append_only() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._apply_confidence(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_key_id(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) FROM PUBLIC;
@@ -2204,11 +2630,19 @@ REVOKE ALL ON FUNCTION reflect._current_key_id() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._decrypt(p_cipher bytea, p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect._decrypt_safe(p_cipher bytea, p_key_id text, OUT plain text, OUT ok boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._decrypts(p_cipher bytea, p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._encrypt(p_plain text, p_key_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._encrypted_columns() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._fail_undecryptable(p_request_id bigint, p_lease_token uuid, p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._feature_vector(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._is_blank(p_text text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key(p_key_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._key_verifier(p_key_id text, p_key text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._loaded_key_ids() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._memory_owners(p_reader name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._normalize_params(p jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._queue_followups(p_request_id bigint) FROM PUBLIC;
@@ -2264,11 +2698,14 @@ REVOKE ALL ON FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_to
 GRANT ALL ON FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.key_usage_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.live_worker_count_v1(p_model_version text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.live_worker_count_v1(p_model_version text) TO reflect_app;
 GRANT ALL ON FUNCTION reflect.live_worker_count_v1(p_model_version text) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v2(p_backend text, p_names text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v2(p_backend text, p_names text[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.reap_expired_v1() FROM PUBLIC;
@@ -2279,11 +2716,15 @@ REVOKE ALL ON FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_
 GRANT ALL ON FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb, p_evidence_request_ids bigint[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.refit_calibrators_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.register_eval_items_v1(p_dataset text, p_item_ids text[], p_splits text[]) FROM PUBLIC;
-GRANT ALL ON FUNCTION reflect.register_eval_items_v1(p_dataset text, p_item_ids text[], p_splits text[]) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.register_model_version_v2(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean, p_backend text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) TO reflect_reviewer;
 REVOKE ALL ON FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) FROM PUBLIC;
@@ -2291,6 +2732,7 @@ GRANT ALL ON FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset
 REVOKE ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_app;
 GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_worker;
+GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_reviewer;
 REVOKE ALL ON FUNCTION reflect.worker_seen_v1(p_worker_id text, p_model_version_ids integer[], p_pid integer, p_hostname text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.worker_seen_v1(p_worker_id text, p_model_version_ids integer[], p_pid integer, p_hostname text) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.worker_stopped_v1(p_worker_id text) FROM PUBLIC;
@@ -2299,6 +2741,7 @@ GRANT SELECT,INSERT ON TABLE reflect.app_requests TO reflect_app;
 GRANT SELECT ON TABLE reflect.labelled_answers TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.calibration_daily TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.calibrator_history TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.decryption_log TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.eval_results TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_version_daily TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_analyst;

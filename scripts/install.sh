@@ -3,7 +3,7 @@
 #   scripts/install.sh            system packages + pgvector + .venv + default model
 #   scripts/install.sh --system   system packages + pgvector only
 #   scripts/install.sh --no-models  everything but the model files (the database image uses this)
-# Facts behind each step: shared setup notes; the why of each is in docs/install.md.
+# The why of each step is in the comment above it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

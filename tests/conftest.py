@@ -112,6 +112,7 @@ def template_db(cluster: LocalCluster, tiny_model: Path) -> str:
             conn.execute(query("ensure_login_role"), {"login": login, "group_role": group})
         register(conn, "tiny", tiny_model, activate=True)
         register(conn, "smollm2", smollm2_path())
+        register_noop(conn, "noop")
         # Follow-ups (critique, agreement) cost extra generations: off unless a test turns them on.
         conn.execute("UPDATE reflect.settings SET value = '0' WHERE key IN ('critique_fraction', 'agreement_fraction')")
     return TEMPLATE
@@ -120,7 +121,15 @@ def template_db(cluster: LocalCluster, tiny_model: Path) -> str:
 def register(conn: psycopg.Connection, name: str, path: Path, activate: bool = False, n_ctx: int = 4096) -> None:
     conn.execute(query("register_model"), {
         "name": name, "gguf_path": str(path), "sha256": verified_sha256(path), "source": f"path:{path}",
-        "n_ctx": n_ctx, "parent": None, "activate": activate,
+        "n_ctx": n_ctx, "parent": None, "activate": activate, "backend": "llama",
+    })
+
+
+def register_noop(conn: psycopg.Connection, name: str, activate: bool = False) -> None:
+    """A version only the noop backend serves: queue tests submit to it (model_version="noop")."""
+    conn.execute(query("register_model"), {
+        "name": name, "gguf_path": "noop", "sha256": "0" * 64, "source": "noop", "n_ctx": 4096, "parent": None,
+        "activate": activate, "backend": "noop",
     })
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -11,10 +13,12 @@ from pgreflect.worker import Worker, WorkerConfig, WorkerStats
 
 from conftest import Database
 
+NOOP = "noop"  # the model version only the noop backend serves (registered in the template database)
+
 
 def worker(db: Database, keyring: Keyring, **config: Any) -> Worker:
     config.setdefault("poll_interval", 0.2)
-    config.setdefault("model_versions", ["tiny"])
+    config.setdefault("model_versions", [NOOP] if config.get("backend") == "noop" else ["tiny"])
     config.setdefault("n_threads", 2)
     return Worker(db.dsn("worker"), WorkerConfig(**config), keyring=keyring)
 
@@ -57,3 +61,15 @@ def client(db: Database, keyring: Keyring) -> Client:
 
 
 GREEDY = {"temperature": 0}
+
+
+def use_noop(db: Database) -> None:
+    """Makes the noop version the active one, so requests that name no version go to the noop backend."""
+    with db.admin() as conn:
+        conn.execute("SELECT reflect.activate_model_version_v1(%s)", (NOOP,))
+
+
+def spawn_worker(db: Database, keyring: Keyring, *args: str, log_path=None) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen([sys.executable, "-m", "pgreflect.cli", "worker", *args], env=db.env(keyring),
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

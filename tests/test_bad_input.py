@@ -14,7 +14,7 @@ from pgreflect.keys import Keyring
 from pgreflect.sql import query
 
 from conftest import Database
-from helpers import client, drain
+from helpers import client, drain, use_noop
 
 
 def _counts(db: Database) -> tuple[int, int, int]:
@@ -107,10 +107,15 @@ def test_completing_with_a_stale_lease_raises_and_changes_nothing(db: Database, 
                 conn.execute(query(name), {"request_id": rid, "lease_token": uuid.uuid4(), **extra})
         assert _counts(db) == before
         # Bad completion payloads are refused before the lease is touched.
-        for bad in ({"token_logprobs": [0.5]}, {"token_logprobs": [float("nan")]}, {"finish_reason": "done"},
-                    {"answer": None}, {"prompt_tokens": -1}, {"signals": '{"p_true": "high"}'},
-                    {"signals": '{"Bad Name": 1}'}, {"signals": "[1]"}):
-            with pytest.raises(psycopg.Error):
+        for bad, message in (({"token_logprobs": [0.5]}, "finite and <= 0"),
+                             ({"token_logprobs": [float("nan")]}, "finite and <= 0"),
+                             ({"finish_reason": "done"}, "finish reason must be"),
+                             ({"answer": None}, "answer must not be NULL"),
+                             ({"prompt_tokens": -1}, "must be non-negative"),
+                             ({"signals": '{"p_true": "high"}'}, 'signal "p_true" must be'),
+                             ({"signals": '{"Bad Name": 1}'}, 'signal "Bad Name" must be'),
+                             ({"signals": "[1]"}, "signals must be a JSON object")):
+            with pytest.raises(psycopg.Error, match=message):
                 conn.execute(query("complete"), {**args, "lease_token": token, **bad})
         assert db.scalar("SELECT state FROM reflect.requests WHERE id = %s", (rid,)) == "running"
         conn.execute(query("complete"), {**args, "lease_token": token})
@@ -120,6 +125,7 @@ def test_completing_with_a_stale_lease_raises_and_changes_nothing(db: Database, 
 
 
 def test_worker_maps_stale_lease_to_exception(db: Database, keyring: Keyring) -> None:
+    use_noop(db)
     from helpers import worker
 
     w = worker(db, keyring, backend="noop")
@@ -132,6 +138,7 @@ def test_worker_maps_stale_lease_to_exception(db: Database, keyring: Keyring) ->
 
 
 def test_claim_skips_requests_whose_key_the_worker_lacks(db: Database, keyring: Keyring) -> None:
+    use_noop(db)
     from pgreflect.keys import Keyring as KR
     from pgreflect.keys import new_key
 
@@ -144,7 +151,8 @@ def test_claim_skips_requests_whose_key_the_worker_lacks(db: Database, keyring: 
 
 
 def test_missing_key_error_names_the_key_id_not_the_key(db: Database, keyring: Keyring) -> None:
-    with connect(db.dsn(), keyring=keyring) as conn, pytest.raises(psycopg.Error) as info:
+    with connect(db.dsn(), keyring=keyring) as conn, \
+            pytest.raises(psycopg.Error, match="no encryption key loaded for key id nokey") as info:
         conn.execute("SELECT reflect.rotate_key_v1('nokey')")
     err = translate(info.value)
     assert isinstance(err, MissingKey)

@@ -12,6 +12,7 @@ from pgreflect.keys import Keyring
 from pgreflect.models import DEFAULT_MODEL, packaged_path
 
 from conftest import Database, register
+from helpers import spawn_worker
 
 
 def cli(db: Database, keyring: Keyring, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -33,9 +34,7 @@ def test_ask_json_runs_its_own_worker_when_none_is_live(db: Database, keyring: K
 def test_ask_uses_a_running_worker(db: Database, keyring: Keyring, tmp_path) -> None:
     import signal
 
-    from test_resilience import _spawn_worker
-
-    w = _spawn_worker(db, keyring, "--model-version", "tiny", "--worker-id", "resident", "--poll-interval", "0.2",
+    w = spawn_worker(db, keyring, "--model-version", "tiny", "--worker-id", "resident", "--poll-interval", "0.2",
                       log_path=tmp_path / "w.log")
     try:
         from helpers import wait_for
@@ -62,6 +61,7 @@ def test_status_and_bad_input_exit_codes(db: Database, keyring: Keyring) -> None
     assert db.scalar("SELECT count(*) FROM reflect.requests") == 0
 
 
+@pytest.mark.slow
 @pytest.mark.realmodel
 def test_real_default_model_answers_a_factual_question(db: Database, keyring: Keyring) -> None:
     with db.admin() as conn:

@@ -13,6 +13,7 @@ from pgreflect.keys import Keyring
 from pgreflect.scoring import extract_choice, extract_number, is_correct, kind_of, normalise_text
 
 from conftest import Database
+from helpers import client
 
 
 @pytest.mark.parametrize(("answer", "reference", "expected"), [
@@ -48,7 +49,8 @@ def test_dataset_loaders_and_fixed_split() -> None:
     assert mmlu[0]["answer"] in "ABCD" and "\nA. " in mmlu[0]["question"]
     share = sum(it["split"] == "heldout" for it in mmlu) / len(mmlu)
     assert 0.18 < share < 0.22
-    assert datasets.split_of("mmlu", "mmlu-00042") == datasets.split_of("mmlu", "mmlu-00042")
+    # The split is a pure function of the id: recomputing it reproduces every stored item's split.
+    assert all(datasets.split_of("mmlu", it["id"]) == it["split"] for it in mmlu[:500])
     sample = datasets.select("mmlu", "heldout", 50)
     assert len(sample) == 50 and all(it["split"] == "heldout" for it in sample)
     assert len({it.get("topic") for it in sample}) > 10  # the limit samples across subjects
@@ -110,25 +112,17 @@ def test_datasets_export_stores_the_split(db: Database, keyring: Keyring, tmp_pa
     assert "0 new" in again.stdout
 
 
-def test_summary_handles_signals_that_jsonb_returns_as_integers() -> None:
+def test_summary_handles_signals_that_jsonb_returns_as_integers(db: Database, keyring: Keyring) -> None:
+    """jsonb gives 1.0 back as the integer 1; mixed ints and floats in one array used to fail to dump. Run
+    against the real metric functions in the database."""
     from pgreflect.evaluate import EvalConfig, summarise
-
-    class FakeClient:
-        class conn:  # stands in for a psycopg connection
-            @staticmethod
-            def execute(sql, params):  # type: ignore[no-untyped-def]
-                for values in params.values():
-                    assert len({type(v) for v in values}) == 1, "mixed types cannot be dumped as one array"
-
-                class Row:
-                    @staticmethod
-                    def fetchone():  # type: ignore[no-untyped-def]
-                        return (0.5, 0.1, 0.2, 0.3)
-                return Row()
 
     results = [{"correct": True, "confidence": 0.9, "calibrated": False, "state": "succeeded",
                 "signals": {"agreement": 1, "p_true": 1, "rule_empty": 0}},
                {"correct": False, "confidence": 0.2, "calibrated": False, "state": "succeeded",
                 "signals": {"agreement": 0.333, "p_true": 0.25, "rule_empty": 1.0}}]
-    summary = summarise(FakeClient(), results, EvalConfig(file=None, out=None))  # type: ignore[arg-type]
+    with client(db, keyring) as c:
+        summary = summarise(c, results, EvalConfig(file=None, out=None))  # type: ignore[arg-type]
     assert set(summary["signal_auroc"]) == {"agreement", "p_true", "rule_failed"}
+    assert summary["signal_auroc"]["p_true"]["auroc"] == 1.0  # the wrong answer has the lower P(True)
+    assert summary["auroc"] == 1.0 and summary["accuracy"] == 0.5

@@ -13,7 +13,7 @@ from pgreflect.keys import Keyring
 from pgreflect.sql import query
 
 from conftest import Database
-from helpers import client, drain
+from helpers import client, drain, use_noop
 
 
 def _enable(db: Database, critique: float, agreement_share: float) -> None:
@@ -60,7 +60,7 @@ def test_every_critique_parses_even_from_a_random_model(db: Database, keyring: K
 def test_agreement_follow_up(db: Database, keyring: Keyring) -> None:
     _enable(db, critique=0.0, agreement_share=1.0)
     with client(db, keyring) as c:
-        rid = c.submit("anything")
+        rid = c.submit("anything", model_version="noop")
     drain(db, keyring, backend="noop")  # every noop sample says "ok", like the answer
     with client(db, keyring) as c:
         assert c.get(rid)["signals"]["agreement"] == 1.0
@@ -70,10 +70,12 @@ def test_agreement_follow_up(db: Database, keyring: Keyring) -> None:
     drain(db, keyring, memory="off")  # samples at temperature 0.7 from the random model
     with client(db, keyring) as c:
         value = c.get(rid)["signals"]["agreement"]
-    assert 0.0 <= value <= 1.0
+    # the share of 3 samples that agree with the answer: 0, 1/3, 2/3 or 1
+    assert any(abs(value - k / 3) < 1e-9 for k in range(4)), value
 
 
 def test_evaluation_traffic_always_gets_follow_ups(db: Database, keyring: Keyring) -> None:
+    use_noop(db)
     _enable(db, critique=1e-9, agreement_share=1e-9)  # on, but (practically) never for other traffic
     with client(db, keyring) as c:
         normal = c.submit("normal")
@@ -91,6 +93,7 @@ def test_evaluation_traffic_always_gets_follow_ups(db: Database, keyring: Keyrin
 
 
 def test_bad_critiques_are_refused_and_ratings_checked(db: Database, keyring: Keyring) -> None:
+    use_noop(db)
     _enable(db, critique=1.0, agreement_share=0.0)
     with client(db, keyring) as c:
         rid = c.submit("hello")

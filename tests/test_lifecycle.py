@@ -15,7 +15,7 @@ from pgreflect.migrate import migrate
 from pgreflect.sql import query
 
 from conftest import CRON_DB, Database
-from helpers import BackgroundWorker, client, drain, wait_for, worker
+from helpers import BackgroundWorker, client, drain, use_noop, wait_for, worker
 
 
 def _claim(conn: psycopg.Connection, lease: int = 60) -> list[tuple]:
@@ -81,6 +81,7 @@ def test_reaper_requeues_expired_leases_and_fails_exhausted_ones(db: Database, k
 
 
 def test_heartbeat_keeps_a_long_generation_leased(db: Database, keyring: Keyring) -> None:
+    use_noop(db)
     with client(db, keyring) as c:
         rid = c.submit("slow")
     # Lease 2 s, generation 5 s, the reaper running every 0.2 s (as pg_cron would, only faster): without
@@ -109,6 +110,7 @@ def test_heartbeat_keeps_a_long_generation_leased(db: Database, keyring: Keyring
 
 
 def test_graceful_shutdown_releases_unfinished_work(db: Database, keyring: Keyring) -> None:
+    use_noop(db)
     with client(db, keyring) as c:
         rid = c.submit("slow")
     w = worker(db, keyring, backend="noop", noop_delay_s=30, shutdown_timeout=0.5)
@@ -125,6 +127,7 @@ def test_graceful_shutdown_releases_unfinished_work(db: Database, keyring: Keyri
 
 
 def test_graceful_shutdown_lets_short_work_finish(db: Database, keyring: Keyring) -> None:
+    use_noop(db)
     with client(db, keyring) as c:
         rid = c.submit("quick enough")
     w = worker(db, keyring, backend="noop", noop_delay_s=1.0, shutdown_timeout=10)

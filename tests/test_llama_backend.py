@@ -85,4 +85,5 @@ def test_cancel_stops_generation(smollm2: LlamaBackend) -> None:
     with pytest.raises(Cancelled):
         smollm2.generate(GenerationRequest("Tell a story.", None, PARAMS), cancel)
     # The backend is still usable afterwards.
-    assert smollm2.generate(GenerationRequest("Say hi.", None, {**PARAMS, "max_tokens": 3}), threading.Event())
+    after = smollm2.generate(GenerationRequest("Say hi.", None, {**PARAMS, "max_tokens": 3}), threading.Event())
+    assert len(after.token_ids) == len(after.token_logprobs) == 3 and after.finish_reason == "length"

@@ -15,7 +15,7 @@ from conftest import Database
 from helpers import client, drain
 
 GOLDEN = Path(__file__).parent / "golden" / "privileges.txt"
-ROLES = ("reflect_app", "reflect_worker", "reflect_analyst", "public")
+ROLES = ("reflect_app", "reflect_worker", "reflect_analyst", "reflect_reviewer", "public")
 
 
 def privilege_matrix(db: Database) -> str:
@@ -109,28 +109,6 @@ def test_dynamic_sql_resists_injection(db: Database, evil: str) -> None:
             conn.execute("SELECT reflect.register_model_version_v1(%s, '/x', %s, 'path')", (evil, "0" * 64))
     assert db.scalar("SELECT count(*) FROM reflect.requests") == 0
     assert db.scalar("SELECT count(*) FROM pg_roles WHERE rolname = 'fine_name'") == 0
-
-
-def test_key_rotation_reencrypts_everything(db: Database, keyring: Keyring) -> None:
-    with client(db, keyring) as c:
-        rid = c.submit("rotate me", params={"max_tokens": 2})
-    drain(db, keyring)
-    old_id = keyring.current
-    new = Keyring(current="knew", keys={**keyring.keys, "knew": new_key()})
-    with connect(db.dsn(), keyring=new) as conn:
-        total = 0
-        while n := conn.execute("SELECT reflect.rotate_key_v1(%s, 1)", (old_id,)).fetchone()[0]:
-            total += n
-    assert total == 1
-    assert db.scalar("SELECT count(*) FROM reflect.requests WHERE key_id = %s", (old_id,)) == 0
-    assert db.scalar("SELECT count(*) FROM reflect.answers WHERE key_id = %s", (old_id,)) == 0
-    only_new = Keyring(current="knew", keys={"knew": new.keys["knew"]})
-    with connect(db.dsn("app"), keyring=only_new) as conn:
-        prompt, answer = conn.execute("SELECT prompt, answer FROM reflect.app_requests WHERE id = %s",
-                                      (rid,)).fetchone()
-    assert prompt == "rotate me" and isinstance(answer, str)
-    with connect(db.dsn("app"), keyring=keyring) as conn:  # the old key alone reads nothing any more
-        assert conn.execute("SELECT prompt FROM reflect.app_requests WHERE id = %s", (rid,)).fetchone() == (None,)
 
 
 def test_keys_are_refused_when_the_server_would_log_parameters(db: Database, keyring: Keyring) -> None:

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
+
+import pytest
 
 from pgreflect.keys import Keyring
 
 from conftest import Database
-from helpers import BackgroundWorker, client, wait_for, worker
-
-
-def _spawn_worker(db: Database, keyring: Keyring, *args: str, log_path=None) -> subprocess.Popen:  # type: ignore[no-untyped-def]
-    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-m", "pgreflect.cli", "worker", *args], env=db.env(keyring),
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+from helpers import BackgroundWorker, client, spawn_worker, use_noop, wait_for, worker
 
 
 def _state(db: Database, rid: int) -> tuple:
@@ -26,11 +20,12 @@ def _state(db: Database, rid: int) -> tuple:
                               (rid,)).fetchone()
 
 
+@pytest.mark.faults
 def test_worker_killed_mid_generation_request_answered_once_by_another(
         db: Database, keyring: Keyring, tmp_path) -> None:
     common = ["--model-version", "smollm2", "--lease-seconds", "3", "--poll-interval", "0.2",
               "--reap-interval", "1", "--threads", "1"]
-    a = _spawn_worker(db, keyring, *common, "--worker-id", "victim", log_path=tmp_path / "a.log")
+    a = spawn_worker(db, keyring, *common, "--worker-id", "victim", log_path=tmp_path / "a.log")
     try:
         with client(db, keyring) as c:
             rid = c.submit("Write a long story about a lighthouse keeper and a storm.", model_version="smollm2",
@@ -45,7 +40,7 @@ def test_worker_killed_mid_generation_request_answered_once_by_another(
         if a.poll() is None:
             os.killpg(a.pid, signal.SIGKILL)
 
-    b = _spawn_worker(db, keyring, *common, "--worker-id", "rescuer", log_path=tmp_path / "b.log")
+    b = spawn_worker(db, keyring, *common, "--worker-id", "rescuer", log_path=tmp_path / "b.log")
     try:
         wait_for(lambda: _state(db, rid)[0] == "succeeded", timeout=180, interval=0.2,
                  what=f"rescue; log: {(tmp_path / 'b.log').read_text() if (tmp_path / 'b.log').exists() else ''}")
@@ -63,10 +58,12 @@ def test_worker_killed_mid_generation_request_answered_once_by_another(
                       ("claimed", "rescuer"), ("succeeded", "rescuer")]
 
 
+@pytest.mark.faults
 def test_several_worker_processes_complete_thousands_of_requests_exactly_once(
         db: Database, keyring: Keyring, tmp_path) -> None:
+    use_noop(db)
     n_workers, n_requests = 3, 3000
-    procs = [_spawn_worker(db, keyring, "--backend", "noop", "--concurrency", "4", "--poll-interval", "0.5",
+    procs = [spawn_worker(db, keyring, "--backend", "noop", "--concurrency", "4", "--poll-interval", "0.5",
                            "--worker-id", f"w{i}", log_path=tmp_path / f"w{i}.log") for i in range(n_workers)]
     try:
         def submit(start: int, count: int) -> None:
@@ -104,8 +101,10 @@ def _listener_pids(db: Database) -> list[int]:
         (db.name,))]
 
 
+@pytest.mark.faults
 def test_requests_are_picked_up_by_polling_while_the_listener_is_down(db: Database, keyring: Keyring,
                                                                        monkeypatch) -> None:
+    use_noop(db)
     w = worker(db, keyring, backend="noop", poll_interval=0.5)
     monkeypatch.setattr(w, "_listen_loop", lambda: None)  # a listener that never connects
     with BackgroundWorker(w), client(db, keyring) as c:
@@ -116,8 +115,10 @@ def test_requests_are_picked_up_by_polling_while_the_listener_is_down(db: Databa
         assert time.monotonic() - t0 < 5
 
 
+@pytest.mark.faults
 def test_listener_reconnects_and_listens_again_after_its_connection_is_killed(db: Database,
                                                                               keyring: Keyring) -> None:
+    use_noop(db)
     # Poll every 60 s: a pick-up within a few seconds can only come from a NOTIFY.
     w = worker(db, keyring, backend="noop", poll_interval=60)
     with BackgroundWorker(w), client(db, keyring) as c:
@@ -131,7 +132,9 @@ def test_listener_reconnects_and_listens_again_after_its_connection_is_killed(db
         wait_for(lambda: c.get(rid)["state"] == "succeeded", timeout=10, what="NOTIFY pick-up after reconnect")
 
 
+@pytest.mark.faults
 def test_worker_survives_its_work_connections_being_killed(db: Database, keyring: Keyring) -> None:
+    use_noop(db)
     w = worker(db, keyring, backend="noop", poll_interval=0.3)
     with BackgroundWorker(w), client(db, keyring) as c:
         rid = c.submit("one")

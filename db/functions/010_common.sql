@@ -6,6 +6,7 @@ SET LOCAL ROLE reflect_owner;
 --   PR003 unknown_model        no such model version / none active
 --   PR004 missing_key          no encryption key loaded in this session for the key id needed
 --   PR005 not_found            no such request (or not yours)
+--   PR006 append_only          an audit table refuses UPDATE, DELETE and TRUNCATE
 
 CREATE OR REPLACE FUNCTION reflect._setting_int(p_key text)
 RETURNS integer
@@ -39,8 +40,9 @@ BEGIN
   IF p_login IS NULL OR p_login !~ '^[a-z_][a-z0-9_]{0,62}$' THEN
     RAISE EXCEPTION 'login role name must match ^[a-z_][a-z0-9_]{0,62}$' USING ERRCODE = 'PR001';
   END IF;
-  IF p_group IS NULL OR p_group NOT IN ('reflect_app', 'reflect_worker', 'reflect_analyst', 'reflect_owner') THEN
-    RAISE EXCEPTION 'group must be one of reflect_app, reflect_worker, reflect_analyst, reflect_owner'
+  IF p_group IS NULL OR p_group NOT IN ('reflect_app', 'reflect_worker', 'reflect_analyst', 'reflect_reviewer',
+                                        'reflect_owner') THEN
+    RAISE EXCEPTION 'group must be one of reflect_app, reflect_worker, reflect_analyst, reflect_reviewer, reflect_owner'
       USING ERRCODE = 'PR001';
   END IF;
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = p_login) THEN

@@ -8,31 +8,110 @@ SET LOCAL ROLE reflect_owner;
 -- nothing: s2k-mode=1 (salted) is used. Measured (bench/results/crypto.md): 454 us against 13 us per
 -- encrypt+decrypt pair, and a request goes through three pairs.
 
+-- A key id is bound to one key by its verifier (reflect.key_verifiers), registered by the first session
+-- that loads the id. A wrong key for a known id is refused here, before it can encrypt anything; a key id
+-- that already has rows (written before verifiers existed) is registered only by a key that decrypts
+-- most of its oldest rows.
 CREATE OR REPLACE FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean DEFAULT true)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  v_verifier text;
+  v_known text;
+  v_sampled integer;
+  v_readable integer;
 BEGIN
   PERFORM reflect._check_key_id(p_key_id);
   IF p_key IS NULL OR length(p_key) < 32 THEN
     RAISE EXCEPTION 'encryption key for key id % must be at least 32 characters', p_key_id
       USING ERRCODE = 'PR001';
   END IF;
+  v_verifier := reflect._key_verifier(p_key_id, p_key);
+  SELECT verifier INTO v_known FROM reflect.key_verifiers WHERE key_id = p_key_id;
+  IF v_known IS NULL THEN
+    SELECT count(*), count(*) FILTER (WHERE reflect._decrypts(s.prompt_enc, p_key))
+    INTO v_sampled, v_readable
+    FROM (SELECT prompt_enc FROM reflect.requests WHERE key_id = p_key_id ORDER BY id LIMIT 5) s;
+    IF v_sampled > 0 AND v_readable * 2 <= v_sampled THEN
+      RAISE EXCEPTION 'wrong key for key id %: it does not decrypt the rows already stored under that id', p_key_id
+        USING ERRCODE = 'PR004';
+    END IF;
+    INSERT INTO reflect.key_verifiers (key_id, verifier, registered_by)
+    VALUES (p_key_id, v_verifier, session_user)
+    ON CONFLICT (key_id) DO NOTHING;
+    SELECT verifier INTO v_known FROM reflect.key_verifiers WHERE key_id = p_key_id;
+  END IF;
+  IF v_known <> v_verifier THEN
+    RAISE EXCEPTION 'wrong key for key id %: another key is registered under that id', p_key_id
+      USING ERRCODE = 'PR004',
+            HINT = 'two keys must never share a key id; give each app its own (pgreflect apps add)';
+  END IF;
   PERFORM set_config('reflect.key_' || p_key_id, p_key, false);
+  PERFORM set_config('reflect.loaded_key_ids', array_to_string(ARRAY(
+    SELECT DISTINCT k FROM unnest(string_to_array(current_setting('reflect.loaded_key_ids', true), ',')
+                                  || p_key_id) k WHERE k <> '' ORDER BY k), ','), false);
   IF p_current THEN
     PERFORM set_config('reflect.current_key_id', p_key_id, false);
   END IF;
 END
 $$;
 
+CREATE OR REPLACE FUNCTION reflect._key_verifier(p_key_id text, p_key text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT encode(public.hmac(convert_to('pgreflect key verifier v1:' || p_key_id, 'UTF8'), convert_to(p_key, 'UTF8'),
+                            'sha256'), 'hex')
+$$;
+
+CREATE OR REPLACE FUNCTION reflect._decrypts(p_cipher bytea, p_key text)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM public.pgp_sym_decrypt(p_cipher, p_key);
+  RETURN true;
+EXCEPTION WHEN OTHERS THEN
+  RETURN false;
+END
+$$;
+
+-- The session's key for p_key_id, checked against the id's verifier every time it is used: a key set
+-- directly with SET reflect.key_<id> (bypassing use_key_v1) is refused as well. NULL when none is loaded.
 CREATE OR REPLACE FUNCTION reflect._key(p_key_id text)
 RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_key text := nullif(current_setting('reflect.key_' || p_key_id, true), '');
+BEGIN
+  IF v_key IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF NOT EXISTS (SELECT FROM reflect.key_verifiers
+                 WHERE key_id = p_key_id AND verifier = reflect._key_verifier(p_key_id, v_key)) THEN
+    RAISE EXCEPTION 'the key set for key id % is not the one registered for it', p_key_id
+      USING ERRCODE = 'PR004', HINT = 'load keys with reflect.use_key_v1($1, $2), never with SET';
+  END IF;
+  RETURN v_key;
+END
+$$;
+
+-- Key ids this session loaded through use_key_v1 (and whose keys still verify).
+CREATE OR REPLACE FUNCTION reflect._loaded_key_ids()
+RETURNS text[]
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT nullif(current_setting('reflect.key_' || p_key_id, true), '')
+  SELECT coalesce(array_agg(k ORDER BY k), '{}')
+  FROM unnest(string_to_array(current_setting('reflect.loaded_key_ids', true), ',')) k
+  WHERE k <> '' AND reflect._key(k) IS NOT NULL
 $$;
 
 CREATE OR REPLACE FUNCTION reflect._current_key_id()
@@ -97,9 +176,50 @@ BEGIN
 END
 $$;
 
+-- Decrypts, or returns NULL when the ciphertext does not decrypt with the session's key for p_key_id
+-- (corrupt data, or a row written with a wrong key before key verifiers existed). Callers that must not
+-- let one bad row stop others (claims, recall) use this and deal with the NULL.
+CREATE OR REPLACE FUNCTION reflect._decrypt_safe(p_cipher bytea, p_key_id text, OUT plain text, OUT ok boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  ok := true;
+  IF p_cipher IS NULL THEN
+    RETURN;
+  END IF;
+  BEGIN
+    plain := reflect._decrypt(p_cipher, p_key_id);
+  EXCEPTION WHEN external_routine_invocation_exception OR data_exception THEN
+    -- pgcrypto: "Wrong key or corrupt data" (39000), bad UTF-8 in the plaintext (22021)
+    plain := NULL;
+    ok := false;
+  END;
+END
+$$;
+
+-- Every encrypted column, found from the catalog: bytea columns named *_enc in reflect's tables that
+-- carry a key_id (one key per row encrypts all of that row's *_enc columns). Rotation and its test
+-- both read this convention, so a new encrypted column cannot be left behind.
+CREATE OR REPLACE FUNCTION reflect._encrypted_columns()
+RETURNS TABLE (table_name name, column_names name[])
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT c.relname, array_agg(a.attname ORDER BY a.attnum)
+  FROM pg_attribute a
+  JOIN pg_class c ON c.oid = a.attrelid AND c.relkind = 'r'
+  JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'reflect'
+  WHERE a.atttypid = 'bytea'::regtype AND a.attname LIKE '%\_enc' AND a.attnum > 0 AND NOT a.attisdropped
+    AND EXISTS (SELECT FROM pg_attribute k WHERE k.attrelid = c.oid AND k.attname = 'key_id' AND NOT k.attisdropped)
+  GROUP BY c.relname
+  ORDER BY c.relname
+$$;
+
 -- Key rotation: load the old key (p_current => false) and the new one (current) into the session, then
--- call this until it returns 0. Each call re-encrypts up to p_batch requests (prompt, system prompt and
--- answer) from p_from_key_id to the session's current key, in the caller's transaction.
+-- call this until it returns 0. Each call re-encrypts up to p_batch rows, across every table with
+-- encrypted columns (reflect._encrypted_columns), from p_from_key_id to the session's current key, in the
+-- caller's transaction. Rows locked by a worker are skipped and picked up by a later call.
 CREATE OR REPLACE FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer DEFAULT 500)
 RETURNS integer
 LANGUAGE plpgsql
@@ -108,7 +228,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_to text := reflect._current_key_id();
+  v_left integer := p_batch;
   v_n integer;
+  v_total integer := 0;
+  t record;
 BEGIN
   PERFORM reflect._check_key_id(p_from_key_id);
   IF p_from_key_id = v_to THEN
@@ -121,27 +244,41 @@ BEGIN
     RAISE EXCEPTION 'batch must be between 1 and 100000' USING ERRCODE = 'PR001';
   END IF;
 
-  WITH batch AS (
-    SELECT id FROM reflect.requests
-    WHERE key_id = p_from_key_id
-    ORDER BY id LIMIT p_batch
-    FOR UPDATE SKIP LOCKED
-  ), moved AS (
-    UPDATE reflect.requests r
-    SET prompt_enc = reflect._encrypt(reflect._decrypt(r.prompt_enc, p_from_key_id), v_to),
-        system_prompt_enc = reflect._encrypt(reflect._decrypt(r.system_prompt_enc, p_from_key_id), v_to),
-        key_id = v_to
-    FROM batch WHERE r.id = batch.id
-    RETURNING r.id, r.attempts
-  ), answers_moved AS (
-    UPDATE reflect.answers a
-    SET answer_enc = reflect._encrypt(reflect._decrypt(a.answer_enc, p_from_key_id), v_to),
-        key_id = v_to
-    FROM moved WHERE a.request_id = moved.id AND a.key_id = p_from_key_id
-  )
-  INSERT INTO reflect.request_events (request_id, event, attempt, detail)
-  SELECT id, 'key_rotated', attempts, p_from_key_id || ' -> ' || v_to FROM moved;
-  GET DIAGNOSTICS v_n = ROW_COUNT;
-  RETURN v_n;
+  FOR t IN SELECT * FROM reflect._encrypted_columns() LOOP
+    EXIT WHEN v_left <= 0;
+    EXECUTE format(
+      'WITH batch AS (SELECT ctid FROM reflect.%1$I WHERE key_id = $1 LIMIT $3 FOR UPDATE SKIP LOCKED), '
+      'moved AS (UPDATE reflect.%1$I t SET %2$s, key_id = $2 FROM batch WHERE t.ctid = batch.ctid RETURNING t.*) '
+      '%3$s SELECT count(*) FROM moved',
+      t.table_name,
+      (SELECT string_agg(format('%1$I = reflect._encrypt(reflect._decrypt(t.%1$I, $1), $2)', col), ', ')
+       FROM unnest(t.column_names) col),
+      CASE WHEN t.table_name = 'requests'
+           THEN ', logged AS (INSERT INTO reflect.request_events (request_id, event, attempt, detail) '
+                'SELECT id, ''key_rotated'', attempts, $1 || '' -> '' || $2 FROM moved)'
+           ELSE '' END)
+    INTO v_n
+    USING p_from_key_id, v_to, v_left;
+    v_left := v_left - v_n;
+    v_total := v_total + v_n;
+  END LOOP;
+  RETURN v_total;
+END
+$$;
+
+-- Rows per key id in every encrypted table: a key may leave the keyring once it has no rows here.
+CREATE OR REPLACE FUNCTION reflect.key_usage_v1()
+RETURNS TABLE (key_id text, table_name name, n_rows bigint)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  t record;
+BEGIN
+  FOR t IN SELECT * FROM reflect._encrypted_columns() LOOP
+    RETURN QUERY EXECUTE format('SELECT key_id, %L::name, count(*) FROM reflect.%I GROUP BY key_id ORDER BY key_id',
+                                t.table_name, t.table_name);
+  END LOOP;
 END
 $$;

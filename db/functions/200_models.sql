@@ -16,11 +16,38 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+  RETURN reflect.register_model_version_v2(p_name, p_gguf_path, p_sha256, p_source, p_n_ctx, p_parent, p_activate,
+                                           'llama');
+END
+$$;
+
+-- v2: with the backend that can run the version (llama: a GGUF file; noop: a test backend that answers
+-- "ok" and is only ever served by a noop worker).
+CREATE OR REPLACE FUNCTION reflect.register_model_version_v2(
+  p_name text,
+  p_gguf_path text,
+  p_sha256 text,
+  p_source text,
+  p_n_ctx integer DEFAULT 4096,
+  p_parent text DEFAULT NULL,
+  p_activate boolean DEFAULT false,
+  p_backend text DEFAULT 'llama'
+)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
   v_id integer;
   v_sha text;
   v_parent integer;
+  v_backend text;
 BEGIN
+  IF p_backend IS NULL OR p_backend NOT IN ('llama', 'noop') THEN
+    RAISE EXCEPTION 'backend must be llama or noop' USING ERRCODE = 'PR001';
+  END IF;
   IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
     RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'
       USING ERRCODE = 'PR001';
@@ -35,19 +62,23 @@ BEGIN
     END IF;
   END IF;
 
-  SELECT id, sha256 INTO v_id, v_sha FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
+  SELECT id, sha256, backend INTO v_id, v_sha, v_backend FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
   IF v_id IS NOT NULL AND v_sha <> p_sha256 THEN
     RAISE EXCEPTION 'model version "%" is already registered with another sha256', p_name
       USING ERRCODE = 'PR001', HINT = 'register the new file under a new name';
   END IF;
+  IF v_id IS NOT NULL AND v_backend <> p_backend THEN
+    RAISE EXCEPTION 'model version "%" is already registered for the % backend', p_name, v_backend
+      USING ERRCODE = 'PR001';
+  END IF;
   IF v_id IS NULL THEN
-    INSERT INTO reflect.model_versions (name, gguf_path, source, sha256, n_ctx, parent_id)
-    VALUES (p_name, p_gguf_path, coalesce(p_source, 'path'), p_sha256, coalesce(p_n_ctx, 4096), v_parent)
+    INSERT INTO reflect.model_versions (name, gguf_path, source, sha256, n_ctx, parent_id, backend)
+    VALUES (p_name, p_gguf_path, coalesce(p_source, 'path'), p_sha256, coalesce(p_n_ctx, 4096), v_parent, p_backend)
     ON CONFLICT (name) DO NOTHING
     RETURNING id INTO v_id;
     IF v_id IS NULL THEN  -- a concurrent registration of the same name won the race
-      RETURN reflect.register_model_version_v1(p_name, p_gguf_path, p_sha256, p_source, p_n_ctx, p_parent,
-                                                p_activate);
+      RETURN reflect.register_model_version_v2(p_name, p_gguf_path, p_sha256, p_source, p_n_ctx, p_parent,
+                                                p_activate, p_backend);
     END IF;
   ELSE
     UPDATE reflect.model_versions SET gguf_path = p_gguf_path WHERE id = v_id;  -- the file may have moved
@@ -81,8 +112,9 @@ BEGIN
 END
 $$;
 
--- What a worker needs to load the versions it serves (all registered ones when p_names is NULL).
-CREATE OR REPLACE FUNCTION reflect.model_versions_to_serve_v1(p_names text[] DEFAULT NULL)
+-- What a worker needs to load the versions it serves: every registered version of its backend when
+-- p_names is NULL; a named version of another backend is an error (a backend only serves what it can run).
+CREATE OR REPLACE FUNCTION reflect.model_versions_to_serve_v2(p_backend text, p_names text[] DEFAULT NULL)
 RETURNS TABLE (id integer, name text, gguf_path text, sha256 text, n_ctx integer, is_active boolean)
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER
@@ -90,6 +122,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_missing text;
+  v_other record;
 BEGIN
   IF p_names IS NOT NULL THEN
     SELECT n INTO v_missing FROM unnest(p_names) n
@@ -97,11 +130,26 @@ BEGIN
     IF v_missing IS NOT NULL THEN
       RAISE EXCEPTION 'unknown model version "%"', v_missing USING ERRCODE = 'PR003';
     END IF;
+    SELECT mv.name, mv.backend INTO v_other FROM reflect.model_versions mv
+    WHERE mv.name = ANY (p_names) AND mv.backend IS DISTINCT FROM p_backend LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'model version "%" runs on the % backend, not on %', v_other.name, v_other.backend,
+        coalesce(p_backend, 'NULL') USING ERRCODE = 'PR003';
+    END IF;
   END IF;
   RETURN QUERY
   SELECT mv.id, mv.name, mv.gguf_path, mv.sha256, mv.n_ctx, mv.is_active
   FROM reflect.model_versions mv
-  WHERE p_names IS NULL OR mv.name = ANY (p_names)
+  WHERE mv.backend = p_backend AND (p_names IS NULL OR mv.name = ANY (p_names))
   ORDER BY mv.is_active DESC, mv.id;
 END
+$$;
+
+CREATE OR REPLACE FUNCTION reflect.model_versions_to_serve_v1(p_names text[] DEFAULT NULL)
+RETURNS TABLE (id integer, name text, gguf_path text, sha256 text, n_ctx integer, is_active boolean)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT * FROM reflect.model_versions_to_serve_v2('llama', p_names)
 $$;

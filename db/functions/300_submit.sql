@@ -83,8 +83,24 @@ BEGIN
   IF n < p_min OR n > p_max THEN
     RAISE EXCEPTION '% must be between % and %', p_name, p_min, p_max USING ERRCODE = 'PR001';
   END IF;
-  RETURN n;
+  -- Stored normalised: 8.0 as 8, and a real number as the double the worker will use (1e-400 is 0).
+  IF p_integer THEN
+    RETURN trunc(n);
+  ELSIF abs(n) < 1e-300 THEN
+    RETURN 0;
+  END IF;
+  RETURN n::double precision::numeric;
 END
+$$;
+
+-- Blank: nothing but whitespace, Unicode spaces (NBSP, the U+2000 block, ideographic space), zero-width
+-- characters and byte-order marks, or control characters.
+CREATE OR REPLACE FUNCTION reflect._is_blank(p_text text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT p_text ~ '^[[:space:][:cntrl:]\u00a0\u00ad\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff]*$'
 $$;
 
 -- The app's way in. Encrypts prompt and system prompt with the session's current key, resolves the model
@@ -110,7 +126,7 @@ DECLARE
   v_params jsonb;
   v_id bigint;
 BEGIN
-  IF p_prompt IS NULL OR btrim(p_prompt, E' \t\r\n') = '' THEN
+  IF p_prompt IS NULL OR reflect._is_blank(p_prompt) THEN
     RAISE EXCEPTION 'prompt must not be empty' USING ERRCODE = 'PR001';
   END IF;
   IF length(p_prompt) > v_max THEN
@@ -234,10 +250,17 @@ RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  v_refused text;
 BEGIN
-  IF NEW.id IS NOT NULL OR NEW.answer IS NOT NULL OR NEW.state IS NOT NULL THEN
-    RAISE EXCEPTION 'only prompt, system_prompt, params, idempotency_key, caller and model_version can be inserted'
-      USING ERRCODE = 'PR001';
+  -- Every other column is computed; a value given for one would be silently dropped, so it is refused.
+  SELECT string_agg(key, ', ' ORDER BY key) INTO v_refused
+  FROM jsonb_each(to_jsonb(NEW))
+  WHERE value <> 'null'::jsonb
+    AND key NOT IN ('prompt', 'system_prompt', 'params', 'idempotency_key', 'caller', 'model_version');
+  IF v_refused IS NOT NULL THEN
+    RAISE EXCEPTION 'only prompt, system_prompt, params, idempotency_key, caller and model_version can be inserted (got %)',
+      v_refused USING ERRCODE = 'PR001';
   END IF;
   NEW.id := reflect.submit_v1(NEW.prompt, NEW.system_prompt, NEW.params, NEW.idempotency_key, NEW.caller,
                               NEW.model_version);

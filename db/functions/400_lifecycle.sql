@@ -24,7 +24,9 @@ $$;
 
 -- Claims up to p_limit queued requests for the given model versions (all when NULL), oldest first.
 -- Requests whose key this session has not loaded are left for a worker that has it. The prompt is
--- decrypted here and returned as a result column (results are never logged).
+-- decrypted here and returned as a result column (results are never logged). A request that cannot be
+-- decrypted with its key (corrupt data, or a wrong key from before key verifiers) is failed at once with
+-- the reason, inside its own subtransaction, and the claim goes on: one bad row never stops the queue.
 CREATE OR REPLACE FUNCTION reflect.claim_v1(
   p_worker_id text,
   p_limit integer,
@@ -45,8 +47,16 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
   v_lease interval := reflect._check_lease_seconds(p_lease_seconds);
+  v_keys text[] := reflect._loaded_key_ids();
+  c record;
+  v_prompt record;
+  v_system record;
+  v_want integer := p_limit;
+  v_seen integer;
+  v_bad integer;
 BEGIN
   IF p_worker_id IS NULL OR length(p_worker_id) NOT BETWEEN 1 AND 200 THEN
     RAISE EXCEPTION 'worker id must be 1 to 200 characters' USING ERRCODE = 'PR001';
@@ -55,39 +65,81 @@ BEGIN
     RAISE EXCEPTION 'claim limit must be between 1 and 1000' USING ERRCODE = 'PR001';
   END IF;
 
-  RETURN QUERY
-  WITH picked AS (
-    SELECT r.id
-    FROM reflect.requests r
-    WHERE r.state = 'queued'
-      AND r.run_after <= now()
-      AND (p_model_version_ids IS NULL OR r.model_version_id = ANY (p_model_version_ids))
-      AND reflect._key(r.key_id) IS NOT NULL
-    ORDER BY r.id
-    LIMIT p_limit
-    FOR UPDATE SKIP LOCKED
-  ), claimed AS (
-    UPDATE reflect.requests r
-    SET state = 'running',
-        attempts = r.attempts + 1,
-        lease_token = gen_random_uuid(),
-        lease_expires_at = clock_timestamp() + v_lease,
-        worker_id = p_worker_id,
-        claimed_at = clock_timestamp()
-    FROM picked
-    WHERE r.id = picked.id
-    RETURNING r.*
-  ), logged AS (
-    INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
-    SELECT c.id, 'claimed', c.attempts, p_worker_id FROM claimed c
-  )
-  SELECT c.id, c.lease_token, c.attempts, c.model_version_id,
-         reflect._decrypt(c.prompt_enc, c.key_id),
-         reflect._decrypt(c.system_prompt_enc, c.key_id),
-         c.params,
-         extract(epoch FROM (c.claimed_at - c.created_at))::double precision * 1000
-  FROM claimed c
-  ORDER BY c.id;
+  -- Each undecryptable row is failed and replaced by the next queued one, so the caller still gets work.
+  LOOP
+    v_seen := 0;
+    v_bad := 0;
+    FOR c IN
+      WITH picked AS (
+        SELECT r.id
+        FROM reflect.requests r
+        WHERE r.state = 'queued'
+          AND r.run_after <= now()
+          AND (p_model_version_ids IS NULL OR r.model_version_id = ANY (p_model_version_ids))
+          AND r.key_id = ANY (v_keys)
+        ORDER BY r.id
+        LIMIT v_want
+        FOR UPDATE SKIP LOCKED
+      ), claimed AS (
+        UPDATE reflect.requests r
+        SET state = 'running',
+            attempts = r.attempts + 1,
+            lease_token = gen_random_uuid(),
+            lease_expires_at = clock_timestamp() + v_lease,
+            worker_id = p_worker_id,
+            claimed_at = clock_timestamp()
+        FROM picked
+        WHERE r.id = picked.id
+        RETURNING r.*
+      ), logged AS (
+        INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
+        SELECT cl.id, 'claimed', cl.attempts, p_worker_id FROM claimed cl
+      )
+      SELECT * FROM claimed ORDER BY id
+    LOOP
+      v_seen := v_seen + 1;
+      SELECT * INTO v_prompt FROM reflect._decrypt_safe(c.prompt_enc, c.key_id);
+      SELECT * INTO v_system FROM reflect._decrypt_safe(c.system_prompt_enc, c.key_id);
+      IF NOT (v_prompt.ok AND v_system.ok) THEN
+        PERFORM reflect._fail_undecryptable(c.id, c.lease_token, c.key_id);
+        v_bad := v_bad + 1;
+        CONTINUE;
+      END IF;
+      request_id := c.id;
+      lease_token := c.lease_token;
+      attempt := c.attempts;
+      model_version_id := c.model_version_id;
+      prompt := v_prompt.plain;
+      system_prompt := v_system.plain;
+      params := c.params;
+      queue_wait_ms := extract(epoch FROM (c.claimed_at - c.created_at))::double precision * 1000;
+      RETURN NEXT;
+    END LOOP;
+    EXIT WHEN v_bad = 0 OR v_seen = 0;
+    v_want := v_bad;
+  END LOOP;
+END
+$$;
+
+-- Fails a claimed request whose text cannot be decrypted: final (retrying cannot help), with a reason
+-- the submitter can act on, and the app is told through request_done.
+CREATE OR REPLACE FUNCTION reflect._fail_undecryptable(p_request_id bigint, p_lease_token uuid, p_key_id text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r reflect.requests := reflect._take_lease(p_request_id, p_lease_token);
+  v_error text := format('cannot decrypt this request with the key registered for key id %s (wrong key or '
+                         'corrupt data when it was stored); submit it again', p_key_id);
+BEGIN
+  UPDATE reflect.requests
+  SET state = 'failed', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
+      last_error = v_error
+  WHERE id = r.id;
+  INSERT INTO reflect.request_events (request_id, event, attempt, worker_id, detail)
+  VALUES (r.id, 'undecryptable', r.attempts, r.worker_id, v_error);
+  PERFORM pg_notify('request_done', r.id::text);
 END
 $$;
 

@@ -160,7 +160,8 @@ BEGIN
           c.confidence, coalesce(p_evidence_request_ids, '{}'));
   RETURN QUERY SELECT v_n, c.confidence,
     v_n = 1 AND reflect._low_confidence_action(r.params, c.confidence) = 'reanswer'
-      AND EXISTS (SELECT FROM reflect.memories m WHERE m.request_id <> r.id);
+      AND EXISTS (SELECT FROM reflect.memories m
+                 WHERE m.request_id <> r.id AND m.owner = ANY (reflect._memory_owners(r.submitted_by)));
 END
 $$;
 
@@ -181,16 +182,27 @@ BEGIN
   IF v_embedding IS NULL THEN
     RETURN;
   END IF;
+  PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);  -- as in recall_v1: the owner filter
   RETURN QUERY
-  SELECT m.request_id, reflect._decrypt(mr.prompt_enc, mr.key_id),
-         coalesce(reflect._decrypt(f.correction_enc, f.key_id), reflect._decrypt(a.answer_enc, a.key_id))
-  FROM reflect.memories m
-  JOIN reflect.requests mr ON mr.id = m.request_id
-  LEFT JOIN reflect.answers a ON a.request_id = m.request_id
-  LEFT JOIN reflect.feedback f ON f.id = m.feedback_id
-  WHERE m.request_id <> r.id AND reflect._key(mr.key_id) IS NOT NULL
-  ORDER BY m.embedding OPERATOR(public.<=>) v_embedding
-  LIMIT greatest(1, least(coalesce(p_k, 3), 20));
+  WITH nearest AS (  -- ids first: only the k rows found are decrypted
+    SELECT m.request_id, m.feedback_id, m.embedding OPERATOR(public.<=>) v_embedding AS dist
+    FROM reflect.memories m
+    JOIN reflect.requests mr ON mr.id = m.request_id
+    WHERE m.request_id <> r.id AND m.owner = ANY (reflect._memory_owners(r.submitted_by))
+      AND mr.key_id = ANY (reflect._loaded_key_ids())
+    ORDER BY m.embedding OPERATOR(public.<=>) v_embedding
+    LIMIT greatest(1, least(coalesce(p_k, 3), 20))
+  )
+  SELECT n.request_id, p.plain, coalesce(co.plain, an.plain)
+  FROM nearest n
+  JOIN reflect.requests mr ON mr.id = n.request_id
+  LEFT JOIN reflect.answers a ON a.request_id = n.request_id
+  LEFT JOIN reflect.feedback f ON f.id = n.feedback_id
+  CROSS JOIN LATERAL reflect._decrypt_safe(mr.prompt_enc, mr.key_id) p
+  CROSS JOIN LATERAL reflect._decrypt_safe(a.answer_enc, a.key_id) an
+  CROSS JOIN LATERAL reflect._decrypt_safe(f.correction_enc, f.key_id) co
+  WHERE p.ok AND an.ok AND co.ok
+  ORDER BY n.dist;
 END
 $$;
 
@@ -268,7 +280,7 @@ BEGIN
   IF p_rating IS NOT NULL AND p_rating NOT BETWEEN 1 AND 5 THEN
     RAISE EXCEPTION 'rating must be between 1 and 5' USING ERRCODE = 'PR001';
   END IF;
-  IF p_correction IS NOT NULL AND btrim(p_correction, E' \t\r\n') = '' THEN
+  IF p_correction IS NOT NULL AND reflect._is_blank(p_correction) THEN
     RAISE EXCEPTION 'correction must not be empty' USING ERRCODE = 'PR001';
   END IF;
   IF length(p_correction) > reflect._setting_int('max_prompt_chars') THEN
@@ -299,8 +311,8 @@ BEGIN
   IF v_kind IS NULL THEN
     DELETE FROM reflect.memories WHERE request_id = r.id;
   ELSE
-    INSERT INTO reflect.memories (request_id, kind, feedback_id, embedding)
-    SELECT r.id, v_kind, v_fid, e.embedding FROM reflect.prompt_embeddings e WHERE e.request_id = r.id
+    INSERT INTO reflect.memories (request_id, kind, feedback_id, embedding, owner)
+    SELECT r.id, v_kind, v_fid, e.embedding, r.submitted_by FROM reflect.prompt_embeddings e WHERE e.request_id = r.id
     ON CONFLICT (request_id) DO UPDATE SET kind = excluded.kind, feedback_id = excluded.feedback_id;
   END IF;
   RETURN v_id;

@@ -12,7 +12,7 @@ DECLARE
   v_eval boolean;
   v_n integer;
 BEGIN
-  SELECT caller = 'pgreflect-eval' INTO v_eval FROM reflect.requests WHERE id = p_request_id;
+  SELECT r.caller = 'pgreflect-eval' INTO v_eval FROM reflect.requests r WHERE r.id = p_request_id;
   INSERT INTO reflect.followups (request_id, kind)
   SELECT p_request_id, k FROM (VALUES ('critique', reflect._setting_float('critique_fraction')),
                                       ('agreement', reflect._setting_float('agreement_fraction'))) f(k, fraction)
@@ -42,35 +42,75 @@ AS $$
 #variable_conflict use_column
 DECLARE
   v_lease interval := reflect._check_lease_seconds(p_lease_seconds);
+  v_keys text[] := reflect._loaded_key_ids();
+  c record;
+  v_prompt record;
+  v_system record;
+  v_answer record;
+  v_want integer := p_limit;
+  v_seen integer;
+  v_bad integer;
 BEGIN
   IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
     RAISE EXCEPTION 'claim limit must be between 1 and 1000' USING ERRCODE = 'PR001';
   END IF;
-  RETURN QUERY
-  WITH picked AS (
-    SELECT f.id FROM reflect.followups f
-    JOIN reflect.requests r ON r.id = f.request_id
-    WHERE f.state = 'queued'
-      AND (p_model_version_ids IS NULL OR r.model_version_id = ANY (p_model_version_ids))
-      AND reflect._key(r.key_id) IS NOT NULL
-    ORDER BY f.id
-    LIMIT p_limit
-    FOR UPDATE OF f SKIP LOCKED
-  ), claimed AS (
-    UPDATE reflect.followups f
-    SET state = 'running', attempts = f.attempts + 1, lease_token = gen_random_uuid(),
-        lease_expires_at = clock_timestamp() + v_lease, worker_id = p_worker_id
-    FROM picked WHERE f.id = picked.id
-    RETURNING f.*
-  )
-  SELECT c.id, c.lease_token, c.kind, c.request_id, r.model_version_id,
-         reflect._decrypt(r.prompt_enc, r.key_id), reflect._decrypt(r.system_prompt_enc, r.key_id),
-         reflect._decrypt(a.answer_enc, a.key_id), r.params,
-         reflect._setting_int('agreement_samples'), reflect._setting_float('agreement_temperature')
-  FROM claimed c
-  JOIN reflect.requests r ON r.id = c.request_id
-  JOIN reflect.answers a ON a.request_id = c.request_id
-  ORDER BY c.id;
+  -- Each undecryptable follow-up is failed and replaced by the next queued one.
+  LOOP
+    v_seen := 0;
+    v_bad := 0;
+    FOR c IN
+      WITH picked AS (
+        SELECT f.id FROM reflect.followups f
+        JOIN reflect.requests r ON r.id = f.request_id
+        WHERE f.state = 'queued'
+          AND (p_model_version_ids IS NULL OR r.model_version_id = ANY (p_model_version_ids))
+          AND r.key_id = ANY (v_keys)
+        ORDER BY f.id
+        LIMIT v_want
+        FOR UPDATE OF f SKIP LOCKED
+      ), claimed AS (
+        UPDATE reflect.followups f
+        SET state = 'running', attempts = f.attempts + 1, lease_token = gen_random_uuid(),
+            lease_expires_at = clock_timestamp() + v_lease, worker_id = p_worker_id
+        FROM picked WHERE f.id = picked.id
+        RETURNING f.*
+      )
+      SELECT cl.id, cl.lease_token, cl.kind, cl.request_id, r.model_version_id, r.key_id, r.prompt_enc,
+             r.system_prompt_enc, a.answer_enc, a.key_id AS answer_key_id, r.params
+      FROM claimed cl
+      JOIN reflect.requests r ON r.id = cl.request_id
+      JOIN reflect.answers a ON a.request_id = cl.request_id
+      ORDER BY cl.id
+    LOOP
+      v_seen := v_seen + 1;
+      SELECT * INTO v_prompt FROM reflect._decrypt_safe(c.prompt_enc, c.key_id);
+      SELECT * INTO v_system FROM reflect._decrypt_safe(c.system_prompt_enc, c.key_id);
+      SELECT * INTO v_answer FROM reflect._decrypt_safe(c.answer_enc, c.answer_key_id);
+      IF NOT (v_prompt.ok AND v_system.ok AND v_answer.ok) THEN
+        UPDATE reflect.followups f
+        SET state = 'failed', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
+            last_error = format('cannot decrypt request %s with the key registered for key id %s', c.request_id,
+                                c.key_id)
+        WHERE f.id = c.id;
+        v_bad := v_bad + 1;
+        CONTINUE;
+      END IF;
+      followup_id := c.id;
+      lease_token := c.lease_token;
+      kind := c.kind;
+      request_id := c.request_id;
+      model_version_id := c.model_version_id;
+      prompt := v_prompt.plain;
+      system_prompt := v_system.plain;
+      answer := v_answer.plain;
+      params := c.params;
+      samples := reflect._setting_int('agreement_samples');
+      temperature := reflect._setting_float('agreement_temperature');
+      RETURN NEXT;
+    END LOOP;
+    EXIT WHEN v_bad = 0 OR v_seen = 0;
+    v_want := v_bad;
+  END LOOP;
 END
 $$;
 

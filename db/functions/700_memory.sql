@@ -1,8 +1,23 @@
 SET LOCAL ROLE reflect_owner;
 
+-- Memories a request may use: the submitter's own, and those of owners who shared theirs with it
+-- (reflect.share_memories_v1). One app's questions, answers and corrections never reach another app's
+-- prompt otherwise.
+CREATE OR REPLACE FUNCTION reflect._memory_owners(p_reader name)
+RETURNS name[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT array_append(coalesce(array_agg(s.owner), '{}'), p_reader)
+  FROM reflect.memory_shares s WHERE s.reader = p_reader
+$$;
+
 -- Called by the worker right after a claim, with the prompt's embedding: stores the embedding, and when
--- the request has memory on, returns the k nearest memories (past requests with a correction or a
--- confirmed-correct answer), decrypted for use as few-shot examples, and records which were used.
+-- the request has memory on, returns the k nearest memories the request may use (the submitter's own and
+-- shared ones: past requests with a correction or a confirmed-correct answer), decrypted for use as
+-- few-shot examples, and records which were used. The HNSW scan runs with pgvector's iterative scan so the
+-- owner filter still finds k rows when other owners' memories are nearer. A memory whose text does not
+-- decrypt is skipped.
 CREATE OR REPLACE FUNCTION reflect.recall_v1(
   p_request_id bigint,
   p_lease_token uuid,
@@ -20,6 +35,7 @@ AS $$
 DECLARE
   r reflect.requests;
   v_k integer;
+  v_keys text[] := reflect._loaded_key_ids();
 BEGIN
   r := reflect._take_lease(p_request_id, p_lease_token);
   IF p_embedding IS NULL OR public.vector_dims(p_embedding) <> 384 THEN
@@ -35,27 +51,58 @@ BEGIN
     RETURN;
   END IF;
 
+  -- transaction-local; a SET clause on the function would need the setting known when it is created
+  PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
   RETURN QUERY
   WITH nearest AS (
     SELECT m.request_id, m.kind, m.feedback_id, (m.embedding OPERATOR(public.<=>) p_embedding) AS dist
     FROM reflect.memories m
-    WHERE m.request_id <> r.id
+    WHERE m.request_id <> r.id AND m.owner = ANY (reflect._memory_owners(r.submitted_by))
     ORDER BY m.embedding OPERATOR(public.<=>) p_embedding
     LIMIT v_k
+  ), texts AS (
+    SELECT n.request_id, n.kind, n.dist, p.plain AS prompt, an.plain AS answer, co.plain AS correction,
+           p.ok AND an.ok AND co.ok AS ok
+    FROM nearest n
+    JOIN reflect.requests mr ON mr.id = n.request_id AND mr.key_id = ANY (v_keys)
+    LEFT JOIN reflect.answers a ON a.request_id = n.request_id
+    LEFT JOIN reflect.feedback f ON f.id = n.feedback_id
+    CROSS JOIN LATERAL reflect._decrypt_safe(mr.prompt_enc, mr.key_id) p
+    CROSS JOIN LATERAL reflect._decrypt_safe(a.answer_enc, a.key_id) an
+    CROSS JOIN LATERAL reflect._decrypt_safe(f.correction_enc, f.key_id) co
   ), used AS (
     INSERT INTO reflect.answer_memories (request_id, memory_request_id, rank, distance)
-    SELECT r.id, n.request_id, row_number() OVER (ORDER BY n.dist), n.dist FROM nearest n
-    JOIN reflect.requests mr ON mr.id = n.request_id
-    WHERE reflect._key(mr.key_id) IS NOT NULL
+    SELECT r.id, t.request_id, row_number() OVER (ORDER BY t.dist), t.dist FROM texts t WHERE t.ok
     RETURNING memory_request_id
   )
-  SELECT n.request_id, n.kind, n.dist, reflect._decrypt(mr.prompt_enc, mr.key_id),
-         reflect._decrypt(a.answer_enc, a.key_id), reflect._decrypt(f.correction_enc, f.key_id)
-  FROM nearest n
-  JOIN used u ON u.memory_request_id = n.request_id
-  JOIN reflect.requests mr ON mr.id = n.request_id
-  LEFT JOIN reflect.answers a ON a.request_id = n.request_id
-  LEFT JOIN reflect.feedback f ON f.id = n.feedback_id
-  ORDER BY n.dist;
+  SELECT t.request_id, t.kind, t.dist, t.prompt, t.answer, t.correction
+  FROM texts t
+  JOIN used u ON u.memory_request_id = t.request_id
+  ORDER BY t.dist;
+END
+$$;
+
+-- An app shares its memories with another app login (or stops sharing): the reader's requests may then
+-- recall the owner's corrections and confirmed answers. The owner is always the calling login.
+CREATE OR REPLACE FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean DEFAULT true)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF p_reader IS NULL OR NOT EXISTS (SELECT FROM pg_roles WHERE rolname = p_reader)
+     OR NOT pg_has_role(p_reader, 'reflect_app', 'MEMBER') THEN
+    RAISE EXCEPTION 'no app login named "%"', left(p_reader, 63) USING ERRCODE = 'PR001';
+  END IF;
+  IF p_reader = session_user THEN
+    RAISE EXCEPTION 'an app always reads its own memories' USING ERRCODE = 'PR001';
+  END IF;
+  IF coalesce(p_share, true) THEN
+    INSERT INTO reflect.memory_shares (owner, reader) VALUES (session_user, p_reader) ON CONFLICT DO NOTHING;
+  ELSE
+    DELETE FROM reflect.memory_shares WHERE owner = session_user AND reader = p_reader;
+  END IF;
+  RETURN coalesce(p_share, true);
 END
 $$;

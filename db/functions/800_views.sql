@@ -64,7 +64,7 @@ LEFT JOIN reflect.requests r ON r.model_version_id = mv.id
 GROUP BY mv.id, mv.name, mv.is_active;
 
 CREATE OR REPLACE VIEW reflect.model_version_registry AS
-SELECT mv.id, mv.name, mv.source, mv.sha256, p.name AS parent, mv.n_ctx, mv.is_active, mv.created_at
+SELECT mv.id, mv.name, mv.source, mv.sha256, p.name AS parent, mv.n_ctx, mv.is_active, mv.created_at, mv.backend
 FROM reflect.model_versions mv
 LEFT JOIN reflect.model_versions p ON p.id = mv.parent_id;
 

@@ -8,7 +8,8 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA reflect FROM PUBLIC;
 GRANT USAGE ON SCHEMA reflect TO reflect_app, reflect_worker, reflect_analyst;
 
 -- app: submit (function or view), read its own requests and answers
-GRANT EXECUTE ON FUNCTION reflect.use_key_v1(text, text, boolean) TO reflect_app, reflect_worker;
+GRANT USAGE ON SCHEMA reflect TO reflect_reviewer;
+GRANT EXECUTE ON FUNCTION reflect.use_key_v1(text, text, boolean) TO reflect_app, reflect_worker, reflect_reviewer;
 GRANT EXECUTE ON FUNCTION reflect.submit_v1(text, text, jsonb, text, text, text) TO reflect_app;
 GRANT EXECUTE ON FUNCTION reflect._decrypt_or_null(bytea, text) TO reflect_app;
 GRANT SELECT, INSERT ON reflect.app_requests TO reflect_app;
@@ -16,6 +17,7 @@ GRANT SELECT, INSERT ON reflect.app_requests TO reflect_app;
 -- worker: the lifecycle functions, nothing else
 GRANT EXECUTE ON FUNCTION
   reflect.model_versions_to_serve_v1(text[]),
+  reflect.model_versions_to_serve_v2(text, text[]),
   reflect.claim_v1(text, integer, integer, integer[]),
   reflect.heartbeat_v1(bigint[], uuid[], integer),
   reflect.complete_v1(bigint, uuid, text, text, integer, real[], double precision, double precision),
@@ -48,8 +50,8 @@ GRANT EXECUTE ON FUNCTION reflect.auroc_v1(double precision[], boolean[]),
 TO reflect_analyst, reflect_app;
 GRANT SELECT ON reflect.labelled_answers, reflect.calibration_daily, reflect.signal_auroc, reflect.reliability,
   reflect.calibrator_history TO reflect_analyst;
-GRANT EXECUTE ON FUNCTION reflect.register_eval_items_v1(text, text[], text[]),
-  reflect.tag_eval_request_v1(bigint, text, text, text) TO reflect_app;
+-- Only an administrator stores the evaluation split (it is shared by every app); an app tags its own requests.
+GRANT EXECUTE ON FUNCTION reflect.tag_eval_request_v1(bigint, text, text, text) TO reflect_app;
 GRANT SELECT ON reflect.eval_results TO reflect_analyst;
 GRANT EXECUTE ON FUNCTION
   reflect.claim_followups_v1(text, integer, integer, integer[]),
@@ -62,3 +64,8 @@ GRANT EXECUTE ON FUNCTION
   reflect.record_candidate_v1(bigint, uuid, text, real[], jsonb, bigint[]),
   reflect.evidence_v1(bigint, uuid, integer)
 TO reflect_worker;
+
+-- hardening (0003)
+GRANT EXECUTE ON FUNCTION reflect.share_memories_v1(name, boolean) TO reflect_app;
+GRANT EXECUTE ON FUNCTION reflect.reveal_request_v1(bigint, text, boolean) TO reflect_reviewer;
+GRANT SELECT ON reflect.decryption_log TO reflect_analyst;

@@ -5,11 +5,16 @@
 SELECT reflect.use_key_v1(%(key_id)s, %(key)s, %(current)s);
 
 -- name: logging_settings
-SELECT current_setting('log_parameter_max_length')::int AS log_parameter_max_length,
-       current_setting('log_parameter_max_length_on_error')::int AS log_parameter_max_length_on_error;
+SELECT name, setting FROM pg_catalog.pg_settings
+WHERE name IN ('log_parameter_max_length', 'log_parameter_max_length_on_error', 'log_min_error_statement',
+               'log_statement', 'log_min_duration_statement', 'log_min_duration_sample',
+               'log_statement_sample_rate', 'log_transaction_sample_rate', 'debug_print_parse',
+               'debug_print_rewritten', 'debug_print_plan')
+ORDER BY name;
 
 -- name: models_to_serve
-SELECT id, name, gguf_path, sha256, n_ctx, is_active FROM reflect.model_versions_to_serve_v1(%(names)s);
+SELECT id, name, gguf_path, sha256, n_ctx, is_active
+FROM reflect.model_versions_to_serve_v2(%(backend)s, %(names)s);
 
 -- name: listen
 LISTEN needs_inference;
@@ -82,14 +87,14 @@ SELECT id, state, attempts, last_error, model_version, answer, finish_reason, to
 FROM reflect.app_requests WHERE id = %(id)s;
 
 -- name: register_model
-SELECT reflect.register_model_version_v1(%(name)s, %(gguf_path)s, %(sha256)s, %(source)s, %(n_ctx)s,
-                                         %(parent)s, %(activate)s) AS id;
+SELECT reflect.register_model_version_v2(%(name)s, %(gguf_path)s, %(sha256)s, %(source)s, %(n_ctx)s,
+                                         %(parent)s, %(activate)s, %(backend)s) AS id;
 
 -- name: activate_model
 SELECT reflect.activate_model_version_v1(%(name)s) AS id;
 
 -- name: list_models
-SELECT id, name, source, sha256, parent, n_ctx, is_active, created_at
+SELECT id, name, source, sha256, parent, n_ctx, is_active, created_at, backend
 FROM reflect.model_version_registry ORDER BY id;
 
 -- name: queue_status
@@ -151,3 +156,44 @@ FROM reflect.record_candidate_v1(%(request_id)s, %(lease_token)s, %(answer)s, %(
 
 -- name: evidence
 SELECT memory_request_id, prompt, answer FROM reflect.evidence_v1(%(request_id)s, %(lease_token)s, %(k)s);
+
+-- name: share_memories
+SELECT reflect.share_memories_v1(%(reader)s, %(share)s) AS shared;
+
+-- name: reveal_request
+SELECT request_id, submitted_by, caller, state, prompt, system_prompt, answer, corrections, critique
+FROM reflect.reveal_request_v1(%(request_id)s, %(purpose)s, %(redacted)s);
+
+-- name: key_usage
+SELECT key_id, table_name, n_rows FROM reflect.key_usage_v1() ORDER BY key_id, table_name;
+
+-- name: app_register
+INSERT INTO reflect.apps (name, login, key_id) VALUES (%(name)s, %(login)s, %(key_id)s)
+ON CONFLICT (name) DO UPDATE SET revoked_at = NULL
+RETURNING name, login, key_id, created_at;
+
+-- name: app_list
+SELECT name, login, key_id, created_at, revoked_at FROM reflect.apps ORDER BY name;
+
+-- name: app_get
+SELECT name, login, key_id, created_at, revoked_at FROM reflect.apps WHERE name = %(name)s;
+
+-- name: app_revoke
+UPDATE reflect.apps SET revoked_at = now() WHERE name = %(name)s AND revoked_at IS NULL RETURNING login;
+
+-- name: training_candidates
+SELECT request_id FROM (
+  SELECT DISTINCT ON (f.request_id) f.request_id, f.is_correct, f.correction_enc IS NOT NULL AS corrected
+  FROM reflect.feedback f
+  JOIN reflect.requests r ON r.id = f.request_id
+  WHERE r.submitted_by = %(owner)s AND (f.is_correct IS NOT NULL OR f.correction_enc IS NOT NULL)
+  ORDER BY f.request_id, f.id DESC
+) latest
+WHERE corrected OR is_correct
+ORDER BY request_id;
+
+-- name: pending_restart
+SELECT name FROM pg_catalog.pg_settings WHERE pending_restart;
+
+-- name: terminate_login_sessions
+SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = %(login)s;

@@ -66,6 +66,8 @@ def setup(quiet: bool = True, model: bool = True, keyring: bool = True) -> None:
             say(f"created cluster in {cluster.directory}")
         if cluster.start():
             say(f"started PostgreSQL (socket {cluster.socket_dir}, port {cluster.port})")
+        else:
+            _apply_changed_settings(cluster, say)
         cluster.wait_ready()
         cluster.ensure_database()
     result = migrate(d.admin)
@@ -78,9 +80,29 @@ def setup(quiet: bool = True, model: bool = True, keyring: bool = True) -> None:
         with psycopg.connect(d.admin, autocommit=True) as conn:
             for login, group in LOGIN_ROLES.values():
                 conn.execute(query("ensure_login_role"), {"login": login, "group_role": group})
+    if keyring:
+        from pgreflect.db import connect
+
+        connect(d.admin, application_name="pgreflect-setup").close()  # registers each key's verifier
     if model:
         name = register_packaged(d.admin, None)
         say(f"model version {name} registered")
+
+
+def _apply_changed_settings(cluster: Any, say: Any) -> None:
+    """A running cluster re-reads pg_hba.conf and pgreflect.conf; settings that need a restart (such as
+    listen_addresses after an upgrade) get one."""
+    import psycopg
+
+    from pgreflect.sql import query
+
+    cluster.reload()
+    cluster.wait_ready()
+    with psycopg.connect(cluster.dsn(dbname="postgres"), autocommit=True) as conn:
+        pending = [r[0] for r in conn.execute(query("pending_restart"))]
+    if pending:
+        say(f"restarting PostgreSQL for {', '.join(pending)}")
+        cluster.restart()
 
 
 def register_packaged(admin_dsn: str, name: str | None, activate: bool = False) -> str:
@@ -95,7 +117,7 @@ def register_packaged(admin_dsn: str, name: str | None, activate: bool = False) 
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(query("register_model"), {
             "name": name, "gguf_path": str(path), "sha256": model.sha256, "source": model.source,
-            "n_ctx": model.n_ctx, "parent": None, "activate": activate,
+            "n_ctx": model.n_ctx, "parent": None, "activate": activate, "backend": "llama",
         })
     return name
 
@@ -158,18 +180,25 @@ def cmd_models(args: argparse.Namespace) -> int:
         if args.action == "list":
             rows = conn.execute(query("list_models")).fetchall()
             for r in rows:
-                print(f"{'*' if r[6] else ' '} {r[1]:45} {r[2]:45} sha256 {r[3][:12]}  n_ctx {r[5]}")
+                print(f"{'*' if r[6] else ' '} {r[1]:45} {r[2]:45} sha256 {r[3][:12]}  n_ctx {r[5]}  {r[8]}")
             if not rows:
                 print(f"no model versions registered; packaged: {', '.join(PACKAGED)}")
         elif args.action == "register":
-            path = Path(args.path).resolve()
-            if not path.is_file():
-                print(f"error: {path} is not a file", file=sys.stderr)
-                return 2
+            if args.backend == "noop":  # a test backend: no file, answers "ok"
+                path_text, sha256, source = "noop", "0" * 64, args.source or "noop"
+            else:
+                if args.path is None:
+                    print("error: the llama backend needs the GGUF file's path", file=sys.stderr)
+                    return 2
+                path = Path(args.path).resolve()
+                if not path.is_file():
+                    print(f"error: {path} is not a file", file=sys.stderr)
+                    return 2
+                path_text, sha256 = str(path), verified_sha256(path, progress=True)
+                source = args.source or f"path:{path}"
             conn.execute(query("register_model"), {
-                "name": args.name, "gguf_path": str(path), "sha256": verified_sha256(path, progress=True),
-                "source": args.source or f"path:{path}", "n_ctx": args.n_ctx, "parent": args.parent,
-                "activate": args.activate,
+                "name": args.name, "gguf_path": path_text, "sha256": sha256, "source": source,
+                "n_ctx": args.n_ctx, "parent": args.parent, "activate": args.activate, "backend": args.backend,
             })
             print(args.name)
         elif args.action == "activate":
@@ -200,8 +229,107 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 total += n
                 if n == 0:
                     break
-        print(f"re-encrypted {total} request(s) from key {args.from_key_id}; once no worker or app still "
-              "uses it, remove it from the keyring")
+        print(f"re-encrypted {total} row(s) from key {args.from_key_id}; `pgreflect keys usage` shows what "
+              "each key still encrypts; once it encrypts nothing and no app uses it, remove it from the keyring")
+    elif args.action == "usage":
+        from pgreflect.db import connect, dsns
+        from pgreflect.sql import query
+
+        with connect(dsns().admin, application_name="pgreflect-keys") as conn:
+            for key_id, table, n in conn.execute(query("key_usage")):
+                print(f"{key_id:34} {table:20} {n}")
+    return 0
+
+
+# -- apps --------------------------------------------------------------------------------------------
+def cmd_apps(args: argparse.Namespace) -> int:
+    from pgreflect import apps
+    from pgreflect.db import dsns
+
+    d = dsns()
+    if args.action == "add":
+        creds = apps.add_app(args.name, admin_dsn=d.admin, dsn_for=_app_dsn_builder(), os_user=args.os_user)
+        info = creds.public()
+        if args.json:
+            print(json.dumps(info))
+        else:
+            print(f"app {creds.name}: login {creds.login}, key id {creds.key_id}\n"
+                  f"connection: {info['dsn']}\ncredentials (password, key): {creds.file} (mode 0600)\n"
+                  f"{info['how_to_get_the_key']}")
+    elif args.action == "list":
+        rows = apps.list_apps(d.admin)
+        if args.json:
+            print(json.dumps(rows, default=str))
+        for r in rows if not args.json else []:
+            print(f"{r['name']:30} {r['login']:34} {r['key_id']:34} {'revoked' if r['revoked_at'] else 'active'}")
+    elif args.action == "revoke":
+        print(f"login {apps.revoke_app(args.name, d.admin)} can no longer connect")
+    return 0
+
+
+def _app_dsn_builder() -> Any:
+    """Apps reach the local cluster over loopback TCP with their password; with PGREFLECT_DSN (an existing
+    server) the admin DSN's host, port and database are reused."""
+    from pgreflect.db import dsns
+
+    d = dsns()
+    if d.local:
+        from pgreflect.cluster import LocalCluster
+
+        cluster = LocalCluster()
+        return lambda login, password: cluster.tcp_dsn(login, password)
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    base = {k: v for k, v in conninfo_to_dict(d.admin).items() if k in ("host", "port", "dbname", "sslmode")}
+    return lambda login, password: make_conninfo(**base, user=login, password=password)
+
+
+def cmd_psql(args: argparse.Namespace) -> int:
+    """Keys travel as startup options (PGOPTIONS): never in a statement's text, so neither the server log
+    nor pg_stat_activity can show them, whatever the logging settings."""
+    import shutil
+
+    from pgreflect.db import dsns
+    from pgreflect.keys import load_keyring, startup_options
+
+    psql = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"
+    if args.app:
+        from pgreflect.apps import credentials_path
+
+        creds = json.loads(credentials_path(args.app).read_text())
+        dsn = creds["dsn"]
+        options = startup_options({creds["key_id"]: creds["key"]}, creds["key_id"])
+    else:
+        ring = load_keyring()
+        dsn = dsns().admin
+        options = startup_options(ring.keys, ring.current)
+    env = {**os.environ, "PGOPTIONS": options}
+    extra = [a for a in args.psql_args if a != "--"]
+    os.execvpe(psql, [psql, dsn, *extra], env)
+    return 0  # not reached
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    from pgreflect.db import connect, dsns
+    from pgreflect.privacy import Redactor
+    from pgreflect.reveal import export_training, reveal
+
+    redactor = None if args.unredacted else Redactor()
+    with connect(dsns().admin, application_name="pgreflect-requests") as conn:
+        if args.action == "show":
+            row = reveal(conn, args.request_id, args.purpose, redactor)
+            if args.json:
+                print(json.dumps(row, default=str, ensure_ascii=False))
+            else:
+                for name in ("request_id", "submitted_by", "caller", "state", "system_prompt", "prompt", "answer",
+                             "corrections", "critique"):
+                    print(f"{name}: {row[name]}")
+        else:
+            from pgreflect.apps import app_login
+
+            with open(args.out, "w") as out:
+                n = export_training(conn, app_login(args.app), args.purpose, redactor, out)
+            print(f"wrote {n} example(s) to {args.out}")
     return 0
 
 
@@ -215,7 +343,7 @@ def _worker_config(args: argparse.Namespace) -> Any:
         shutdown_timeout=args.shutdown_timeout, reap_interval=args.reap_interval,
         model_versions=[mv] if isinstance(mv := args.model_version, str) else (mv or None),
         n_threads=args.threads, once=getattr(args, "once", False), noop_delay_s=args.noop_delay,
-        memory=args.memory, p_true=args.p_true == "on", followups=args.followups == "on",
+        memory=args.memory, p_true=args.p_true == "on", followups=args.followups == "on", redact=args.redact,
     )
 
 
@@ -338,7 +466,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
         params["temperature"] = args.temperature
     if args.seed is not None:
         params["seed"] = args.seed
-    row = ask(args.prompt, system_prompt=args.system, params=params, model_version=args.model_version,
+    prompt = args.prompt
+    if prompt is None or prompt == "-":  # from stdin: a prompt on the command line is visible in `ps`
+        prompt = sys.stdin.read()
+    row = ask(prompt, system_prompt=args.system, params=params, model_version=args.model_version,
               idempotency_key=args.idempotency_key, timeout=args.timeout, inline_worker=args.inline_worker,
               worker_args=args)
     print_answer(row, args.json)
@@ -417,7 +548,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print(f"{name}: {ds.file()} ({ds.license})")
         return 0
     chosen = datasets.select(args.name, args.split, args.limit, args.seed)
-    with connect(dsns().app, application_name="pgreflect-datasets") as conn:
+    with connect(dsns().admin, application_name="pgreflect-datasets") as conn:
         added = conn.execute(query("register_eval_items"), {
             "dataset": args.name, "item_ids": [it["id"] for it in chosen],
             "splits": [it["split"] for it in chosen]}).fetchone()[0]
@@ -536,6 +667,8 @@ def _worker_flags(p: argparse.ArgumentParser, serve_flag: bool = True) -> None:
     _flag(p, "--p-true", default="on", choices=["on", "off"], help="measure P(True) after each answer")
     _flag(p, "--followups", default="on", choices=["on", "off"],
           help="run critique and agreement follow-ups when no request is waiting")
+    _flag(p, "--redact", default="email,phone,card,iban,ip,secret",
+          help="PII kinds redacted from memories before they enter a prompt (none = off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -575,7 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--activate", action="store_true")
     m = msub.add_parser("register", help="register a GGUF file as a model version")
     m.add_argument("name")
-    m.add_argument("path")
+    m.add_argument("path", nargs="?", default=None, help="the GGUF file (the noop backend needs none)")
+    m.add_argument("--backend", default="llama", choices=["llama", "noop"],
+                   help="what runs it; a worker serves only versions of its own backend")
     m.add_argument("--n-ctx", type=int, default=4096)
     m.add_argument("--parent", default=None)
     m.add_argument("--source", default=None)
@@ -591,7 +726,39 @@ def build_parser() -> argparse.ArgumentParser:
     k = ksub.add_parser("rotate", help="re-encrypt rows from an old key to the current one")
     k.add_argument("--from", dest="from_key_id", required=True)
     k.add_argument("--batch", type=int, default=500)
+    ksub.add_parser("usage", help="rows each key id still encrypts, per table")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("apps", help="app logins: each with a password and an encryption key of its own")
+    asub = p.add_subparsers(dest="action", required=True)
+    a = asub.add_parser("add", help="create an app login and write its credentials file")
+    a.add_argument("name")
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.add_argument("--os-user", default=None, help="OS user the app runs as: it gets the credentials file")
+    a = asub.add_parser("list")
+    a.add_argument("--json", action="store_true")
+    a = asub.add_parser("revoke", help="stop an app's login (its history stays readable)")
+    a.add_argument("name")
+    p.set_defaults(func=cmd_apps)
+
+    p = sub.add_parser("psql", help="psql with encryption keys loaded (as startup options, never as SQL text)")
+    p.add_argument("--app", default=None, help="connect as this app (its login and key) instead of the admin")
+    p.add_argument("psql_args", nargs=argparse.REMAINDER, help="extra psql arguments")
+    p.set_defaults(func=cmd_psql)
+
+    p = sub.add_parser("requests", help="look at stored requests (decryptions are audited)")
+    rsub = p.add_subparsers(dest="action", required=True)
+    r = rsub.add_parser("show", help="one request's text, redacted unless --unredacted")
+    r.add_argument("request_id", type=int)
+    r.add_argument("--purpose", required=True, help="why you need to see it (recorded in the audit trail)")
+    r.add_argument("--unredacted", action="store_true", help="show PII as stored (recorded as such)")
+    r.add_argument("--json", action="store_true")
+    r = rsub.add_parser("export-training", help="one app's corrected and confirmed answers as JSONL")
+    r.add_argument("--app", required=True, help="whose history (a model trained on it serves only that app)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--purpose", required=True, help="why (recorded for every request exported)")
+    r.add_argument("--unredacted", action="store_true")
+    p.set_defaults(func=cmd_requests)
 
     p = sub.add_parser("worker", help="run a worker")
     _worker_flags(p)
@@ -643,7 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("ask", help="submit a prompt like an app, wait, print the answer")
-    p.add_argument("prompt")
+    p.add_argument("prompt", nargs="?", default=None,
+                   help="the prompt; '-' or none reads it from standard input (not visible in ps)")
     _flag(p, "--json", action="store_true", help="print one JSON object")
     _flag(p, "--system", default=None, help="system prompt")
     _flag(p, "--max-tokens", type=int, default=None, help="generation limit (server default 256)")

@@ -1,9 +1,12 @@
 """The project's own PostgreSQL cluster: data, socket and log under a project-owned directory.
 
 initdb, pg_ctl and postgres refuse to run as root, so as root they run as the `postgres` OS user (via
-runuser) and the cluster directory is owned by it. The server listens on a Unix socket only (no TCP
-unless `listen` is given), in a directory only its owner (and root) can enter, with trust auth: reaching
-the socket is the credential.
+runuser) and the cluster directory is owned by it. Two ways in:
+- the Unix socket, in a directory only its owner (and root) can enter, with trust auth: reaching the
+  socket is the credential (pgreflect's own commands as root or as the cluster's owner);
+- TCP on loopback (127.0.0.1 and ::1) with password auth (scram-sha-256), for apps running as any OS user
+  (`pgreflect apps add` creates their logins). Addresses beyond loopback (PGREFLECT_LISTEN) are served
+  only over TLS (hostssl), with a certificate made for the cluster on first start.
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ BASE_SETTINGS: dict[str, str] = {
     "log_parameter_max_length_on_error": "0",
     "max_connections": "200",
     "unix_socket_permissions": "0700",
+    # A statement that fails is logged with its text by default (log_min_error_statement = error), and a
+    # person who types a key as a literal in psql would put it there: statement texts reach the log only on
+    # a PANIC. Keys go in as bind parameters (clients) or startup options (pgreflect psql), never as text.
+    "log_min_error_statement": "panic",
+    "password_encryption": "'scram-sha-256'",
 }
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 class ClusterError(RuntimeError):
@@ -79,7 +89,8 @@ class LocalCluster:
     port: int = field(default_factory=lambda: int(os.environ.get("PGREFLECT_PORT", "54329")))
     dbname: str = field(default_factory=lambda: os.environ.get("PGREFLECT_DBNAME", "pgreflect"))
     cron_database: str | None = None  # defaults to dbname
-    listen: str = ""  # listen_addresses; '' = Unix socket only
+    listen: str = field(default_factory=lambda: os.environ.get("PGREFLECT_LISTEN", "127.0.0.1"))
+    # listen_addresses, comma-separated; '' = Unix socket only. Beyond loopback, TLS only.
     extra_settings: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -148,12 +159,50 @@ class LocalCluster:
         if _is_root():
             pw = pwd.getpwnam("postgres")
             os.chown(conf, pw.pw_uid, pw.pw_gid)
-        if self.listen:
-            hba = self.data_dir / "pg_hba.conf"
-            line = "host all all 0.0.0.0/0 scram-sha-256\n"
-            if line not in hba.read_text():
-                with hba.open("a") as f:
-                    f.write(line)
+        self._write_hba()
+
+    def listen_beyond_loopback(self) -> bool:
+        return any(a.strip() not in LOOPBACK for a in self.listen.split(",") if a.strip())
+
+    def _write_hba(self) -> None:
+        """pg_hba.conf, rewritten whole: trust on the socket (its directory is the credential), scram on
+        loopback TCP, and scram over TLS only from anywhere else when listening beyond loopback."""
+        lines = [
+            "# Written by pgreflect (pgreflect/cluster.py); edits are overwritten.",
+            "local all all trust",
+            "host all all 127.0.0.1/32 scram-sha-256",
+            "host all all ::1/128 scram-sha-256",
+        ]
+        if self.listen_beyond_loopback():
+            self._ensure_certificate()
+            lines += ["hostssl all all 0.0.0.0/0 scram-sha-256", "hostssl all all ::/0 scram-sha-256"]
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text("\n".join(lines) + "\n")
+        if _is_root():
+            pw = pwd.getpwnam("postgres")
+            os.chown(hba, pw.pw_uid, pw.pw_gid)
+
+    def _ensure_certificate(self) -> None:
+        """A self-signed certificate for the server (replace server.crt / server.key with one from your CA;
+        clients then use sslmode=verify-full with that CA)."""
+        crt, key = self.data_dir / "server.crt", self.data_dir / "server.key"
+        if not crt.exists():
+            subprocess.run(_as_server_user([
+                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825",
+                "-subj", "/CN=pgreflect", "-keyout", str(key), "-out", str(crt)]),
+                check=True, capture_output=True)
+            os.chmod(key, 0o600)
+        conf = self.data_dir / "pgreflect.conf"
+        with conf.open("a") as f:
+            f.write("ssl = on\n")
+
+    def reload(self) -> None:
+        subprocess.run(_as_server_user([pg_bin("pg_ctl"), "-D", str(self.data_dir), "reload"]),
+                       check=True, capture_output=True)
+
+    def tcp_dsn(self, user: str, password: str, dbname: str | None = None, host: str = "127.0.0.1") -> str:
+        return (f"host={host} port={self.port} dbname={dbname or self.dbname} user={user} "
+                f"password={password}")
 
     def running(self) -> bool:
         if not self.initialized():

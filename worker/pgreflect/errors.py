@@ -29,6 +29,10 @@ class NotFound(PgreflectError):
     """PR005: no such request (or not the caller's)."""
 
 
+class AppendOnly(PgreflectError):
+    """PR006: an audit table cannot be changed."""
+
+
 class UnsafeLogging(PgreflectError):
     """The server would log bind parameters, and so the key and prompts."""
 
@@ -39,6 +43,7 @@ _BY_SQLSTATE: dict[str, type[PgreflectError]] = {
     "PR003": UnknownModel,
     "PR004": MissingKey,
     "PR005": NotFound,
+    "PR006": AppendOnly,
 }
 
 

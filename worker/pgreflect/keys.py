@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from pgreflect.errors import InvalidInput, UnsafeLogging
+from pgreflect.errors import InvalidInput, UnsafeLogging, translate
 from pgreflect.paths import keyring_path
 from pgreflect.sql import query
 
@@ -100,18 +100,37 @@ def add_key(path: Path | None = None) -> Keyring:
     return ring
 
 
+# Server settings under which a bind parameter's value (a key, a prompt) can reach the server log, and the
+# value each must have. Statement texts are safe to log: pgreflect sends keys and text only as bind
+# parameters, so a statement text holds "$1", never a value. debug_print_plan prints custom plans, in
+# which parameters have become constants.
+SAFE_LOGGING: dict[str, str] = {
+    "log_parameter_max_length": "0",
+    "log_parameter_max_length_on_error": "0",
+    "debug_print_parse": "off",
+    "debug_print_rewritten": "off",
+    "debug_print_plan": "off",
+}
+
+
+def unsafe_logging(settings: dict[str, str]) -> list[str]:
+    """The settings (name = value) that would let bind parameter values reach the server log."""
+    return [f"{name} = {settings.get(name)}" for name, safe in SAFE_LOGGING.items()
+            if settings.get(name, safe) != safe]
+
+
 def check_server_logging(conn: psycopg.Connection) -> None:
-    """Refuses to send keys to a server that would write bind parameters to its log."""
+    """Refuses to send keys to a server that would write bind parameter values to its log."""
     if os.environ.get("PGREFLECT_ALLOW_PARAMETER_LOGGING") == "1":
         return
-    row = conn.execute(query("logging_settings")).fetchone()
-    assert row is not None
-    if row[0] != 0 or row[1] != 0:
+    settings = dict(conn.execute(query("logging_settings")).fetchall())
+    bad = unsafe_logging(settings)
+    if bad:
         raise UnsafeLogging(
-            "the server logs bind parameter values (log_parameter_max_length / "
-            "log_parameter_max_length_on_error are not 0), so encryption keys and prompts could reach "
-            "its log; a superuser should set both to 0 (pgreflect's own cluster does), or set "
-            "PGREFLECT_ALLOW_PARAMETER_LOGGING=1 to accept the risk"
+            f"the server could write bind parameter values to its log ({', '.join(bad)}), so encryption keys "
+            "and prompts could reach it; a superuser should set log_parameter_max_length and "
+            "log_parameter_max_length_on_error to 0 and the debug_print_* settings off (pgreflect's own cluster "
+            "does), or set PGREFLECT_ALLOW_PARAMETER_LOGGING=1 to accept the risk"
         )
 
 
@@ -119,4 +138,45 @@ def install_keys(conn: psycopg.Connection, ring: Keyring) -> None:
     """Loads every key of the ring into this session (bind parameters only)."""
     check_server_logging(conn)
     for key_id, key in ring.keys.items():
-        conn.execute(query("use_key"), {"key_id": key_id, "key": key, "current": key_id == ring.current})
+        try:
+            conn.execute(query("use_key"), {"key_id": key_id, "key": key, "current": key_id == ring.current})
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+
+class KeyringWatcher:
+    """The keyring file, re-read when it changes, so a running worker picks up keys added since it started
+    (a new app's key) without a restart. With PGREFLECT_KEY or a keyring given in code, nothing changes."""
+
+    def __init__(self, ring: Keyring, path: Path | None):
+        self.ring, self.path, self.version = ring, path, 0
+        self._mtime = self._stat()
+
+    def _stat(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime_ns if self.path is not None else None
+        except FileNotFoundError:
+            return None
+
+    def refresh(self) -> bool:
+        """Re-reads the file if it changed; True when the keyring did."""
+        mtime = self._stat()
+        if mtime is None or mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        ring = load_keyring(self.path)
+        if ring == self.ring:
+            return False
+        self.ring, self.version = ring, self.version + 1
+        return True
+
+
+def startup_options(keys: dict[str, str], current: str) -> str:
+    """PGOPTIONS that load keys into a session at connection time (for psql, which cannot bind parameters).
+    Each key is still checked against its id's verifier whenever it is used."""
+    for key_id, key in keys.items():
+        if not KEY_ID.match(key_id) or not re.fullmatch(r"[A-Za-z0-9_-]+", key):
+            raise InvalidInput(f"key {key_id!r} cannot be passed as a startup option")
+    parts = [f"-c reflect.key_{key_id}={key}" for key_id, key in keys.items()]
+    parts += [f"-c reflect.loaded_key_ids={','.join(sorted(keys))}", f"-c reflect.current_key_id={current}"]
+    return " ".join(parts)

@@ -28,8 +28,10 @@ from pgreflect.agreement import agreement
 from pgreflect.backends import Backend, BackendError, Cancelled, GenerationRequest
 from pgreflect.db import connect
 from pgreflect.errors import StaleLease, translate
-from pgreflect.keys import Keyring, load_keyring
+from pgreflect.keys import Keyring, KeyringWatcher, install_keys, load_keyring
 from pgreflect.models import verify_file
+from pgreflect.paths import keyring_path
+from pgreflect.privacy import Redactor
 from pgreflect.signals import p_answer, rule_checks
 from pgreflect.sql import query
 
@@ -63,6 +65,9 @@ class WorkerConfig:
     memory: str = "auto"  # embed prompts and retrieve memories: on | off | auto (on for the llama backend)
     p_true: bool = True  # measure P(True) after each answer (one extra forward pass over a short question)
     followups: bool = True  # also run critique and agreement follow-ups when no request is waiting
+    # PII kinds redacted from memories before they go into another prompt ("none": off); see pgreflect.privacy
+    redact: str = "email,phone,card,iban,ip,secret"
+    report_retry_s: float = 600.0  # keep re-sending a finished result this long while the database is away
 
 
 @dataclass
@@ -108,16 +113,22 @@ class WorkerStats:
 
 
 class _ConnectionSlot:
-    """One lazily (re)opened connection with keys loaded, for one thread."""
+    """One lazily (re)opened connection with keys loaded, for one thread. When the keyring changed since
+    the keys were loaded, the new keys are loaded on the next use."""
 
-    def __init__(self, dsn: str, keyring: Keyring, name: str):
-        self.dsn, self.keyring, self.name = dsn, keyring, name
+    def __init__(self, dsn: str, keys: KeyringWatcher, name: str):
+        self.dsn, self.keys, self.name = dsn, keys, name
         self.conn: psycopg.Connection | None = None
+        self.version = -1
 
     def get(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed or self.conn.broken:
             self.close()
-            self.conn = connect(self.dsn, application_name=self.name, keyring=self.keyring)
+            self.version = self.keys.version
+            self.conn = connect(self.dsn, application_name=self.name, keyring=self.keys.ring)
+        elif self.version != self.keys.version:
+            self.version = self.keys.version
+            install_keys(self.conn, self.keys.ring)
         return self.conn
 
     def close(self) -> None:
@@ -132,7 +143,9 @@ class Worker:
                  backends: dict[int, Backend] | None = None):
         self.dsn = dsn
         self.config = config or WorkerConfig()
-        self.keyring = keyring or load_keyring()
+        # A keyring given in code stays as it is; one read from the file is re-read when the file changes.
+        self.keys = KeyringWatcher(keyring, None) if keyring is not None else KeyringWatcher(
+            load_keyring(), None if os.environ.get("PGREFLECT_KEY") else keyring_path())
         self.backends: dict[int, Backend] = backends or {}
         self.stats = WorkerStats()
         self._stop = threading.Event()
@@ -147,12 +160,14 @@ class Worker:
         self._slots_lock = threading.Lock()
         self.listener_connected = threading.Event()
         self.embedder: Any = None
+        kinds = tuple(k.strip() for k in self.config.redact.split(",") if k.strip() and k.strip() != "none")
+        self.redactor = Redactor(kinds=kinds) if kinds else None
 
     # -- connections ------------------------------------------------------------------------------
     def _slot(self, role: str) -> _ConnectionSlot:
         slot = getattr(self._local, role, None)
         if slot is None:
-            slot = _ConnectionSlot(self.dsn, self.keyring, f"pgreflect-{role}:{self.config.worker_id}"[:63])
+            slot = _ConnectionSlot(self.dsn, self.keys, f"pgreflect-{role}:{self.config.worker_id}"[:63])
             setattr(self._local, role, slot)
             with self._slots_lock:
                 self._slots.append(slot)
@@ -191,9 +206,11 @@ class Worker:
         log.info("loaded embedding model %s in %.1f s", self.embedder.name, time.perf_counter() - t0)
 
     def load_models(self) -> None:
-        rows = self._call("main", "models_to_serve", {"names": self.config.model_versions})
+        rows = self._call("main", "models_to_serve", {"backend": self.config.backend,
+                                                      "names": self.config.model_versions})
         if not rows:
-            raise RuntimeError("no model versions registered: run `pgreflect models install-default`")
+            raise RuntimeError(f"no model versions registered for the {self.config.backend} backend: run "
+                               "`pgreflect models install-default` (or register one with --backend)")
         for mv_id, name, path, sha256, n_ctx, _active in rows:
             if mv_id in self.backends:
                 continue
@@ -250,6 +267,7 @@ class Worker:
                         log.warning("claim failed (%s); retrying after the poll interval", exc)
                 if cfg.once and claimed == 0 and not futures:
                     break
+                self._refresh_keys()
                 if claimed == free and free > 0:
                     continue  # there may be more work: claim again at once
                 self._wake.wait(cfg.poll_interval)
@@ -268,6 +286,13 @@ class Worker:
                 for slot in self._slots:
                     slot.close()
         return self.stats
+
+    def _refresh_keys(self) -> None:
+        try:
+            if self.keys.refresh():
+                log.info("keyring changed: %d key id(s) now loaded", len(self.keys.ring.keys))
+        except Exception as exc:  # a half-written or unreadable file: keep the keys we have
+            log.warning("could not re-read the keyring: %s", exc)
 
     def _claim(self, limit: int, model_ids: list[int], pool: ThreadPoolExecutor,
                futures: set[Future[None]]) -> int:
@@ -309,7 +334,7 @@ class Worker:
                     self.stats.lost += 1
                     log.warning("request %s: lease lost, generation abandoned", job.request_id)
                 else:
-                    self._finish(job, "release", {})
+                    self._report(job, "release", {})
                     self.stats.released += 1
                 return
             except StaleLease:
@@ -324,7 +349,7 @@ class Worker:
             signals = self._signals(backend, request, gen)
             if job.params.get("low_confidence") == "reanswer":
                 gen, signals = self._maybe_reanswer(job, backend, request, gen, signals)
-            self._finish(job, "complete", {
+            self._report(job, "complete", {
                 "answer": gen.text, "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
                 "token_logprobs": gen.token_logprobs, "prompt_eval_ms": gen.prompt_eval_s * 1000,
                 "generation_ms": gen.generation_s * 1000, "signals": json.dumps(signals),
@@ -333,9 +358,15 @@ class Worker:
         except StaleLease as exc:
             self.stats.lost += 1
             log.warning("request %s: %s", job.request_id, exc)
-        except Exception:
-            log.exception("request %s: could not report the result; its lease will expire and it will be "
-                          "retried", job.request_id)
+        except psycopg.OperationalError as exc:
+            log.error("request %s: the database stayed unreachable for %.0f s; the lease will expire and the "
+                      "request will be retried (%s)", job.request_id, self.config.report_retry_s, exc)
+        except Exception as exc:
+            # The database refused the report itself: give the request back at once rather than leave it to
+            # lease expiry.
+            log.exception("request %s: the result was refused; failing this attempt", job.request_id)
+            with contextlib.suppress(Exception):
+                self._fail(job, f"the worker's report was refused: {type(exc).__name__}: {exc}"[:500], True)
         finally:
             with self._inflight_lock:
                 self._inflight.pop(job.request_id, None)
@@ -393,7 +424,7 @@ class Worker:
             return gen, signals
         system = "\n".join(filter(None, [request.system_prompt, REANSWER_SYSTEM]))
         second_request = GenerationRequest(job.prompt, system, job.params,
-                                           tuple((p, a) for _id, p, a in rows if p and a))
+                                           tuple((self._redact(p), self._redact(a)) for _id, p, a in rows if p and a))
         second = backend.generate(second_request, job.cancel)
         second_signals = self._signals(backend, second_request, second)
         second_conf, _ = record(second, second_signals, [r[0] for r in rows])
@@ -410,8 +441,11 @@ class Worker:
         vector = self.embedder.embed([job.prompt])[0]
         rows = self._call("job", "recall", {"request_id": job.request_id, "lease_token": job.lease_token,
                                             "model": self.embedder.name, "embedding": to_pgvector(vector), "k": None})
-        return tuple((prompt, correction or answer) for _id, _kind, _dist, prompt, answer, correction in rows
-                     if prompt and (correction or answer))
+        return tuple((self._redact(prompt), self._redact(correction or answer))
+                     for _id, _kind, _dist, prompt, answer, correction in rows if prompt and (correction or answer))
+
+    def _redact(self, text: str) -> str:
+        return self.redactor.redact(text) or "" if self.redactor is not None else text
 
     def _signals(self, backend: Backend, request: GenerationRequest, gen: Any) -> dict[str, float]:
         signals = rule_checks(request.prompt, gen.text, gen.finish_reason)
@@ -428,8 +462,25 @@ class Worker:
                 signals["p_true"] = p
         return signals
 
+    def _report(self, job: Job, name: str, params: dict[str, Any]) -> list[tuple]:
+        """Sends a finished result. When the database is unreachable it keeps trying (the job stays in flight,
+        so the heartbeat extends its lease as soon as the database is back) until the report goes through,
+        the lease is lost, or report_retry_s passes: a computed answer is not thrown away, and the request is
+        not left waiting for its lease to expire."""
+        delay = 0.5
+        deadline = time.monotonic() + self.config.report_retry_s
+        while True:
+            try:
+                return self._finish(job, name, params)
+            except psycopg.OperationalError as exc:
+                if job.lease_lost or self._hard_stop.is_set() or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("request %s: could not report (%s); retrying in %.1f s", job.request_id, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def _fail(self, job: Job, error: str, retryable: bool) -> None:
-        state = self._finish(job, "fail", {"error": error, "retryable": retryable})[0][0]
+        state = self._report(job, "fail", {"error": error, "retryable": retryable})[0][0]
         if state == "queued":
             self.stats.retried += 1
         else:
