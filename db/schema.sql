@@ -216,6 +216,25 @@ CREATE FUNCTION reflect._encrypted_columns() RETURNS TABLE(table_name name, colu
   ORDER BY c.relname
 $$;
 ALTER FUNCTION reflect._encrypted_columns() OWNER TO reflect_owner;
+CREATE FUNCTION reflect._enqueue_job(p_kind text, p_payload jsonb DEFAULT '{}'::jsonb, p_request_id bigint DEFAULT NULL::bigint, p_model_version_id integer DEFAULT NULL::integer, p_priority smallint DEFAULT 0, p_max_attempts integer DEFAULT 2) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_id bigint;
+BEGIN
+  INSERT INTO reflect.jobs (kind, payload, request_id, model_version_id, priority, max_attempts)
+  VALUES (p_kind, coalesce(p_payload, '{}'::jsonb), p_request_id, p_model_version_id, coalesce(p_priority, 0),
+          coalesce(p_max_attempts, 2))
+  ON CONFLICT (request_id, kind) WHERE request_id IS NOT NULL DO NOTHING
+  RETURNING id INTO v_id;
+  IF v_id IS NOT NULL THEN
+    PERFORM pg_notify(reflect._job_channel(p_kind), v_id::text);
+  END IF;
+  RETURN v_id;
+END
+$$;
+ALTER FUNCTION reflect._enqueue_job(p_kind text, p_payload jsonb, p_request_id bigint, p_model_version_id integer, p_priority smallint, p_max_attempts integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._fail_undecryptable(p_request_id bigint, p_lease_token uuid, p_key_id text) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -259,6 +278,89 @@ CREATE FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min
   ]::double precision[]
 $$;
 ALTER FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) OWNER TO reflect_owner;
+CREATE TABLE reflect.jobs (
+    id bigint NOT NULL,
+    kind text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    request_id bigint,
+    model_version_id integer,
+    state reflect.request_state DEFAULT 'queued'::reflect.request_state NOT NULL,
+    priority smallint DEFAULT 0 NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 2 NOT NULL,
+    run_after timestamp with time zone DEFAULT now() NOT NULL,
+    lease_token uuid,
+    lease_expires_at timestamp with time zone,
+    worker_id text,
+    checkpoint jsonb,
+    result jsonb,
+    last_error text,
+    created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    CONSTRAINT job_attempts_within_max CHECK ((attempts <= max_attempts)),
+    CONSTRAINT job_failed_has_reason CHECK (((state <> 'failed'::reflect.request_state) OR (last_error IS NOT NULL))),
+    CONSTRAINT job_finished_iff_final CHECK (((state = ANY (ARRAY['succeeded'::reflect.request_state, 'failed'::reflect.request_state])) = (finished_at IS NOT NULL))),
+    CONSTRAINT job_kind_format CHECK ((kind ~ '^[a-z][a-z0-9_]{0,40}$'::text)),
+    CONSTRAINT job_running_iff_leased CHECK (((state = 'running'::reflect.request_state) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
+    CONSTRAINT jobs_attempts_check CHECK ((attempts >= 0)),
+    CONSTRAINT jobs_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 25))),
+    CONSTRAINT jobs_payload_check CHECK ((jsonb_typeof(payload) = 'object'::text))
+);
+ALTER TABLE reflect.jobs OWNER TO reflect_owner;
+CREATE FUNCTION reflect._finish_followup(j reflect.jobs, p_result jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_key text;
+  c jsonb;
+  v_critique text := p_result ->> 'critique';
+  v_verdict text;
+  v_signals jsonb := coalesce(p_result -> 'signals', '{}'::jsonb);
+BEGIN
+  IF j.kind = 'critique' THEN
+    BEGIN
+      c := v_critique::jsonb;
+    EXCEPTION WHEN others THEN
+      RAISE EXCEPTION 'critique is not valid JSON' USING ERRCODE = 'PR001';
+    END;
+    v_verdict := c ->> 'verdict';
+    IF c IS NULL OR jsonb_typeof(c) <> 'object' OR v_verdict IS NULL
+       OR v_verdict NOT IN ('correct', 'partially_correct', 'incorrect', 'unsure')
+       OR jsonb_typeof(c -> 'issues') IS DISTINCT FROM 'array' THEN
+      RAISE EXCEPTION 'critique must have a verdict (correct, partially_correct, incorrect, unsure) and issues'
+        USING ERRCODE = 'PR001';
+    END IF;
+    SELECT key_id INTO v_key FROM reflect.requests WHERE id = j.request_id;
+    INSERT INTO reflect.critiques (request_id, key_id, critique_enc, verdict, n_issues, max_severity)
+    VALUES (j.request_id, v_key, reflect._encrypt(v_critique, v_key), v_verdict, jsonb_array_length(c -> 'issues'),
+            (SELECT s FROM jsonb_array_elements(c -> 'issues') i, LATERAL (SELECT i ->> 'severity' AS s) x
+             WHERE s IN ('low', 'medium', 'high')
+             ORDER BY array_position(ARRAY['high', 'medium', 'low'], s) LIMIT 1))
+    ON CONFLICT (request_id) DO UPDATE
+      SET critique_enc = excluded.critique_enc, verdict = excluded.verdict, n_issues = excluded.n_issues,
+          max_severity = excluded.max_severity, created_at = now(), rating = NULL, rated_by = NULL;
+    v_signals := v_signals || jsonb_build_object('critique_verdict',
+      CASE v_verdict WHEN 'correct' THEN 1.0 WHEN 'partially_correct' THEN 0.5 WHEN 'unsure' THEN 0.5 ELSE 0.0 END);
+  END IF;
+  PERFORM reflect._store_signals(j.request_id, v_signals);
+  RETURN jsonb_build_object('confidence', reflect._apply_confidence(j.request_id));
+END
+$$;
+ALTER FUNCTION reflect._finish_followup(j reflect.jobs, p_result jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  IF j.kind IN ('critique', 'agreement') THEN
+    RETURN reflect._finish_followup(j, p_result);
+  END IF;
+  RAISE EXCEPTION 'no job kind "%"', j.kind USING ERRCODE = 'PR001';
+END
+$$;
+ALTER FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._is_blank(p_text text) RETURNS boolean
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -266,6 +368,13 @@ CREATE FUNCTION reflect._is_blank(p_text text) RETURNS boolean
   SELECT p_text ~ '^[[:space:][:cntrl:]\u00a0\u00ad\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff]*$'
 $_$;
 ALTER FUNCTION reflect._is_blank(p_text text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._job_channel(p_kind text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT CASE WHEN p_kind IN ('finetune') THEN 'needs_finetune' ELSE 'needs_inference' END
+$$;
+ALTER FUNCTION reflect._job_channel(p_kind text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._key(p_key_id text) RETURNS text
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -411,42 +520,49 @@ CREATE FUNCTION reflect._queue_followups(p_request_id bigint) RETURNS integer
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-  v_eval boolean;
-  v_n integer;
+  r reflect.requests;
+  v_n integer := 0;
+  f record;
 BEGIN
-  SELECT r.caller = 'pgreflect-eval' INTO v_eval FROM reflect.requests r WHERE r.id = p_request_id;
-  INSERT INTO reflect.followups (request_id, kind)
-  SELECT p_request_id, k FROM (VALUES ('critique', reflect._setting_float('critique_fraction')),
-                                      ('agreement', reflect._setting_float('agreement_fraction'))) f(k, fraction)
-  WHERE fraction > 0 AND (coalesce(v_eval, false) OR random() < fraction)
-  ON CONFLICT (request_id, kind) DO NOTHING;
-  GET DIAGNOSTICS v_n = ROW_COUNT;
-  IF v_n > 0 THEN
-    PERFORM pg_notify('needs_inference', p_request_id::text);
-  END IF;
+  SELECT * INTO r FROM reflect.requests WHERE id = p_request_id;
+  FOR f IN SELECT k, fraction FROM (VALUES ('critique', reflect._setting_float('critique_fraction')),
+                                           ('agreement', reflect._setting_float('agreement_fraction'))) x(k, fraction)
+  LOOP
+    IF f.fraction > 0 AND (coalesce(r.caller = 'pgreflect-eval', false) OR random() < f.fraction) THEN
+      IF reflect._enqueue_job(f.k, CASE f.k WHEN 'agreement' THEN jsonb_build_object(
+             'samples', reflect._setting_int('agreement_samples'),
+             'temperature', reflect._setting_float('agreement_temperature')) ELSE '{}'::jsonb END,
+           r.id, r.model_version_id) IS NOT NULL THEN
+        v_n := v_n + 1;
+      END IF;
+    END IF;
+  END LOOP;
   RETURN v_n;
 END
 $$;
 ALTER FUNCTION reflect._queue_followups(p_request_id bigint) OWNER TO reflect_owner;
-CREATE FUNCTION reflect._reap_expired_followups() RETURNS integer
+CREATE FUNCTION reflect._reap_expired_jobs() RETURNS integer
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
   WITH expired AS (
-    SELECT id FROM reflect.followups WHERE state = 'running' AND lease_expires_at < clock_timestamp()
+    SELECT id FROM reflect.jobs WHERE state = 'running' AND lease_expires_at < clock_timestamp()
+    ORDER BY id
     FOR UPDATE SKIP LOCKED
   ), moved AS (
-    UPDATE reflect.followups f
-    SET state = CASE WHEN f.attempts < f.max_attempts THEN 'queued' ELSE 'failed' END::reflect.request_state,
-        lease_token = NULL, lease_expires_at = NULL,
-        finished_at = CASE WHEN f.attempts < f.max_attempts THEN NULL ELSE clock_timestamp() END,
-        last_error = format('lease of worker %s expired', f.worker_id)
-    FROM expired WHERE f.id = expired.id
-    RETURNING f.id
+    UPDATE reflect.jobs j
+    SET state = CASE WHEN j.attempts < j.max_attempts THEN 'queued' ELSE 'failed' END::reflect.request_state,
+        lease_token = NULL, lease_expires_at = NULL, run_after = clock_timestamp(),
+        finished_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE clock_timestamp() END,
+        last_error = format('lease of worker %s expired on attempt %s', j.worker_id, j.attempts)
+    FROM expired WHERE j.id = expired.id
+    RETURNING j.id, j.kind, j.state
   )
-  SELECT count(*)::integer FROM moved
+  SELECT count(CASE WHEN state = 'queued' THEN pg_notify(reflect._job_channel(kind), id::text) END)::integer
+         + count(*) FILTER (WHERE state = 'failed')::integer
+  FROM moved
 $$;
-ALTER FUNCTION reflect._reap_expired_followups() OWNER TO reflect_owner;
+ALTER FUNCTION reflect._reap_expired_jobs() OWNER TO reflect_owner;
 CREATE TABLE reflect.requests (
     id bigint NOT NULL,
     key_id text NOT NULL,
@@ -638,41 +754,23 @@ BEGIN
 END
 $_$;
 ALTER FUNCTION reflect._store_signals(p_request_id bigint, p_signals jsonb) OWNER TO reflect_owner;
-CREATE TABLE reflect.followups (
-    id bigint NOT NULL,
-    request_id bigint NOT NULL,
-    kind text NOT NULL,
-    state reflect.request_state DEFAULT 'queued'::reflect.request_state NOT NULL,
-    attempts integer DEFAULT 0 NOT NULL,
-    max_attempts integer DEFAULT 2 NOT NULL,
-    lease_token uuid,
-    lease_expires_at timestamp with time zone,
-    worker_id text,
-    last_error text,
-    created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
-    finished_at timestamp with time zone,
-    CONSTRAINT followup_attempts_within_max CHECK ((attempts <= max_attempts)),
-    CONSTRAINT followup_running_iff_leased CHECK (((state = 'running'::reflect.request_state) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
-    CONSTRAINT followups_kind_check CHECK ((kind = ANY (ARRAY['critique'::text, 'agreement'::text])))
-);
-ALTER TABLE reflect.followups OWNER TO reflect_owner;
-CREATE FUNCTION reflect._take_followup_lease(p_followup_id bigint, p_lease_token uuid) RETURNS reflect.followups
+CREATE FUNCTION reflect._take_job_lease(p_job_id bigint, p_lease_token uuid) RETURNS reflect.jobs
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-  f reflect.followups;
+  j reflect.jobs;
 BEGIN
-  SELECT * INTO f FROM reflect.followups
-  WHERE id = p_followup_id AND state = 'running' AND lease_token = p_lease_token FOR UPDATE;
+  SELECT * INTO j FROM reflect.jobs
+  WHERE id = p_job_id AND state = 'running' AND lease_token = p_lease_token FOR UPDATE;
   IF NOT FOUND THEN
-    RAISE EXCEPTION 'stale lease: follow-up % is not running under this lease token', p_followup_id
-      USING ERRCODE = 'PR002';
+    RAISE EXCEPTION 'stale lease: job % is not running under this lease token', p_job_id
+      USING ERRCODE = 'PR002', HINT = 'the lease expired and the job was re-queued or finished; drop this work';
   END IF;
-  RETURN f;
+  RETURN j;
 END
 $$;
-ALTER FUNCTION reflect._take_followup_lease(p_followup_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+ALTER FUNCTION reflect._take_job_lease(p_job_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) RETURNS reflect.requests
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -768,7 +866,52 @@ CREATE FUNCTION reflect.calibration_features_v1() RETURNS text[]
                'critique_verdict']
 $$;
 ALTER FUNCTION reflect.calibration_features_v1() OWNER TO reflect_owner;
+CREATE FUNCTION reflect.checkpoint_job_v1(p_job_id bigint, p_lease_token uuid, p_checkpoint jsonb, p_lease_seconds integer) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+BEGIN
+  IF p_checkpoint IS NULL OR jsonb_typeof(p_checkpoint) <> 'object' THEN
+    RAISE EXCEPTION 'a checkpoint must be a JSON object' USING ERRCODE = 'PR001';
+  END IF;
+  UPDATE reflect.jobs
+  SET checkpoint = p_checkpoint, lease_expires_at = clock_timestamp() + reflect._check_lease_seconds(p_lease_seconds)
+  WHERE id = j.id;
+END
+$$;
+ALTER FUNCTION reflect.checkpoint_job_v1(p_job_id bigint, p_lease_token uuid, p_checkpoint jsonb, p_lease_seconds integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[] DEFAULT NULL::integer[]) RETURNS TABLE(followup_id bigint, lease_token uuid, kind text, request_id bigint, model_version_id integer, prompt text, system_prompt text, answer text, params jsonb, samples integer, temperature double precision)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+  c record;
+  i record;
+BEGIN
+  FOR c IN SELECT * FROM reflect.claim_jobs_v1(p_worker_id, ARRAY['critique', 'agreement'], p_limit, p_lease_seconds,
+                                                p_model_version_ids) LOOP
+    SELECT * INTO i FROM reflect.job_input_v1(c.job_id, c.lease_token);
+    CONTINUE WHEN NOT FOUND;  -- the text did not decrypt: job_input_v1 failed the job
+    followup_id := c.job_id;
+    lease_token := c.lease_token;
+    kind := c.kind;
+    request_id := c.request_id;
+    model_version_id := c.model_version_id;
+    prompt := i.prompt;
+    system_prompt := i.system_prompt;
+    answer := i.answer;
+    params := i.params;
+    samples := reflect._setting_int('agreement_samples');
+    temperature := reflect._setting_float('agreement_temperature');
+    RETURN NEXT;
+  END LOOP;
+END
+$$;
+ALTER FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.claim_jobs_v1(p_worker_id text, p_kinds text[], p_limit integer, p_lease_seconds integer, p_model_version_ids integer[] DEFAULT NULL::integer[]) RETURNS TABLE(job_id bigint, lease_token uuid, kind text, attempt integer, request_id bigint, model_version_id integer, payload jsonb, checkpoint jsonb)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
@@ -776,77 +919,37 @@ CREATE FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_
 DECLARE
   v_lease interval := reflect._check_lease_seconds(p_lease_seconds);
   v_keys text[] := reflect._loaded_key_ids();
-  c record;
-  v_prompt record;
-  v_system record;
-  v_answer record;
-  v_want integer := p_limit;
-  v_seen integer;
-  v_bad integer;
 BEGIN
+  IF p_worker_id IS NULL OR length(p_worker_id) NOT BETWEEN 1 AND 200 THEN
+    RAISE EXCEPTION 'worker id must be 1 to 200 characters' USING ERRCODE = 'PR001';
+  END IF;
   IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
     RAISE EXCEPTION 'claim limit must be between 1 and 1000' USING ERRCODE = 'PR001';
   END IF;
-  -- Each undecryptable follow-up is failed and replaced by the next queued one.
-  LOOP
-    v_seen := 0;
-    v_bad := 0;
-    FOR c IN
-      WITH picked AS (
-        SELECT f.id FROM reflect.followups f
-        JOIN reflect.requests r ON r.id = f.request_id
-        WHERE f.state = 'queued'
-          AND (p_model_version_ids IS NULL OR r.model_version_id = ANY (p_model_version_ids))
-          AND r.key_id = ANY (v_keys)
-        ORDER BY f.id
-        LIMIT v_want
-        FOR UPDATE OF f SKIP LOCKED
-      ), claimed AS (
-        UPDATE reflect.followups f
-        SET state = 'running', attempts = f.attempts + 1, lease_token = gen_random_uuid(),
-            lease_expires_at = clock_timestamp() + v_lease, worker_id = p_worker_id
-        FROM picked WHERE f.id = picked.id
-        RETURNING f.*
-      )
-      SELECT cl.id, cl.lease_token, cl.kind, cl.request_id, r.model_version_id, r.key_id, r.prompt_enc,
-             r.system_prompt_enc, a.answer_enc, a.key_id AS answer_key_id, r.params
-      FROM claimed cl
-      JOIN reflect.requests r ON r.id = cl.request_id
-      JOIN reflect.answers a ON a.request_id = cl.request_id
-      ORDER BY cl.id
-    LOOP
-      v_seen := v_seen + 1;
-      SELECT * INTO v_prompt FROM reflect._decrypt_safe(c.prompt_enc, c.key_id);
-      SELECT * INTO v_system FROM reflect._decrypt_safe(c.system_prompt_enc, c.key_id);
-      SELECT * INTO v_answer FROM reflect._decrypt_safe(c.answer_enc, c.answer_key_id);
-      IF NOT (v_prompt.ok AND v_system.ok AND v_answer.ok) THEN
-        UPDATE reflect.followups f
-        SET state = 'failed', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
-            last_error = format('cannot decrypt request %s with the key registered for key id %s', c.request_id,
-                                c.key_id)
-        WHERE f.id = c.id;
-        v_bad := v_bad + 1;
-        CONTINUE;
-      END IF;
-      followup_id := c.id;
-      lease_token := c.lease_token;
-      kind := c.kind;
-      request_id := c.request_id;
-      model_version_id := c.model_version_id;
-      prompt := v_prompt.plain;
-      system_prompt := v_system.plain;
-      answer := v_answer.plain;
-      params := c.params;
-      samples := reflect._setting_int('agreement_samples');
-      temperature := reflect._setting_float('agreement_temperature');
-      RETURN NEXT;
-    END LOOP;
-    EXIT WHEN v_bad = 0 OR v_seen = 0;
-    v_want := v_bad;
-  END LOOP;
+  RETURN QUERY
+  WITH picked AS (
+    SELECT j.id FROM reflect.jobs j
+    LEFT JOIN reflect.requests r ON r.id = j.request_id
+    WHERE j.state = 'queued' AND j.run_after <= now()
+      AND j.kind = ANY (p_kinds)
+      AND (j.model_version_id IS NULL OR p_model_version_ids IS NULL OR j.model_version_id = ANY (p_model_version_ids))
+      AND (j.request_id IS NULL OR r.key_id = ANY (v_keys))
+    ORDER BY j.priority DESC, j.id
+    LIMIT p_limit
+    FOR UPDATE OF j SKIP LOCKED
+  ), claimed AS (
+    UPDATE reflect.jobs j
+    SET state = 'running', attempts = j.attempts + 1, lease_token = gen_random_uuid(),
+        lease_expires_at = clock_timestamp() + v_lease, worker_id = p_worker_id,
+        started_at = coalesce(j.started_at, clock_timestamp())
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.*
+  )
+  SELECT c.id, c.lease_token, c.kind, c.attempts, c.request_id, c.model_version_id, c.payload, c.checkpoint
+  FROM claimed c ORDER BY c.priority DESC, c.id;
 END
 $$;
-ALTER FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) OWNER TO reflect_owner;
+ALTER FUNCTION reflect.claim_jobs_v1(p_worker_id text, p_kinds text[], p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[] DEFAULT NULL::integer[]) RETURNS TABLE(request_id bigint, lease_token uuid, attempt integer, model_version_id integer, prompt text, system_prompt text, params jsonb, queue_wait_ms double precision)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -928,47 +1031,33 @@ CREATE FUNCTION reflect.complete_followup_v1(p_followup_id bigint, p_lease_token
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-DECLARE
-  f reflect.followups;
-  v_key text;
-  c jsonb;
-  v_verdict text;
-  v_signals jsonb := coalesce(p_signals, '{}'::jsonb);
 BEGIN
-  f := reflect._take_followup_lease(p_followup_id, p_lease_token);
-  IF f.kind = 'critique' THEN
-    BEGIN
-      c := p_critique::jsonb;
-    EXCEPTION WHEN others THEN
-      RAISE EXCEPTION 'critique is not valid JSON' USING ERRCODE = 'PR001';
-    END;
-    v_verdict := c ->> 'verdict';
-    IF jsonb_typeof(c) <> 'object' OR v_verdict IS NULL
-       OR v_verdict NOT IN ('correct', 'partially_correct', 'incorrect', 'unsure')
-       OR jsonb_typeof(c -> 'issues') <> 'array' THEN
-      RAISE EXCEPTION 'critique must have a verdict (correct, partially_correct, incorrect, unsure) and issues'
-        USING ERRCODE = 'PR001';
-    END IF;
-    SELECT key_id INTO v_key FROM reflect.requests WHERE id = f.request_id;
-    INSERT INTO reflect.critiques (request_id, key_id, critique_enc, verdict, n_issues, max_severity)
-    VALUES (f.request_id, v_key, reflect._encrypt(p_critique, v_key), v_verdict, jsonb_array_length(c -> 'issues'),
-            (SELECT s FROM jsonb_array_elements(c -> 'issues') i, LATERAL (SELECT i ->> 'severity' AS s) x
-             WHERE s IN ('low', 'medium', 'high')
-             ORDER BY array_position(ARRAY['high', 'medium', 'low'], s) LIMIT 1))
-    ON CONFLICT (request_id) DO UPDATE
-      SET critique_enc = excluded.critique_enc, verdict = excluded.verdict, n_issues = excluded.n_issues,
-          max_severity = excluded.max_severity, created_at = now(), rating = NULL, rated_by = NULL;
-    v_signals := v_signals || jsonb_build_object('critique_verdict',
-      CASE v_verdict WHEN 'correct' THEN 1.0 WHEN 'partially_correct' THEN 0.5 WHEN 'unsure' THEN 0.5 ELSE 0.0 END);
-  END IF;
-  PERFORM reflect._store_signals(f.request_id, v_signals);
-  UPDATE reflect.followups SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL,
-                               finished_at = clock_timestamp(), last_error = NULL
-  WHERE id = f.id;
-  RETURN reflect._apply_confidence(f.request_id);
+  RETURN (reflect.complete_job_v1(p_followup_id, p_lease_token,
+            jsonb_build_object('signals', coalesce(p_signals, '{}'::jsonb), 'critique', p_critique))
+          ->> 'confidence')::double precision;
 END
 $$;
 ALTER FUNCTION reflect.complete_followup_v1(p_followup_id bigint, p_lease_token uuid, p_signals jsonb, p_critique text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.complete_job_v1(p_job_id bigint, p_lease_token uuid, p_result jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+  v_out jsonb;
+BEGIN
+  IF p_result IS NULL OR jsonb_typeof(p_result) <> 'object' THEN
+    RAISE EXCEPTION 'a job result must be a JSON object' USING ERRCODE = 'PR001';
+  END IF;
+  v_out := reflect._finish_job(j, p_result);
+  UPDATE reflect.jobs
+  SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
+      last_error = NULL, result = p_result || coalesce(v_out, '{}'::jsonb)
+  WHERE id = j.id;
+  RETURN v_out;
+END
+$$;
+ALTER FUNCTION reflect.complete_job_v1(p_job_id bigint, p_lease_token uuid, p_result jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1076,22 +1165,39 @@ CREATE FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uui
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-DECLARE
-  f reflect.followups;
-  v_state reflect.request_state;
 BEGIN
-  f := reflect._take_followup_lease(p_followup_id, p_lease_token);
-  v_state := CASE WHEN p_release OR f.attempts < f.max_attempts THEN 'queued' ELSE 'failed' END;
-  UPDATE reflect.followups
-  SET state = v_state, lease_token = NULL, lease_expires_at = NULL,
-      attempts = CASE WHEN p_release THEN greatest(f.attempts - 1, 0) ELSE f.attempts END,
-      last_error = CASE WHEN p_release THEN f.last_error ELSE left(coalesce(p_error, 'unknown error'), 1000) END,
-      finished_at = CASE WHEN v_state = 'failed' THEN clock_timestamp() END
-  WHERE id = f.id;
-  RETURN v_state;
+  RETURN reflect.fail_job_v1(p_followup_id, p_lease_token, p_error, true, p_release);
 END
 $$;
 ALTER FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.fail_job_v1(p_job_id bigint, p_lease_token uuid, p_error text, p_retryable boolean DEFAULT true, p_release boolean DEFAULT false) RETURNS reflect.request_state
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+  v_state reflect.request_state;
+  v_error text := left(coalesce(nullif(p_error, ''), 'unknown error'), 1000);
+BEGIN
+  v_state := CASE WHEN coalesce(p_release, false)
+                    OR (coalesce(p_retryable, true) AND j.attempts < j.max_attempts) THEN 'queued'
+                  ELSE 'failed' END;
+  UPDATE reflect.jobs
+  SET state = v_state, lease_token = NULL, lease_expires_at = NULL,
+      attempts = CASE WHEN p_release THEN greatest(j.attempts - 1, 0) ELSE j.attempts END,
+      run_after = CASE WHEN p_release THEN clock_timestamp()
+                       ELSE clock_timestamp() + make_interval(secs => least(reflect._setting_int('retry_max_s'),
+                              reflect._setting_int('retry_base_s') * 2 ^ (j.attempts - 1))) END,
+      last_error = CASE WHEN p_release THEN j.last_error ELSE v_error END,
+      finished_at = CASE WHEN v_state = 'failed' THEN clock_timestamp() END
+  WHERE id = j.id;
+  IF v_state = 'queued' THEN
+    PERFORM pg_notify(reflect._job_channel(j.kind), j.id::text);
+  END IF;
+  RETURN v_state;
+END
+$$;
+ALTER FUNCTION reflect.fail_job_v1(p_job_id bigint, p_lease_token uuid, p_error text, p_retryable boolean, p_release boolean) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean DEFAULT true) RETURNS reflect.request_state
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1315,16 +1421,32 @@ END
 $$;
 ALTER FUNCTION reflect.fit_calibrator_v1(p_model_version text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) RETURNS SETOF bigint
-    LANGUAGE sql SECURITY DEFINER
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-  UPDATE reflect.followups f
-  SET lease_expires_at = clock_timestamp() + reflect._check_lease_seconds(p_lease_seconds)
-  FROM unnest(p_ids, p_lease_tokens) AS h(id, token)
-  WHERE f.id = h.id AND f.state = 'running' AND f.lease_token = h.token
-  RETURNING f.id
+BEGIN
+  RETURN QUERY SELECT * FROM reflect.heartbeat_jobs_v1(p_ids, p_lease_tokens, p_lease_seconds);
+END
 $$;
 ALTER FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.heartbeat_jobs_v1(p_job_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) RETURNS SETOF bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_lease interval := reflect._check_lease_seconds(p_lease_seconds);
+BEGIN
+  IF cardinality(p_job_ids) IS DISTINCT FROM cardinality(p_lease_tokens) THEN
+    RAISE EXCEPTION 'job ids and lease tokens must have the same length' USING ERRCODE = 'PR001';
+  END IF;
+  RETURN QUERY
+  UPDATE reflect.jobs j SET lease_expires_at = clock_timestamp() + v_lease
+  FROM unnest(p_job_ids, p_lease_tokens) AS h(id, token)
+  WHERE j.id = h.id AND j.state = 'running' AND j.lease_token = h.token
+  RETURNING j.id;
+END
+$$;
+ALTER FUNCTION reflect.heartbeat_jobs_v1(p_job_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) RETURNS SETOF bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1344,6 +1466,38 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) RETURNS TABLE(prompt text, system_prompt text, answer text, params jsonb)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+  r reflect.requests;
+  a reflect.answers;
+  v_prompt record;
+  v_system record;
+  v_answer record;
+BEGIN
+  SELECT * INTO r FROM reflect.requests WHERE id = j.request_id;
+  IF r.id IS NULL THEN
+    RAISE EXCEPTION 'job % works on no request', p_job_id USING ERRCODE = 'PR001';
+  END IF;
+  SELECT * INTO a FROM reflect.answers WHERE request_id = r.id;
+  SELECT * INTO v_prompt FROM reflect._decrypt_safe(r.prompt_enc, r.key_id);
+  SELECT * INTO v_system FROM reflect._decrypt_safe(r.system_prompt_enc, r.key_id);
+  SELECT * INTO v_answer FROM reflect._decrypt_safe(a.answer_enc, a.key_id);
+  IF NOT (v_prompt.ok AND v_system.ok AND v_answer.ok) THEN
+    UPDATE reflect.jobs
+    SET state = 'failed', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
+        last_error = format('cannot decrypt request %s with the key registered for key id %s', r.id, r.key_id)
+    WHERE id = j.id;
+    RETURN;
+  END IF;
+  RETURN QUERY SELECT v_prompt.plain, v_system.plain, v_answer.plain, r.params;
+END
+$$;
+ALTER FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.key_usage_v1() RETURNS TABLE(key_id text, table_name name, n_rows bigint)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1458,7 +1612,7 @@ BEGIN
   SELECT count(pg_notify(CASE WHEN state = 'queued' THEN 'needs_inference' ELSE 'request_done' END,
                          id::text))
   INTO v_n FROM moved;
-  RETURN v_n + reflect._reap_expired_followups();
+  RETURN v_n + reflect._reap_expired_jobs();
 END
 $$;
 ALTER FUNCTION reflect.reap_expired_v1() OWNER TO reflect_owner;
@@ -2061,8 +2215,8 @@ CREATE VIEW reflect.app_requests WITH (security_barrier='true') AS
     c.verdict AS critique_verdict,
     c.rating AS critique_rating,
     ( SELECT count(*) AS count
-           FROM reflect.followups f
-          WHERE ((f.request_id = r.id) AND (f.state = ANY (ARRAY['queued'::reflect.request_state, 'running'::reflect.request_state])))) AS followups_pending
+           FROM reflect.jobs f
+          WHERE ((f.request_id = r.id) AND (f.kind = ANY (ARRAY['critique'::text, 'agreement'::text])) AND (f.state = ANY (ARRAY['queued'::reflect.request_state, 'running'::reflect.request_state])))) AS followups_pending
    FROM (((reflect.requests r
      JOIN reflect.model_versions mv ON ((mv.id = r.model_version_id)))
      LEFT JOIN reflect.answers a ON ((a.request_id = r.id)))
@@ -2274,8 +2428,24 @@ ALTER TABLE reflect.feedback ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
-ALTER TABLE reflect.followups ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
-    SEQUENCE NAME reflect.followups_id_seq
+CREATE VIEW reflect.followups AS
+ SELECT j.id,
+    j.request_id,
+    j.kind,
+    j.state,
+    j.attempts,
+    j.max_attempts,
+    j.lease_token,
+    j.lease_expires_at,
+    j.worker_id,
+    j.last_error,
+    j.created_at,
+    j.finished_at
+   FROM reflect.jobs j
+  WHERE (j.kind = ANY (ARRAY['critique'::text, 'agreement'::text]));
+ALTER TABLE reflect.followups OWNER TO reflect_owner;
+ALTER TABLE reflect.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.jobs_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
@@ -2516,10 +2686,8 @@ ALTER TABLE ONLY reflect.eval_requests
     ADD CONSTRAINT eval_requests_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.feedback
     ADD CONSTRAINT feedback_pkey PRIMARY KEY (id);
-ALTER TABLE ONLY reflect.followups
-    ADD CONSTRAINT followups_pkey PRIMARY KEY (id);
-ALTER TABLE ONLY reflect.followups
-    ADD CONSTRAINT followups_request_id_kind_key UNIQUE (request_id, kind);
+ALTER TABLE ONLY reflect.jobs
+    ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.key_verifiers
     ADD CONSTRAINT key_verifiers_pkey PRIMARY KEY (key_id);
 ALTER TABLE ONLY reflect.memories
@@ -2545,7 +2713,9 @@ ALTER TABLE ONLY reflect_meta.schema_migrations
 CREATE UNIQUE INDEX calibrators_one_active ON reflect.calibrators USING btree (model_version_id) WHERE is_active;
 CREATE INDEX decryption_audit_request ON reflect.decryption_audit USING btree (request_id);
 CREATE INDEX feedback_request ON reflect.feedback USING btree (request_id, id DESC);
-CREATE INDEX followups_queued ON reflect.followups USING btree (id) WHERE (state = 'queued'::reflect.request_state);
+CREATE INDEX jobs_leases ON reflect.jobs USING btree (lease_expires_at) WHERE (state = 'running'::reflect.request_state);
+CREATE UNIQUE INDEX jobs_one_per_request_kind ON reflect.jobs USING btree (request_id, kind) WHERE (request_id IS NOT NULL);
+CREATE INDEX jobs_queued ON reflect.jobs USING btree (priority DESC, id) WHERE (state = 'queued'::reflect.request_state);
 CREATE INDEX memories_embedding ON reflect.memories USING hnsw (embedding public.vector_cosine_ops);
 CREATE INDEX memories_owner ON reflect.memories USING btree (owner);
 CREATE UNIQUE INDEX model_versions_one_active ON reflect.model_versions USING btree (is_active) WHERE is_active;
@@ -2581,8 +2751,10 @@ ALTER TABLE ONLY reflect.eval_requests
     ADD CONSTRAINT eval_requests_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.feedback
     ADD CONSTRAINT feedback_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
-ALTER TABLE ONLY reflect.followups
-    ADD CONSTRAINT followups_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.answers(request_id);
+ALTER TABLE ONLY reflect.jobs
+    ADD CONSTRAINT jobs_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.jobs
+    ADD CONSTRAINT jobs_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.memories
     ADD CONSTRAINT memories_feedback_id_fkey FOREIGN KEY (feedback_id) REFERENCES reflect.feedback(id);
 ALTER TABLE ONLY reflect.memories
@@ -2606,7 +2778,7 @@ ALTER TABLE reflect.decryption_audit ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.eval_items ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.eval_requests ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.feedback ENABLE ROW LEVEL SECURITY;
-ALTER TABLE reflect.followups ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.jobs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.key_verifiers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.memory_shares ENABLE ROW LEVEL SECURITY;
@@ -2634,10 +2806,14 @@ REVOKE ALL ON FUNCTION reflect._decrypt_safe(p_cipher bytea, p_key_id text, OUT 
 REVOKE ALL ON FUNCTION reflect._decrypts(p_cipher bytea, p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._encrypt(p_plain text, p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._encrypted_columns() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._enqueue_job(p_kind text, p_payload jsonb, p_request_id bigint, p_model_version_id integer, p_priority smallint, p_max_attempts integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._fail_undecryptable(p_request_id bigint, p_lease_token uuid, p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._feature_vector(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._finish_followup(j reflect.jobs, p_result jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._is_blank(p_text text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._job_channel(p_kind text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key_verifier(p_key_id text, p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._loaded_key_ids() FROM PUBLIC;
@@ -2646,7 +2822,7 @@ REVOKE ALL ON FUNCTION reflect._memory_owners(p_reader name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._normalize_params(p jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._queue_followups(p_request_id bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION reflect._reap_expired_followups() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._reap_expired_jobs() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._record_answer(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._requests_after_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._setting_float(p_key text) FROM PUBLIC;
@@ -2656,7 +2832,7 @@ REVOKE ALL ON FUNCTION reflect._sigmoid(z double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._signals_of(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._solve(a double precision[], b double precision[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._store_signals(p_request_id bigint, p_signals jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION reflect._take_followup_lease(p_followup_id bigint, p_lease_token uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._take_job_lease(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_analyst;
@@ -2671,12 +2847,18 @@ REVOKE ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_corre
 GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.calibration_features_v1() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.checkpoint_job_v1(p_job_id bigint, p_lease_token uuid, p_checkpoint jsonb, p_lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.checkpoint_job_v1(p_job_id bigint, p_lease_token uuid, p_checkpoint jsonb, p_lease_seconds integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.claim_jobs_v1(p_worker_id text, p_kinds text[], p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.claim_jobs_v1(p_worker_id text, p_kinds text[], p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.claim_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.complete_followup_v1(p_followup_id bigint, p_lease_token uuid, p_signals jsonb, p_critique text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.complete_followup_v1(p_followup_id bigint, p_lease_token uuid, p_signals jsonb, p_critique text) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.complete_job_v1(p_job_id bigint, p_lease_token uuid, p_result jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.complete_job_v1(p_job_id bigint, p_lease_token uuid, p_result jsonb) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) FROM PUBLIC;
@@ -2689,6 +2871,8 @@ REVOKE ALL ON FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uu
 GRANT ALL ON FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.fail_job_v1(p_job_id bigint, p_lease_token uuid, p_error text, p_retryable boolean, p_release boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.fail_job_v1(p_job_id bigint, p_lease_token uuid, p_error text, p_retryable boolean, p_release boolean) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) FROM PUBLIC;
@@ -2696,8 +2880,12 @@ GRANT ALL ON FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct bool
 REVOKE ALL ON FUNCTION reflect.fit_calibrator_v1(p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.heartbeat_jobs_v1(p_job_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.heartbeat_jobs_v1(p_job_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.key_usage_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.live_worker_count_v1(p_model_version text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.live_worker_count_v1(p_model_version text) TO reflect_app;

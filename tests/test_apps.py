@@ -145,6 +145,39 @@ def test_a_key_typed_into_psql_never_reaches_the_log_of_pgreflects_cluster(tmp_p
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_beyond_loopback_the_cluster_takes_passwords_over_tls_only(tmp_path: Path) -> None:
+    """Listening on an address beyond 127.0.0.1 makes a certificate, turns TLS on, and lets other hosts in
+    only through hostssl rules with scram. (A connection from another source address needs another host;
+    the rules are read back as the server parsed them, and TLS is used for real on 127.0.0.2.)"""
+    root = Path(tempfile.mkdtemp(prefix="pgt-", dir="/tmp"))
+    root.chmod(0o755)
+    cluster = LocalCluster(directory=root / "pg", port=_free_port(), dbname="postgres", listen="127.0.0.1,127.0.0.2")
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.wait_ready()
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE ROLE remote_app LOGIN PASSWORD 'correct horse battery staple'")
+            rules = conn.execute("SELECT type, address, auth_method, error FROM pg_hba_file_rules").fetchall()
+        assert all(error is None for *_, error in rules)
+        assert ("local", None, "trust", None) in rules
+        beyond = [r for r in rules if r[0] != "local" and r[1] not in ("127.0.0.1", "::1")]
+        assert beyond and all(t == "hostssl" and auth == "scram-sha-256" for t, _, auth, _ in beyond), rules
+        assert {r[2] for r in rules if r[0] != "local"} == {"scram-sha-256"}
+        ca = cluster.data_dir / "server.crt"
+        base = f"host=127.0.0.2 port={cluster.port} dbname=postgres user=remote_app " \
+               "password='correct horse battery staple'"
+        with psycopg.connect(base + f" sslmode=verify-ca sslrootcert={ca}") as conn:
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(base.replace("staple", "stable") + f" sslmode=verify-ca sslrootcert={ca}")
+    finally:
+        cluster.destroy()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _free_port() -> int:
     import socket
 

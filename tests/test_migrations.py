@@ -101,3 +101,58 @@ def test_versioned_entry_points(db: Database) -> None:
         SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname = 'reflect' AND p.proname NOT LIKE '\\_%' AND p.prorettype <> 'trigger'::regtype""")]
     assert names and all(n.rsplit("_", 1)[-1].startswith("v") for n in names), names
+
+
+def _release_before(migration: str, dest: Path) -> Path:
+    """db/ as it was in the commit before `migration` was added: the previous release's schema."""
+    import subprocess
+
+    root = db_dir().parent
+    added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", f"db/migrations/{migration}"],
+                           cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    assert added, f"{migration} is not in git history"
+    archive = subprocess.run(["git", "archive", f"{added[-1]}^", "db"], cwd=root, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest / "db"
+
+
+def test_upgrade_carries_follow_ups_and_their_states_into_the_job_runtime(empty_db: Database, tmp_path: Path,
+                                                                       keyring) -> None:  # type: ignore[no-untyped-def]
+    """A database of the release before the job runtime, with follow-ups in every state, is migrated: the
+    rows keep their ids, states and attempts, the old view name still reads them, and new ids follow on."""
+    from pgreflect.db import LOGIN_ROLES
+    from pgreflect.sql import parse_queries
+
+    old = _release_before("0003_hardening.sql", tmp_path)
+    migrate(empty_db.dsn(), root=old)
+    old_queries = parse_queries((old / "queries" / "queries.sql").read_text())
+    with empty_db.admin() as conn:
+        for login, group in LOGIN_ROLES.values():
+            conn.execute(old_queries["ensure_login_role"], {"login": login, "group_role": group})
+        conn.execute("SELECT reflect.register_model_version_v1('old', '/x', %s, 'path', 4096, NULL, true)",
+                     ("0" * 64,))
+        key = keyring.keys[keyring.current]
+        conn.execute("SELECT reflect.use_key_v1(%s, %s)", (keyring.current, key))
+        for i in range(3):
+            rid = conn.execute("SELECT reflect.submit_v1(%s)", (f"old request {i}",)).fetchone()[0]
+            (lease,) = conn.execute("SELECT lease_token FROM reflect.claim_v1('old-worker', 1, 60)").fetchone()
+            conn.execute("SELECT reflect.complete_v1(%s, %s, 'ok', 'stop', 1, '{-0.1}', 1, 1)", (rid, lease))
+        conn.execute("DELETE FROM reflect.followups")
+        conn.execute("""
+            INSERT INTO reflect.followups (request_id, kind, state, attempts, finished_at)
+            SELECT id, 'agreement',
+                   (CASE id WHEN 1 THEN 'succeeded' WHEN 2 THEN 'queued' ELSE 'failed' END)::reflect.request_state,
+                   CASE id WHEN 2 THEN 0 ELSE 1 END, CASE WHEN id <> 2 THEN now() END
+            FROM reflect.requests""")
+        before = conn.execute("SELECT id, request_id, kind, state::text, attempts FROM reflect.followups ORDER BY id"
+                              ).fetchall()
+    migrate(empty_db.dsn())
+    with empty_db.admin() as conn:
+        after = conn.execute("SELECT id, request_id, kind, state::text, attempts FROM reflect.jobs ORDER BY id"
+                             ).fetchall()
+        assert conn.execute("SELECT last_error FROM reflect.jobs WHERE state = 'failed'").fetchone() == ("failed",)
+        view = conn.execute("SELECT id, request_id, kind, state::text, attempts FROM reflect.followups ORDER BY id"
+                            ).fetchall()
+        new_id = conn.execute("SELECT reflect._enqueue_job('critique', '{}', 1, 1)").fetchone()[0]
+    assert after == before == view
+    assert new_id > max(r[0] for r in after)  # the identity continues after the copied ids

@@ -237,7 +237,8 @@ SELECT
   reflect._decrypt_or_null(c.critique_enc, c.key_id) AS critique,
   c.verdict AS critique_verdict,
   c.rating AS critique_rating,
-  (SELECT count(*) FROM reflect.followups f WHERE f.request_id = r.id AND f.state IN ('queued', 'running'))
+  (SELECT count(*) FROM reflect.jobs f
+   WHERE f.request_id = r.id AND f.kind IN ('critique', 'agreement') AND f.state IN ('queued', 'running'))
     AS followups_pending
 FROM reflect.requests r
 JOIN reflect.model_versions mv ON mv.id = r.model_version_id

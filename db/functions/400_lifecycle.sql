@@ -412,6 +412,6 @@ BEGIN
   SELECT count(pg_notify(CASE WHEN state = 'queued' THEN 'needs_inference' ELSE 'request_done' END,
                          id::text))
   INTO v_n FROM moved;
-  RETURN v_n + reflect._reap_expired_followups();
+  RETURN v_n + reflect._reap_expired_jobs();
 END
 $$;

@@ -69,3 +69,13 @@ TO reflect_worker;
 GRANT EXECUTE ON FUNCTION reflect.share_memories_v1(name, boolean) TO reflect_app;
 GRANT EXECUTE ON FUNCTION reflect.reveal_request_v1(bigint, text, boolean) TO reflect_reviewer;
 GRANT SELECT ON reflect.decryption_log TO reflect_analyst;
+
+-- job runtime (0004)
+GRANT EXECUTE ON FUNCTION
+  reflect.claim_jobs_v1(text, text[], integer, integer, integer[]),
+  reflect.job_input_v1(bigint, uuid),
+  reflect.heartbeat_jobs_v1(bigint[], uuid[], integer),
+  reflect.checkpoint_job_v1(bigint, uuid, jsonb, integer),
+  reflect.complete_job_v1(bigint, uuid, jsonb),
+  reflect.fail_job_v1(bigint, uuid, text, boolean, boolean)
+TO reflect_worker;

@@ -197,3 +197,22 @@ SELECT name FROM pg_catalog.pg_settings WHERE pending_restart;
 
 -- name: terminate_login_sessions
 SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = %(login)s;
+
+-- name: claim_jobs
+SELECT job_id, lease_token, kind, attempt, request_id, model_version_id, payload, checkpoint
+FROM reflect.claim_jobs_v1(%(worker_id)s, %(kinds)s, %(limit)s, %(lease_seconds)s, %(model_version_ids)s);
+
+-- name: job_input
+SELECT prompt, system_prompt, answer, params FROM reflect.job_input_v1(%(job_id)s, %(lease_token)s);
+
+-- name: heartbeat_jobs
+SELECT heartbeat_jobs_v1 AS job_id FROM reflect.heartbeat_jobs_v1(%(job_ids)s, %(lease_tokens)s, %(lease_seconds)s);
+
+-- name: checkpoint_job
+SELECT reflect.checkpoint_job_v1(%(job_id)s, %(lease_token)s, %(checkpoint)s::jsonb, %(lease_seconds)s);
+
+-- name: complete_job
+SELECT reflect.complete_job_v1(%(job_id)s, %(lease_token)s, %(result)s::jsonb) AS out;
+
+-- name: fail_job
+SELECT reflect.fail_job_v1(%(job_id)s, %(lease_token)s, %(error)s, %(retryable)s, %(release)s) AS state;

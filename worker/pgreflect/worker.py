@@ -24,10 +24,11 @@ from typing import Any
 
 import psycopg
 
-from pgreflect.agreement import agreement
 from pgreflect.backends import Backend, BackendError, Cancelled, GenerationRequest
 from pgreflect.db import connect
 from pgreflect.errors import StaleLease, translate
+from pgreflect.jobs import FOLLOWUP_KINDS, HANDLERS
+from pgreflect.jobs.base import JobInput, JobRun
 from pgreflect.keys import Keyring, KeyringWatcher, install_keys, load_keyring
 from pgreflect.models import verify_file
 from pgreflect.paths import keyring_path
@@ -85,23 +86,6 @@ class Job:
 
 
 @dataclass
-class FollowupJob:
-    followup_id: int
-    lease_token: uuid.UUID
-    kind: str  # critique | agreement
-    request_id: int
-    model_version_id: int
-    prompt: str
-    system_prompt: str | None
-    answer: str
-    params: dict[str, Any]
-    samples: int
-    temperature: float
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lease_lost: bool = False
-
-
-@dataclass
 class WorkerStats:
     claimed: int = 0
     succeeded: int = 0
@@ -109,7 +93,7 @@ class WorkerStats:
     retried: int = 0
     released: int = 0
     lost: int = 0
-    followups: int = 0
+    followups: int = 0  # jobs finished (critique, agreement, ...)
 
 
 class _ConnectionSlot:
@@ -153,7 +137,7 @@ class Worker:
         self._wake = threading.Event()
         self._closed = threading.Event()  # set after shutdown: the heartbeat runs until then
         self._inflight: dict[int, Job] = {}
-        self._inflight_followups: dict[int, FollowupJob] = {}
+        self._inflight_jobs: dict[int, JobRun] = {}
         self._inflight_lock = threading.Lock()
         self._local = threading.local()
         self._slots: list[_ConnectionSlot] = []
@@ -308,20 +292,24 @@ class Worker:
             fut = pool.submit(self._process, job)
             fut.add_done_callback(lambda _f: self._wake.set())
             futures.add(fut)
-        if len(rows) < limit and self.config.followups:
-            # Answers first: follow-ups (critique, agreement) only fill slots no request wanted.
-            for row in self._call("main", "claim_followups", {
-                "worker_id": self.config.worker_id, "limit": limit - len(rows),
+        kinds = self._job_kinds()
+        if len(rows) < limit and kinds:
+            # Answers first: jobs (critique, agreement, ...) only fill slots no request wanted.
+            for row in self._call("main", "claim_jobs", {
+                "worker_id": self.config.worker_id, "kinds": kinds, "limit": limit - len(rows),
                 "lease_seconds": self.config.lease_seconds, "model_version_ids": model_ids,
             }):
-                fjob = FollowupJob(*row)
+                run = JobRun(*row)
                 with self._inflight_lock:
-                    self._inflight_followups[fjob.followup_id] = fjob
-                fut = pool.submit(self._process_followup, fjob)
+                    self._inflight_jobs[run.job_id] = run
+                fut = pool.submit(self._process_job, run)
                 fut.add_done_callback(lambda _f: self._wake.set())
                 futures.add(fut)
                 rows.append(row)
         return len(rows)
+
+    def _job_kinds(self) -> list[str]:
+        return [k for k in HANDLERS if self.config.followups or k not in FOLLOWUP_KINDS]
 
     def _process(self, job: Job) -> None:
         try:
@@ -371,38 +359,27 @@ class Worker:
             with self._inflight_lock:
                 self._inflight.pop(job.request_id, None)
 
-    def _process_followup(self, job: FollowupJob) -> None:
-        backend = self.backends[job.model_version_id]
-        request = GenerationRequest(job.prompt, job.system_prompt, job.params)
-        args: dict[str, Any] = {"followup_id": job.followup_id, "lease_token": job.lease_token}
+    def _process_job(self, run: JobRun) -> None:
+        """Runs one job with its kind's handler and reports the result through the job functions."""
+        args: dict[str, Any] = {"job_id": run.job_id, "lease_token": run.lease_token}
         try:
-            if job.kind == "critique":
-                result = {"signals": "{}", "critique": backend.critique(request, job.answer)}
-            else:
-                texts = []
-                for i in range(job.samples):
-                    if job.cancel.is_set():
-                        raise Cancelled()
-                    sample = GenerationRequest(job.prompt, job.system_prompt, {
-                        **job.params, "temperature": job.temperature, "seed": i + 1, "top_p": 0.95, "top_k": 0})
-                    texts.append(backend.generate(sample, job.cancel).text)
-                result = {"signals": json.dumps({"agreement": agreement(job.answer, texts, self.embedder)}),
-                          "critique": None}
-            self._call("job", "complete_followup", {**args, **result})
-            self.stats.followups += 1
+            result = HANDLERS[run.kind].run(_RuntimeContext(self, run), run)
+            if result is not None:
+                self._call("job", "complete_job", {**args, "result": json.dumps(result)})
+                self.stats.followups += 1
         except Cancelled:
-            if not job.lease_lost:
-                self._call("job", "fail_followup", {**args, "error": "released", "release": True})
+            if not run.lease_lost:
+                self._call("job", "fail_job", {**args, "error": "released", "retryable": True, "release": True})
         except StaleLease as exc:
-            log.warning("follow-up %s: %s", job.followup_id, exc)
+            log.warning("job %s: %s", run.job_id, exc)
         except Exception as exc:
-            log.exception("follow-up %s (%s of request %s) failed", job.followup_id, job.kind, job.request_id)
+            log.exception("job %s (%s) failed", run.job_id, run.kind)
             with contextlib.suppress(Exception):
-                self._call("job", "fail_followup", {**args, "error": f"{type(exc).__name__}: {exc}"[:500],
-                                                    "release": False})
+                self._call("job", "fail_job", {**args, "error": f"{type(exc).__name__}: {exc}"[:500],
+                                               "retryable": True, "release": False})
         finally:
             with self._inflight_lock:
-                self._inflight_followups.pop(job.followup_id, None)
+                self._inflight_jobs.pop(run.job_id, None)
 
     def _maybe_reanswer(self, job: Job, backend: Backend, request: GenerationRequest, gen: Any,
                         signals: dict[str, float]) -> tuple[Any, dict[str, float]]:
@@ -502,7 +479,7 @@ class Worker:
                 time.sleep(0.05)
                 pending = {f for f in pending if not f.done()}
         with self._inflight_lock:
-            for job in [*self._inflight.values(), *self._inflight_followups.values()]:
+            for job in [*self._inflight.values(), *self._inflight_jobs.values()]:
                 job.cancel.set()  # each generation checks this per token, then releases its request
         pool.shutdown(wait=True)
 
@@ -552,15 +529,15 @@ class Worker:
     def _heartbeat(self) -> None:
         with self._inflight_lock:
             jobs = list(self._inflight.values())
-            followups = list(self._inflight_followups.values())
-        if followups:
-            held_f = {row[0] for row in self._call("heartbeat", "heartbeat_followups", {
-                "ids": [f.followup_id for f in followups], "lease_tokens": [f.lease_token for f in followups],
+            runs = list(self._inflight_jobs.values())
+        if runs:
+            held_j = {row[0] for row in self._call("heartbeat", "heartbeat_jobs", {
+                "job_ids": [r.job_id for r in runs], "lease_tokens": [r.lease_token for r in runs],
                 "lease_seconds": self.config.lease_seconds})}
-            for f in followups:
-                if f.followup_id not in held_f:
-                    f.lease_lost = True
-                    f.cancel.set()
+            for r in runs:
+                if r.job_id not in held_j:
+                    r.lease_lost = True
+                    r.cancel.set()
         if not jobs:
             return
         held = {row[0] for row in self._call("heartbeat", "heartbeat", {
@@ -579,6 +556,31 @@ class Worker:
     def _seen(self, model_ids: list[int], role: str = "main") -> None:
         self._call(role, "worker_seen", {"worker_id": self.config.worker_id, "model_version_ids": model_ids,
                                    "pid": os.getpid(), "hostname": socket.gethostname()})
+
+
+class _RuntimeContext:
+    """A handler's view of the worker (pgreflect.jobs.base.JobContext)."""
+
+    def __init__(self, worker: Worker, run: JobRun):
+        self.worker, self.run = worker, run
+        self.embedder = worker.embedder
+
+    def backend(self, model_version_id: int | None) -> Backend:
+        if model_version_id is None or model_version_id not in self.worker.backends:
+            raise BackendError(f"this worker does not serve model version {model_version_id}", retryable=True)
+        return self.worker.backends[model_version_id]
+
+    def input(self) -> JobInput | None:
+        rows = self.worker._call("job", "job_input", {"job_id": self.run.job_id, "lease_token": self.run.lease_token})
+        if not rows:
+            log.warning("job %s: its request does not decrypt; the job was failed", self.run.job_id)
+            return None
+        return JobInput(*rows[0])
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        self.worker._call("job", "checkpoint_job", {"job_id": self.run.job_id, "lease_token": self.run.lease_token,
+                                                    "checkpoint": json.dumps(state),
+                                                    "lease_seconds": self.worker.config.lease_seconds})
 
 
 class InlineWorker:

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pgreflect.backends import Backend, Cancelled
+
+
+@dataclass
+class JobRun:
+    """A claimed job, as claim_jobs_v1 returns it, with its cancellation state."""
+
+    job_id: int
+    lease_token: uuid.UUID
+    kind: str
+    attempt: int
+    request_id: int | None
+    model_version_id: int | None
+    payload: dict[str, Any]
+    checkpoint: dict[str, Any] | None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lease_lost: bool = False
+
+
+@dataclass(frozen=True)
+class JobInput:
+    prompt: str
+    system_prompt: str | None
+    answer: str | None
+    params: dict[str, Any]
+
+
+class JobContext(Protocol):
+    """What the runtime gives a handler: the model, the job's decrypted input, checkpoints, cancellation."""
+
+    embedder: Any
+
+    def backend(self, model_version_id: int | None) -> Backend: ...
+
+    def input(self) -> JobInput | None:
+        """The answer the job works on; None when it did not decrypt (the job has then been failed)."""
+        ...
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        """Saves progress under the lease; a later claim of this job gets it back in JobRun.checkpoint."""
+        ...
+
+
+class Handler(Protocol):
+    kind: str
+
+    def run(self, ctx: JobContext, job: JobRun) -> dict[str, Any] | None:
+        """Does the work and returns the result for complete_job_v1 (None: the job already ended itself).
+        Raises Cancelled when job.cancel is set."""
+        ...
+
+
+def check_cancel(job: JobRun) -> None:
+    if job.cancel.is_set():
+        raise Cancelled()
