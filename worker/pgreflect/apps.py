@@ -132,3 +132,20 @@ def revoke_app(name: str, admin_dsn: str) -> str:
     credentials_path(name).unlink(missing_ok=True)
     return login
 
+
+
+def dsn_builder() -> Any:
+    """How apps reach the database: the local cluster over loopback TCP with their password; with
+    PGREFLECT_DSN (an existing server), the admin DSN's host, port, database and sslmode."""
+    from pgreflect.db import dsns
+
+    d = dsns()
+    if d.local:
+        from pgreflect.cluster import LocalCluster
+
+        cluster = LocalCluster()
+        return lambda login, password: cluster.tcp_dsn(login, password)
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    base = {k: v for k, v in conninfo_to_dict(d.admin).items() if k in ("host", "port", "dbname", "sslmode")}
+    return lambda login, password: make_conninfo(**base, user=login, password=password)

@@ -8,9 +8,7 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,84 +40,15 @@ def _flag(p: argparse.ArgumentParser, flag: str, *, type: Any = str, default: An
 
 
 # -- setup -------------------------------------------------------------------------------------------
+def _say(prefix: str) -> Any:
+    return lambda msg: print(f"[{prefix}] {msg}", file=sys.stderr)
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
-    setup(quiet=False, model=not args.skip_model, keyring=not args.skip_keyring)
+    from pgreflect.flows.setup import setup
+
+    setup(_say("setup"), model=not args.skip_model, keyring=not args.skip_keyring)
     return 0
-
-
-def setup(quiet: bool = True, model: bool = True, keyring: bool = True) -> None:
-    """Cluster up (local mode), schema migrated, login roles, keyring, default model registered."""
-    from pgreflect import keys
-    from pgreflect.db import LOGIN_ROLES, dsns
-    from pgreflect.migrate import migrate
-
-    say = (lambda *_: None) if quiet else (lambda msg: print(f"[setup] {msg}", file=sys.stderr))
-    if keyring:
-        ring = keys.ensure_keyring()
-        say(f"keyring ready (current key id {ring.current})")
-    d = dsns()
-    if d.local:
-        from pgreflect.cluster import LocalCluster
-
-        cluster = LocalCluster()
-        if cluster.init():
-            say(f"created cluster in {cluster.directory}")
-        if cluster.start():
-            say(f"started PostgreSQL (socket {cluster.socket_dir}, port {cluster.port})")
-        else:
-            _apply_changed_settings(cluster, say)
-        cluster.wait_ready()
-        cluster.ensure_database()
-    result = migrate(d.admin)
-    say(f"migrations applied: {result.applied or 'none new'}; {len(result.functions)} function files")
-    if d.local:
-        import psycopg
-
-        from pgreflect.sql import query
-
-        with psycopg.connect(d.admin, autocommit=True) as conn:
-            for login, group in LOGIN_ROLES.values():
-                conn.execute(query("ensure_login_role"), {"login": login, "group_role": group})
-    if keyring:
-        from pgreflect.db import connect
-
-        connect(d.admin, application_name="pgreflect-setup").close()  # registers each key's verifier
-    if model:
-        name = register_packaged(d.admin, None)
-        say(f"model version {name} registered")
-
-
-def _apply_changed_settings(cluster: Any, say: Any) -> None:
-    """A running cluster re-reads pg_hba.conf and pgreflect.conf; settings that need a restart (such as
-    listen_addresses after an upgrade) get one."""
-    import psycopg
-
-    from pgreflect.sql import query
-
-    cluster.reload()
-    cluster.wait_ready()
-    with psycopg.connect(cluster.dsn(dbname="postgres"), autocommit=True) as conn:
-        pending = [r[0] for r in conn.execute(query("pending_restart"))]
-    if pending:
-        say(f"restarting PostgreSQL for {', '.join(pending)}")
-        cluster.restart()
-
-
-def register_packaged(admin_dsn: str, name: str | None, activate: bool = False) -> str:
-    import psycopg
-
-    from pgreflect.models import DEFAULT_MODEL, PACKAGED, packaged_path
-    from pgreflect.sql import query
-
-    name = name or DEFAULT_MODEL
-    model = PACKAGED[name]
-    path = packaged_path(name)
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(query("register_model"), {
-            "name": name, "gguf_path": str(path), "sha256": model.sha256, "source": model.source,
-            "n_ctx": model.n_ctx, "parent": None, "activate": activate, "backend": "llama",
-        })
-    return name
 
 
 # -- cluster -----------------------------------------------------------------------------------------
@@ -136,11 +65,15 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         cluster.init()
         cluster.start()
     elif args.action == "stop":
-        stop_worker_daemon()
+        from pgreflect.flows import daemon
+
+        daemon.stop()
         cluster.stop()
     elif args.action == "run":
         # Container entry point: set the database up, then hand the process over to postgres in the foreground.
-        setup(quiet=False, model=False, keyring=False)
+        from pgreflect.flows.setup import setup
+
+        setup(_say("setup"), model=False, keyring=False)
         cluster.stop()
         cmd = cluster.foreground_command()
         os.execvp(cmd[0], cmd)
@@ -174,6 +107,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     admin = dsns().admin
     if args.action == "install-default":
+        from pgreflect.flows.setup import register_packaged
+
         print(register_packaged(admin, args.name or DEFAULT_MODEL, activate=args.activate))
         return 0
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -218,26 +153,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
         ring = keys.add_key()
         print(f"new current key id {ring.current}; rotate old rows with: pgreflect keys rotate --from OLD_ID")
     elif args.action == "rotate":
-        from pgreflect.db import connect, dsns
-        from pgreflect.sql import query
+        from pgreflect.flows.admin import rotate_key
 
-        total = 0
-        with connect(dsns().admin, application_name="pgreflect-rotate") as conn:
-            while True:
-                n = conn.execute(query("rotate_key"), {"from_key_id": args.from_key_id,
-                                                       "batch": args.batch}).fetchone()[0]
-                total += n
-                if n == 0:
-                    break
+        total = rotate_key(args.from_key_id, args.batch)
         print(f"re-encrypted {total} row(s) from key {args.from_key_id}; `pgreflect keys usage` shows what "
               "each key still encrypts; once it encrypts nothing and no app uses it, remove it from the keyring")
     elif args.action == "usage":
-        from pgreflect.db import connect, dsns
-        from pgreflect.sql import query
+        from pgreflect.flows.admin import key_usage
 
-        with connect(dsns().admin, application_name="pgreflect-keys") as conn:
-            for key_id, table, n in conn.execute(query("key_usage")):
-                print(f"{key_id:34} {table:20} {n}")
+        for key_id, table, n in key_usage():
+            print(f"{key_id:34} {table:20} {n}")
     return 0
 
 
@@ -248,7 +173,7 @@ def cmd_apps(args: argparse.Namespace) -> int:
 
     d = dsns()
     if args.action == "add":
-        creds = apps.add_app(args.name, admin_dsn=d.admin, dsn_for=_app_dsn_builder(), os_user=args.os_user)
+        creds = apps.add_app(args.name, admin_dsn=d.admin, dsn_for=apps.dsn_builder(), os_user=args.os_user)
         info = creds.public()
         if args.json:
             print(json.dumps(info))
@@ -267,45 +192,11 @@ def cmd_apps(args: argparse.Namespace) -> int:
     return 0
 
 
-def _app_dsn_builder() -> Any:
-    """Apps reach the local cluster over loopback TCP with their password; with PGREFLECT_DSN (an existing
-    server) the admin DSN's host, port and database are reused."""
-    from pgreflect.db import dsns
-
-    d = dsns()
-    if d.local:
-        from pgreflect.cluster import LocalCluster
-
-        cluster = LocalCluster()
-        return lambda login, password: cluster.tcp_dsn(login, password)
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    base = {k: v for k, v in conninfo_to_dict(d.admin).items() if k in ("host", "port", "dbname", "sslmode")}
-    return lambda login, password: make_conninfo(**base, user=login, password=password)
-
-
 def cmd_psql(args: argparse.Namespace) -> int:
-    """Keys travel as startup options (PGOPTIONS): never in a statement's text, so neither the server log
-    nor pg_stat_activity can show them, whatever the logging settings."""
-    import shutil
+    from pgreflect.flows.psql import psql_invocation
 
-    from pgreflect.db import dsns
-    from pgreflect.keys import load_keyring, startup_options
-
-    psql = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"
-    if args.app:
-        from pgreflect.apps import credentials_path
-
-        creds = json.loads(credentials_path(args.app).read_text())
-        dsn = creds["dsn"]
-        options = startup_options({creds["key_id"]: creds["key"]}, creds["key_id"])
-    else:
-        ring = load_keyring()
-        dsn = dsns().admin
-        options = startup_options(ring.keys, ring.current)
-    env = {**os.environ, "PGOPTIONS": options}
-    extra = [a for a in args.psql_args if a != "--"]
-    os.execvpe(psql, [psql, dsn, *extra], env)
+    argv, env = psql_invocation(args.app, [a for a in args.psql_args if a != "--"])
+    os.execvpe(argv[0], argv, env)
     return 0  # not reached
 
 
@@ -352,8 +243,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pgreflect.worker import Worker
 
     if args.daemon:
-        pid = start_worker_daemon(sys.argv[2:])
-        print(f"worker running as pid {pid}; log {_daemon_paths()[1]}")
+        from pgreflect.flows import daemon
+
+        pid = daemon.start(sys.argv[2:])
+        print(f"worker running as pid {pid}; log {daemon.paths()[1]}")
         return 0
     worker = Worker(dsns().worker, _worker_config(args))
     signals = {"n": 0}
@@ -375,89 +268,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _daemon_paths() -> tuple[Path, Path]:
-    from pgreflect.paths import home, logs_dir
-
-    return home() / "worker.pid", logs_dir() / "worker.log"
-
-
-def _daemon_pid() -> int | None:
-    pid_file, _ = _daemon_paths()
-    try:
-        pid = int(pid_file.read_text())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
-
-
-def start_worker_daemon(extra_args: list[str] | None = None) -> int:
-    pid = _daemon_pid()
-    if pid:
-        return pid
-    pid_file, log_file = _daemon_paths()
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    args = [a for a in (extra_args or []) if a != "--daemon"]
-    with log_file.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pgreflect.cli", "worker", *args],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-    pid_file.write_text(str(proc.pid))
-    return proc.pid
-
-
-def stop_worker_daemon(timeout: float = 60) -> bool:
-    pid = _daemon_pid()
-    if not pid:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            break
-        time.sleep(0.2)
-    _daemon_paths()[0].unlink(missing_ok=True)
-    return True
-
-
 # -- ask ---------------------------------------------------------------------------------------------
-def ask(prompt: str, *, system_prompt: str | None = None, params: dict[str, Any] | None = None,
-        model_version: str | None = None, idempotency_key: str | None = None, caller: str = "pgreflect-ask",
-        timeout: float = 600, inline_worker: str = "auto", worker_args: argparse.Namespace | None = None,
-        abort: Any = None) -> dict[str, Any]:
-    """Submits like an app does, runs a worker in this process when none is live, waits for the answer."""
-    from pgreflect.client import Client
-    from pgreflect.db import dsns
-    from pgreflect.worker import InlineWorker, Worker
-
-    d = dsns()
-    with Client(d.app, application_name="pgreflect-ask") as client:
-        request_id = client.submit(prompt, system_prompt=system_prompt, params=params,
-                                   idempotency_key=idempotency_key, caller=caller, model_version=model_version)
-        inline = None
-        if inline_worker == "always" or (inline_worker == "auto" and client.live_workers(model_version) == 0):
-            inline = InlineWorker(Worker(d.worker, _inline_config(worker_args, model_version))).start()
-            abort = inline.failure
-        try:
-            row = client.wait(request_id, timeout=timeout, abort=abort)
-        finally:
-            if inline is not None:
-                inline.stop()
-    row["id"] = request_id
-    return row
-
-
-def _inline_config(worker_args: argparse.Namespace | None, model_version: str | None) -> Any:
-    from pgreflect.worker import WorkerConfig
-
-    cfg = _worker_config(worker_args) if worker_args is not None else WorkerConfig()
-    if model_version:
-        cfg.model_versions = [model_version]
-    cfg.followups = False  # follow-ups are left to the long-running workers, not to a short-lived one
-    return cfg
-
-
 def cmd_ask(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {}
     if args.max_tokens is not None:
@@ -469,9 +280,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
     prompt = args.prompt
     if prompt is None or prompt == "-":  # from stdin: a prompt on the command line is visible in `ps`
         prompt = sys.stdin.read()
+    from pgreflect.flows.ask import ask
+
     row = ask(prompt, system_prompt=args.system, params=params, model_version=args.model_version,
               idempotency_key=args.idempotency_key, timeout=args.timeout, inline_worker=args.inline_worker,
-              worker_args=args)
+              worker_config=_worker_config(args))
     print_answer(row, args.json)
     return 0 if row["state"] == "succeeded" else 1
 
@@ -502,69 +315,42 @@ def print_answer(row: dict[str, Any], as_json: bool) -> None:
 
 # -- metacognition: feedback, calibration, datasets, evaluation ------------------------------------------
 def cmd_feedback(args: argparse.Namespace) -> int:
-    import psycopg
-
-    from pgreflect.db import connect, dsns
-    from pgreflect.errors import translate
-    from pgreflect.sql import query
+    from pgreflect.flows.admin import give_feedback
 
     is_correct = True if args.correct else False if args.wrong else None
-    with connect(dsns().app, application_name="pgreflect-feedback") as conn:
-        try:
-            fid = conn.execute(query("feedback"), {"request_id": args.request_id, "is_correct": is_correct,
-                                                   "rating": args.rating, "correction": args.correction,
-                                                   "source": args.source}).fetchone()[0]
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
+    fid = give_feedback(args.request_id, is_correct=is_correct, rating=args.rating, correction=args.correction,
+                        source=args.source)
     print(f"feedback {fid} recorded for request {args.request_id}")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    import psycopg
+    from pgreflect.flows.admin import calibrate
 
-    from pgreflect.db import dsns
-    from pgreflect.sql import query
-
-    with psycopg.connect(dsns().admin, autocommit=True) as conn:
-        names = [args.model_version] if args.model_version else [r[1] for r in conn.execute(query("list_models"))]
-        for name in names:
-            cal_id = conn.execute(query("fit_calibrator"), {"model_version": name}).fetchone()[0]
-            if cal_id is None:
-                print(f"{name}: not enough labels yet (see reflect.settings calibration_min_*)")
-                continue
-            metrics = conn.execute(query("calibrator"), {"id": cal_id}).fetchone()[0]
-            print(f"{name}: calibrator {cal_id}: {json.dumps(metrics)}")
+    for name, fit in calibrate(args.model_version).items():
+        if fit is None:
+            print(f"{name}: not enough labels yet (see reflect.settings calibration_min_*)")
+        else:
+            print(f"{name}: calibrator {fit['calibrator']}: {json.dumps(fit['metrics'])}")
     return 0
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     from pgreflect import datasets
-    from pgreflect.db import connect, dsns
-    from pgreflect.sql import query
+    from pgreflect.flows.admin import export_dataset
 
     if args.action == "list":
         for name, ds in datasets.DATASETS.items():
             print(f"{name}: {ds.file()} ({ds.license})")
         return 0
-    chosen = datasets.select(args.name, args.split, args.limit, args.seed)
-    with connect(dsns().admin, application_name="pgreflect-datasets") as conn:
-        added = conn.execute(query("register_eval_items"), {
-            "dataset": args.name, "item_ids": [it["id"] for it in chosen],
-            "splits": [it["split"] for it in chosen]}).fetchone()[0]
-    with open(args.out, "w") as f:
-        for it in chosen:
-            f.write(json.dumps(it) + "\n")
-    print(f"wrote {len(chosen)} {args.name} items ({args.split}) to {args.out}; {added} new in reflect.eval_items")
+    n, added = export_dataset(args.name, args.split, args.limit, args.seed, Path(args.out))
+    print(f"wrote {n} {args.name} items ({args.split}) to {args.out}; {added} new in reflect.eval_items")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pgreflect.client import Client
-    from pgreflect.db import dsns
     from pgreflect.errors import InvalidInput
-    from pgreflect.evaluate import EvalConfig, run
-    from pgreflect.worker import InlineWorker, Worker
+    from pgreflect.evaluate import EvalConfig, run_with_worker
 
     if not args.file:
         raise InvalidInput("--file (or PGREFLECT_FILE) is required")
@@ -573,19 +359,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      max_tokens=args.max_tokens, memory=args.eval_memory == "on", timeout=args.timeout)
     if args.run_label:
         cfg.run_label = args.run_label
-    d = dsns()
-    with Client(d.app, application_name="pgreflect-eval") as client:
-        inline = None
-        if args.inline_worker == "always" or (args.inline_worker == "auto"
-                                              and client.live_workers(args.model_version) == 0):
-            config = _inline_config(args, args.model_version)
-            config.followups = True  # evaluation traffic gets critique and agreement; eval waits for them
-            inline = InlineWorker(Worker(d.worker, config)).start()
-        try:
-            summary = run(cfg, client, abort=inline.failure if inline else None)
-        finally:
-            if inline is not None:
-                inline.stop()
+    summary = run_with_worker(cfg, args.inline_worker, _worker_config(args))
     printable = {k: v for k, v in summary.items() if k != "signal_auroc"}
     print(json.dumps(printable, default=str))
     for name, v in summary.get("signal_auroc", {}).items():
@@ -597,53 +371,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from pgreflect.client import Client
     from pgreflect.db import dsns
+    from pgreflect.flows import daemon
+    from pgreflect.flows.ask import ask
+    from pgreflect.flows.setup import setup
 
-    setup(quiet=False)
+    say = _say("up")
+    setup(_say("setup"))
     with Client(dsns().app) as client:
         live = client.live_workers()
     if live == 0:
-        pid = start_worker_daemon([])
-        print(f"[up] worker started (pid {pid}, log {_daemon_paths()[1]})", file=sys.stderr)
+        say(f"worker started (pid {daemon.start([])}, log {daemon.paths()[1]})")
     else:
-        print(f"[up] {live} worker(s) already running", file=sys.stderr)
-    print(f"[up] asking: {args.prompt}", file=sys.stderr)
+        say(f"{live} worker(s) already running")
+    say(f"asking: {args.prompt}")
     row = ask(args.prompt, inline_worker="never", timeout=args.timeout,
-              abort=lambda: None if live or _daemon_pid() else f"the worker exited; see {_daemon_paths()[1]}")
+              abort=lambda: None if live or daemon.running_pid() else f"the worker exited; see {daemon.paths()[1]}")
     print_answer(row, args.json)
     return 0 if row["state"] == "succeeded" else 1
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     from pgreflect.cluster import LocalCluster
+    from pgreflect.flows import daemon
 
-    stopped = stop_worker_daemon()
+    stopped = daemon.stop()
     LocalCluster().stop()
     print(f"worker {'stopped' if stopped else 'was not running'}; cluster stopped")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import psycopg
+    from pgreflect.flows.admin import status
 
-    from pgreflect.db import dsns
-    from pgreflect.sql import query
-
-    d = dsns()
-    out: dict[str, Any] = {"version": __version__}
-    if d.local:
-        from pgreflect.cluster import LocalCluster
-
-        c = LocalCluster()
-        out["cluster"] = {"directory": str(c.directory), "running": c.running(), "port": c.port}
-    try:
-        with psycopg.connect(d.admin, autocommit=True, connect_timeout=5) as conn:
-            cols = ["model_version", "is_active", "queued", "waiting_retry", "running", "lease_expired",
-                    "succeeded", "failed", "oldest_queued_at"]
-            out["queue"] = [dict(zip(cols, r, strict=True)) for r in conn.execute(query("queue_status"))]
-            wcols = ["worker_id", "hostname", "pid", "model_versions", "started_at", "last_seen_at", "live"]
-            out["workers"] = [dict(zip(wcols, r, strict=True)) for r in conn.execute(query("workers"))]
-    except psycopg.Error as exc:
-        out["error"] = str(exc).strip()
+    out = status()
     print(json.dumps(out, indent=2, default=str))
     return 0 if "error" not in out else 1
 

@@ -199,3 +199,24 @@ def plot_reliability(path: Path, results: list[dict[str, Any]], summary: dict[st
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def run_with_worker(cfg: EvalConfig, inline_worker: str, worker_config: Any) -> dict[str, Any]:
+    """Runs an evaluation through the app path; with no live worker for the version (inline_worker auto),
+    or always, a worker runs in this process, follow-ups included (evaluation traffic gets critique and
+    agreement, and the evaluation waits for them)."""
+    from pgreflect.db import dsns
+    from pgreflect.flows.ask import inline_worker_config
+    from pgreflect.worker import InlineWorker, Worker
+
+    d = dsns()
+    with Client(d.app, application_name="pgreflect-eval") as client:
+        inline = None
+        if inline_worker == "always" or (inline_worker == "auto" and client.live_workers(cfg.model_version) == 0):
+            config = inline_worker_config(worker_config, cfg.model_version, followups=True)
+            inline = InlineWorker(Worker(d.worker, config)).start()
+        try:
+            return run(cfg, client, abort=inline.failure if inline else None)
+        finally:
+            if inline is not None:
+                inline.stop()

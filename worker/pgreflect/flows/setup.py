@@ -1,0 +1,73 @@
+"""Set-up: the local cluster (when no PGREFLECT_DSN), the schema, login roles, keyring and default model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+
+from pgreflect import keys
+from pgreflect.db import LOGIN_ROLES, connect, dsns
+from pgreflect.migrate import migrate
+from pgreflect.sql import query
+
+Say = Callable[[str], None]
+
+
+def setup(say: Say = lambda _msg: None, model: bool = True, keyring: bool = True) -> None:
+    """Cluster up (local mode), schema migrated, login roles, keyring (each key's verifier registered),
+    default model registered. Idempotent: a second run only checks."""
+    if keyring:
+        ring = keys.ensure_keyring()
+        say(f"keyring ready (current key id {ring.current})")
+    d = dsns()
+    if d.local:
+        from pgreflect.cluster import LocalCluster
+
+        cluster = LocalCluster()
+        if cluster.init():
+            say(f"created cluster in {cluster.directory}")
+        if cluster.start():
+            say(f"started PostgreSQL (socket {cluster.socket_dir}, port {cluster.port})")
+        else:
+            apply_changed_settings(cluster, say)
+        cluster.wait_ready()
+        cluster.ensure_database()
+    result = migrate(d.admin)
+    say(f"migrations applied: {result.applied or 'none new'}; {len(result.functions)} function files")
+    if d.local:
+        with psycopg.connect(d.admin, autocommit=True) as conn:
+            for login, group in LOGIN_ROLES.values():
+                conn.execute(query("ensure_login_role"), {"login": login, "group_role": group})
+    if keyring:
+        connect(d.admin, application_name="pgreflect-setup").close()
+    if model:
+        name = register_packaged(d.admin, None)
+        say(f"model version {name} registered")
+
+
+def apply_changed_settings(cluster: object, say: Say) -> None:
+    """A running cluster re-reads pg_hba.conf and pgreflect.conf; settings that need a restart (such as
+    listen_addresses after an upgrade) get one."""
+    cluster.reload()  # type: ignore[attr-defined]
+    cluster.wait_ready()  # type: ignore[attr-defined]
+    with psycopg.connect(cluster.dsn(dbname="postgres"), autocommit=True) as conn:  # type: ignore[attr-defined]
+        pending = [r[0] for r in conn.execute(query("pending_restart"))]
+    if pending:
+        say(f"restarting PostgreSQL for {', '.join(pending)}")
+        cluster.restart()  # type: ignore[attr-defined]
+
+
+def register_packaged(admin_dsn: str, name: str | None, activate: bool = False) -> str:
+    """Assembles a packaged model (if needed) and registers it as a model version of the llama backend."""
+    from pgreflect.models import DEFAULT_MODEL, PACKAGED, packaged_path
+
+    name = name or DEFAULT_MODEL
+    model = PACKAGED[name]
+    path = packaged_path(name)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(query("register_model"), {
+            "name": name, "gguf_path": str(path), "sha256": model.sha256, "source": model.source,
+            "n_ctx": model.n_ctx, "parent": None, "activate": activate, "backend": "llama",
+        })
+    return name
