@@ -361,6 +361,13 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._heldout(p_request_id bigint, p_share double precision) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT (('x' || substr(md5('training-split:' || p_request_id), 1, 8))::bit(32)::bigint / 4294967296.0) < p_share
+$$;
+ALTER FUNCTION reflect._heldout(p_request_id bigint, p_share double precision) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._is_blank(p_text text) RETURNS boolean
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1090,6 +1097,94 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.curate_training_set_v1(p_owner name, p_model_version text DEFAULT NULL::text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+DECLARE
+  v_model integer;
+  v_max_distance double precision := 1 - reflect._setting_float('curation_duplicate_similarity');
+  v_heldout double precision := reflect._setting_float('curation_heldout_share');
+  v_set integer;
+  v_candidates integer;
+  v_no_embedding integer;
+  v_leak integer;
+  v_dupes integer;
+BEGIN
+  IF p_owner IS NULL OR NOT EXISTS (SELECT FROM pg_roles WHERE rolname = p_owner) THEN
+    RAISE EXCEPTION 'no login named "%"', left(p_owner, 63) USING ERRCODE = 'PR001';
+  END IF;
+  IF p_model_version IS NULL THEN
+    SELECT id INTO v_model FROM reflect.model_versions WHERE is_active;
+  ELSE
+    SELECT id INTO v_model FROM reflect.model_versions WHERE name = p_model_version;
+  END IF;
+  IF v_model IS NULL THEN
+    RAISE EXCEPTION 'unknown model version "%"', coalesce(p_model_version, '(active)') USING ERRCODE = 'PR003';
+  END IF;
+  DROP TABLE IF EXISTS pg_temp._cand;  -- a second call in the same transaction
+  CREATE TEMP TABLE _cand ON COMMIT DROP AS
+  SELECT l.request_id, l.feedback_id, l.source, e.embedding,
+         r.key_id, r.prompt_enc, r.system_prompt_enc,
+         CASE l.source WHEN 'correction' THEN l.correction_enc ELSE a.answer_enc END AS completion_enc,
+         CASE l.source WHEN 'correction' THEN l.correction_key_id ELSE a.key_id END AS completion_key_id
+  FROM (
+    SELECT DISTINCT ON (f.request_id) f.request_id, f.id AS feedback_id, f.correction_enc, f.key_id AS correction_key_id,
+           CASE WHEN f.correction_enc IS NOT NULL THEN 'correction' WHEN f.is_correct THEN 'confirmed' END AS source
+    FROM reflect.feedback f
+    JOIN reflect.requests r ON r.id = f.request_id
+    WHERE r.submitted_by = p_owner AND (f.is_correct IS NOT NULL OR f.correction_enc IS NOT NULL)
+    ORDER BY f.request_id, f.id DESC
+  ) l
+  JOIN reflect.requests r ON r.id = l.request_id
+  LEFT JOIN reflect.answers a ON a.request_id = l.request_id
+  LEFT JOIN reflect.prompt_embeddings e ON e.request_id = l.request_id
+  WHERE l.source IS NOT NULL AND r.id NOT IN (SELECT request_id FROM reflect.eval_requests);
+  GET DIAGNOSTICS v_candidates = ROW_COUNT;
+  DELETE FROM _cand WHERE embedding IS NULL OR completion_enc IS NULL;
+  GET DIAGNOSTICS v_no_embedding = ROW_COUNT;
+  DELETE FROM _cand c WHERE EXISTS (
+    SELECT FROM reflect.eval_requests er
+    JOIN reflect.prompt_embeddings ee ON ee.request_id = er.request_id
+    WHERE (ee.embedding OPERATOR(public.<=>) c.embedding) <= v_max_distance);
+  GET DIAGNOSTICS v_leak = ROW_COUNT;
+  DELETE FROM _cand c WHERE EXISTS (
+    SELECT FROM _cand d
+    WHERE d.request_id <> c.request_id
+      AND (d.embedding OPERATOR(public.<=>) c.embedding) <= v_max_distance
+      AND (d.source = 'correction', d.feedback_id) > (c.source = 'correction', c.feedback_id));
+  GET DIAGNOSTICS v_dupes = ROW_COUNT;
+  IF NOT EXISTS (SELECT FROM _cand) THEN
+    RAISE EXCEPTION 'nothing to train on for %: % labelled request(s), % without an embedding, % too close to evaluation items',
+      p_owner, v_candidates, v_no_embedding, v_leak
+      USING ERRCODE = 'PR001',
+            HINT = 'corrections (or answers confirmed correct) of requests answered with memory on are the training data';
+  END IF;
+  INSERT INTO reflect.training_sets (owner, base_model_version_id, created_by, n_candidates, n_corrections,
+                                     n_confirmed, n_duplicates_merged, n_excluded_leakage, n_excluded_no_embedding,
+                                     n_train, n_heldout, content_hash, settings)
+  SELECT p_owner, v_model, session_user, v_candidates,
+         count(*) FILTER (WHERE source = 'correction'), count(*) FILTER (WHERE source = 'confirmed'),
+         v_dupes, v_leak, v_no_embedding,
+         count(*) FILTER (WHERE NOT reflect._heldout(request_id, v_heldout)),
+         count(*) FILTER (WHERE reflect._heldout(request_id, v_heldout)),
+         encode(public.digest(string_agg(request_id::text || ':' || encode(public.digest(prompt_enc || completion_enc, 'sha256'), 'hex'),
+                                         ',' ORDER BY request_id), 'sha256'), 'hex'),
+         jsonb_build_object('duplicate_similarity', 1 - v_max_distance, 'heldout_share', v_heldout)
+  FROM _cand
+  RETURNING id INTO v_set;
+  INSERT INTO reflect.training_examples (training_set_id, request_id, feedback_id, source, split, key_id, prompt_enc,
+                                         system_prompt_enc, completion_enc)
+  SELECT v_set, c.request_id, c.feedback_id, c.source,
+         CASE WHEN reflect._heldout(c.request_id, v_heldout) THEN 'heldout' ELSE 'train' END,
+         c.key_id, c.prompt_enc, c.system_prompt_enc,
+         CASE WHEN c.completion_key_id = c.key_id THEN c.completion_enc
+              ELSE reflect._encrypt(reflect._decrypt(c.completion_enc, c.completion_key_id), c.key_id) END
+  FROM _cand c;
+  RETURN v_set;
+END
+$$;
+ALTER FUNCTION reflect.curate_training_set_v1(p_owner name, p_model_version text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer DEFAULT 10) RETURNS double precision
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1286,6 +1381,37 @@ BEGIN
 END
 $_$;
 ALTER FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.finetune_when_ready_v1() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  o record;
+  v_n integer := 0;
+BEGIN
+  FOR o IN
+    SELECT r.submitted_by AS owner, count(*) AS new_corrections
+    FROM reflect.feedback f
+    JOIN reflect.requests r ON r.id = f.request_id
+    WHERE f.correction_enc IS NOT NULL
+      AND f.created_at > coalesce((SELECT max(t.created_at) FROM reflect.training_sets t
+                                   WHERE t.owner = r.submitted_by), '-infinity')
+    GROUP BY r.submitted_by
+    HAVING count(*) >= reflect._setting_int('finetune_min_new_corrections')
+  LOOP
+    CONTINUE WHEN EXISTS (SELECT FROM reflect.jobs j WHERE j.kind = 'finetune' AND j.state IN ('queued', 'running')
+                          AND j.payload ->> 'owner' = o.owner);
+    BEGIN
+      PERFORM reflect.request_finetune_v1(o.owner);
+      v_n := v_n + 1;
+    EXCEPTION WHEN SQLSTATE 'PR001' THEN
+      RAISE NOTICE 'no training set for %: %', o.owner, SQLERRM;  -- nothing usable yet; try at the next run
+    END;
+  END LOOP;
+  RETURN v_n;
+END
+$$;
+ALTER FUNCTION reflect.finetune_when_ready_v1() OWNER TO reflect_owner;
 CREATE FUNCTION reflect.fit_calibrator_v1(p_model_version text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1838,6 +1964,20 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.request_finetune_v1(p_owner name, p_model_version text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_set integer := reflect.curate_training_set_v1(p_owner, p_model_version);
+  s reflect.training_sets;
+BEGIN
+  SELECT * INTO s FROM reflect.training_sets WHERE id = v_set;
+  RETURN reflect._enqueue_job('finetune', jsonb_build_object('training_set_id', s.id, 'owner', s.owner),
+                              NULL, s.base_model_version_id, 0::smallint, 3);
+END
+$$;
+ALTER FUNCTION reflect.request_finetune_v1(p_owner name, p_model_version text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) RETURNS TABLE(request_id bigint, submitted_by name, caller text, state text, prompt text, system_prompt text, answer text, corrections text[], critique text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2627,6 +2767,67 @@ CREATE VIEW reflect.signal_auroc AS
   WHERE (s.score IS NOT NULL)
   GROUP BY la.model_version, s.signal;
 ALTER TABLE reflect.signal_auroc OWNER TO reflect_owner;
+CREATE TABLE reflect.training_examples (
+    training_set_id integer NOT NULL,
+    request_id bigint NOT NULL,
+    feedback_id bigint NOT NULL,
+    source text NOT NULL,
+    split text NOT NULL,
+    key_id text NOT NULL,
+    prompt_enc bytea NOT NULL,
+    system_prompt_enc bytea,
+    completion_enc bytea NOT NULL,
+    CONSTRAINT training_examples_source_check CHECK ((source = ANY (ARRAY['correction'::text, 'confirmed'::text]))),
+    CONSTRAINT training_examples_split_check CHECK ((split = ANY (ARRAY['train'::text, 'heldout'::text])))
+);
+ALTER TABLE reflect.training_examples OWNER TO reflect_owner;
+CREATE TABLE reflect.training_sets (
+    id integer NOT NULL,
+    owner name NOT NULL,
+    base_model_version_id integer NOT NULL,
+    created_by name NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    n_candidates integer NOT NULL,
+    n_corrections integer NOT NULL,
+    n_confirmed integer NOT NULL,
+    n_duplicates_merged integer NOT NULL,
+    n_excluded_leakage integer NOT NULL,
+    n_excluded_no_embedding integer NOT NULL,
+    n_train integer NOT NULL,
+    n_heldout integer NOT NULL,
+    content_hash text NOT NULL,
+    settings jsonb NOT NULL,
+    CONSTRAINT training_set_not_empty CHECK (((n_train + n_heldout) > 0)),
+    CONSTRAINT training_sets_content_hash_check CHECK ((content_hash ~ '^[0-9a-f]{64}$'::text))
+);
+ALTER TABLE reflect.training_sets OWNER TO reflect_owner;
+CREATE VIEW reflect.training_set_summary AS
+ SELECT t.id,
+    t.owner,
+    mv.name AS base_model_version,
+    t.created_by,
+    t.created_at,
+    t.n_candidates,
+    t.n_corrections,
+    t.n_confirmed,
+    t.n_duplicates_merged,
+    t.n_excluded_leakage,
+    t.n_excluded_no_embedding,
+    t.n_train,
+    t.n_heldout,
+    t.content_hash,
+    t.settings
+   FROM (reflect.training_sets t
+     JOIN reflect.model_versions mv ON ((mv.id = t.base_model_version_id)));
+ALTER TABLE reflect.training_set_summary OWNER TO reflect_owner;
+ALTER TABLE reflect.training_sets ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.training_sets_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
 CREATE TABLE reflect.workers (
     worker_id text NOT NULL,
     hostname text NOT NULL,
@@ -2706,6 +2907,10 @@ ALTER TABLE ONLY reflect.requests
     ADD CONSTRAINT requests_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.settings
     ADD CONSTRAINT settings_pkey PRIMARY KEY (key);
+ALTER TABLE ONLY reflect.training_examples
+    ADD CONSTRAINT training_examples_pkey PRIMARY KEY (training_set_id, request_id);
+ALTER TABLE ONLY reflect.training_sets
+    ADD CONSTRAINT training_sets_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (worker_id);
 ALTER TABLE ONLY reflect_meta.schema_migrations
@@ -2767,6 +2972,14 @@ ALTER TABLE ONLY reflect.request_events
     ADD CONSTRAINT request_events_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.requests
     ADD CONSTRAINT requests_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.training_examples
+    ADD CONSTRAINT training_examples_feedback_id_fkey FOREIGN KEY (feedback_id) REFERENCES reflect.feedback(id);
+ALTER TABLE ONLY reflect.training_examples
+    ADD CONSTRAINT training_examples_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.training_examples
+    ADD CONSTRAINT training_examples_training_set_id_fkey FOREIGN KEY (training_set_id) REFERENCES reflect.training_sets(id);
+ALTER TABLE ONLY reflect.training_sets
+    ADD CONSTRAINT training_sets_base_model_version_id_fkey FOREIGN KEY (base_model_version_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE reflect.answer_candidates ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_signals ENABLE ROW LEVEL SECURITY;
@@ -2787,6 +3000,8 @@ ALTER TABLE reflect.prompt_embeddings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.request_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.requests ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.settings ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.training_examples ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.training_sets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.workers ENABLE ROW LEVEL SECURITY;
 GRANT USAGE ON SCHEMA reflect TO reflect_app;
 GRANT USAGE ON SCHEMA reflect TO reflect_worker;
@@ -2812,6 +3027,7 @@ REVOKE ALL ON FUNCTION reflect._feature_vector(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._finish_followup(j reflect.jobs, p_result jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._heldout(p_request_id bigint, p_share double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._is_blank(p_text text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._job_channel(p_kind text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key(p_key_id text) FROM PUBLIC;
@@ -2863,6 +3079,7 @@ REVOKE ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uu
 GRANT ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.curate_training_set_v1(p_owner name, p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_app;
@@ -2877,6 +3094,7 @@ REVOKE ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, 
 GRANT ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect.finetune_when_ready_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.fit_calibrator_v1(p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
@@ -2908,6 +3126,7 @@ REVOKE ALL ON FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_pat
 REVOKE ALL ON FUNCTION reflect.register_model_version_v2(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean, p_backend text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.request_finetune_v1(p_owner name, p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) TO reflect_reviewer;
 REVOKE ALL ON FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) FROM PUBLIC;
@@ -2942,4 +3161,5 @@ GRANT SELECT ON TABLE reflect.reliability TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.request_audit TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.request_metrics TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.signal_auroc TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.training_set_summary TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.worker_status TO reflect_analyst;

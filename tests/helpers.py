@@ -7,8 +7,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from pgreflect.client import Client
+from pgreflect.db import connect
 from pgreflect.keys import Keyring
+from pgreflect.sql import query
 from pgreflect.worker import Worker, WorkerConfig, WorkerStats
 
 from conftest import Database
@@ -73,3 +77,37 @@ def spawn_worker(db: Database, keyring: Keyring, *args: str, log_path=None) -> s
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen([sys.executable, "-m", "pgreflect.cli", "worker", *args], env=db.env(keyring),
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+SECOND_APP = "pgreflect_app_two"
+
+
+def second_app(db: Database) -> str:
+    with db.admin() as conn:
+        conn.execute(query("ensure_login_role"), {"login": SECOND_APP, "group_role": "reflect_app"})
+    return db.cluster.dsn(user=SECOND_APP, dbname=db.name)
+
+
+def unit_vector(seed: int) -> str:
+    v = np.random.default_rng(seed).normal(size=384)
+    return "[" + ",".join(f"{x:.6f}" for x in v / np.linalg.norm(v)) + "]"
+
+
+def answer_with_embedding(db: Database, keyring: Keyring, app_dsn: str, prompt: str, embedding: str) -> tuple:
+    """Submits as an app, then plays the worker by hand: claim, recall (stores the embedding), evidence (what
+    a re-answer would use), complete. Returns (request id, recalled memory ids); the evidence must agree."""
+    with connect(app_dsn, keyring=keyring) as app:
+        rid = app.execute(query("submit_via_view"), {"prompt": prompt, "system_prompt": None, "params": None,
+                                                      "idempotency_key": None, "caller": None,
+                                                      "model_version": "noop"}).fetchone()[0]
+    with connect(db.dsn("worker"), keyring=keyring) as w:
+        (row,) = w.execute(query("claim"), {"worker_id": "hand", "limit": 1, "lease_seconds": 60,
+                                            "model_version_ids": None}).fetchall()
+        recalled = [r[0] for r in w.execute(query("recall"), {"request_id": rid, "lease_token": row[1],
+                                                              "model": "test", "embedding": embedding, "k": 5})]
+        evidence = [r[0] for r in w.execute(query("evidence"), {"request_id": rid, "lease_token": row[1], "k": 5})]
+        assert evidence == recalled
+        w.execute(query("complete"), {"request_id": rid, "lease_token": row[1], "answer": f"answer to {prompt}",
+                                      "finish_reason": "stop", "prompt_tokens": 1, "token_logprobs": [-0.1],
+                                      "prompt_eval_ms": 1.0, "generation_ms": 1.0, "signals": "{}"})
+    return rid, recalled

@@ -17,65 +17,32 @@ from pgreflect.keys import Keyring, new_key
 from pgreflect.sql import query
 
 from conftest import Database
-from helpers import client, drain, use_noop, worker
-
-SECOND_APP = "pgreflect_app_two"
-
-
-def _second_app(db: Database) -> str:
-    with db.admin() as conn:
-        conn.execute(query("ensure_login_role"), {"login": SECOND_APP, "group_role": "reflect_app"})
-    return db.cluster.dsn(user=SECOND_APP, dbname=db.name)
-
-
-def _vector(seed: int) -> str:
-    v = np.random.default_rng(seed).normal(size=384)
-    return "[" + ",".join(f"{x:.6f}" for x in v / np.linalg.norm(v)) + "]"
-
-
-def _answer_with_embedding(db: Database, keyring: Keyring, app_dsn: str, prompt: str, embedding: str) -> tuple:
-    """Submits as an app, then plays the worker by hand: claim, recall (stores the embedding), evidence (what
-    a re-answer would use), complete. Returns (request id, recalled memory ids); the evidence must agree."""
-    with connect(app_dsn, keyring=keyring) as app:
-        rid = app.execute(query("submit_via_view"), {"prompt": prompt, "system_prompt": None, "params": None,
-                                                      "idempotency_key": None, "caller": None,
-                                                      "model_version": "noop"}).fetchone()[0]
-    with connect(db.dsn("worker"), keyring=keyring) as w:
-        (row,) = w.execute(query("claim"), {"worker_id": "hand", "limit": 1, "lease_seconds": 60,
-                                            "model_version_ids": None}).fetchall()
-        recalled = [r[0] for r in w.execute(query("recall"), {"request_id": rid, "lease_token": row[1],
-                                                              "model": "test", "embedding": embedding, "k": 5})]
-        evidence = [r[0] for r in w.execute(query("evidence"), {"request_id": rid, "lease_token": row[1], "k": 5})]
-        assert evidence == recalled
-        w.execute(query("complete"), {"request_id": rid, "lease_token": row[1], "answer": f"answer to {prompt}",
-                                      "finish_reason": "stop", "prompt_tokens": 1, "token_logprobs": [-0.1],
-                                      "prompt_eval_ms": 1.0, "generation_ms": 1.0, "signals": "{}"})
-    return rid, recalled
+from helpers import SECOND_APP, answer_with_embedding, client, drain, second_app, unit_vector, use_noop, worker
 
 
 def test_memories_stay_with_their_owner_unless_shared(db: Database, keyring: Keyring) -> None:
-    app_one, app_two = db.dsn("app"), _second_app(db)
-    near = _vector(1)
-    first, _ = _answer_with_embedding(db, keyring, app_one, "app one's private question", near)
+    app_one, app_two = db.dsn("app"), second_app(db)
+    near = unit_vector(1)
+    first, _ = answer_with_embedding(db, keyring, app_one, "app one's private question", near)
     with connect(app_one, keyring=keyring) as conn:
         conn.execute(query("feedback"), {"request_id": first, "is_correct": False, "rating": None,
                                          "correction": "app one's private correction", "source": "human"})
     assert db.scalar("SELECT owner FROM reflect.memories WHERE request_id = %s", (first,)) == "pgreflect_app"
 
-    _, recalled_by_two = _answer_with_embedding(db, keyring, app_two, "app two asks the same", near)
+    _, recalled_by_two = answer_with_embedding(db, keyring, app_two, "app two asks the same", near)
     assert recalled_by_two == []  # the nearest memory belongs to another app
-    _, recalled_by_one = _answer_with_embedding(db, keyring, app_one, "app one asks again", near)
+    _, recalled_by_one = answer_with_embedding(db, keyring, app_one, "app one asks again", near)
     assert recalled_by_one == [first]
 
     with connect(app_one, keyring=keyring) as conn:
         conn.execute(query("share_memories"), {"reader": SECOND_APP, "share": True})
         with pytest.raises(psycopg.Error, match="no app login"):
             conn.execute(query("share_memories"), {"reader": "pgreflect_analyst", "share": True})
-    _, shared = _answer_with_embedding(db, keyring, app_two, "app two, after sharing", near)
+    _, shared = answer_with_embedding(db, keyring, app_two, "app two, after sharing", near)
     assert shared == [first]
     with connect(app_one, keyring=keyring) as conn:
         conn.execute(query("share_memories"), {"reader": SECOND_APP, "share": False})
-    _, unshared = _answer_with_embedding(db, keyring, app_two, "app two, after unsharing", near)
+    _, unshared = answer_with_embedding(db, keyring, app_two, "app two, after unsharing", near)
     assert unshared == []
 
 
@@ -83,7 +50,7 @@ def test_owner_filter_still_finds_memories_behind_nearer_foreign_ones(db: Databa
     """More of another app's memories (60) lie nearer than the owner's one than HNSW's default candidate list
     holds (ef_search 40): the owner's memory is still found (recall_v1 turns pgvector's iterative scan on)."""
     app_one = db.dsn("app")
-    _second_app(db)
+    second_app(db)
     base = np.random.default_rng(7).normal(size=384)
     with db.admin() as conn:
         for i in range(60):  # 60 of app two's memories right next to the query ...
@@ -103,12 +70,12 @@ def test_owner_filter_still_finds_memories_behind_nearer_foreign_ones(db: Databa
                           "[" + ",".join(map(str, v / np.linalg.norm(v))) + "]", SECOND_APP))
     far = base + np.random.default_rng(3).normal(scale=0.5, size=384)
     far_vec = "[" + ",".join(map(str, far / np.linalg.norm(far))) + "]"
-    mine, _ = _answer_with_embedding(db, keyring, app_one, "mine", far_vec)
+    mine, _ = answer_with_embedding(db, keyring, app_one, "mine", far_vec)
     with connect(app_one, keyring=keyring) as conn:
         conn.execute(query("feedback"), {"request_id": mine, "is_correct": True, "rating": None, "correction": None,
                                          "source": "human"})
     query_vec = "[" + ",".join(map(str, base / np.linalg.norm(base))) + "]"
-    _, recalled = _answer_with_embedding(db, keyring, app_one, "query", query_vec)
+    _, recalled = answer_with_embedding(db, keyring, app_one, "query", query_vec)
     assert recalled == [mine]
 
 
@@ -122,6 +89,10 @@ def _fill_every_encrypted_table(db: Database, keyring: Keyring) -> int:
     with connect(db.dsn("app"), keyring=keyring) as conn:
         conn.execute(query("feedback"), {"request_id": rid, "is_correct": False, "rating": None,
                                          "correction": "rotated correction", "source": "human"})
+    with connect(db.dsn(), keyring=keyring) as conn:  # and a training set made from it
+        conn.execute("INSERT INTO reflect.prompt_embeddings (request_id, model, embedding) VALUES (%s, 'test', %s)",
+                     (rid, unit_vector(5)))
+        conn.execute("SELECT reflect.curate_training_set_v1('pgreflect_app', 'noop')")
     return rid
 
 

@@ -10,6 +10,7 @@ BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
     PERFORM cron.schedule('pgreflect-reap-expired-leases', '* * * * *', 'SELECT reflect.reap_expired_v1()');
     PERFORM cron.schedule('pgreflect-refit-calibrators', '*/5 * * * *', 'SELECT reflect.refit_calibrators_v1()');
+    PERFORM cron.schedule('pgreflect-finetune-when-ready', '*/15 * * * *', 'SELECT reflect.finetune_when_ready_v1()');
   END IF;
 END
 $$;

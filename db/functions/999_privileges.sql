@@ -79,3 +79,6 @@ GRANT EXECUTE ON FUNCTION
   reflect.complete_job_v1(bigint, uuid, jsonb),
   reflect.fail_job_v1(bigint, uuid, text, boolean, boolean)
 TO reflect_worker;
+
+-- curation (0005): administrators curate and queue fine-tunes; analysts see the sets' numbers, no text
+GRANT SELECT ON reflect.training_set_summary TO reflect_analyst;

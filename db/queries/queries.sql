@@ -216,3 +216,23 @@ SELECT reflect.complete_job_v1(%(job_id)s, %(lease_token)s, %(result)s::jsonb) A
 
 -- name: fail_job
 SELECT reflect.fail_job_v1(%(job_id)s, %(lease_token)s, %(error)s, %(retryable)s, %(release)s) AS state;
+
+-- name: request_finetune
+SELECT reflect.request_finetune_v1(%(owner)s, %(model_version)s) AS job_id;
+
+-- name: job_status
+SELECT id, kind, state::text AS state, payload, attempts, created_at, finished_at, last_error
+FROM reflect.jobs WHERE id = %(job_id)s;
+
+-- name: training_set
+SELECT * FROM reflect.training_set_summary WHERE id = %(id)s;
+
+-- name: training_sets
+SELECT * FROM reflect.training_set_summary ORDER BY id DESC LIMIT 20;
+
+-- name: finetune_jobs
+SELECT id, state::text AS state, payload, attempts, created_at, finished_at, last_error
+FROM reflect.jobs WHERE kind = 'finetune' ORDER BY id DESC LIMIT 20;
+
+-- name: finetune_when_ready
+SELECT reflect.finetune_when_ready_v1() AS queued;

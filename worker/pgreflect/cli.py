@@ -224,6 +224,38 @@ def cmd_requests(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- improve -----------------------------------------------------------------------------------------
+def cmd_improve(args: argparse.Namespace) -> int:
+    from pgreflect.improve import curate
+
+    if args.action == "status":
+        out = curate.status()
+        if args.json:
+            print(json.dumps(out, default=str))
+            return 0
+        for t in out["training_sets"]:
+            print(f"training set {t['id']} of {t['owner']} on {t['base_model_version']}: {t['n_train']} train, "
+                  f"{t['n_heldout']} held out ({t['n_corrections']} corrections, {t['n_confirmed']} confirmed; "
+                  f"{t['n_duplicates_merged']} duplicates merged, {t['n_excluded_leakage']} kept out as evaluation "
+                  f"items, {t['n_excluded_no_embedding']} without an embedding)")
+        for j in out["finetune_jobs"]:
+            print(f"fine-tune job {j['id']}: {j['state']} (training set {j['payload'].get('training_set_id')})")
+        if not out["training_sets"]:
+            print("no training sets yet")
+        return 0
+    from pgreflect.apps import app_login
+
+    owner = args.login or app_login(args.app)
+    out = curate.run(owner, args.model_version)
+    if args.json:
+        print(json.dumps(out, default=str))
+    else:
+        t = out["training_set"]
+        print(f"training set {t['id']}: {t['n_train']} train / {t['n_heldout']} held-out examples from {owner}; "
+              f"fine-tune job {out['job']['id']} queued (training itself is not built yet: the job waits)")
+    return 0
+
+
 # -- worker ------------------------------------------------------------------------------------------
 def _worker_config(args: argparse.Namespace) -> Any:
     from pgreflect.worker import WorkerConfig, default_worker_id
@@ -500,6 +532,18 @@ def build_parser() -> argparse.ArgumentParser:
     a = asub.add_parser("revoke", help="stop an app's login (its history stays readable)")
     a.add_argument("name")
     p.set_defaults(func=cmd_apps)
+
+    p = sub.add_parser("improve", help="self-improvement: training sets and fine-tune jobs")
+    isub = p.add_subparsers(dest="action", required=True)
+    i = isub.add_parser("run", help="curate a training set from one app's history now and queue a fine-tune")
+    who = i.add_mutually_exclusive_group(required=True)
+    who.add_argument("--app", default=None, help="the app (pgreflect apps add NAME) whose history trains")
+    who.add_argument("--login", default=None, help="or the login role whose history trains")
+    i.add_argument("--model-version", default=None, help="the base version (default: the active one)")
+    i.add_argument("--json", action="store_true")
+    i = isub.add_parser("status", help="training sets and fine-tune jobs")
+    i.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_improve)
 
     p = sub.add_parser("psql", help="psql with encryption keys loaded (as startup options, never as SQL text)")
     p.add_argument("--app", default=None, help="connect as this app (its login and key) instead of the admin")
