@@ -428,6 +428,13 @@ CREATE FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence doub
               ELSE 'answer' END
 $$;
 ALTER FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._memory_max_distance(p_params jsonb) RETURNS double precision
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT coalesce((p_params ->> 'memory_max_distance')::double precision, reflect._setting_float('memory_max_distance'))
+$$;
+ALTER FUNCTION reflect._memory_max_distance(p_params jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._memory_owners(p_reader name) RETURNS name[]
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -452,11 +459,11 @@ BEGIN
   END IF;
   SELECT k INTO v_key FROM jsonb_object_keys(p) k
   WHERE k NOT IN ('max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'memory', 'memory_k',
-                  'low_confidence', 'confidence_threshold') LIMIT 1;
+                  'memory_max_distance', 'low_confidence', 'confidence_threshold') LIMIT 1;
   IF v_key IS NOT NULL THEN
     RAISE EXCEPTION 'unknown generation parameter "%"', left(v_key, 40) USING ERRCODE = 'PR001',
-      HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop, memory, memory_k, low_confidence, '
-             'confidence_threshold';
+      HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop, memory, memory_k, memory_max_distance, '
+             'low_confidence, confidence_threshold';
   END IF;
   IF p ? 'memory' AND jsonb_typeof(p -> 'memory') <> 'boolean' THEN
     RAISE EXCEPTION 'memory must be true or false' USING ERRCODE = 'PR001';
@@ -473,6 +480,8 @@ BEGIN
     'seed', reflect._param_number(p, 'seed', 0, 2147483647, true, NULL),
     'memory', coalesce((p -> 'memory')::boolean, true),
     'memory_k', reflect._param_number(p, 'memory_k', 0, 20, true, reflect._setting_int('memory_k_default')),
+    'memory_max_distance', reflect._param_number(p, 'memory_max_distance', 0, 2, false,
+                                                 reflect._setting_float('memory_max_distance')::numeric),
     'low_confidence', coalesce(p ->> 'low_confidence', reflect._setting_text('low_confidence_action_default')),
     'confidence_threshold', reflect._param_number(p, 'confidence_threshold', 0, 1, false,
                                                   reflect._setting_float('confidence_threshold_default')::numeric)
@@ -1251,7 +1260,7 @@ BEGIN
   CROSS JOIN LATERAL reflect._decrypt_safe(mr.prompt_enc, mr.key_id) p
   CROSS JOIN LATERAL reflect._decrypt_safe(a.answer_enc, a.key_id) an
   CROSS JOIN LATERAL reflect._decrypt_safe(f.correction_enc, f.key_id) co
-  WHERE p.ok AND an.ok AND co.ok
+  WHERE p.ok AND an.ok AND co.ok AND n.dist <= reflect._memory_max_distance(r.params)
   ORDER BY n.dist;
 END
 $$;
@@ -1783,6 +1792,9 @@ BEGIN
     CROSS JOIN LATERAL reflect._decrypt_safe(mr.prompt_enc, mr.key_id) p
     CROSS JOIN LATERAL reflect._decrypt_safe(a.answer_enc, a.key_id) an
     CROSS JOIN LATERAL reflect._decrypt_safe(f.correction_enc, f.key_id) co
+    -- the k nearest, then only those close enough to be about the same kind of question
+    -- (memory_max_distance; why 0.38: bench/results/memory-distance.md)
+    WHERE n.dist <= reflect._memory_max_distance(r.params)
   ), used AS (
     INSERT INTO reflect.answer_memories (request_id, memory_request_id, rank, distance)
     SELECT r.id, t.request_id, row_number() OVER (ORDER BY t.dist), t.dist FROM texts t WHERE t.ok
@@ -3034,6 +3046,7 @@ REVOKE ALL ON FUNCTION reflect._key(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key_verifier(p_key_id text, p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._loaded_key_ids() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._memory_max_distance(p_params jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._memory_owners(p_reader name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._normalize_params(p jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) FROM PUBLIC;

@@ -70,7 +70,8 @@ def test_params_defaults_are_filled_in_by_the_database(db: Database, keyring: Ke
         rid = c.submit("ok", params={"stop": "END"})
     params = db.scalar("SELECT params FROM reflect.requests WHERE id = %s", (rid,))
     assert params == {"max_tokens": 256, "temperature": 0, "top_p": 1, "top_k": 0, "seed": None, "stop": ["END"],
-                      "memory": True, "memory_k": 3, "low_confidence": "answer", "confidence_threshold": 0.5}
+                      "memory": True, "memory_k": 3, "memory_max_distance": 0.38, "low_confidence": "answer",
+                      "confidence_threshold": 0.5}
 
 
 def test_submit_without_a_key_is_refused(db: Database) -> None:

@@ -224,13 +224,22 @@ def test_corrections_become_memories_and_similar_prompts_retrieve_them(db: Datab
         similar = c.submit("Tell me the capital of France.", params={"max_tokens": 3, "memory_k": 1})
         off = c.submit("Tell me the capital of France.", params={"max_tokens": 3, "memory": False})
         spider = c.submit("Number of legs on a spider?", params={"max_tokens": 3, "memory_k": 2})
+        spider_any = c.submit("Number of legs on a spider?",
+                              params={"max_tokens": 3, "memory_k": 2, "memory_max_distance": 2})
     drain(db, keyring, memory="on")
     with db.admin() as conn:
         used = conn.execute("SELECT request_id, memory_request_id, rank FROM reflect.answer_memories"
                             " ORDER BY request_id, rank").fetchall()
     assert (similar, ids[0], 1) in used
     assert [u for u in used if u[0] == off] == []
-    assert [u[1] for u in used if u[0] == spider] == [ids[1], ids[0]]  # nearest first
+    # The unrelated France memory is beyond memory_max_distance: only the spider one comes back ...
+    assert [u[1] for u in used if u[0] == spider] == [ids[1]]
+    # ... unless the request lifts the cutoff; then both, nearest first.
+    assert [u[1] for u in used if u[0] == spider_any] == [ids[1], ids[0]]
+    with db.admin() as conn:
+        distances = dict(conn.execute("SELECT memory_request_id, distance FROM reflect.answer_memories"
+                                      " WHERE request_id = %s", (spider_any,)).fetchall())
+    assert distances[ids[1]] <= 0.38 < distances[ids[0]]
     with client(db, keyring) as c:
         assert c.get(similar)["memory_used"] is True and c.get(off)["memory_used"] is False
     # A later "wrong" verdict without a correction withdraws the confirmed memory.

@@ -19,11 +19,11 @@ BEGIN
   END IF;
   SELECT k INTO v_key FROM jsonb_object_keys(p) k
   WHERE k NOT IN ('max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'memory', 'memory_k',
-                  'low_confidence', 'confidence_threshold') LIMIT 1;
+                  'memory_max_distance', 'low_confidence', 'confidence_threshold') LIMIT 1;
   IF v_key IS NOT NULL THEN
     RAISE EXCEPTION 'unknown generation parameter "%"', left(v_key, 40) USING ERRCODE = 'PR001',
-      HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop, memory, memory_k, low_confidence, '
-             'confidence_threshold';
+      HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop, memory, memory_k, memory_max_distance, '
+             'low_confidence, confidence_threshold';
   END IF;
   IF p ? 'memory' AND jsonb_typeof(p -> 'memory') <> 'boolean' THEN
     RAISE EXCEPTION 'memory must be true or false' USING ERRCODE = 'PR001';
@@ -41,6 +41,8 @@ BEGIN
     'seed', reflect._param_number(p, 'seed', 0, 2147483647, true, NULL),
     'memory', coalesce((p -> 'memory')::boolean, true),
     'memory_k', reflect._param_number(p, 'memory_k', 0, 20, true, reflect._setting_int('memory_k_default')),
+    'memory_max_distance', reflect._param_number(p, 'memory_max_distance', 0, 2, false,
+                                                 reflect._setting_float('memory_max_distance')::numeric),
     'low_confidence', coalesce(p ->> 'low_confidence', reflect._setting_text('low_confidence_action_default')),
     'confidence_threshold', reflect._param_number(p, 'confidence_threshold', 0, 1, false,
                                                   reflect._setting_float('confidence_threshold_default')::numeric)

@@ -201,7 +201,7 @@ BEGIN
   CROSS JOIN LATERAL reflect._decrypt_safe(mr.prompt_enc, mr.key_id) p
   CROSS JOIN LATERAL reflect._decrypt_safe(a.answer_enc, a.key_id) an
   CROSS JOIN LATERAL reflect._decrypt_safe(f.correction_enc, f.key_id) co
-  WHERE p.ok AND an.ok AND co.ok
+  WHERE p.ok AND an.ok AND co.ok AND n.dist <= reflect._memory_max_distance(r.params)
   ORDER BY n.dist;
 END
 $$;

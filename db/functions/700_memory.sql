@@ -1,5 +1,15 @@
 SET LOCAL ROLE reflect_owner;
 
+-- How far a memory may be from a prompt and still be retrieved: the request's memory_max_distance, set by
+-- _normalize_params from the setting (requests queued before the setting existed fall back to it).
+CREATE OR REPLACE FUNCTION reflect._memory_max_distance(p_params jsonb)
+RETURNS double precision
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce((p_params ->> 'memory_max_distance')::double precision, reflect._setting_float('memory_max_distance'))
+$$;
+
 -- Memories a request may use: the submitter's own, and those of owners who shared theirs with it
 -- (reflect.share_memories_v1). One app's questions, answers and corrections never reach another app's
 -- prompt otherwise.
@@ -70,6 +80,9 @@ BEGIN
     CROSS JOIN LATERAL reflect._decrypt_safe(mr.prompt_enc, mr.key_id) p
     CROSS JOIN LATERAL reflect._decrypt_safe(a.answer_enc, a.key_id) an
     CROSS JOIN LATERAL reflect._decrypt_safe(f.correction_enc, f.key_id) co
+    -- the k nearest, then only those close enough to be about the same kind of question
+    -- (memory_max_distance; why 0.38: bench/results/memory-distance.md)
+    WHERE n.dist <= reflect._memory_max_distance(r.params)
   ), used AS (
     INSERT INTO reflect.answer_memories (request_id, memory_request_id, rank, distance)
     SELECT r.id, t.request_id, row_number() OVER (ORDER BY t.dist), t.dist FROM texts t WHERE t.ok

@@ -44,4 +44,6 @@ INSERT INTO reflect.settings (key, value, description) VALUES
    'Prompts at least this similar (embedding cosine) are near-duplicates: merged in a training set, and kept out of it when they match an evaluation item'),
   ('curation_heldout_share', '0.2', 'Share of a training set held out from training (by a stable hash of the request id)'),
   ('finetune_min_new_corrections', '50',
-   'New corrections of one owner since its last training set that make the scheduled job curate a set and queue a fine-tune');
+   'New corrections of one owner since its last training set that make the scheduled job curate a set and queue a fine-tune'),
+  ('memory_max_distance', '0.38',
+   'Memories farther than this (cosine distance of the prompt embeddings) are not retrieved: bench/results/memory-distance.md');
