@@ -450,7 +450,8 @@ class Worker:
             try:
                 return self._finish(job, name, params)
             except psycopg.OperationalError as exc:
-                if job.lease_lost or self._hard_stop.is_set() or time.monotonic() + delay > deadline:
+                # Shutdown cancels in-flight work after its grace period: give up then, the lease expires.
+                if job.lease_lost or job.cancel.is_set() or time.monotonic() + delay > deadline:
                     raise
                 log.warning("request %s: could not report (%s); retrying in %.1f s", job.request_id, exc, delay)
                 time.sleep(delay)
