@@ -109,8 +109,9 @@ def _release_before(migration: str, dest: Path) -> Path:
 
     root = db_dir().parent
     added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", f"db/migrations/{migration}"],
-                           cwd=root, capture_output=True, text=True, check=True).stdout.split()
-    assert added, f"{migration} is not in git history"
+                           cwd=root, capture_output=True, text=True).stdout.split()
+    if not added or subprocess.run(["git", "cat-file", "-e", f"{added[-1]}^"], cwd=root).returncode != 0:
+        pytest.skip("needs the git history of the checkout (a shallow clone lacks the previous release)")
     archive = subprocess.run(["git", "archive", f"{added[-1]}^", "db"], cwd=root, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest / "db"
