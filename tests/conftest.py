@@ -31,7 +31,7 @@ TEMPLATE = "pgreflect_template"
 CRON_DB = "pgreflect_cron"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -83,7 +83,7 @@ def tiny_model(tmp_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def cluster(tmp_root: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(
-        directory=tmp_root / "pg", port=_free_port(), dbname=TEMPLATE, cron_database=CRON_DB,
+        directory=tmp_root / "pg", port=free_port(), dbname=TEMPLATE, cron_database=CRON_DB,
         extra_settings={
             "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
             "log_statement": "'all'", "log_min_error_statement": "info", "log_connections": "on",

@@ -4,12 +4,15 @@ its prompt from standard input."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,7 +22,7 @@ from pgreflect.cluster import LocalCluster, pg_bin
 from pgreflect.db import connect
 from pgreflect.keys import Keyring, new_key, save_keyring
 
-from conftest import Database
+from conftest import Database, free_port
 from helpers import BackgroundWorker, use_noop, wait_for, worker
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -123,13 +126,7 @@ def test_a_key_typed_into_psql_never_reaches_the_log_of_pgreflects_cluster(tmp_p
     """PostgreSQL 15's psql cannot bind parameters, so a person may type a key as a literal; a statement that
     fails is logged with its text by default. pgreflect's cluster settings keep it out; the same statement
     with PostgreSQL's default setting does reach the log, so this test can fail."""
-    root = Path(tempfile.mkdtemp(prefix="pgl-", dir="/tmp"))
-    root.chmod(0o755)
-    cluster = LocalCluster(directory=root / "pg", port=_free_port(), dbname="postgres", listen="")
-    try:
-        cluster.init()
-        cluster.start()
-        cluster.wait_ready()
+    with _scratch_cluster(listen="") as cluster:
         secret, control = new_key(), new_key()
         psql = [pg_bin("psql"), "-X", cluster.dsn()]
         subprocess.run([*psql, "-c", f"SELECT reflect.use_key_v1('bad-id', '{secret}')"], capture_output=True)
@@ -138,24 +135,13 @@ def test_a_key_typed_into_psql_never_reaches_the_log_of_pgreflects_cluster(tmp_p
         log = wait_for(lambda: control in (t := cluster.log_file.read_text(errors="replace")) and t, timeout=10,
                        what="the control statement in the log")
         assert secret not in log
-    finally:
-        cluster.destroy()
-        import shutil
-
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_beyond_loopback_the_cluster_takes_passwords_over_tls_only(tmp_path: Path) -> None:
     """Listening on an address beyond 127.0.0.1 makes a certificate, turns TLS on, and lets other hosts in
     only through hostssl rules with scram. (A connection from another source address needs another host;
     the rules are read back as the server parsed them, and TLS is used for real on 127.0.0.2.)"""
-    root = Path(tempfile.mkdtemp(prefix="pgt-", dir="/tmp"))
-    root.chmod(0o755)
-    cluster = LocalCluster(directory=root / "pg", port=_free_port(), dbname="postgres", listen="127.0.0.1,127.0.0.2")
-    try:
-        cluster.init()
-        cluster.start()
-        cluster.wait_ready()
+    with _scratch_cluster(listen="127.0.0.1,127.0.0.2") as cluster:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute("CREATE ROLE remote_app LOGIN PASSWORD 'correct horse battery staple'")
             rules = conn.execute("SELECT type, address, auth_method, error FROM pg_hba_file_rules").fetchall()
@@ -171,19 +157,22 @@ def test_beyond_loopback_the_cluster_takes_passwords_over_tls_only(tmp_path: Pat
             assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(base.replace("staple", "stable") + f" sslmode=verify-ca sslrootcert={ca}")
+
+
+@contextlib.contextmanager
+def _scratch_cluster(listen: str) -> Iterator[LocalCluster]:
+    """A cluster of its own with pgreflect's own settings (not the test cluster's), removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="pgs-", dir="/tmp"))
+    root.chmod(0o755)
+    cluster = LocalCluster(directory=root / "pg", port=free_port(), dbname="postgres", listen=listen)
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.wait_ready()
+        yield cluster
     finally:
         cluster.destroy()
-        import shutil
-
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ask_reads_its_prompt_from_stdin(db: Database, keyring: Keyring) -> None:

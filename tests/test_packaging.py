@@ -15,7 +15,7 @@ import psycopg
 
 from pgreflect.cli import build_parser
 
-from conftest import _free_port
+from conftest import free_port
 from helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def test_dockerfile_uses_install_script_and_valid_commands() -> None:
 def test_cluster_run_is_a_working_container_entrypoint() -> None:
     root = Path(tempfile.mkdtemp(prefix="pgrc-", dir="/tmp"))
     root.chmod(0o755)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGREFLECT_")}
     env.update({"PGREFLECT_CLUSTER_DIR": str(root / "pg"), "PGREFLECT_PORT": str(port),
                 "PGREFLECT_HOME": str(root / "home")})
