@@ -139,13 +139,6 @@ FROM reflect.claim_followups_v1(%(worker_id)s, %(limit)s, %(lease_seconds)s, %(m
 SELECT reflect.complete_followup_v1(%(followup_id)s, %(lease_token)s, %(signals)s::jsonb, %(critique)s)
   AS confidence;
 
--- name: fail_followup
-SELECT reflect.fail_followup_v1(%(followup_id)s, %(lease_token)s, %(error)s, %(release)s) AS state;
-
--- name: heartbeat_followups
-SELECT heartbeat_followups_v1 AS followup_id
-FROM reflect.heartbeat_followups_v1(%(ids)s, %(lease_tokens)s, %(lease_seconds)s);
-
 -- name: rate_critique
 SELECT reflect.rate_critique_v1(%(request_id)s, %(rating)s);
 
@@ -174,9 +167,6 @@ RETURNING name, login, key_id, created_at;
 
 -- name: app_list
 SELECT name, login, key_id, created_at, revoked_at FROM reflect.apps ORDER BY name;
-
--- name: app_get
-SELECT name, login, key_id, created_at, revoked_at FROM reflect.apps WHERE name = %(name)s;
 
 -- name: app_revoke
 UPDATE reflect.apps SET revoked_at = now() WHERE name = %(name)s AND revoked_at IS NULL RETURNING login;
