@@ -132,6 +132,45 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._current_key_id() OWNER TO reflect_owner;
+CREATE FUNCTION reflect._decide(p_candidate integer, p_decision text, p_reason text, p_numbers jsonb, p_rule jsonb, p_job_id bigint DEFAULT NULL::bigint) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  c reflect.model_versions;
+  v_id bigint;
+BEGIN
+  PERFORM 1 FROM reflect.model_versions WHERE is_active FOR UPDATE;
+  SELECT * INTO c FROM reflect.model_versions WHERE id = p_candidate FOR UPDATE;
+  UPDATE reflect.canaries
+  SET state = CASE WHEN p_decision = 'promote' AND candidate_id = c.id THEN 'promoted'
+                   WHEN p_decision IN ('reject', 'rollback') AND candidate_id = c.id THEN 'rolled_back'
+                   ELSE 'stopped' END,
+      ended_at = clock_timestamp()
+  WHERE state = 'running' AND (candidate_id = c.id OR p_decision = 'canary');
+  IF p_decision = 'canary' THEN
+    UPDATE reflect.model_versions SET stage = 'canary' WHERE id = c.id;
+    INSERT INTO reflect.canaries (candidate_id, parent_id, share, started_by)
+    VALUES (c.id, coalesce(c.parent_id, (SELECT id FROM reflect.model_versions WHERE is_active)),
+            reflect._setting_float('canary_share'), session_user);
+  ELSIF p_decision = 'promote' THEN
+    UPDATE reflect.model_versions SET stage = 'retired' WHERE is_active AND id <> c.id;
+    UPDATE reflect.model_versions SET stage = 'promoted' WHERE id = c.id;
+    PERFORM reflect.activate_model_version_v1(c.name);
+  ELSIF p_decision = 'reject' THEN
+    UPDATE reflect.model_versions SET stage = 'rejected' WHERE id = c.id;
+  ELSIF p_decision = 'rollback' THEN
+    UPDATE reflect.model_versions SET stage = 'rejected' WHERE id = c.id;
+    UPDATE reflect.model_versions SET stage = 'promoted' WHERE id = c.parent_id;
+    PERFORM reflect.activate_model_version_v1((SELECT name FROM reflect.model_versions WHERE id = c.parent_id));
+  END IF;
+  INSERT INTO reflect.promotion_decisions (candidate_id, parent_id, job_id, decision, decided_by, reason, numbers, rule)
+  VALUES (c.id, c.parent_id, p_job_id, p_decision, session_user, p_reason, coalesce(p_numbers, '{}'), coalesce(p_rule, '{}'))
+  RETURNING id INTO v_id;
+  RETURN v_id;
+END
+$$;
+ALTER FUNCTION reflect._decide(p_candidate integer, p_decision text, p_reason text, p_numbers jsonb, p_rule jsonb, p_job_id bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._decrypt(p_cipher bytea, p_key_id text) RETURNS text
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -185,6 +224,16 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 ALTER FUNCTION reflect._decrypts(p_cipher bytea, p_key text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._default_version() RETURNS integer
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT CASE WHEN c.id IS NOT NULL AND random() < c.share THEN c.candidate_id ELSE a.id END
+  FROM reflect.model_versions a
+  LEFT JOIN reflect.canaries c ON c.state = 'running' AND c.parent_id = a.id
+  WHERE a.is_active
+$$;
+ALTER FUNCTION reflect._default_version() OWNER TO reflect_owner;
 CREATE FUNCTION reflect._encrypt(p_plain text, p_key_id text) RETURNS bytea
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -278,6 +327,23 @@ CREATE FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min
   ]::double precision[]
 $$;
 ALTER FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._finetune_hyperparameters() RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT jsonb_build_object(
+    'lora_rank', reflect._setting_int('finetune_lora_rank'),
+    'lora_alpha', reflect._setting_float('finetune_lora_alpha'),
+    'target_modules', reflect._setting_text('finetune_target_modules'),
+    'learning_rate', reflect._setting_float('finetune_learning_rate'),
+    'epochs', reflect._setting_float('finetune_epochs'),
+    'batch_size', reflect._setting_int('finetune_batch_size'),
+    'max_seq_len', reflect._setting_int('finetune_max_seq_len'),
+    'seed', reflect._setting_int('finetune_seed'),
+    'checkpoint_every_s', reflect._setting_float('finetune_checkpoint_every_s'),
+    'replay_ratio', reflect._setting_float('finetune_replay_ratio'))
+$$;
+ALTER FUNCTION reflect._finetune_hyperparameters() OWNER TO reflect_owner;
 CREATE TABLE reflect.jobs (
     id bigint NOT NULL,
     kind text NOT NULL,
@@ -308,6 +374,42 @@ CREATE TABLE reflect.jobs (
     CONSTRAINT jobs_payload_check CHECK ((jsonb_typeof(payload) = 'object'::text))
 );
 ALTER TABLE reflect.jobs OWNER TO reflect_owner;
+CREATE FUNCTION reflect._finish_finetune(j reflect.jobs, p_result jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+  p reflect.model_versions;
+  b reflect.model_versions;
+  v_id integer;
+  v_gate bigint;
+  v_name text;
+BEGIN
+  SELECT * INTO p FROM reflect.model_versions WHERE id = j.model_version_id;
+  b := reflect._root_version(p.id);
+  IF p_result ->> 'base_sha256' IS DISTINCT FROM b.sha256 THEN
+    RAISE EXCEPTION 'the adapter was trained on a GGUF with sha256 %, not on % (%)',
+      coalesce(p_result ->> 'base_sha256', 'NULL'), b.name, b.sha256 USING ERRCODE = 'PR001';
+  END IF;
+  IF coalesce(p_result ->> 'adapter_sha256', '') !~ '^[0-9a-f]{64}$' OR coalesce(p_result ->> 'adapter_path', '') = '' THEN
+    RAISE EXCEPTION 'a fine-tune result needs adapter_path and adapter_sha256' USING ERRCODE = 'PR001';
+  END IF;
+  v_name := format('%s.ft%s', left(b.name, 80), j.id);
+  INSERT INTO reflect.model_versions (name, gguf_path, source, sha256, parent_id, n_ctx, backend, stage,
+                                      base_model_version_id, adapter_path, adapter_sha256, training_set_id,
+                                      finetune_job_id, hyperparameters, training_metrics)
+  VALUES (v_name, b.gguf_path, 'finetune', b.sha256, p.id, p.n_ctx, b.backend, 'candidate', b.id,
+          p_result ->> 'adapter_path', p_result ->> 'adapter_sha256', (j.payload ->> 'training_set_id')::integer,
+          j.id, p_result -> 'hyperparameters', p_result -> 'metrics')
+  RETURNING id INTO v_id;
+  v_gate := reflect._enqueue_job('gate', jsonb_build_object('candidate_id', v_id, 'parent_id', p.id,
+                                                            'training_set_id', j.payload -> 'training_set_id',
+                                                            'poll_s', reflect._setting_float('gate_poll_s')),
+                                 NULL, v_id, 0::smallint, 3);
+  RETURN jsonb_build_object('candidate_id', v_id, 'candidate', v_name, 'gate_job_id', v_gate);
+END
+$_$;
+ALTER FUNCTION reflect._finish_finetune(j reflect.jobs, p_result jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._finish_followup(j reflect.jobs, p_result jsonb) RETURNS jsonb
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -349,6 +451,69 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._finish_followup(j reflect.jobs, p_result jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._finish_gate(j reflect.jobs, p_result jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_candidate integer := (j.payload ->> 'candidate_id')::integer;
+  v_parent integer := (j.payload ->> 'parent_id')::integer;
+  v_z double precision := reflect._setting_float('gate_z');
+  v_rule jsonb := jsonb_build_object('z', v_z, 'heldout_margin', reflect._setting_float('gate_heldout_margin'),
+                                     'retention_margin', reflect._setting_float('gate_retention_margin'),
+                                     'calibration_margin', reflect._setting_float('gate_calibration_margin'));
+  a jsonb; b jsonb; c jsonb; cal jsonb;
+  v_reasons text[] := '{}';
+  v_decision text;
+  v_missing integer;
+BEGIN
+  IF jsonb_typeof(p_result -> 'scores') IS DISTINCT FROM 'array' THEN
+    RAISE EXCEPTION 'a gate result needs "scores", an array' USING ERRCODE = 'PR001';
+  END IF;
+  UPDATE reflect.gate_items g
+  SET candidate_correct = (s ->> 'candidate_correct')::boolean, parent_correct = (s ->> 'parent_correct')::boolean
+  FROM jsonb_array_elements(p_result -> 'scores') s
+  WHERE g.job_id = j.id AND g.candidate_request_id = (s ->> 'candidate_request_id')::bigint;
+  SELECT count(*) INTO v_missing FROM reflect.gate_items
+  WHERE job_id = j.id AND (candidate_correct IS NULL OR parent_correct IS NULL);
+  a := reflect._paired(j.id, 'a', v_z);
+  b := reflect._paired(j.id, 'b', v_z);
+  c := reflect._paired(j.id, 'c', v_z);
+  cal := reflect._gate_calibration(j.id);
+  IF (a ->> 'n')::int = 0 THEN
+    v_reasons := v_reasons || 'no corrected prompts were scored'::text;
+  ELSIF (a ->> 'lower_bound')::float8 <= 0 THEN
+    v_reasons := v_reasons || format('corrected prompts: gain %s, lower bound %s is not above 0',
+                                     round((a ->> 'difference')::numeric, 3), round((a ->> 'lower_bound')::numeric, 3));
+  END IF;
+  IF (b ->> 'n')::int > 0 AND (b ->> 'difference')::float8 < -(v_rule ->> 'heldout_margin')::float8 THEN
+    v_reasons := v_reasons || format('held-out accuracy dropped by %s (margin %s)',
+                                     round(-(b ->> 'difference')::numeric, 3), v_rule ->> 'heldout_margin');
+  END IF;
+  IF (c ->> 'n')::int = 0 THEN
+    v_reasons := v_reasons || 'no retention items were scored (load them: pgreflect improve retention)'::text;
+  ELSIF -(c ->> 'difference')::float8 > (v_rule ->> 'retention_margin')::float8 THEN
+    v_reasons := v_reasons || format('retention accuracy dropped by %s (margin %s; interval %s to %s)',
+                                     round(-(c ->> 'difference')::numeric, 3), v_rule ->> 'retention_margin',
+                                     round(-(c ->> 'upper_bound')::numeric, 3), round(-(c ->> 'lower_bound')::numeric, 3));
+  END IF;
+  IF (cal #>> '{candidate,brier}')::float8 - (cal #>> '{parent,brier}')::float8 > (v_rule ->> 'calibration_margin')::float8 THEN
+    v_reasons := v_reasons || format('Brier score rose from %s to %s',
+                                     round((cal #>> '{parent,brier}')::numeric, 3),
+                                     round((cal #>> '{candidate,brier}')::numeric, 3));
+  END IF;
+  -- Passing the gate starts a canary (a share of live traffic decides) unless canary_share is 0.
+  v_decision := CASE WHEN cardinality(v_reasons) > 0 THEN 'reject'
+                     WHEN reflect._setting_float('canary_share') > 0 THEN 'canary' ELSE 'promote' END;
+  PERFORM reflect._decide(v_candidate, v_decision,
+    CASE WHEN v_decision = 'reject' THEN array_to_string(v_reasons, '; ')
+         ELSE 'better on the corrected prompts, no worse on held-out, retention and calibration' END,
+    jsonb_build_object('corrected', a, 'heldout', b, 'retention', c, 'calibration', cal, 'unscored', v_missing),
+    v_rule, j.id);
+  RETURN jsonb_build_object('decision', v_decision, 'candidate_id', v_candidate, 'parent_id', v_parent);
+END
+$$;
+ALTER FUNCTION reflect._finish_gate(j reflect.jobs, p_result jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) RETURNS jsonb
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -356,11 +521,36 @@ CREATE FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) RETURNS json
 BEGIN
   IF j.kind IN ('critique', 'agreement') THEN
     RETURN reflect._finish_followup(j, p_result);
+  ELSIF j.kind = 'finetune' THEN
+    RETURN reflect._finish_finetune(j, p_result);  -- 770_improve.sql
+  ELSIF j.kind = 'gate' THEN
+    RETURN reflect._finish_gate(j, p_result);
   END IF;
   RAISE EXCEPTION 'no job kind "%"', j.kind USING ERRCODE = 'PR001';
 END
 $$;
 ALTER FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._gate_calibration(p_job_id bigint) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  WITH d AS (
+    SELECT ac.confidence AS cc, g.candidate_correct AS yc, ap.confidence AS cp, g.parent_correct AS yp
+    FROM reflect.gate_items g
+    JOIN reflect.answers ac ON ac.request_id = g.candidate_request_id
+    JOIN reflect.answers ap ON ap.request_id = g.parent_request_id
+    WHERE g.job_id = p_job_id AND g.candidate_correct IS NOT NULL AND g.parent_correct IS NOT NULL
+  )
+  SELECT jsonb_build_object(
+    'candidate', jsonb_build_object('brier', reflect.brier_v1(array_agg(cc), array_agg(yc)),
+                                    'ece', reflect.ece_v1(array_agg(cc), array_agg(yc)),
+                                    'auroc', reflect.auroc_v1(array_agg(-cc), array_agg(NOT yc))),
+    'parent', jsonb_build_object('brier', reflect.brier_v1(array_agg(cp), array_agg(yp)),
+                                 'ece', reflect.ece_v1(array_agg(cp), array_agg(yp)),
+                                 'auroc', reflect.auroc_v1(array_agg(-cp), array_agg(NOT yp))))
+  FROM d
+$$;
+ALTER FUNCTION reflect._gate_calibration(p_job_id bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._heldout(p_request_id bigint, p_share double precision) RETURNS boolean
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -500,6 +690,24 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._normalize_params(p jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._paired(p_job_id bigint, p_part text, p_z double precision) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  WITH d AS (
+    SELECT candidate_correct::int AS c, parent_correct::int AS p, candidate_correct::int - parent_correct::int AS diff
+    FROM reflect.gate_items
+    WHERE job_id = p_job_id AND part = p_part AND candidate_correct IS NOT NULL AND parent_correct IS NOT NULL
+  ), s AS (
+    SELECT count(*) AS n, avg(c) AS acc_c, avg(p) AS acc_p, avg(diff) AS mean_diff,
+           coalesce(stddev_samp(diff), 0) / sqrt(greatest(count(*), 1)) AS se
+    FROM d
+  )
+  SELECT jsonb_build_object('n', n, 'candidate_accuracy', acc_c, 'parent_accuracy', acc_p, 'difference', mean_diff,
+                            'se', se, 'lower_bound', mean_diff - p_z * se, 'upper_bound', mean_diff + p_z * se)
+  FROM s
+$$;
+ALTER FUNCTION reflect._paired(p_job_id bigint, p_part text, p_z double precision) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) RETURNS numeric
     LANGUAGE plpgsql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -669,6 +877,45 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._requests_after_insert() OWNER TO reflect_owner;
+CREATE TABLE reflect.model_versions (
+    id integer NOT NULL,
+    name text NOT NULL,
+    gguf_path text NOT NULL,
+    source text NOT NULL,
+    sha256 text NOT NULL,
+    parent_id integer,
+    n_ctx integer DEFAULT 4096 NOT NULL,
+    is_active boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    backend text DEFAULT 'llama'::text NOT NULL,
+    stage text DEFAULT 'registered'::text NOT NULL,
+    base_model_version_id integer,
+    adapter_path text,
+    adapter_sha256 text,
+    training_set_id integer,
+    finetune_job_id bigint,
+    hyperparameters jsonb,
+    training_metrics jsonb,
+    CONSTRAINT adapter_complete CHECK ((((adapter_path IS NULL) = (adapter_sha256 IS NULL)) AND ((adapter_path IS NULL) = (base_model_version_id IS NULL)))),
+    CONSTRAINT model_version_backend CHECK ((backend = ANY (ARRAY['llama'::text, 'noop'::text]))),
+    CONSTRAINT model_version_name_format CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'::text)),
+    CONSTRAINT model_versions_adapter_sha256_check CHECK ((adapter_sha256 ~ '^[0-9a-f]{64}$'::text)),
+    CONSTRAINT model_versions_gguf_path_check CHECK ((gguf_path <> ''::text)),
+    CONSTRAINT model_versions_n_ctx_check CHECK (((n_ctx >= 256) AND (n_ctx <= 131072))),
+    CONSTRAINT model_versions_source_check CHECK ((source <> ''::text)),
+    CONSTRAINT model_versions_stage_check CHECK ((stage = ANY (ARRAY['registered'::text, 'candidate'::text, 'canary'::text, 'rejected'::text, 'retired'::text, 'promoted'::text]))),
+    CONSTRAINT sha256_hex CHECK ((sha256 ~ '^[0-9a-f]{64}$'::text))
+);
+ALTER TABLE reflect.model_versions OWNER TO reflect_owner;
+CREATE FUNCTION reflect._root_version(p_id integer) RETURNS reflect.model_versions
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT r.* FROM reflect.model_versions mv
+  JOIN reflect.model_versions r ON r.id = coalesce(mv.base_model_version_id, mv.id)
+  WHERE mv.id = p_id
+$$;
+ALTER FUNCTION reflect._root_version(p_id integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._setting_float(p_key text) RETURNS double precision
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -835,6 +1082,27 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.activate_model_version_v1(p_name text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.add_retention_items_v1(p_items jsonb, p_embedding_model text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_n integer;
+BEGIN
+  IF jsonb_typeof(p_items) IS DISTINCT FROM 'array' THEN
+    RAISE EXCEPTION 'retention items must be a JSON array' USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.retention_items (dataset, item_id, prompt, system_prompt, reference, max_tokens,
+                                       embedding_model, embedding)
+  SELECT i ->> 'dataset', i ->> 'id', i ->> 'question', i ->> 'system_prompt', i ->> 'answer',
+         coalesce((i ->> 'max_tokens')::integer, 64), p_embedding_model, (i ->> 'embedding')::public.vector
+  FROM jsonb_array_elements(p_items) i
+  ON CONFLICT (dataset, item_id) DO NOTHING;
+  GET DIAGNOSTICS v_n = ROW_COUNT;
+  RETURN v_n;
+END
+$$;
+ALTER FUNCTION reflect.add_retention_items_v1(p_items jsonb, p_embedding_model text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.add_signals_v1(p_request_id bigint, p_signals jsonb) RETURNS double precision
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -882,6 +1150,36 @@ CREATE FUNCTION reflect.calibration_features_v1() RETURNS text[]
                'critique_verdict']
 $$;
 ALTER FUNCTION reflect.calibration_features_v1() OWNER TO reflect_owner;
+CREATE FUNCTION reflect.canary_step_v1() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  c reflect.canaries;
+  e reflect.canary_status;
+  v_n integer := 0;
+BEGIN
+  FOR c IN SELECT * FROM reflect.canaries WHERE state = 'running' FOR UPDATE SKIP LOCKED LOOP
+    IF NOT EXISTS (SELECT FROM reflect.model_versions WHERE id = c.parent_id AND is_active) THEN
+      UPDATE reflect.canaries SET state = 'stopped', ended_at = clock_timestamp() WHERE id = c.id;
+      UPDATE reflect.model_versions SET stage = 'candidate' WHERE id = c.candidate_id AND stage = 'canary';
+      v_n := v_n + 1;
+      CONTINUE;
+    END IF;
+    SELECT * INTO e FROM reflect.canary_status WHERE id = c.id;
+    CONTINUE WHEN least(e.candidate_labels, e.parent_labels) < e.min_labels OR e.glr <= e.threshold;
+    PERFORM reflect._decide(c.candidate_id,
+      CASE WHEN e.candidate_accuracy > e.parent_accuracy THEN 'promote' ELSE 'reject' END,
+      format('canary: candidate %s of %s right, parent %s of %s (GLR %s > %s)', e.candidate_right,
+             e.candidate_labels, e.parent_right, e.parent_labels, round(e.glr::numeric, 2), round(e.threshold::numeric, 2)),
+      jsonb_build_object('canary', to_jsonb(e)),
+      jsonb_build_object('delta', reflect._setting_float('canary_delta'), 'min_labels', e.min_labels));
+    v_n := v_n + 1;
+  END LOOP;
+  RETURN v_n;
+END
+$$;
+ALTER FUNCTION reflect.canary_step_v1() OWNER TO reflect_owner;
 CREATE FUNCTION reflect.checkpoint_job_v1(p_job_id bigint, p_lease_token uuid, p_checkpoint jsonb, p_lease_seconds integer) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1155,7 +1453,10 @@ BEGIN
   DELETE FROM _cand c WHERE EXISTS (
     SELECT FROM reflect.eval_requests er
     JOIN reflect.prompt_embeddings ee ON ee.request_id = er.request_id
-    WHERE (ee.embedding OPERATOR(public.<=>) c.embedding) <= v_max_distance);
+    WHERE (ee.embedding OPERATOR(public.<=>) c.embedding) <= v_max_distance)
+  OR EXISTS (
+    SELECT FROM reflect.retention_items ri
+    WHERE (ri.embedding OPERATOR(public.<=>) c.embedding) <= v_max_distance);
   GET DIAGNOSTICS v_leak = ROW_COUNT;
   DELETE FROM _cand c WHERE EXISTS (
     SELECT FROM _cand d
@@ -1194,6 +1495,36 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.curate_training_set_v1(p_owner name, p_model_version text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.decide_model_version_v1(p_name text, p_decision text, p_reason text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  c reflect.model_versions;
+BEGIN
+  IF p_decision IS NULL OR p_decision NOT IN ('promote', 'reject', 'canary') THEN
+    RAISE EXCEPTION 'decision must be promote, reject or canary' USING ERRCODE = 'PR001';
+  END IF;
+  SELECT * INTO c FROM reflect.model_versions WHERE name = p_name;
+  IF c.id IS NULL THEN
+    RAISE EXCEPTION 'unknown model version "%"', left(p_name, 100) USING ERRCODE = 'PR003';
+  END IF;
+  IF p_decision = 'canary' AND (c.is_active OR reflect._setting_float('canary_share') <= 0) THEN
+    RAISE EXCEPTION 'model version "%" cannot be a canary (it is active, or canary_share is 0)', c.name
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF p_decision = 'promote' AND c.is_active THEN
+    RAISE EXCEPTION 'model version "%" is already active', c.name USING ERRCODE = 'PR001';
+  END IF;
+  IF p_decision = 'reject' AND c.is_active THEN
+    RAISE EXCEPTION 'model version "%" is active: roll it back instead', c.name USING ERRCODE = 'PR001',
+      HINT = 'pgreflect models rollback';
+  END IF;
+  RETURN reflect._decide(c.id, p_decision, coalesce(nullif(p_reason, ''), 'decided by ' || session_user),
+                         '{}'::jsonb, '{}'::jsonb);
+END
+$$;
+ALTER FUNCTION reflect.decide_model_version_v1(p_name text, p_decision text, p_reason text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer DEFAULT 10) RETURNS double precision
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1390,6 +1721,48 @@ BEGIN
 END
 $_$;
 ALTER FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.finetune_examples_v1(p_job_id bigint, p_lease_token uuid) RETURNS TABLE(request_id bigint, source text, split text, system_prompt text, prompt text, completion text)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+BEGIN
+  RETURN QUERY
+  SELECT e.request_id, e.source, e.split, s.plain, p.plain, c.plain
+  FROM reflect.training_examples e
+  CROSS JOIN LATERAL reflect._decrypt_safe(e.prompt_enc, e.key_id) p
+  CROSS JOIN LATERAL reflect._decrypt_safe(e.system_prompt_enc, e.key_id) s
+  CROSS JOIN LATERAL reflect._decrypt_safe(e.completion_enc, e.key_id) c
+  WHERE e.training_set_id = (j.payload ->> 'training_set_id')::integer AND p.ok AND s.ok AND c.ok
+  ORDER BY e.request_id;
+END
+$$;
+ALTER FUNCTION reflect.finetune_examples_v1(p_job_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.finetune_plan_v1(p_job_id bigint, p_lease_token uuid) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+  p reflect.model_versions;
+  b reflect.model_versions;
+BEGIN
+  IF j.kind <> 'finetune' THEN
+    RAISE EXCEPTION 'job % is a % job, not a fine-tune', j.id, j.kind USING ERRCODE = 'PR001';
+  END IF;
+  SELECT * INTO p FROM reflect.model_versions WHERE id = j.model_version_id;
+  b := reflect._root_version(p.id);
+  RETURN jsonb_build_object(
+    'training_set_id', (j.payload ->> 'training_set_id')::integer,
+    'parent', jsonb_build_object('id', p.id, 'name', p.name),
+    'base', jsonb_build_object('id', b.id, 'name', b.name, 'gguf_path', b.gguf_path, 'sha256', b.sha256,
+                               'backend', b.backend),
+    'hyperparameters', coalesce(j.payload -> 'hyperparameters', reflect._finetune_hyperparameters()));
+END
+$$;
+ALTER FUNCTION reflect.finetune_plan_v1(p_job_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.finetune_when_ready_v1() RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1555,6 +1928,92 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.fit_calibrator_v1(p_model_version text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.gate_answers_v1(p_job_id bigint, p_lease_token uuid) RETURNS TABLE(candidate_request_id bigint, part text, reference text, candidate_state text, candidate_answer text, parent_state text, parent_answer text)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+BEGIN
+  RETURN QUERY
+  SELECT g.candidate_request_id, g.part,
+         coalesce(ri.reference, reflect._decrypt_or_null(t.completion_enc, t.key_id)),
+         rc.state::text, reflect._decrypt_or_null(ac.answer_enc, ac.key_id),
+         rp.state::text, reflect._decrypt_or_null(ap.answer_enc, ap.key_id)
+  FROM reflect.gate_items g
+  JOIN reflect.requests rc ON rc.id = g.candidate_request_id
+  JOIN reflect.requests rp ON rp.id = g.parent_request_id
+  LEFT JOIN reflect.answers ac ON ac.request_id = rc.id
+  LEFT JOIN reflect.answers ap ON ap.request_id = rp.id
+  LEFT JOIN reflect.retention_items ri ON ri.id = g.retention_item_id
+  LEFT JOIN reflect.training_examples t
+    ON t.training_set_id = (j.payload ->> 'training_set_id')::integer AND t.request_id = g.example_request_id
+  WHERE g.job_id = j.id
+  ORDER BY g.part, g.candidate_request_id;
+END
+$$;
+ALTER FUNCTION reflect.gate_answers_v1(p_job_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.gate_submit_v1(p_job_id bigint, p_lease_token uuid) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+  v_candidate integer := (j.payload ->> 'candidate_id')::integer;
+  v_parent integer := (j.payload ->> 'parent_id')::integer;
+  v_set integer := (j.payload ->> 'training_set_id')::integer;
+  v_params jsonb := reflect._normalize_params(jsonb_build_object(
+    'max_tokens', reflect._setting_int('gate_max_tokens'), 'temperature', 0, 'memory', false,
+    'low_confidence', 'answer'));
+  v_key text;
+  v_n integer;
+  e record;
+  v_c bigint;
+  v_p bigint;
+BEGIN
+  IF j.kind <> 'gate' THEN
+    RAISE EXCEPTION 'job % is a % job, not a gate', j.id, j.kind USING ERRCODE = 'PR001';
+  END IF;
+  SELECT count(*) INTO v_n FROM reflect.gate_items WHERE job_id = j.id;
+  IF v_n > 0 THEN
+    RETURN v_n;
+  END IF;
+  v_key := reflect._current_key_id();
+  FOR e IN
+    SELECT CASE WHEN t.split = 'heldout' THEN 'b' ELSE 'a' END AS part, t.request_id AS example, NULL::integer AS item,
+           t.key_id, t.prompt_enc, t.system_prompt_enc, v_params AS params
+    FROM reflect.training_examples t
+    WHERE t.training_set_id = v_set AND (t.split = 'heldout' OR t.source = 'correction')
+    UNION ALL
+    SELECT 'c', NULL, ri.id, v_key, reflect._encrypt(ri.prompt, v_key), reflect._encrypt(ri.system_prompt, v_key),
+           v_params || jsonb_build_object('max_tokens', ri.max_tokens)
+    FROM (SELECT * FROM reflect.retention_items ORDER BY id LIMIT reflect._setting_int('gate_retention_size')) ri
+    ORDER BY 1, 2, 3
+  LOOP
+    INSERT INTO reflect.requests (key_id, prompt_enc, system_prompt_enc, params, caller, submitted_by,
+                                  model_version_id, max_attempts)
+    VALUES (e.key_id, e.prompt_enc, e.system_prompt_enc, e.params, format('pgreflect-gate-%s', j.id), session_user,
+            v_candidate, reflect._setting_int('max_attempts'))
+    RETURNING id INTO v_c;
+    INSERT INTO reflect.requests (key_id, prompt_enc, system_prompt_enc, params, caller, submitted_by,
+                                  model_version_id, max_attempts)
+    VALUES (e.key_id, e.prompt_enc, e.system_prompt_enc, e.params, format('pgreflect-gate-%s', j.id), session_user,
+            v_parent, reflect._setting_int('max_attempts'))
+    RETURNING id INTO v_p;
+    INSERT INTO reflect.gate_items (job_id, part, example_request_id, retention_item_id, candidate_request_id,
+                                    parent_request_id)
+    VALUES (j.id, e.part, e.example, e.item, v_c, v_p);
+    -- Evaluation traffic: never curated into training data.
+    INSERT INTO reflect.eval_requests (request_id, dataset, item_id, run_label)
+    VALUES (v_c, 'gate_' || e.part, coalesce(e.example::text, e.item::text), format('gate-%s', j.id)),
+           (v_p, 'gate_' || e.part, coalesce(e.example::text, e.item::text), format('gate-%s', j.id));
+  END LOOP;
+  SELECT count(*) INTO v_n FROM reflect.gate_items WHERE job_id = j.id;
+  RETURN v_n;
+END
+$$;
+ALTER FUNCTION reflect.gate_submit_v1(p_job_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) RETURNS SETOF bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1696,6 +2155,24 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.model_versions_to_serve_v2(p_backend text, p_names text[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_names text[] DEFAULT NULL::text[]) RETURNS TABLE(id integer, name text, gguf_path text, sha256 text, n_ctx integer, is_active boolean, base_model_version_id integer, adapter_path text, adapter_sha256 text)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+  PERFORM FROM reflect.model_versions_to_serve_v2(p_backend, p_names);  -- validates the names
+  RETURN QUERY
+  SELECT mv.id, mv.name, mv.gguf_path, mv.sha256, mv.n_ctx, mv.is_active, mv.base_model_version_id,
+         mv.adapter_path, mv.adapter_sha256
+  FROM reflect.model_versions mv
+  LEFT JOIN reflect.model_versions base ON base.id = mv.base_model_version_id
+  WHERE mv.backend = p_backend
+    AND (p_names IS NULL OR mv.name = ANY (p_names) OR base.name = ANY (p_names)
+         OR mv.id IN (SELECT a.base_model_version_id FROM reflect.model_versions a WHERE a.name = ANY (p_names)))
+  ORDER BY mv.base_model_version_id NULLS FIRST, mv.is_active DESC, mv.id;
+END
+$$;
+ALTER FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_names text[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1839,6 +2316,22 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb, p_evidence_request_ids bigint[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.record_training_progress_v1(p_job_id bigint, p_lease_token uuid, p_step integer, p_total_steps integer, p_epoch double precision, p_loss double precision, p_tokens_per_s double precision, p_eta_s double precision, p_rss_mb double precision) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+BEGIN
+  INSERT INTO reflect.training_progress (job_id, step, total_steps, epoch, loss, tokens_per_s, eta_s, rss_mb)
+  VALUES (j.id, p_step, p_total_steps, p_epoch, p_loss, p_tokens_per_s, p_eta_s, p_rss_mb)
+  ON CONFLICT (job_id, step) DO UPDATE
+    SET total_steps = excluded.total_steps, epoch = excluded.epoch, loss = excluded.loss,
+        tokens_per_s = excluded.tokens_per_s, eta_s = excluded.eta_s, rss_mb = excluded.rss_mb,
+        recorded_at = clock_timestamp();
+END
+$$;
+ALTER FUNCTION reflect.record_training_progress_v1(p_job_id bigint, p_lease_token uuid, p_step integer, p_total_steps integer, p_epoch double precision, p_loss double precision, p_tokens_per_s double precision, p_eta_s double precision, p_rss_mb double precision) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.refit_calibrators_v1() RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1985,7 +2478,10 @@ DECLARE
   s reflect.training_sets;
 BEGIN
   SELECT * INTO s FROM reflect.training_sets WHERE id = v_set;
-  RETURN reflect._enqueue_job('finetune', jsonb_build_object('training_set_id', s.id, 'owner', s.owner),
+  -- work_id names the job's folder of checkpoints on the workers (job ids repeat across databases)
+  RETURN reflect._enqueue_job('finetune', jsonb_build_object('training_set_id', s.id, 'owner', s.owner,
+                                                             'hyperparameters', reflect._finetune_hyperparameters(),
+                                                             'work_id', gen_random_uuid()),
                               NULL, s.base_model_version_id, 0::smallint, 3);
 END
 $$;
@@ -2022,6 +2518,26 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.rollback_model_version_v1(p_reason text DEFAULT NULL::text) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  c reflect.model_versions;
+BEGIN
+  SELECT * INTO c FROM reflect.model_versions WHERE is_active FOR UPDATE;
+  IF c.id IS NULL THEN
+    RAISE EXCEPTION 'no active model version' USING ERRCODE = 'PR003';
+  END IF;
+  IF c.parent_id IS NULL THEN
+    RAISE EXCEPTION 'the active version "%" has no parent to roll back to', c.name USING ERRCODE = 'PR001';
+  END IF;
+  PERFORM reflect._decide(c.id, 'rollback', coalesce(nullif(p_reason, ''), 'rolled back by ' || session_user),
+                          '{}'::jsonb, '{}'::jsonb);
+  RETURN (SELECT name FROM reflect.model_versions WHERE id = c.parent_id);
+END
+$$;
+ALTER FUNCTION reflect.rollback_model_version_v1(p_reason text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer DEFAULT 500) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2086,6 +2602,24 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.snooze_job_v1(p_job_id bigint, p_lease_token uuid, p_seconds double precision, p_checkpoint jsonb DEFAULT NULL::jsonb) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+BEGIN
+  IF p_seconds IS NULL OR p_seconds NOT BETWEEN 0 AND 3600 THEN
+    RAISE EXCEPTION 'snooze seconds must be between 0 and 3600' USING ERRCODE = 'PR001';
+  END IF;
+  UPDATE reflect.jobs
+  SET state = 'queued', lease_token = NULL, lease_expires_at = NULL, attempts = greatest(j.attempts - 1, 0),
+      run_after = clock_timestamp() + make_interval(secs => p_seconds),
+      checkpoint = coalesce(p_checkpoint, j.checkpoint)
+  WHERE id = j.id;
+END
+$$;
+ALTER FUNCTION reflect.snooze_job_v1(p_job_id bigint, p_lease_token uuid, p_seconds double precision, p_checkpoint jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text DEFAULT NULL::text, p_params jsonb DEFAULT NULL::jsonb, p_idempotency_key text DEFAULT NULL::text, p_caller text DEFAULT NULL::text, p_model_version text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2116,7 +2650,7 @@ BEGIN
   END IF;
   v_params := reflect._normalize_params(p_params);
   IF p_model_version IS NULL THEN
-    SELECT id INTO v_model FROM reflect.model_versions WHERE is_active;
+    v_model := reflect._default_version();  -- the active version, or its canary (770_improve.sql)
     IF v_model IS NULL THEN
       RAISE EXCEPTION 'no active model version' USING ERRCODE = 'PR003',
         HINT = 'register one: pgreflect models install-default, or pgreflect models register';
@@ -2314,25 +2848,6 @@ CREATE TABLE reflect.critiques (
     CONSTRAINT critiques_verdict_check CHECK ((verdict = ANY (ARRAY['correct'::text, 'partially_correct'::text, 'incorrect'::text, 'unsure'::text])))
 );
 ALTER TABLE reflect.critiques OWNER TO reflect_owner;
-CREATE TABLE reflect.model_versions (
-    id integer NOT NULL,
-    name text NOT NULL,
-    gguf_path text NOT NULL,
-    source text NOT NULL,
-    sha256 text NOT NULL,
-    parent_id integer,
-    n_ctx integer DEFAULT 4096 NOT NULL,
-    is_active boolean DEFAULT false NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    backend text DEFAULT 'llama'::text NOT NULL,
-    CONSTRAINT model_version_backend CHECK ((backend = ANY (ARRAY['llama'::text, 'noop'::text]))),
-    CONSTRAINT model_version_name_format CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'::text)),
-    CONSTRAINT model_versions_gguf_path_check CHECK ((gguf_path <> ''::text)),
-    CONSTRAINT model_versions_n_ctx_check CHECK (((n_ctx >= 256) AND (n_ctx <= 131072))),
-    CONSTRAINT model_versions_source_check CHECK ((source <> ''::text)),
-    CONSTRAINT sha256_hex CHECK ((sha256 ~ '^[0-9a-f]{64}$'::text))
-);
-ALTER TABLE reflect.model_versions OWNER TO reflect_owner;
 CREATE VIEW reflect.app_requests WITH (security_barrier='true') AS
  SELECT r.id,
     reflect._decrypt_or_null(r.prompt_enc, r.key_id) AS prompt,
@@ -2510,6 +3025,125 @@ ALTER TABLE reflect.calibrators ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY
     NO MAXVALUE
     CACHE 1
 );
+CREATE TABLE reflect.canaries (
+    id integer NOT NULL,
+    candidate_id integer NOT NULL,
+    parent_id integer NOT NULL,
+    share double precision NOT NULL,
+    state text DEFAULT 'running'::text NOT NULL,
+    started_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    ended_at timestamp with time zone,
+    started_by name NOT NULL,
+    CONSTRAINT canaries_share_check CHECK (((share > (0)::double precision) AND (share < (1)::double precision))),
+    CONSTRAINT canaries_state_check CHECK ((state = ANY (ARRAY['running'::text, 'promoted'::text, 'rolled_back'::text, 'stopped'::text]))),
+    CONSTRAINT canary_ended_iff_final CHECK (((state = 'running'::text) = (ended_at IS NULL)))
+);
+ALTER TABLE reflect.canaries OWNER TO reflect_owner;
+ALTER TABLE reflect.canaries ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.canaries_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+CREATE TABLE reflect.eval_requests (
+    request_id bigint NOT NULL,
+    dataset text NOT NULL,
+    item_id text NOT NULL,
+    run_label text NOT NULL
+);
+ALTER TABLE reflect.eval_requests OWNER TO reflect_owner;
+CREATE TABLE reflect.settings (
+    key text NOT NULL,
+    value jsonb NOT NULL,
+    description text NOT NULL
+);
+ALTER TABLE reflect.settings OWNER TO reflect_owner;
+CREATE VIEW reflect.canary_status AS
+ WITH arms AS (
+         SELECT c_1.id,
+            count(l.ok) FILTER (WHERE (l.version = c_1.candidate_id)) AS n_c,
+            COALESCE(sum(l.ok) FILTER (WHERE (l.version = c_1.candidate_id)), (0)::bigint) AS s_c,
+            count(l.ok) FILTER (WHERE (l.version = c_1.parent_id)) AS n_p,
+            COALESCE(sum(l.ok) FILTER (WHERE (l.version = c_1.parent_id)), (0)::bigint) AS s_p
+           FROM (reflect.canaries c_1
+             LEFT JOIN LATERAL ( SELECT DISTINCT ON (f.request_id) r.model_version_id AS version,
+                    (((f.is_correct IS TRUE) AND (f.correction_enc IS NULL)))::integer AS ok
+                   FROM (reflect.requests r
+                     JOIN reflect.feedback f ON (((f.request_id = r.id) AND ((f.is_correct IS NOT NULL) OR (f.correction_enc IS NOT NULL)))))
+                  WHERE ((r.model_version_id = ANY (ARRAY[c_1.candidate_id, c_1.parent_id])) AND (r.created_at >= c_1.started_at) AND (NOT (EXISTS ( SELECT
+                           FROM reflect.eval_requests e
+                          WHERE (e.request_id = r.id)))))
+                  ORDER BY f.request_id, f.id DESC) l ON (true))
+          GROUP BY c_1.id
+        ), rates AS (
+         SELECT a.id,
+            a.n_c,
+            a.s_c,
+            a.n_p,
+            a.s_p,
+            ((a.s_c)::double precision / (NULLIF(a.n_c, 0))::double precision) AS p_c,
+            ((a.s_p)::double precision / (NULLIF(a.n_p, 0))::double precision) AS p_p,
+            (((a.s_c + a.s_p))::double precision / (NULLIF((a.n_c + a.n_p), 0))::double precision) AS q
+           FROM arms a
+        ), glr AS (
+         SELECT r.id,
+            r.n_c,
+            r.s_c,
+            r.n_p,
+            r.s_p,
+            r.p_c,
+            r.p_p,
+            r.q,
+                CASE
+                    WHEN ((r.q IS NULL) OR (r.q <= (0)::double precision) OR (r.q >= (1)::double precision)) THEN (0)::double precision
+                    ELSE (((r.n_c)::double precision * (
+                    CASE
+                        WHEN (r.p_c > (0)::double precision) THEN (r.p_c * ln((r.p_c / r.q)))
+                        ELSE (0)::double precision
+                    END +
+                    CASE
+                        WHEN (r.p_c < (1)::double precision) THEN (((1)::double precision - r.p_c) * ln((((1)::double precision - r.p_c) / ((1)::double precision - r.q))))
+                        ELSE (0)::double precision
+                    END)) + ((r.n_p)::double precision * (
+                    CASE
+                        WHEN (r.p_p > (0)::double precision) THEN (r.p_p * ln((r.p_p / r.q)))
+                        ELSE (0)::double precision
+                    END +
+                    CASE
+                        WHEN (r.p_p < (1)::double precision) THEN (((1)::double precision - r.p_p) * ln((((1)::double precision - r.p_p) / ((1)::double precision - r.q))))
+                        ELSE (0)::double precision
+                    END)))
+                END AS stat
+           FROM rates r
+        )
+ SELECT c.id,
+    cand.name AS candidate,
+    parent.name AS parent,
+    c.share,
+    c.state,
+    c.started_at,
+    c.ended_at,
+    c.started_by,
+    g.n_c AS candidate_labels,
+    g.s_c AS candidate_right,
+    g.p_c AS candidate_accuracy,
+    g.n_p AS parent_labels,
+    g.s_p AS parent_right,
+    g.p_p AS parent_accuracy,
+    COALESCE(g.stat, (0)::double precision) AS glr,
+    ln((((1)::double precision + ln((GREATEST((g.n_c + g.n_p), (1)::bigint))::double precision)) / ( SELECT ((settings.value #>> '{}'::text[]))::double precision AS float8
+           FROM reflect.settings
+          WHERE (settings.key = 'canary_delta'::text)))) AS threshold,
+    ( SELECT ((settings.value #>> '{}'::text[]))::integer AS int4
+           FROM reflect.settings
+          WHERE (settings.key = 'canary_min_labels'::text)) AS min_labels
+   FROM (((reflect.canaries c
+     JOIN glr g ON ((g.id = c.id)))
+     JOIN reflect.model_versions cand ON ((cand.id = c.candidate_id)))
+     JOIN reflect.model_versions parent ON ((parent.id = c.parent_id)));
+ALTER TABLE reflect.canary_status OWNER TO reflect_owner;
 CREATE TABLE reflect.decryption_audit (
     id bigint NOT NULL,
     at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
@@ -2547,13 +3181,6 @@ CREATE TABLE reflect.eval_items (
     CONSTRAINT eval_items_split_check CHECK ((split = ANY (ARRAY['train'::text, 'heldout'::text])))
 );
 ALTER TABLE reflect.eval_items OWNER TO reflect_owner;
-CREATE TABLE reflect.eval_requests (
-    request_id bigint NOT NULL,
-    dataset text NOT NULL,
-    item_id text NOT NULL,
-    run_label text NOT NULL
-);
-ALTER TABLE reflect.eval_requests OWNER TO reflect_owner;
 CREATE VIEW reflect.eval_results AS
  SELECT er.run_label,
     er.dataset,
@@ -2596,6 +3223,19 @@ CREATE VIEW reflect.followups AS
    FROM reflect.jobs j
   WHERE (j.kind = ANY (ARRAY['critique'::text, 'agreement'::text]));
 ALTER TABLE reflect.followups OWNER TO reflect_owner;
+CREATE TABLE reflect.gate_items (
+    job_id bigint NOT NULL,
+    part text NOT NULL,
+    example_request_id bigint,
+    retention_item_id integer,
+    candidate_request_id bigint NOT NULL,
+    parent_request_id bigint NOT NULL,
+    candidate_correct boolean,
+    parent_correct boolean,
+    CONSTRAINT gate_item_source CHECK ((((part = 'c'::text) = (retention_item_id IS NOT NULL)) AND ((part = 'c'::text) = (example_request_id IS NULL)))),
+    CONSTRAINT gate_items_part_check CHECK ((part = ANY (ARRAY['a'::text, 'b'::text, 'c'::text])))
+);
+ALTER TABLE reflect.gate_items OWNER TO reflect_owner;
 ALTER TABLE reflect.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME reflect.jobs_id_seq
     START WITH 1
@@ -2630,6 +3270,60 @@ CREATE TABLE reflect.memory_shares (
     CONSTRAINT share_with_another CHECK ((owner <> reader))
 );
 ALTER TABLE reflect.memory_shares OWNER TO reflect_owner;
+CREATE TABLE reflect.promotion_decisions (
+    id bigint NOT NULL,
+    candidate_id integer NOT NULL,
+    parent_id integer,
+    job_id bigint,
+    decision text NOT NULL,
+    decided_by name NOT NULL,
+    reason text NOT NULL,
+    numbers jsonb DEFAULT '{}'::jsonb NOT NULL,
+    rule jsonb DEFAULT '{}'::jsonb NOT NULL,
+    decided_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT promotion_decisions_decision_check CHECK ((decision = ANY (ARRAY['promote'::text, 'reject'::text, 'rollback'::text, 'canary'::text])))
+);
+ALTER TABLE reflect.promotion_decisions OWNER TO reflect_owner;
+CREATE VIEW reflect.model_states AS
+ SELECT mv.id,
+    mv.name,
+    parent.name AS parent,
+    base.name AS base,
+        CASE
+            WHEN mv.is_active THEN 'active'::text
+            WHEN (mv.stage = 'promoted'::text) THEN 'retired'::text
+            ELSE mv.stage
+        END AS state,
+    mv.backend,
+    mv.adapter_sha256,
+    mv.training_set_id,
+    mv.finetune_job_id,
+    mv.hyperparameters,
+    mv.training_metrics,
+    d.decision AS last_decision,
+    d.decided_by,
+    d.reason,
+    d.numbers,
+    d.decided_at,
+    mv.created_at
+   FROM (((reflect.model_versions mv
+     LEFT JOIN reflect.model_versions parent ON ((parent.id = mv.parent_id)))
+     LEFT JOIN reflect.model_versions base ON ((base.id = mv.base_model_version_id)))
+     LEFT JOIN LATERAL ( SELECT pd.id,
+            pd.candidate_id,
+            pd.parent_id,
+            pd.job_id,
+            pd.decision,
+            pd.decided_by,
+            pd.reason,
+            pd.numbers,
+            pd.rule,
+            pd.decided_at
+           FROM reflect.promotion_decisions pd
+          WHERE (pd.candidate_id = mv.id)
+          ORDER BY pd.id DESC
+         LIMIT 1) d ON (true));
+ALTER TABLE reflect.model_states OWNER TO reflect_owner;
 CREATE VIEW reflect.model_version_daily AS
  SELECT mv.name AS model_version,
     date_trunc('day'::text, r.created_at) AS day,
@@ -2662,6 +3356,14 @@ CREATE VIEW reflect.model_version_registry AS
 ALTER TABLE reflect.model_version_registry OWNER TO reflect_owner;
 ALTER TABLE reflect.model_versions ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME reflect.model_versions_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+ALTER TABLE reflect.promotion_decisions ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.promotion_decisions_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
@@ -2763,12 +3465,32 @@ ALTER TABLE reflect.requests ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
-CREATE TABLE reflect.settings (
-    key text NOT NULL,
-    value jsonb NOT NULL,
-    description text NOT NULL
+CREATE TABLE reflect.retention_items (
+    id integer NOT NULL,
+    dataset text NOT NULL,
+    item_id text NOT NULL,
+    prompt text NOT NULL,
+    system_prompt text,
+    reference text NOT NULL,
+    max_tokens integer DEFAULT 64 NOT NULL,
+    embedding_model text,
+    embedding public.vector(384),
+    added_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT retention_items_dataset_check CHECK ((dataset ~ '^[a-z0-9_]{1,40}$'::text)),
+    CONSTRAINT retention_items_item_id_check CHECK (((length(item_id) >= 1) AND (length(item_id) <= 200))),
+    CONSTRAINT retention_items_max_tokens_check CHECK (((max_tokens >= 1) AND (max_tokens <= 4096))),
+    CONSTRAINT retention_items_prompt_check CHECK ((prompt <> ''::text)),
+    CONSTRAINT retention_items_reference_check CHECK ((reference <> ''::text))
 );
-ALTER TABLE reflect.settings OWNER TO reflect_owner;
+ALTER TABLE reflect.retention_items OWNER TO reflect_owner;
+ALTER TABLE reflect.retention_items ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.retention_items_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
 CREATE VIEW reflect.signal_auroc AS
  SELECT la.model_version,
     s.signal,
@@ -2793,6 +3515,20 @@ CREATE TABLE reflect.training_examples (
     CONSTRAINT training_examples_split_check CHECK ((split = ANY (ARRAY['train'::text, 'heldout'::text])))
 );
 ALTER TABLE reflect.training_examples OWNER TO reflect_owner;
+CREATE TABLE reflect.training_progress (
+    job_id bigint NOT NULL,
+    step integer NOT NULL,
+    total_steps integer NOT NULL,
+    epoch double precision,
+    loss double precision,
+    tokens_per_s double precision,
+    eta_s double precision,
+    rss_mb double precision,
+    recorded_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    CONSTRAINT training_progress_step_check CHECK ((step >= 0)),
+    CONSTRAINT training_progress_total_steps_check CHECK ((total_steps >= 0))
+);
+ALTER TABLE reflect.training_progress OWNER TO reflect_owner;
 CREATE TABLE reflect.training_sets (
     id integer NOT NULL,
     owner name NOT NULL,
@@ -2840,6 +3576,36 @@ ALTER TABLE reflect.training_sets ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTI
     NO MAXVALUE
     CACHE 1
 );
+CREATE VIEW reflect.training_status AS
+ SELECT j.id AS job_id,
+    (j.state)::text AS state,
+    j.attempts,
+    ((j.payload ->> 'training_set_id'::text))::integer AS training_set_id,
+    p.step,
+    p.total_steps,
+    p.epoch,
+    p.loss,
+    p.tokens_per_s,
+    p.eta_s,
+    p.rss_mb,
+    p.recorded_at,
+    j.last_error
+   FROM (reflect.jobs j
+     LEFT JOIN LATERAL ( SELECT tp.job_id,
+            tp.step,
+            tp.total_steps,
+            tp.epoch,
+            tp.loss,
+            tp.tokens_per_s,
+            tp.eta_s,
+            tp.rss_mb,
+            tp.recorded_at
+           FROM reflect.training_progress tp
+          WHERE (tp.job_id = j.id)
+          ORDER BY tp.step DESC
+         LIMIT 1) p ON (true))
+  WHERE (j.kind = 'finetune'::text);
+ALTER TABLE reflect.training_status OWNER TO reflect_owner;
 CREATE TABLE reflect.workers (
     worker_id text NOT NULL,
     hostname text NOT NULL,
@@ -2889,6 +3655,8 @@ ALTER TABLE ONLY reflect.apps
     ADD CONSTRAINT apps_pkey PRIMARY KEY (name);
 ALTER TABLE ONLY reflect.calibrators
     ADD CONSTRAINT calibrators_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.canaries
+    ADD CONSTRAINT canaries_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.critiques
     ADD CONSTRAINT critiques_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.decryption_audit
@@ -2899,6 +3667,8 @@ ALTER TABLE ONLY reflect.eval_requests
     ADD CONSTRAINT eval_requests_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.feedback
     ADD CONSTRAINT feedback_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.gate_items
+    ADD CONSTRAINT gate_items_job_id_candidate_request_id_key UNIQUE (job_id, candidate_request_id);
 ALTER TABLE ONLY reflect.jobs
     ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.key_verifiers
@@ -2911,16 +3681,24 @@ ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_name_key UNIQUE (name);
 ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.promotion_decisions
+    ADD CONSTRAINT promotion_decisions_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.prompt_embeddings
     ADD CONSTRAINT prompt_embeddings_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.request_events
     ADD CONSTRAINT request_events_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.requests
     ADD CONSTRAINT requests_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.retention_items
+    ADD CONSTRAINT retention_items_dataset_item_id_key UNIQUE (dataset, item_id);
+ALTER TABLE ONLY reflect.retention_items
+    ADD CONSTRAINT retention_items_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.settings
     ADD CONSTRAINT settings_pkey PRIMARY KEY (key);
 ALTER TABLE ONLY reflect.training_examples
     ADD CONSTRAINT training_examples_pkey PRIMARY KEY (training_set_id, request_id);
+ALTER TABLE ONLY reflect.training_progress
+    ADD CONSTRAINT training_progress_pkey PRIMARY KEY (job_id, step);
 ALTER TABLE ONLY reflect.training_sets
     ADD CONSTRAINT training_sets_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.workers
@@ -2928,6 +3706,7 @@ ALTER TABLE ONLY reflect.workers
 ALTER TABLE ONLY reflect_meta.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (name);
 CREATE UNIQUE INDEX calibrators_one_active ON reflect.calibrators USING btree (model_version_id) WHERE is_active;
+CREATE UNIQUE INDEX canaries_one_running ON reflect.canaries USING btree ((true)) WHERE (state = 'running'::text);
 CREATE INDEX decryption_audit_request ON reflect.decryption_audit USING btree (request_id);
 CREATE INDEX feedback_request ON reflect.feedback USING btree (request_id, id DESC);
 CREATE INDEX jobs_leases ON reflect.jobs USING btree (lease_expires_at) WHERE (state = 'running'::reflect.request_state);
@@ -2936,6 +3715,7 @@ CREATE INDEX jobs_queued ON reflect.jobs USING btree (priority DESC, id) WHERE (
 CREATE INDEX memories_embedding ON reflect.memories USING hnsw (embedding public.vector_cosine_ops);
 CREATE INDEX memories_owner ON reflect.memories USING btree (owner);
 CREATE UNIQUE INDEX model_versions_one_active ON reflect.model_versions USING btree (is_active) WHERE is_active;
+CREATE UNIQUE INDEX model_versions_one_per_finetune ON reflect.model_versions USING btree (finetune_job_id) WHERE (finetune_job_id IS NOT NULL);
 CREATE INDEX request_events_request ON reflect.request_events USING btree (request_id);
 CREATE UNIQUE INDEX requests_idempotency_key ON reflect.requests USING btree (submitted_by, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX requests_leases ON reflect.requests USING btree (lease_expires_at) WHERE (state = 'running'::reflect.request_state);
@@ -2960,6 +3740,10 @@ ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.calibrators
     ADD CONSTRAINT calibrators_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.canaries
+    ADD CONSTRAINT canaries_candidate_id_fkey FOREIGN KEY (candidate_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.canaries
+    ADD CONSTRAINT canaries_parent_id_fkey FOREIGN KEY (parent_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE ONLY reflect.critiques
     ADD CONSTRAINT critiques_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.answers(request_id);
 ALTER TABLE ONLY reflect.decryption_audit
@@ -2968,6 +3752,16 @@ ALTER TABLE ONLY reflect.eval_requests
     ADD CONSTRAINT eval_requests_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.feedback
     ADD CONSTRAINT feedback_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.gate_items
+    ADD CONSTRAINT gate_items_candidate_request_id_fkey FOREIGN KEY (candidate_request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.gate_items
+    ADD CONSTRAINT gate_items_example_request_id_fkey FOREIGN KEY (example_request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.gate_items
+    ADD CONSTRAINT gate_items_job_id_fkey FOREIGN KEY (job_id) REFERENCES reflect.jobs(id);
+ALTER TABLE ONLY reflect.gate_items
+    ADD CONSTRAINT gate_items_parent_request_id_fkey FOREIGN KEY (parent_request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.gate_items
+    ADD CONSTRAINT gate_items_retention_item_id_fkey FOREIGN KEY (retention_item_id) REFERENCES reflect.retention_items(id);
 ALTER TABLE ONLY reflect.jobs
     ADD CONSTRAINT jobs_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE ONLY reflect.jobs
@@ -2977,7 +3771,19 @@ ALTER TABLE ONLY reflect.memories
 ALTER TABLE ONLY reflect.memories
     ADD CONSTRAINT memories_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.model_versions
+    ADD CONSTRAINT model_versions_base_model_version_id_fkey FOREIGN KEY (base_model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.model_versions
+    ADD CONSTRAINT model_versions_finetune_job_id_fkey FOREIGN KEY (finetune_job_id) REFERENCES reflect.jobs(id);
+ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_parent_id_fkey FOREIGN KEY (parent_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.model_versions
+    ADD CONSTRAINT model_versions_training_set_id_fkey FOREIGN KEY (training_set_id) REFERENCES reflect.training_sets(id);
+ALTER TABLE ONLY reflect.promotion_decisions
+    ADD CONSTRAINT promotion_decisions_candidate_id_fkey FOREIGN KEY (candidate_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.promotion_decisions
+    ADD CONSTRAINT promotion_decisions_job_id_fkey FOREIGN KEY (job_id) REFERENCES reflect.jobs(id);
+ALTER TABLE ONLY reflect.promotion_decisions
+    ADD CONSTRAINT promotion_decisions_parent_id_fkey FOREIGN KEY (parent_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE ONLY reflect.prompt_embeddings
     ADD CONSTRAINT prompt_embeddings_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.request_events
@@ -2990,6 +3796,8 @@ ALTER TABLE ONLY reflect.training_examples
     ADD CONSTRAINT training_examples_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.training_examples
     ADD CONSTRAINT training_examples_training_set_id_fkey FOREIGN KEY (training_set_id) REFERENCES reflect.training_sets(id);
+ALTER TABLE ONLY reflect.training_progress
+    ADD CONSTRAINT training_progress_job_id_fkey FOREIGN KEY (job_id) REFERENCES reflect.jobs(id);
 ALTER TABLE ONLY reflect.training_sets
     ADD CONSTRAINT training_sets_base_model_version_id_fkey FOREIGN KEY (base_model_version_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE reflect.answer_candidates ENABLE ROW LEVEL SECURITY;
@@ -2998,21 +3806,26 @@ ALTER TABLE reflect.answer_signals ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.apps ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.calibrators ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.canaries ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.critiques ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.decryption_audit ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.eval_items ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.eval_requests ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.feedback ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.gate_items ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.jobs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.key_verifiers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.memory_shares ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.model_versions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.promotion_decisions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.prompt_embeddings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.request_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.requests ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.retention_items ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.settings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.training_examples ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.training_progress ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.training_sets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.workers ENABLE ROW LEVEL SECURITY;
 GRANT USAGE ON SCHEMA reflect TO reflect_app;
@@ -3026,19 +3839,25 @@ REVOKE ALL ON FUNCTION reflect._check_key_id(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._confidence(p_model_version_id integer, x double precision[], p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._current_key_id() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._decide(p_candidate integer, p_decision text, p_reason text, p_numbers jsonb, p_rule jsonb, p_job_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._decrypt(p_cipher bytea, p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect._decrypt_or_null(p_cipher bytea, p_key_id text) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect._decrypt_safe(p_cipher bytea, p_key_id text, OUT plain text, OUT ok boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._decrypts(p_cipher bytea, p_key text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._default_version() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._encrypt(p_plain text, p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._encrypted_columns() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._enqueue_job(p_kind text, p_payload jsonb, p_request_id bigint, p_model_version_id integer, p_priority smallint, p_max_attempts integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._fail_undecryptable(p_request_id bigint, p_lease_token uuid, p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._feature_vector(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._finetune_hyperparameters() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._finish_finetune(j reflect.jobs, p_result jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._finish_followup(j reflect.jobs, p_result jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._finish_gate(j reflect.jobs, p_result jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._gate_calibration(p_job_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._heldout(p_request_id bigint, p_share double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._is_blank(p_text text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._job_channel(p_kind text) FROM PUBLIC;
@@ -3049,11 +3868,13 @@ REVOKE ALL ON FUNCTION reflect._low_confidence_action(p_params jsonb, p_confiden
 REVOKE ALL ON FUNCTION reflect._memory_max_distance(p_params jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._memory_owners(p_reader name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._normalize_params(p jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._paired(p_job_id bigint, p_part text, p_z double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._queue_followups(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._reap_expired_jobs() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._record_answer(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._requests_after_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._root_version(p_id integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._setting_float(p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._setting_int(p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._setting_text(p_key text) FROM PUBLIC;
@@ -3067,6 +3888,7 @@ REVOKE ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double preci
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.activate_model_version_v1(p_name text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.add_retention_items_v1(p_items jsonb, p_embedding_model text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.add_signals_v1(p_request_id bigint, p_signals jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.add_signals_v1(p_request_id bigint, p_signals jsonb) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) FROM PUBLIC;
@@ -3076,6 +3898,7 @@ REVOKE ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_corre
 GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.calibration_features_v1() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.canary_step_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.checkpoint_job_v1(p_job_id bigint, p_lease_token uuid, p_checkpoint jsonb, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.checkpoint_job_v1(p_job_id bigint, p_lease_token uuid, p_checkpoint jsonb, p_lease_seconds integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.claim_followups_v1(p_worker_id text, p_limit integer, p_lease_seconds integer, p_model_version_ids integer[]) FROM PUBLIC;
@@ -3093,6 +3916,7 @@ GRANT ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uui
 REVOKE ALL ON FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.curate_training_set_v1(p_owner name, p_model_version text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.decide_model_version_v1(p_name text, p_decision text, p_reason text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_app;
@@ -3107,8 +3931,16 @@ REVOKE ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, 
 GRANT ALL ON FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error text, p_retryable boolean) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect.finetune_examples_v1(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.finetune_examples_v1(p_job_id bigint, p_lease_token uuid) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.finetune_plan_v1(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.finetune_plan_v1(p_job_id bigint, p_lease_token uuid) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.finetune_when_ready_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.fit_calibrator_v1(p_model_version text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.gate_answers_v1(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.gate_answers_v1(p_job_id bigint, p_lease_token uuid) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.gate_submit_v1(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.gate_submit_v1(p_job_id bigint, p_lease_token uuid) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.heartbeat_jobs_v1(p_job_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
@@ -3125,6 +3957,8 @@ REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) FROM P
 GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v1(p_names text[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v2(p_backend text, p_names text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v2(p_backend text, p_names text[]) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_names text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_names text[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.reap_expired_v1() FROM PUBLIC;
@@ -3133,6 +3967,8 @@ REVOKE ALL ON FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid
 GRANT ALL ON FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb, p_evidence_request_ids bigint[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb, p_evidence_request_ids bigint[]) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.record_training_progress_v1(p_job_id bigint, p_lease_token uuid, p_step integer, p_total_steps integer, p_epoch double precision, p_loss double precision, p_tokens_per_s double precision, p_eta_s double precision, p_rss_mb double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.record_training_progress_v1(p_job_id bigint, p_lease_token uuid, p_step integer, p_total_steps integer, p_epoch double precision, p_loss double precision, p_tokens_per_s double precision, p_eta_s double precision, p_rss_mb double precision) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.refit_calibrators_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.register_eval_items_v1(p_dataset text, p_item_ids text[], p_splits text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean) FROM PUBLIC;
@@ -3142,9 +3978,12 @@ GRANT ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid
 REVOKE ALL ON FUNCTION reflect.request_finetune_v1(p_owner name, p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) TO reflect_reviewer;
+REVOKE ALL ON FUNCTION reflect.rollback_model_version_v1(p_reason text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect.snooze_job_v1(p_job_id bigint, p_lease_token uuid, p_seconds double precision, p_checkpoint jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.snooze_job_v1(p_job_id bigint, p_lease_token uuid, p_seconds double precision, p_checkpoint jsonb) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) FROM PUBLIC;
@@ -3161,8 +4000,11 @@ GRANT SELECT,INSERT ON TABLE reflect.app_requests TO reflect_app;
 GRANT SELECT ON TABLE reflect.labelled_answers TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.calibration_daily TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.calibrator_history TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.canary_status TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.decryption_log TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.eval_results TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.promotion_decisions TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.model_states TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_version_daily TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_app;
@@ -3175,4 +4017,5 @@ GRANT SELECT ON TABLE reflect.request_audit TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.request_metrics TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.signal_auroc TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.training_set_summary TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.training_status TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.worker_status TO reflect_analyst;

@@ -94,6 +94,29 @@ install_python() {
   fi
 }
 
+# llama.cpp's LoRA converter (convert_lora_to_gguf.py and the conversion/ and gguf-py/ folders it imports)
+# ships only in the llama-cpp-python source distribution, not in its wheel: take those files from the sdist of
+# the installed version. About a minute, once per version.
+install_converter() {
+  local version dest work
+  version=$("$VENV/bin/python" -c "import llama_cpp; print(llama_cpp.__version__)")
+  dest="$VENV/share/pgreflect/llama.cpp-$version"
+  [[ -f "$dest/convert_lora_to_gguf.py" ]] && return 0
+  log "extracting llama.cpp's LoRA converter from the llama-cpp-python $version source distribution"
+  work=$(mktemp -d)
+  pip_q download --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$version"
+  tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work" --wildcards --no-wildcards-match-slash \
+    '*/vendor/llama.cpp/convert_lora_to_gguf.py' '*/vendor/llama.cpp/convert_hf_to_gguf.py' \
+    '*/vendor/llama.cpp/LICENSE'
+  tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work" --wildcards '*/vendor/llama.cpp/conversion/*' \
+    '*/vendor/llama.cpp/gguf-py/*'
+  mkdir -p "$(dirname "$dest")"
+  rm -rf "$dest.partial"
+  mv "$work"/llama_cpp_python-*/vendor/llama.cpp "$dest.partial"
+  mv "$dest.partial" "$dest"
+  rm -rf "$work"
+}
+
 # Model packages (~1.2 GB of wheels) have their own stamp, so a --no-models venv can gain them later.
 install_models() {
   local stamp="$VENV/.pgreflect-models" want
@@ -109,6 +132,7 @@ install_models() {
 install_system
 if [[ $ONLY_SYSTEM -eq 0 ]]; then
   install_python
+  install_converter
   if [[ $MODELS -eq 1 ]]; then
     install_models
   fi

@@ -73,10 +73,12 @@ def use_noop(db: Database) -> None:
         conn.execute("SELECT reflect.activate_model_version_v1(%s)", (NOOP,))
 
 
-def spawn_worker(db: Database, keyring: Keyring, *args: str, log_path=None) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+def spawn_worker(db: Database, keyring: Keyring, *args: str, log_path=None,  # type: ignore[no-untyped-def]
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-m", "pgreflect.cli", "worker", *args], env=db.env(keyring),
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "pgreflect.cli", "worker", *args],
+                            env={**db.env(keyring), **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 SECOND_APP = "pgreflect_app_two"

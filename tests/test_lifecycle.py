@@ -152,6 +152,7 @@ def test_pg_cron_job_requeues_expired_leases(cluster, keyring: Keyring, template
             conn.execute(query("ensure_login_role"), {"login": login, "group_role": group})
         jobs = conn.execute("SELECT jobname, schedule, command, username FROM cron.job ORDER BY jobname").fetchall()
         assert jobs == [
+            ("pgreflect-canary-step", "*/5 * * * *", "SELECT reflect.canary_step_v1()", "postgres"),
             ("pgreflect-finetune-when-ready", "*/15 * * * *", "SELECT reflect.finetune_when_ready_v1()", "postgres"),
             ("pgreflect-reap-expired-leases", "* * * * *", "SELECT reflect.reap_expired_v1()", "postgres"),
             ("pgreflect-refit-calibrators", "*/5 * * * *", "SELECT reflect.refit_calibrators_v1()", "postgres")]

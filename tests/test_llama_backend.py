@@ -87,3 +87,48 @@ def test_cancel_stops_generation(smollm2: LlamaBackend) -> None:
     # The backend is still usable afterwards.
     after = smollm2.generate(GenerationRequest("Say hi.", None, {**PARAMS, "max_tokens": 3}), threading.Event())
     assert len(after.token_ids) == len(after.token_logprobs) == 3 and after.finish_reason == "length"
+
+
+def _lora_gguf(path, hidden: int, layers: int, rank: int = 4, scale: float = 0.5, seed: int = 0):  # type: ignore[no-untyped-def]
+    """A GGUF LoRA as llama.cpp's converter writes it (general.type adapter, lora_a/lora_b per matrix)."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(rank))
+    for i in range(layers):
+        for name in ("attn_q", "attn_v"):
+            a = (rng.standard_normal((rank, hidden)) * scale).astype(np.float32)
+            b = (rng.standard_normal((hidden, rank)) * scale).astype(np.float32)
+            w.add_tensor(f"blk.{i}.{name}.weight.lora_a", a)
+            w.add_tensor(f"blk.{i}.{name}.weight.lora_b", b)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_adapters_switch_per_request_without_a_reload(tmp_path, tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """One base, its adapter as a second version: each request gets its own adapter's answer, the base's answer
+    is unchanged after the adapter ran (no stale KV cache across a switch), and an adapter made for another
+    base is refused by llama.cpp."""
+    from pgreflect.backends import BackendError
+
+    from tiny_model import HIDDEN, LAYERS
+
+    base = LlamaBackend(tiny_model, n_ctx=512, n_threads=2)
+    try:
+        adapter = base.with_adapter(_lora_gguf(tmp_path / "a.gguf", HIDDEN, LAYERS))
+        request = GenerationRequest("Tell me a story.", None, {**PARAMS, "max_tokens": 12})
+        plain = base.generate(request, threading.Event())
+        adapted = adapter.generate(request, threading.Event())
+        assert adapted.token_ids != plain.token_ids
+        assert base.generate(request, threading.Event()).token_ids == plain.token_ids
+        assert adapter.generate(request, threading.Event()).token_ids == adapted.token_ids
+        with pytest.raises(BackendError, match="refused the adapter"):
+            base.load_adapter(_lora_gguf(tmp_path / "other.gguf", HIDDEN * 2, LAYERS))
+    finally:
+        base.close()

@@ -153,3 +153,27 @@ SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT * FROM reflect.model_versions_to_serve_v2('llama', p_names)
 $$;
+
+-- v3: adapter versions too. A version with an adapter runs on its base's GGUF (base_model_version_id) with
+-- the LoRA file switched in per request. Naming a base serves its adapter versions as well, and naming an
+-- adapter version serves its base; bases come first so a worker loads each GGUF once.
+CREATE OR REPLACE FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_names text[] DEFAULT NULL)
+RETURNS TABLE (id integer, name text, gguf_path text, sha256 text, n_ctx integer, is_active boolean,
+               base_model_version_id integer, adapter_path text, adapter_sha256 text)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM FROM reflect.model_versions_to_serve_v2(p_backend, p_names);  -- validates the names
+  RETURN QUERY
+  SELECT mv.id, mv.name, mv.gguf_path, mv.sha256, mv.n_ctx, mv.is_active, mv.base_model_version_id,
+         mv.adapter_path, mv.adapter_sha256
+  FROM reflect.model_versions mv
+  LEFT JOIN reflect.model_versions base ON base.id = mv.base_model_version_id
+  WHERE mv.backend = p_backend
+    AND (p_names IS NULL OR mv.name = ANY (p_names) OR base.name = ANY (p_names)
+         OR mv.id IN (SELECT a.base_model_version_id FROM reflect.model_versions a WHERE a.name = ANY (p_names)))
+  ORDER BY mv.base_model_version_id NULLS FIRST, mv.is_active DESC, mv.id;
+END
+$$;

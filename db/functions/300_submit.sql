@@ -148,7 +148,7 @@ BEGIN
   v_params := reflect._normalize_params(p_params);
 
   IF p_model_version IS NULL THEN
-    SELECT id INTO v_model FROM reflect.model_versions WHERE is_active;
+    v_model := reflect._default_version();  -- the active version, or its canary (770_improve.sql)
     IF v_model IS NULL THEN
       RAISE EXCEPTION 'no active model version' USING ERRCODE = 'PR003',
         HINT = 'register one: pgreflect models install-default, or pgreflect models register';

@@ -85,6 +85,10 @@ AS $$
 BEGIN
   IF j.kind IN ('critique', 'agreement') THEN
     RETURN reflect._finish_followup(j, p_result);
+  ELSIF j.kind = 'finetune' THEN
+    RETURN reflect._finish_finetune(j, p_result);  -- 770_improve.sql
+  ELSIF j.kind = 'gate' THEN
+    RETURN reflect._finish_gate(j, p_result);
   END IF;
   RAISE EXCEPTION 'no job kind "%"', j.kind USING ERRCODE = 'PR001';
 END

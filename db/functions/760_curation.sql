@@ -4,7 +4,8 @@ SET LOCAL ROLE reflect_owner;
 --   candidates  requests of p_owner whose latest right/wrong feedback is a correction (target: the
 --               correction) or says the answer was correct (target: the answer; replay against forgetting)
 --   leakage     evaluation requests (reflect.eval_requests), and any candidate whose prompt is a near-duplicate
---               (cosine >= curation_duplicate_similarity) of an evaluation request's prompt, never enter
+--               (cosine >= curation_duplicate_similarity) of an evaluation request's or a retention item's
+--               prompt (reflect.retention_items, the gate's forgetting check), never enter
 --   duplicates  near-duplicate prompts are merged: a correction wins over a confirmation, then the newest
 --   split       train / heldout by a stable hash of the request id (curation_heldout_share held out)
 -- Candidates without a prompt embedding (memory was off) cannot be checked for leakage or duplicates and are
@@ -63,7 +64,10 @@ BEGIN
   DELETE FROM _cand c WHERE EXISTS (
     SELECT FROM reflect.eval_requests er
     JOIN reflect.prompt_embeddings ee ON ee.request_id = er.request_id
-    WHERE (ee.embedding OPERATOR(public.<=>) c.embedding) <= v_max_distance);
+    WHERE (ee.embedding OPERATOR(public.<=>) c.embedding) <= v_max_distance)
+  OR EXISTS (
+    SELECT FROM reflect.retention_items ri
+    WHERE (ri.embedding OPERATOR(public.<=>) c.embedding) <= v_max_distance);
   GET DIAGNOSTICS v_leak = ROW_COUNT;
 
   DELETE FROM _cand c WHERE EXISTS (
@@ -128,7 +132,10 @@ DECLARE
   s reflect.training_sets;
 BEGIN
   SELECT * INTO s FROM reflect.training_sets WHERE id = v_set;
-  RETURN reflect._enqueue_job('finetune', jsonb_build_object('training_set_id', s.id, 'owner', s.owner),
+  -- work_id names the job's folder of checkpoints on the workers (job ids repeat across databases)
+  RETURN reflect._enqueue_job('finetune', jsonb_build_object('training_set_id', s.id, 'owner', s.owner,
+                                                             'hyperparameters', reflect._finetune_hyperparameters(),
+                                                             'work_id', gen_random_uuid()),
                               NULL, s.base_model_version_id, 0::smallint, 3);
 END
 $$;

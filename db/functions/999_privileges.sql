@@ -82,3 +82,18 @@ TO reflect_worker;
 
 -- curation (0005): administrators curate and queue fine-tunes; analysts see the sets' numbers, no text
 GRANT SELECT ON reflect.training_set_summary TO reflect_analyst;
+
+-- improvement loop (0006): workers train, gate and report; administrators decide and roll back (they own
+-- the functions); analysts read progress, states and decisions, no text
+GRANT EXECUTE ON FUNCTION
+  reflect.model_versions_to_serve_v3(text, text[]),
+  reflect.finetune_plan_v1(bigint, uuid),
+  reflect.finetune_examples_v1(bigint, uuid),
+  reflect.record_training_progress_v1(bigint, uuid, integer, integer, double precision, double precision,
+                                      double precision, double precision, double precision),
+  reflect.snooze_job_v1(bigint, uuid, double precision, jsonb),
+  reflect.gate_submit_v1(bigint, uuid),
+  reflect.gate_answers_v1(bigint, uuid)
+TO reflect_worker;
+GRANT SELECT ON reflect.model_states, reflect.training_status, reflect.promotion_decisions, reflect.canary_status
+TO reflect_analyst;

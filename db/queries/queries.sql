@@ -13,8 +13,8 @@ WHERE name IN ('log_parameter_max_length', 'log_parameter_max_length_on_error', 
 ORDER BY name;
 
 -- name: models_to_serve
-SELECT id, name, gguf_path, sha256, n_ctx, is_active
-FROM reflect.model_versions_to_serve_v2(%(backend)s, %(names)s);
+SELECT id, name, gguf_path, sha256, n_ctx, is_active, base_model_version_id, adapter_path, adapter_sha256
+FROM reflect.model_versions_to_serve_v3(%(backend)s, %(names)s);
 
 -- name: listen
 LISTEN needs_inference;
@@ -211,7 +211,7 @@ SELECT reflect.fail_job_v1(%(job_id)s, %(lease_token)s, %(error)s, %(retryable)s
 SELECT reflect.request_finetune_v1(%(owner)s, %(model_version)s) AS job_id;
 
 -- name: job_status
-SELECT id, kind, state::text AS state, payload, attempts, created_at, finished_at, last_error
+SELECT id, kind, state::text AS state, payload, attempts, created_at, finished_at, last_error, result
 FROM reflect.jobs WHERE id = %(job_id)s;
 
 -- name: training_set
@@ -226,3 +226,58 @@ FROM reflect.jobs WHERE kind = 'finetune' ORDER BY id DESC LIMIT 20;
 
 -- name: finetune_when_ready
 SELECT reflect.finetune_when_ready_v1() AS queued;
+
+-- name: finetune_plan
+SELECT reflect.finetune_plan_v1(%(job_id)s, %(lease_token)s);
+
+-- name: finetune_examples
+SELECT request_id, source, split, system_prompt, prompt, completion
+FROM reflect.finetune_examples_v1(%(job_id)s, %(lease_token)s);
+
+-- name: training_progress
+SELECT reflect.record_training_progress_v1(%(job_id)s, %(lease_token)s, %(step)s, %(total_steps)s, %(epoch)s,
+                                           %(loss)s, %(tokens_per_s)s, %(eta_s)s, %(rss_mb)s);
+
+-- name: snooze_job
+SELECT reflect.snooze_job_v1(%(job_id)s, %(lease_token)s, %(seconds)s, %(checkpoint)s);
+
+-- name: gate_submit
+SELECT reflect.gate_submit_v1(%(job_id)s, %(lease_token)s);
+
+-- name: gate_answers
+SELECT candidate_request_id, part, reference, candidate_state, candidate_answer, parent_state, parent_answer
+FROM reflect.gate_answers_v1(%(job_id)s, %(lease_token)s);
+
+-- name: decide_model_version
+SELECT reflect.decide_model_version_v1(%(name)s, %(decision)s, %(reason)s);
+
+-- name: rollback_model_version
+SELECT reflect.rollback_model_version_v1(%(reason)s);
+
+-- name: add_retention_items
+SELECT reflect.add_retention_items_v1(%(items)s, %(embedding_model)s);
+
+-- name: retention_count
+SELECT count(*) FROM reflect.retention_items;
+
+-- name: model_states
+SELECT id, name, parent, base, state, adapter_sha256, training_set_id, finetune_job_id, last_decision, reason,
+       numbers, decided_at, created_at
+FROM reflect.model_states ORDER BY id;
+
+-- name: training_status
+SELECT job_id, state, attempts, training_set_id, step, total_steps, epoch, loss, tokens_per_s, eta_s, rss_mb,
+       recorded_at, last_error
+FROM reflect.training_status ORDER BY job_id DESC;
+
+-- name: gate_decision
+SELECT d.id, c.name AS candidate, p.name AS parent, d.decision, d.reason, d.numbers, d.rule, d.decided_at
+FROM reflect.promotion_decisions d
+JOIN reflect.model_versions c ON c.id = d.candidate_id
+LEFT JOIN reflect.model_versions p ON p.id = d.parent_id
+WHERE d.job_id = %(job_id)s ORDER BY d.id DESC LIMIT 1;
+
+-- name: canary_status
+SELECT id, candidate, parent, share, state, started_at, ended_at, candidate_labels, candidate_right,
+       candidate_accuracy, parent_labels, parent_right, parent_accuracy, glr, threshold, min_labels
+FROM reflect.canary_status ORDER BY id DESC;

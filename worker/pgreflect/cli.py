@@ -111,11 +111,21 @@ def cmd_models(args: argparse.Namespace) -> int:
 
         print(register_packaged(admin, args.name or DEFAULT_MODEL, activate=args.activate))
         return 0
+    if args.action == "rollback":
+        from pgreflect.improve import loop
+
+        print(f"active again: {loop.rollback(args.reason)}")
+        return 0
     with psycopg.connect(admin, autocommit=True) as conn:
         if args.action == "list":
             rows = conn.execute(query("list_models")).fetchall()
+            states = {m[1]: m for m in conn.execute(query("model_states")).fetchall()}
             for r in rows:
-                print(f"{'*' if r[6] else ' '} {r[1]:45} {r[2]:45} sha256 {r[3][:12]}  n_ctx {r[5]}  {r[8]}")
+                m = states[r[1]]
+                lineage = f"parent {m[2]}" + (f", adapter {m[5][:12]} on {m[3]}" if m[5] else "") if m[2] else ""
+                decided = f"  [{m[8]}: {m[9]}]" if m[8] else ""
+                print(f"{'*' if r[6] else ' '} {r[1]:30} {m[4]:9} {r[8]:5} sha256 {r[3][:12]}  n_ctx {r[5]}  "
+                      f"{lineage}{decided}")
             if not rows:
                 print(f"no model versions registered; packaged: {', '.join(PACKAGED)}")
         elif args.action == "register":
@@ -225,11 +235,31 @@ def cmd_requests(args: argparse.Namespace) -> int:
 
 
 # -- improve -----------------------------------------------------------------------------------------
+def _print_decision(out: dict[str, Any]) -> None:
+    d = out.get("decision")
+    if d is None:
+        why = out.get("gate_error") or (out.get("job") or {}).get("last_error") or "no decision"
+        print(f"no decision: {why}")
+        return
+    n = d["numbers"]
+
+    def acc(part: str) -> str:
+        p = n.get(part) or {}
+        if not p.get("n"):
+            return f"{part}: none"
+        return (f"{part}: {p['parent_accuracy']:.2f} -> {p['candidate_accuracy']:.2f} on {p['n']} "
+                f"(difference {p['difference']:+.3f}, bound {p['lower_bound']:+.3f})")
+
+    print(f"{d['candidate']} (parent {d['parent']}): {d['decision']} - {d['reason']}")
+    for part in ("corrected", "heldout", "retention"):
+        print(f"  {acc(part)}")
+
+
 def cmd_improve(args: argparse.Namespace) -> int:
-    from pgreflect.improve import curate
+    from pgreflect.improve import loop
 
     if args.action == "status":
-        out = curate.status()
+        out = loop.status()
         if args.json:
             print(json.dumps(out, default=str))
             return 0
@@ -237,22 +267,44 @@ def cmd_improve(args: argparse.Namespace) -> int:
             print(f"training set {t['id']} of {t['owner']} on {t['base_model_version']}: {t['n_train']} train, "
                   f"{t['n_heldout']} held out ({t['n_corrections']} corrections, {t['n_confirmed']} confirmed; "
                   f"{t['n_duplicates_merged']} duplicates merged, {t['n_excluded_leakage']} kept out as evaluation "
-                  f"items, {t['n_excluded_no_embedding']} without an embedding)")
-        for j in out["finetune_jobs"]:
-            print(f"fine-tune job {j['id']}: {j['state']} (training set {j['payload'].get('training_set_id')})")
+                  f"or retention items, {t['n_excluded_no_embedding']} without an embedding)")
+        for j in out["training"]:
+            step = f"step {j['step']}/{j['total_steps']}, loss {j['loss']:.4f}" if j["step"] else "not started"
+            print(f"fine-tune job {j['job_id']}: {j['state']} (training set {j['training_set_id']}; {step})")
+        for m in out["models"]:
+            if m["last_decision"]:
+                print(f"{m['name']}: {m['state']}; last decision {m['last_decision']}: {m['reason']}")
+        for c in out["canaries"]:
+            print(f"canary {c['id']}: {c['candidate']} vs {c['parent']} at {c['share']:.0%}, {c['state']}; candidate "
+                  f"{c['candidate_right']}/{c['candidate_labels']} right, parent {c['parent_right']}/"
+                  f"{c['parent_labels']} (GLR {c['glr']:.2f}, stops above {c['threshold']:.2f} with "
+                  f"{c['min_labels']} labels per arm)")
         if not out["training_sets"]:
             print("no training sets yet")
+        return 0
+    if args.action == "retention":
+        from pgreflect.db import dsns
+        from pgreflect.improve import retention
+
+        added = retention.load(dsns().admin, args.size)
+        print(f"{added} retention item(s) added; {retention.count(dsns().admin)} in the set")
+        return 0
+    if args.action in ("promote", "reject", "canary"):
+        loop.decide(args.version, args.action, args.reason)
+        print(f"{args.version}: {'canary started' if args.action == 'canary' else args.action + 'd'}")
         return 0
     from pgreflect.apps import app_login
 
     owner = args.login or app_login(args.app)
-    out = curate.run(owner, args.model_version)
+    out = loop.run(owner, args.model_version, wait=args.wait, timeout=args.timeout, progress=not args.json)
     if args.json:
         print(json.dumps(out, default=str))
-    else:
-        t = out["training_set"]
-        print(f"training set {t['id']}: {t['n_train']} train / {t['n_heldout']} held-out examples from {owner}; "
-              f"fine-tune job {out['job']['id']} queued (training itself is not built yet: the job waits)")
+        return 0
+    t = out["training_set"]
+    print(f"training set {t['id']}: {t['n_train']} train / {t['n_heldout']} held-out examples from {owner}; "
+          f"fine-tune job {out['job']['id']} queued")
+    if args.wait:
+        _print_decision(out)
     return 0
 
 
@@ -267,6 +319,7 @@ def _worker_config(args: argparse.Namespace) -> Any:
         model_versions=[mv] if isinstance(mv := args.model_version, str) else (mv or None),
         n_threads=args.threads, once=getattr(args, "once", False), noop_delay_s=args.noop_delay,
         memory=args.memory, p_true=args.p_true == "on", followups=args.followups == "on", redact=args.redact,
+        train=args.train, model_refresh_s=args.model_refresh,
     )
 
 
@@ -461,6 +514,10 @@ def _worker_flags(p: argparse.ArgumentParser, serve_flag: bool = True) -> None:
           help="run critique and agreement follow-ups when no request is waiting")
     _flag(p, "--redact", default="email,phone,card,iban,ip,secret",
           help="PII kinds redacted from memories before they enter a prompt (none = off)")
+    _flag(p, "--train", default="auto", choices=["auto", "on", "off"],
+          help="run fine-tune jobs (needs_finetune) in a training lane beside the request slots (auto: llama)")
+    _flag(p, "--model-refresh", type=float, default=10.0,
+          help="seconds between looks for newly registered versions (trained adapters)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -509,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--activate", action="store_true")
     m = msub.add_parser("activate", help="make a version the default")
     m.add_argument("name")
+    m = msub.add_parser("rollback", help="make the active version's parent active again at once")
+    m.add_argument("--reason", default=None, help="recorded with the decision")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("keys", help="encryption keys")
@@ -539,10 +598,20 @@ def build_parser() -> argparse.ArgumentParser:
     who = i.add_mutually_exclusive_group(required=True)
     who.add_argument("--app", default=None, help="the app (pgreflect apps add NAME) whose history trains")
     who.add_argument("--login", default=None, help="or the login role whose history trains")
-    i.add_argument("--model-version", default=None, help="the base version (default: the active one)")
+    i.add_argument("--model-version", default=None, help="the parent version (default: the active one)")
+    i.add_argument("--wait", action="store_true", help="follow training (progress bar) to the gate's decision")
+    i.add_argument("--timeout", type=float, default=7200.0, help="seconds --wait waits (the job goes on)")
+    i.add_argument("--json", action="store_true", help="print the candidate, the decision and its numbers")
+    i = isub.add_parser("status", help="training sets, fine-tune progress and decisions")
     i.add_argument("--json", action="store_true")
-    i = isub.add_parser("status", help="training sets and fine-tune jobs")
-    i.add_argument("--json", action="store_true")
+    i = isub.add_parser("retention", help="load the gate's retention set (MMLU held-out questions)")
+    i.add_argument("--size", type=int, default=300)
+    for action, text in (("promote", "make a candidate active now, overriding the gate"),
+                         ("reject", "reject a candidate"),
+                         ("canary", "send canary_share of the default traffic to a candidate until its test decides")):
+        i = isub.add_parser(action, help=text)
+        i.add_argument("version")
+        i.add_argument("--reason", default=None, help="recorded with the decision")
     p.set_defaults(func=cmd_improve)
 
     p = sub.add_parser("psql", help="psql with encryption keys loaded (as startup options, never as SQL text)")

@@ -28,3 +28,19 @@ def keyring_path() -> Path:
 
 def logs_dir() -> Path:
     return home() / "logs"
+
+
+def improve_dir() -> Path:
+    """Training twins (per base GGUF sha256), job work folders and adapters (content-addressed)."""
+    return Path(os.environ.get("PGREFLECT_IMPROVE_DIR", home() / "improve"))
+
+
+def converter_dir() -> Path:
+    """llama.cpp's LoRA converter, taken from the llama-cpp-python source distribution by scripts/install.sh."""
+    if os.environ.get("PGREFLECT_LLAMA_CPP_CONVERTER"):
+        return Path(os.environ["PGREFLECT_LLAMA_CPP_CONVERTER"])
+    import sys
+
+    import llama_cpp
+
+    return Path(sys.prefix) / "share" / "pgreflect" / f"llama.cpp-{llama_cpp.__version__}"

@@ -27,7 +27,7 @@ import psycopg
 from pgreflect.backends import Backend, BackendError, Cancelled, GenerationRequest
 from pgreflect.db import connect
 from pgreflect.errors import StaleLease, translate
-from pgreflect.jobs import FOLLOWUP_KINDS, HANDLERS
+from pgreflect.jobs import FOLLOWUP_KINDS, HANDLERS, TRAIN_KINDS
 from pgreflect.jobs.base import JobInput, JobRun
 from pgreflect.keys import Keyring, KeyringWatcher, install_keys, load_keyring
 from pgreflect.models import verify_file
@@ -66,6 +66,8 @@ class WorkerConfig:
     memory: str = "auto"  # embed prompts and retrieve memories: on | off | auto (on for the llama backend)
     p_true: bool = True  # measure P(True) after each answer (one extra forward pass over a short question)
     followups: bool = True  # also run critique and agreement follow-ups when no request is waiting
+    train: str = "auto"  # claim fine-tune jobs in a training lane beside the request slots: on | off | auto (llama)
+    model_refresh_s: float = 10.0  # how often newly registered versions (trained adapters) are picked up
     # PII kinds redacted from memories before they go into another prompt ("none": off); see pgreflect.privacy
     redact: str = "email,phone,card,iban,ip,secret"
     report_retry_s: float = 600.0  # keep re-sending a finished result this long while the database is away
@@ -143,6 +145,8 @@ class Worker:
         self._slots: list[_ConnectionSlot] = []
         self._slots_lock = threading.Lock()
         self.listener_connected = threading.Event()
+        self._model_ids: list[int] = []
+        self._train_future: Future[None] | None = None
         self.embedder: Any = None
         kinds = tuple(k.strip() for k in self.config.redact.split(",") if k.strip() and k.strip() != "none")
         self.redactor = Redactor(kinds=kinds) if kinds else None
@@ -189,13 +193,15 @@ class Worker:
         self.embedder = Embedder()
         log.info("loaded embedding model %s in %.1f s", self.embedder.name, time.perf_counter() - t0)
 
-    def load_models(self) -> None:
+    def load_models(self) -> list[int]:
+        """Loads every version this worker serves that it has not loaded yet: each GGUF once, and each adapter
+        version as a view of its base (the adapter is switched in per request). Returns the served ids."""
         rows = self._call("main", "models_to_serve", {"backend": self.config.backend,
                                                       "names": self.config.model_versions})
         if not rows:
             raise RuntimeError(f"no model versions registered for the {self.config.backend} backend: run "
                                "`pgreflect models install-default` (or register one with --backend)")
-        for mv_id, name, path, sha256, n_ctx, _active in rows:
+        for mv_id, name, path, sha256, n_ctx, _active, base_id, adapter_path, adapter_sha256 in rows:
             if mv_id in self.backends:
                 continue
             if self.config.backend == "noop":
@@ -205,10 +211,34 @@ class Worker:
                 continue
             from pgreflect.backends.llama import LlamaBackend
 
+            if adapter_path is not None:
+                base = self.backends.get(base_id)
+                try:
+                    if not isinstance(base, LlamaBackend):
+                        raise BackendError(f"its base (version id {base_id}) is not loaded")
+                    verify_file(Path(adapter_path), adapter_sha256)
+                    self.backends[mv_id] = base.with_adapter(adapter_path)
+                    log.info("serving model version %s (adapter %s on version id %s)", name,
+                             Path(adapter_path).name, base_id)
+                except Exception as exc:  # one bad adapter must not stop the versions that work
+                    log.error("cannot serve model version %s: %s", name, exc)
+                continue
             verify_file(Path(path), sha256)
             t0 = time.perf_counter()
             self.backends[mv_id] = LlamaBackend(path, n_ctx=n_ctx, n_threads=self.config.n_threads)
             log.info("loaded model version %s (%s) in %.1f s", name, path, time.perf_counter() - t0)
+        return sorted(self.backends)
+
+    def _refresh_models(self) -> None:
+        try:
+            ids = self.load_models()
+        except Exception as exc:  # keep serving what is loaded
+            log.warning("could not refresh the served model versions: %s", exc)
+            return
+        if ids != self._model_ids:
+            self._model_ids = ids
+            self._seen(ids)
+            log.info("now serving model version ids %s", ids)
 
     # -- control ----------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -224,32 +254,37 @@ class Worker:
     # -- main loop --------------------------------------------------------------------------------
     def run(self, until: Callable[[], bool] | None = None) -> WorkerStats:
         cfg = self.config
-        self.load_models()
+        self._model_ids = self.load_models()
         self.load_embedder()
-        model_ids = sorted(self.backends)
-        self._seen(model_ids)
+        self._seen(self._model_ids)
         listener = threading.Thread(target=self._listen_loop, name="pgreflect-listener", daemon=True)
         listener.start()
-        heartbeat = threading.Thread(target=self._heartbeat_loop, args=(model_ids,),
-                                     name="pgreflect-heartbeat", daemon=True)
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="pgreflect-heartbeat", daemon=True)
         heartbeat.start()
         pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="pgreflect-job")
+        train_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgreflect-train")
         futures: set[Future[None]] = set()
-        log.info("worker %s serving model version ids %s (concurrency %d)", cfg.worker_id, model_ids,
+        log.info("worker %s serving model version ids %s (concurrency %d)", cfg.worker_id, self._model_ids,
                  cfg.concurrency)
+        last_refresh = time.monotonic()
         try:
             while not self._stop.is_set():
                 if until is not None and until():
                     break
+                if time.monotonic() - last_refresh >= cfg.model_refresh_s:
+                    self._refresh_models()
+                    last_refresh = time.monotonic()
                 futures = {f for f in futures if not f.done()}
                 free = cfg.concurrency - len(futures)
                 claimed = 0
-                if free > 0:
-                    try:
-                        claimed = self._claim(free, model_ids, pool, futures)
-                    except psycopg.OperationalError as exc:
-                        log.warning("claim failed (%s); retrying after the poll interval", exc)
-                if cfg.once and claimed == 0 and not futures:
+                try:
+                    if free > 0:
+                        claimed = self._claim(free, self._model_ids, pool, futures)
+                    claimed += self._claim_training(train_pool)
+                except psycopg.OperationalError as exc:
+                    log.warning("claim failed (%s); retrying after the poll interval", exc)
+                training = self._train_future is not None and not self._train_future.done()
+                if cfg.once and claimed == 0 and not futures and not training:
                     break
                 self._refresh_keys()
                 if claimed == free and free > 0:
@@ -258,7 +293,10 @@ class Worker:
                 self._wake.clear()
         finally:
             self._stop.set()
+            if self._train_future is not None:
+                futures.add(self._train_future)
             self._shutdown(pool, futures)
+            train_pool.shutdown(wait=True)
             self._closed.set()
             listener.join(timeout=5)
             heartbeat.join(timeout=5)
@@ -309,7 +347,25 @@ class Worker:
         return len(rows)
 
     def _job_kinds(self) -> list[str]:
-        return [k for k in HANDLERS if self.config.followups or k not in FOLLOWUP_KINDS]
+        return [k for k in HANDLERS if k not in TRAIN_KINDS and (self.config.followups or k not in FOLLOWUP_KINDS)]
+
+    def _trains(self) -> bool:
+        return self.config.train == "on" or (self.config.train == "auto" and self.config.backend == "llama")
+
+    def _claim_training(self, train_pool: ThreadPoolExecutor) -> int:
+        """One fine-tune at a time, in its own lane: the request slots keep answering while it trains."""
+        if not self._trains() or (self._train_future is not None and not self._train_future.done()):
+            return 0
+        rows = self._call("main", "claim_jobs", {
+            "worker_id": self.config.worker_id, "kinds": list(TRAIN_KINDS), "limit": 1,
+            "lease_seconds": self.config.lease_seconds, "model_version_ids": self._model_ids})
+        for row in rows:
+            run = JobRun(*row)
+            with self._inflight_lock:
+                self._inflight_jobs[run.job_id] = run
+            self._train_future = train_pool.submit(self._process_job, run)
+            self._train_future.add_done_callback(lambda _f: self._wake.set())
+        return len(rows)
 
     def _process(self, job: Job) -> None:
         try:
@@ -367,11 +423,18 @@ class Worker:
             if result is not None:
                 self._call("job", "complete_job", {**args, "result": json.dumps(result)})
                 self.stats.followups += 1
+                if run.kind in TRAIN_KINDS:
+                    self._refresh_models()  # serve the new candidate at once (its gate needs it)
         except Cancelled:
             if not run.lease_lost:
                 self._call("job", "fail_job", {**args, "error": "released", "retryable": True, "release": True})
         except StaleLease as exc:
             log.warning("job %s: %s", run.job_id, exc)
+        except BackendError as exc:
+            log.error("job %s (%s) failed: %s", run.job_id, run.kind, exc)
+            with contextlib.suppress(Exception):
+                self._call("job", "fail_job", {**args, "error": str(exc)[:500], "retryable": exc.retryable,
+                                               "release": False})
         except Exception as exc:
             log.exception("job %s (%s) failed", run.job_id, run.kind)
             with contextlib.suppress(Exception):
@@ -507,7 +570,7 @@ class Worker:
                 delay = min(delay * 2, 10.0)
         self.listener_connected.clear()
 
-    def _heartbeat_loop(self, model_ids: list[int]) -> None:
+    def _heartbeat_loop(self) -> None:
         cfg = self.config
         interval = cfg.heartbeat_interval or max(0.5, cfg.lease_seconds / 4)
         last_reap = 0.0
@@ -517,7 +580,7 @@ class Worker:
                 self._heartbeat()
                 now = time.monotonic()
                 if now - last_seen >= 5 and not self._stop.is_set():
-                    self._seen(model_ids, "heartbeat")
+                    self._seen(self._model_ids, "heartbeat")
                     last_seen = now
                 if now - last_reap >= cfg.reap_interval and not self._stop.is_set():
                     reaped = self._call("heartbeat", "reap_expired", {})[0][0]
@@ -579,9 +642,11 @@ class _RuntimeContext:
         return JobInput(*rows[0])
 
     def checkpoint(self, state: dict[str, Any]) -> None:
-        self.worker._call("job", "checkpoint_job", {"job_id": self.run.job_id, "lease_token": self.run.lease_token,
-                                                    "checkpoint": json.dumps(state),
-                                                    "lease_seconds": self.worker.config.lease_seconds})
+        self.call("checkpoint_job", checkpoint=json.dumps(state), lease_seconds=self.worker.config.lease_seconds)
+
+    def call(self, query_name: str, **params: Any) -> list[tuple]:
+        return self.worker._call("job", query_name, {"job_id": self.run.job_id, "lease_token": self.run.lease_token,
+                                                    **params})
 
 
 class InlineWorker:

@@ -11,14 +11,15 @@ pass, so a shift by one position fails the test.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from pgreflect.backends.base import (
     CRITIQUE_MAX_TOKENS,
@@ -30,14 +31,8 @@ from pgreflect.backends.base import (
     GenerationRequest,
     critique_prompt,
 )
+from pgreflect.chat import ChatRenderer
 from pgreflect.sampling import choose_token, token_logprob
-
-# Used when a GGUF carries no chat template (base models): ChatML, which most small instruct models use.
-FALLBACK_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 
 P_TRUE_QUESTION = "Is your answer above correct? Reply with only yes or no."
 
@@ -66,22 +61,50 @@ class LlamaBackend:
         self.n_ctx = self.llm.n_ctx()
         self.n_vocab = self.llm.n_vocab()
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        model = self.llm._model
-        template = self.llm.metadata.get("tokenizer.chat_template") or FALLBACK_TEMPLATE
-        self.formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else "",
-            bos_token=model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else "",
-            add_generation_prompt=True,
-        )
+        self.chat = ChatRenderer(self.llm)
         self._lock = threading.Lock()
         self._yes_no: tuple[list[int], list[int]] | None = None
         self._evaluated: list[int] = []  # tokens whose KV entries the context holds, for prefix reuse
+        self._adapters: dict[str, Any] = {}  # LoRA file -> llama.cpp adapter handle, loaded once each
+        self._adapter: str | None = None  # the adapter the context computes with now (None: the base)
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self.formatter(messages=messages).prompt
-        # The template already writes any BOS it wants (added_special), as llama-cpp-python's own chat path.
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return self.chat.prompt_tokens(messages)
+
+    # -- adapters ---------------------------------------------------------------------------------
+    def load_adapter(self, path: str | Path) -> None:
+        """Loads a GGUF LoRA for this base once; llama.cpp refuses one made for another architecture or
+        shape (the database already ties an adapter to its base's sha256)."""
+        key = str(path)
+        with self._lock:
+            if key in self._adapters:
+                return
+            handle = llama_cpp.llama_adapter_lora_init(self.llm.model, key.encode())
+            if not handle:
+                raise BackendError(f"llama.cpp refused the adapter {key} for {self.model_path} (another base?)",
+                                   retryable=False)
+            self._adapters[key] = handle
+
+    def _select(self, adapter: str | None) -> None:
+        """Switches the adapter the next evaluation uses (under the lock). The KV cache of a prefix computed
+        under another adapter is not reused."""
+        if adapter == self._adapter:
+            return
+        if adapter is None:
+            rc = llama_cpp.llama_set_adapters_lora(self.llm.ctx, None, 0, None)
+        else:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapters[adapter])
+            scales = (ctypes.c_float * 1)(1.0)
+            rc = llama_cpp.llama_set_adapters_lora(self.llm.ctx, handles, 1, scales)
+        if rc != 0:
+            raise BackendError(f"llama.cpp could not switch to adapter {adapter} (code {rc})")
+        self._adapter = adapter
+        self._evaluated = []
+        self.llm.reset()
+
+    def with_adapter(self, path: str | Path) -> AdapterView:
+        self.load_adapter(path)
+        return AdapterView(self, str(path))
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
@@ -107,9 +130,10 @@ class LlamaBackend:
         self.llm.eval([token])
         self._evaluated.append(token)
 
-    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
+    def generate(self, request: GenerationRequest, cancel: threading.Event, adapter: str | None = None) -> Generation:
         with self._lock:
             try:
+                self._select(adapter)
                 return self._generate(request, cancel)
             except BaseException:
                 self._evaluated = []  # the KV cache may not match any more: no prefix reuse next time
@@ -192,7 +216,7 @@ class LlamaBackend:
                 texts.append("")
         return texts
 
-    def p_true(self, request: GenerationRequest, generation: Generation) -> float | None:
+    def p_true(self, request: GenerationRequest, generation: Generation, adapter: str | None = None) -> float | None:
         """Asks the model, in the same conversation, whether its answer is correct, and reads P(yes) against
         P(no) from the next-token distribution: one forward pass over the question (the conversation so far
         is still in the KV cache), no free-text judging."""
@@ -200,6 +224,7 @@ class LlamaBackend:
                     {"role": "user", "content": P_TRUE_QUESTION}]
         with self._lock:
             try:
+                self._select(adapter)
                 tokens = self.prompt_tokens(messages)
                 if len(tokens) + 1 > self.n_ctx:
                     return None
@@ -214,13 +239,14 @@ class LlamaBackend:
         p_no = float(np.sum(np.exp(logits[no] - m)))
         return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else None
 
-    def critique(self, request: GenerationRequest, answer: str) -> str:
+    def critique(self, request: GenerationRequest, answer: str, adapter: str | None = None) -> str:
         """A second generation constrained by a grammar built from CRITIQUE_SCHEMA, through
         llama-cpp-python's own chat completion (grammar sampling); no log-probs are needed here."""
         messages = [{"role": "system", "content": CRITIQUE_SYSTEM},
                     {"role": "user", "content": critique_prompt(request, answer)}]
         with self._lock:
             try:
+                self._select(adapter)
                 out = self.llm.create_chat_completion(
                     messages=messages, max_tokens=CRITIQUE_MAX_TOKENS, temperature=0.0,
                     response_format={"type": "json_object", "schema": CRITIQUE_SCHEMA})
@@ -240,4 +266,30 @@ class LlamaBackend:
         return self._yes_no
 
     def close(self) -> None:
-        self.llm.close()
+        with self._lock:
+            for handle in self._adapters.values():
+                llama_cpp.llama_adapter_lora_free(handle)
+            self._adapters.clear()
+            self.llm.close()
+
+
+class AdapterView:
+    """One adapter version served by a shared base: the base's model and context, with the adapter switched in
+    for each call (no reload)."""
+
+    name = "llama"
+
+    def __init__(self, base: LlamaBackend, adapter: str):
+        self.base, self.adapter = base, adapter
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
+        return self.base.generate(request, cancel, adapter=self.adapter)
+
+    def p_true(self, request: GenerationRequest, generation: Generation) -> float | None:
+        return self.base.p_true(request, generation, adapter=self.adapter)
+
+    def critique(self, request: GenerationRequest, answer: str) -> str:
+        return self.base.critique(request, answer, adapter=self.adapter)
+
+    def close(self) -> None:
+        """The base owns the adapter's handle and frees it when it closes."""

@@ -15,11 +15,12 @@ from pgreflect.worker import InlineWorker, Worker, WorkerConfig
 def inline_worker_config(base: WorkerConfig | None, model_version: str | None, followups: bool = False
                          ) -> WorkerConfig:
     """A short-lived in-process worker: the asked version only; follow-ups are left to long-running workers
-    unless asked for (evaluation waits for them)."""
+    unless asked for (evaluation waits for them), and fine-tunes always are."""
     cfg = dataclasses.replace(base) if base is not None else WorkerConfig()
     if model_version:
         cfg.model_versions = [model_version]
     cfg.followups = followups
+    cfg.train = "off"
     return cfg
 
 

@@ -44,6 +44,20 @@ def setup(say: Say = lambda _msg: None, model: bool = True, keyring: bool = True
     if model:
         name = register_packaged(d.admin, None)
         say(f"model version {name} registered")
+        _ensure_retention(d.admin, say)
+
+
+def _ensure_retention(admin_dsn: str, say: Say) -> None:
+    """The gate needs a retention set; loading it needs the embedding model and the MMLU package."""
+    from pgreflect.embeddings import embedding_available
+    from pgreflect.improve import retention
+
+    if retention.count(admin_dsn) > 0:
+        return
+    if not embedding_available():
+        say("retention set not loaded (no embedding model installed): candidates cannot be promoted by the gate")
+        return
+    say(f"retention set: {retention.load(admin_dsn)} MMLU held-out questions loaded for the promotion gate")
 
 
 def apply_changed_settings(cluster: object, say: Say) -> None:

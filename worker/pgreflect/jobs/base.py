@@ -47,6 +47,10 @@ class JobContext(Protocol):
         """Saves progress under the lease; a later claim of this job gets it back in JobRun.checkpoint."""
         ...
 
+    def call(self, query_name: str, **params: Any) -> list[tuple]:
+        """Runs a named query that takes this job's id and lease token (and params)."""
+        ...
+
 
 class Handler(Protocol):
     kind: str
