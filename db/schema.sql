@@ -1053,6 +1053,15 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._tuned(p_model_version_id integer, p_knob text) RETURNS double precision
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT new_value FROM reflect.tuning_changes
+  WHERE model_version_id = p_model_version_id AND knob = p_knob AND reverted_at IS NULL
+  ORDER BY id DESC LIMIT 1
+$$;
+ALTER FUNCTION reflect._tuned(p_model_version_id integer, p_knob text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision DEFAULT 0.8) RETURNS double precision
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2518,6 +2527,23 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.revert_tuning_v1(p_change_id bigint) RETURNS double precision
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  c reflect.tuning_changes;
+BEGIN
+  UPDATE reflect.tuning_changes SET reverted_at = clock_timestamp(), reverted_by = session_user
+  WHERE id = p_change_id AND reverted_at IS NULL
+  RETURNING * INTO c;
+  IF c.id IS NULL THEN
+    RAISE EXCEPTION 'no tuning change % in force', p_change_id USING ERRCODE = 'PR003';
+  END IF;
+  RETURN coalesce(reflect._tuned(c.model_version_id, c.knob), reflect._setting_float('confidence_threshold_default'));
+END
+$$;
+ALTER FUNCTION reflect.revert_tuning_v1(p_change_id bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.rollback_model_version_v1(p_reason text DEFAULT NULL::text) RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2668,6 +2694,11 @@ BEGIN
       RETURN v_id;
     END IF;
   END IF;
+  -- A threshold tuned for this version (780_tuning.sql) replaces the global default, not a request's own.
+  IF NOT coalesce(p_params ? 'confidence_threshold', false)
+     AND reflect._tuned(v_model, 'confidence_threshold') IS NOT NULL THEN
+    v_params := v_params || jsonb_build_object('confidence_threshold', reflect._tuned(v_model, 'confidence_threshold'));
+  END IF;
   v_key_id := reflect._current_key_id();
   INSERT INTO reflect.requests
     (key_id, prompt_enc, system_prompt_enc, params, idempotency_key, caller, submitted_by,
@@ -2703,6 +2734,105 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.tune_confidence_threshold_v1(p_model_version text, p_target_accuracy double precision DEFAULT NULL::double precision) RETURNS double precision
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_model integer;
+  v_target double precision := coalesce(p_target_accuracy, reflect._setting_float('tuning_target_accuracy'));
+  v_min integer := reflect._setting_int('tuning_min_labels');
+  v_n integer;
+  v_cut bigint;
+  v_t double precision;
+  v_fit record;
+  v_check record;
+  v_current double precision;
+BEGIN
+  SELECT id INTO v_model FROM reflect.model_versions WHERE name = p_model_version FOR UPDATE;
+  IF v_model IS NULL THEN
+    RAISE EXCEPTION 'unknown model version "%"', left(p_model_version, 100) USING ERRCODE = 'PR003';
+  END IF;
+  IF v_target IS NULL OR v_target <= 0 OR v_target >= 1 THEN
+    RAISE EXCEPTION 'target accuracy must be between 0 and 1' USING ERRCODE = 'PR001';
+  END IF;
+  DROP TABLE IF EXISTS pg_temp._tune;
+  CREATE TEMP TABLE _tune ON COMMIT DROP AS
+  SELECT r.id AS request_id, a.confidence::double precision AS confidence, l.is_correct
+  FROM reflect.labels l
+  JOIN reflect.requests r ON r.id = l.request_id
+  JOIN reflect.answers a ON a.request_id = r.id
+  WHERE r.model_version_id = v_model AND a.confidence IS NOT NULL;
+  SELECT count(*) INTO v_n FROM _tune;
+  IF v_n < v_min THEN
+    RAISE EXCEPTION 'version % has % labelled answers; tuning needs %', p_model_version, v_n, v_min
+      USING ERRCODE = 'PR001', HINT = 'the tuning_min_labels setting';
+  END IF;
+  SELECT request_id INTO v_cut FROM _tune ORDER BY request_id OFFSET (v_n * 7 / 10) LIMIT 1;
+  SELECT t.confidence AS threshold, t.covered, t.accuracy INTO v_fit
+  FROM (
+    SELECT confidence, count(*) OVER w AS covered, avg(is_correct::int) OVER w AS accuracy
+    FROM _tune WHERE request_id < v_cut
+    WINDOW w AS (ORDER BY confidence DESC RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+  ) t
+  WHERE t.covered >= 10 AND t.accuracy >= v_target
+  ORDER BY t.confidence ASC LIMIT 1;
+  IF v_fit.threshold IS NULL THEN
+    RAISE EXCEPTION 'no confidence threshold reaches % accuracy on the labelled answers of %', v_target,
+      p_model_version USING ERRCODE = 'PR001', HINT = 'lower the target (tuning_target_accuracy) or label more answers';
+  END IF;
+  v_t := round(v_fit.threshold::numeric, 4);
+  SELECT count(*) AS n, avg((confidence >= v_t)::int) AS coverage,
+         avg(is_correct::int) FILTER (WHERE confidence >= v_t) AS accuracy, avg(is_correct::int) AS accuracy_all
+  INTO v_check FROM _tune WHERE request_id >= v_cut;
+  v_current := coalesce(reflect._tuned(v_model, 'confidence_threshold'),
+                        reflect._setting_float('confidence_threshold_default'));
+  IF abs(v_t - v_current) < 0.01 THEN
+    RETURN v_current;
+  END IF;
+  INSERT INTO reflect.tuning_changes (model_version_id, knob, old_value, new_value, reason, evidence, decided_by)
+  VALUES (v_model, 'confidence_threshold', v_current, v_t,
+          format('lowest threshold reaching %s accuracy on %s labelled answers; on the %s newer ones it lets %s%% through at %s accuracy (all: %s)',
+                 v_target, v_n - v_check.n, v_check.n, round(100 * v_check.coverage::numeric),
+                 coalesce(round(v_check.accuracy::numeric, 3)::text, 'n/a'), round(v_check.accuracy_all::numeric, 3)),
+          jsonb_build_object('labels', v_n, 'fit_labels', v_n - v_check.n, 'check_labels', v_check.n,
+                             'label_request_ids', jsonb_build_array((SELECT min(request_id) FROM _tune),
+                                                                    (SELECT max(request_id) FROM _tune)),
+                             'target_accuracy', v_target, 'fit_coverage', v_fit.covered::float8 / (v_n - v_check.n),
+                             'fit_accuracy', v_fit.accuracy, 'expected_coverage', v_check.coverage,
+                             'expected_accuracy', v_check.accuracy, 'accuracy_without_threshold', v_check.accuracy_all),
+          session_user);
+  RETURN v_t;
+END
+$$;
+ALTER FUNCTION reflect.tune_confidence_threshold_v1(p_model_version text, p_target_accuracy double precision) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.tune_when_ready_v1() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v record;
+  v_before bigint := (SELECT count(*) FROM reflect.tuning_changes);
+BEGIN
+  FOR v IN
+    SELECT mv.name
+    FROM reflect.model_versions mv
+    WHERE (SELECT count(*) FROM reflect.labels l JOIN reflect.requests r ON r.id = l.request_id
+           WHERE r.model_version_id = mv.id
+             AND l.created_at > coalesce((SELECT max(decided_at) FROM reflect.tuning_changes t
+                                          WHERE t.model_version_id = mv.id), '-infinity'))
+          >= reflect._setting_int('tuning_min_labels')
+  LOOP
+    BEGIN
+      PERFORM reflect.tune_confidence_threshold_v1(v.name);
+    EXCEPTION WHEN SQLSTATE 'PR001' THEN
+      RAISE NOTICE 'threshold of % not tuned: %', v.name, SQLERRM;
+    END;
+  END LOOP;
+  RETURN (SELECT count(*) FROM reflect.tuning_changes) - v_before;
+END
+$$;
+ALTER FUNCTION reflect.tune_when_ready_v1() OWNER TO reflect_owner;
 CREATE FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean DEFAULT true) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -3606,6 +3736,48 @@ CREATE VIEW reflect.training_status AS
          LIMIT 1) p ON (true))
   WHERE (j.kind = 'finetune'::text);
 ALTER TABLE reflect.training_status OWNER TO reflect_owner;
+CREATE TABLE reflect.tuning_changes (
+    id bigint NOT NULL,
+    model_version_id integer NOT NULL,
+    knob text NOT NULL,
+    old_value double precision,
+    new_value double precision NOT NULL,
+    reason text NOT NULL,
+    evidence jsonb NOT NULL,
+    decided_by name NOT NULL,
+    decided_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    reverted_at timestamp with time zone,
+    reverted_by name,
+    CONSTRAINT reverted_together CHECK (((reverted_at IS NULL) = (reverted_by IS NULL))),
+    CONSTRAINT tuning_changes_knob_check CHECK ((knob = 'confidence_threshold'::text))
+);
+ALTER TABLE reflect.tuning_changes OWNER TO reflect_owner;
+ALTER TABLE reflect.tuning_changes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.tuning_changes_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+CREATE VIEW reflect.tuning_history AS
+ SELECT t.id,
+    mv.name AS model_version,
+    t.knob,
+    t.old_value,
+    t.new_value,
+    t.reason,
+    t.evidence,
+    t.decided_by,
+    t.decided_at,
+    t.reverted_at,
+    t.reverted_by,
+    ((t.reverted_at IS NULL) AND (t.id = ( SELECT max(t2.id) AS max
+           FROM reflect.tuning_changes t2
+          WHERE ((t2.model_version_id = t.model_version_id) AND (t2.knob = t.knob) AND (t2.reverted_at IS NULL))))) AS in_force
+   FROM (reflect.tuning_changes t
+     JOIN reflect.model_versions mv ON ((mv.id = t.model_version_id)));
+ALTER TABLE reflect.tuning_history OWNER TO reflect_owner;
 CREATE TABLE reflect.workers (
     worker_id text NOT NULL,
     hostname text NOT NULL,
@@ -3701,6 +3873,8 @@ ALTER TABLE ONLY reflect.training_progress
     ADD CONSTRAINT training_progress_pkey PRIMARY KEY (job_id, step);
 ALTER TABLE ONLY reflect.training_sets
     ADD CONSTRAINT training_sets_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.tuning_changes
+    ADD CONSTRAINT tuning_changes_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (worker_id);
 ALTER TABLE ONLY reflect_meta.schema_migrations
@@ -3720,6 +3894,7 @@ CREATE INDEX request_events_request ON reflect.request_events USING btree (reque
 CREATE UNIQUE INDEX requests_idempotency_key ON reflect.requests USING btree (submitted_by, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX requests_leases ON reflect.requests USING btree (lease_expires_at) WHERE (state = 'running'::reflect.request_state);
 CREATE INDEX requests_queued ON reflect.requests USING btree (id) WHERE (state = 'queued'::reflect.request_state);
+CREATE INDEX tuning_changes_in_force ON reflect.tuning_changes USING btree (model_version_id, knob, id DESC) WHERE (reverted_at IS NULL);
 CREATE TRIGGER _100_append_only BEFORE DELETE OR UPDATE ON reflect.decryption_audit FOR EACH ROW EXECUTE FUNCTION reflect._append_only();
 CREATE TRIGGER _100_append_only_truncate BEFORE TRUNCATE ON reflect.decryption_audit FOR EACH STATEMENT EXECUTE FUNCTION reflect._append_only();
 CREATE TRIGGER _100_submit INSTEAD OF INSERT ON reflect.app_requests FOR EACH ROW EXECUTE FUNCTION reflect._app_requests_insert();
@@ -3800,6 +3975,8 @@ ALTER TABLE ONLY reflect.training_progress
     ADD CONSTRAINT training_progress_job_id_fkey FOREIGN KEY (job_id) REFERENCES reflect.jobs(id);
 ALTER TABLE ONLY reflect.training_sets
     ADD CONSTRAINT training_sets_base_model_version_id_fkey FOREIGN KEY (base_model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.tuning_changes
+    ADD CONSTRAINT tuning_changes_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE reflect.answer_candidates ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_signals ENABLE ROW LEVEL SECURITY;
@@ -3827,6 +4004,7 @@ ALTER TABLE reflect.settings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.training_examples ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.training_progress ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.training_sets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.tuning_changes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.workers ENABLE ROW LEVEL SECURITY;
 GRANT USAGE ON SCHEMA reflect TO reflect_app;
 GRANT USAGE ON SCHEMA reflect TO reflect_worker;
@@ -3884,6 +4062,7 @@ REVOKE ALL ON FUNCTION reflect._solve(a double precision[], b double precision[]
 REVOKE ALL ON FUNCTION reflect._store_signals(p_request_id bigint, p_signals jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._take_job_lease(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._tuned(p_model_version_id integer, p_knob text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_app;
@@ -3978,6 +4157,7 @@ GRANT ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid
 REVOKE ALL ON FUNCTION reflect.request_finetune_v1(p_owner name, p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) TO reflect_reviewer;
+REVOKE ALL ON FUNCTION reflect.revert_tuning_v1(p_change_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.rollback_model_version_v1(p_reason text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) FROM PUBLIC;
@@ -3988,6 +4168,8 @@ REVOKE ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_
 GRANT ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect.tune_confidence_threshold_v1(p_model_version text, p_target_accuracy double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.tune_when_ready_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_app;
 GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_worker;
@@ -4018,4 +4200,5 @@ GRANT SELECT ON TABLE reflect.request_metrics TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.signal_auroc TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.training_set_summary TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.training_status TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.tuning_history TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.worker_status TO reflect_analyst;

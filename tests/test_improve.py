@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -392,3 +394,29 @@ def test_canary_rolls_back_a_worse_version_and_waits_for_evidence(db: Database, 
     with db.admin() as conn:
         assert conn.execute("SELECT count(DISTINCT model_version_id) FROM reflect.requests WHERE id = ANY(%s)",
                             (ids,)).fetchone()[0] == 1
+
+
+def test_improve_run_wait_from_the_cli_prints_the_decision(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    """`improve run --wait --json` follows a real fine-tune on the tiny model to the gate's decision; with no
+    retention set loaded the gate must refuse to promote, and says why."""
+    _fast_training(db)
+    _corrected_history(db, keyring, FACTS, seed=600)
+    improve_env = {"PGREFLECT_IMPROVE_DIR": os.environ["PGREFLECT_IMPROVE_DIR"]}
+    proc = spawn_worker(db, keyring, "--model-version", "tiny", "--memory", "off", "--train", "on",
+                        "--poll-interval", "0.2", log_path=tmp_path / "worker.log", env=improve_env)
+    try:
+        run = subprocess.run([sys.executable, "-m", "pgreflect.cli", "improve", "run", "--login", "pgreflect_app",
+                              "--model-version", "tiny", "--wait", "--timeout", "240", "--json"],
+                             env={**db.env(keyring), **improve_env}, capture_output=True, text=True, timeout=300)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["decision"]["decision"] == "reject" and out["decision"]["parent"] == "tiny"
+    assert "no retention items" in out["decision"]["reason"]
+    assert out["decision"]["numbers"]["corrected"]["n"] == len(FACTS)
+    listed = subprocess.run([sys.executable, "-m", "pgreflect.cli", "models", "list"], env=db.env(keyring),
+                            capture_output=True, text=True, timeout=60)
+    line = next(x for x in listed.stdout.splitlines() if out["candidate"] in x)
+    assert "rejected" in line and "parent tiny" in line and "no retention items" in line

@@ -155,7 +155,8 @@ def test_pg_cron_job_requeues_expired_leases(cluster, keyring: Keyring, template
             ("pgreflect-canary-step", "*/5 * * * *", "SELECT reflect.canary_step_v1()", "postgres"),
             ("pgreflect-finetune-when-ready", "*/15 * * * *", "SELECT reflect.finetune_when_ready_v1()", "postgres"),
             ("pgreflect-reap-expired-leases", "* * * * *", "SELECT reflect.reap_expired_v1()", "postgres"),
-            ("pgreflect-refit-calibrators", "*/5 * * * *", "SELECT reflect.refit_calibrators_v1()", "postgres")]
+            ("pgreflect-refit-calibrators", "*/5 * * * *", "SELECT reflect.refit_calibrators_v1()", "postgres"),
+            ("pgreflect-tune-thresholds", "17 * * * *", "SELECT reflect.tune_when_ready_v1()", "postgres")]
         path = conn.execute("SELECT gguf_path FROM reflect.model_versions LIMIT 1").fetchone()
         if path is None:
             from tiny_model import smollm2_path

@@ -167,6 +167,11 @@ BEGIN
       RETURN v_id;
     END IF;
   END IF;
+  -- A threshold tuned for this version (780_tuning.sql) replaces the global default, not a request's own.
+  IF NOT coalesce(p_params ? 'confidence_threshold', false)
+     AND reflect._tuned(v_model, 'confidence_threshold') IS NOT NULL THEN
+    v_params := v_params || jsonb_build_object('confidence_threshold', reflect._tuned(v_model, 'confidence_threshold'));
+  END IF;
 
   v_key_id := reflect._current_key_id();
   INSERT INTO reflect.requests

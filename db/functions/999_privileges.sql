@@ -95,5 +95,6 @@ GRANT EXECUTE ON FUNCTION
   reflect.gate_submit_v1(bigint, uuid),
   reflect.gate_answers_v1(bigint, uuid)
 TO reflect_worker;
-GRANT SELECT ON reflect.model_states, reflect.training_status, reflect.promotion_decisions, reflect.canary_status
+GRANT SELECT ON reflect.model_states, reflect.training_status, reflect.promotion_decisions, reflect.canary_status,
+  reflect.tuning_history
 TO reflect_analyst;

@@ -100,6 +100,26 @@ CREATE TABLE reflect.canaries (
 );
 CREATE UNIQUE INDEX canaries_one_running ON reflect.canaries ((true)) WHERE state = 'running';
 
+-- Knobs tuned from labels without training (self-tuning), recorded and reversible like a promotion: the
+-- value in force for a version is its newest change not reverted, else the global setting.
+CREATE TABLE reflect.tuning_changes (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  model_version_id integer NOT NULL REFERENCES reflect.model_versions (id),
+  knob text NOT NULL CHECK (knob IN ('confidence_threshold')),
+  old_value double precision,
+  new_value double precision NOT NULL,
+  reason text NOT NULL,
+  evidence jsonb NOT NULL,       -- which labels chose it and what it is expected to do
+  decided_by name NOT NULL,
+  decided_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  reverted_at timestamptz,
+  reverted_by name,
+  CONSTRAINT reverted_together CHECK ((reverted_at IS NULL) = (reverted_by IS NULL))
+);
+CREATE INDEX tuning_changes_in_force ON reflect.tuning_changes (model_version_id, knob, id DESC)
+  WHERE reverted_at IS NULL;
+
+ALTER TABLE reflect.tuning_changes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.canaries ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.training_progress ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.retention_items ENABLE ROW LEVEL SECURITY;
@@ -127,4 +147,6 @@ INSERT INTO reflect.settings (key, value, description) VALUES
   ('gate_poll_s', '5', 'Seconds a gate job waits before it looks again at answers still being generated'),
   ('canary_share', '0.1', 'Share of default traffic a candidate the gate passed gets before full promotion (0: promote at once)'),
   ('canary_min_labels', '30', 'Labelled answers each arm of a canary needs before the test may stop'),
+  ('tuning_target_accuracy', '0.9', 'Accuracy the tuned confidence threshold aims for on the answers it lets through'),
+  ('tuning_min_labels', '100', 'Labelled answers a version needs before its confidence threshold is tuned'),
   ('canary_delta', '0.05', 'Error probability of the canary''s sequential test (stops when GLR > ln((1 + ln N) / delta))');

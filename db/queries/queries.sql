@@ -281,3 +281,13 @@ WHERE d.job_id = %(job_id)s ORDER BY d.id DESC LIMIT 1;
 SELECT id, candidate, parent, share, state, started_at, ended_at, candidate_labels, candidate_right,
        candidate_accuracy, parent_labels, parent_right, parent_accuracy, glr, threshold, min_labels
 FROM reflect.canary_status ORDER BY id DESC;
+
+-- name: tune_threshold
+SELECT reflect.tune_confidence_threshold_v1(%(model_version)s, %(target)s);
+
+-- name: revert_tuning
+SELECT reflect.revert_tuning_v1(%(change_id)s);
+
+-- name: tuning_history
+SELECT id, model_version, knob, old_value, new_value, reason, evidence, decided_by, decided_at, reverted_at, in_force
+FROM reflect.tuning_history ORDER BY id DESC;

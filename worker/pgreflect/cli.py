@@ -274,6 +274,10 @@ def cmd_improve(args: argparse.Namespace) -> int:
         for m in out["models"]:
             if m["last_decision"]:
                 print(f"{m['name']}: {m['state']}; last decision {m['last_decision']}: {m['reason']}")
+        for t in out["tuning"]:
+            print(f"tuning change {t['id']} of {t['model_version']}: {t['knob']} {t['old_value']} -> "
+                  f"{t['new_value']}{' (in force)' if t['in_force'] else ''}"
+                  f"{' reverted' if t['reverted_at'] else ''}: {t['reason']}")
         for c in out["canaries"]:
             print(f"canary {c['id']}: {c['candidate']} vs {c['parent']} at {c['share']:.0%}, {c['state']}; candidate "
                   f"{c['candidate_right']}/{c['candidate_labels']} right, parent {c['parent_right']}/"
@@ -288,6 +292,13 @@ def cmd_improve(args: argparse.Namespace) -> int:
 
         added = retention.load(dsns().admin, args.size)
         print(f"{added} retention item(s) added; {retention.count(dsns().admin)} in the set")
+        return 0
+    if args.action == "tune":
+        version, threshold = loop.tune(args.model_version, args.target)
+        print(f"{version}: confidence threshold {threshold:.4f}")
+        return 0
+    if args.action == "revert-tuning":
+        print(f"tuning change {args.change_id} reverted; the threshold is {loop.revert_tuning(args.change_id):.4f}")
         return 0
     if args.action in ("promote", "reject", "canary"):
         loop.decide(args.version, args.action, args.reason)
@@ -604,6 +615,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the candidate, the decision and its numbers")
     i = isub.add_parser("status", help="training sets, fine-tune progress and decisions")
     i.add_argument("--json", action="store_true")
+    i = isub.add_parser("tune", help="tune a version's confidence threshold from its labels (recorded, reversible)")
+    i.add_argument("--model-version", default=None, help="default: the active one")
+    i.add_argument("--target", type=float, default=None, help="accuracy to reach (default: tuning_target_accuracy)")
+    i = isub.add_parser("revert-tuning", help="revert a tuning change (improve status lists them)")
+    i.add_argument("change_id", type=int)
     i = isub.add_parser("retention", help="load the gate's retention set (MMLU held-out questions)")
     i.add_argument("--size", type=int, default=300)
     for action, text in (("promote", "make a candidate active now, overriding the gate"),

@@ -82,6 +82,7 @@ def status() -> dict[str, Any]:
         out["training"] = conn.execute(query("training_status")).fetchall()
         out["models"] = conn.execute(query("model_states")).fetchall()
         out["canaries"] = conn.execute(query("canary_status")).fetchall()
+        out["tuning"] = conn.execute(query("tuning_history")).fetchall()
     return out
 
 
@@ -99,3 +100,18 @@ def decide(version: str, decision: str, reason: str | None = None) -> int:
 def rollback(reason: str | None = None) -> str:
     with _admin() as conn:
         return _one(conn, "rollback_model_version", reason=reason)["rollback_model_version_v1"]
+
+
+def tune(model_version: str | None = None, target: float | None = None) -> tuple[str, float]:
+    """Tunes a version's (default: the active one's) confidence threshold from its labels
+    (reflect.tune_confidence_threshold_v1); returns the version and the threshold in force."""
+    with _admin() as conn:
+        if model_version is None:
+            model_version = next((m["name"] for m in conn.execute(query("model_states")) if m["state"] == "active"), "")
+        row = _one(conn, "tune_threshold", model_version=model_version, target=target)
+    return model_version, row["tune_confidence_threshold_v1"]
+
+
+def revert_tuning(change_id: int) -> float:
+    with _admin() as conn:
+        return _one(conn, "revert_tuning", change_id=change_id)["revert_tuning_v1"]
