@@ -135,7 +135,7 @@ def test_corrections_become_a_promoted_adapter_then_rollback(db: Database, keyri
     _corrected_history(db, keyring, FACTS + KEEP, seed=100)
     job = _finetune(db, MODEL)
     with BackgroundWorker(worker(db, keyring, memory="off", p_true=False, train="on", model_versions=[MODEL])):
-        decision = wait_for(lambda: _decision(db, job), timeout=300, interval=0.5, what="the gate's decision")
+        decision = wait_for(lambda: _decision(db, job), timeout=480, interval=0.5, what="the gate's decision")
         numbers = decision["numbers"]
         # It learned what it was told (paired gain on the corrected prompts, lower bound above 0). Whether it is
         # promoted depends on the retention items: with 5 of them one changed answer is a 20-point drop, and
@@ -193,7 +193,7 @@ def test_poisoned_corrections_are_rejected_by_the_gate(db: Database, keyring: Ke
     _corrected_history(db, keyring, [(p, "Wrong answer forty-two") for p, _ in retention], seed=200)
     job = _finetune(db, MODEL)
     with BackgroundWorker(worker(db, keyring, memory="off", p_true=False, train="on", model_versions=[MODEL])):
-        decision = wait_for(lambda: _decision(db, job), timeout=300, interval=0.5, what="the gate's decision")
+        decision = wait_for(lambda: _decision(db, job), timeout=480, interval=0.5, what="the gate's decision")
     assert decision["decision"] == "reject", decision
     assert "retention accuracy dropped" in decision["reason"]
     assert decision["numbers"]["retention"]["candidate_accuracy"] < decision["numbers"]["retention"]["parent_accuracy"]

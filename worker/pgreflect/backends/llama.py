@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -54,6 +55,9 @@ class LlamaBackend:
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512):
         self.model_path = str(model_path)
+        # llama-cpp-python decodes with cpu_count // 2 threads when given none (1 on a 2-core machine); the
+        # worker's documented default is every core this process may use.
+        n_threads = n_threads or len(os.sched_getaffinity(0))
         self.llm = llama_cpp.Llama(
             model_path=self.model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
             n_threads_batch=n_threads, logits_all=False, verbose=False,
