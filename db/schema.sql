@@ -2000,16 +2000,16 @@ BEGIN
     FROM (SELECT * FROM reflect.retention_items ORDER BY id LIMIT reflect._setting_int('gate_retention_size')) ri
     ORDER BY 1, 2, 3
   LOOP
-    INSERT INTO reflect.requests (key_id, prompt_enc, system_prompt_enc, params, caller, submitted_by,
-                                  model_version_id, max_attempts)
-    VALUES (e.key_id, e.prompt_enc, e.system_prompt_enc, e.params, format('pgreflect-gate-%s', j.id), session_user,
-            v_candidate, reflect._setting_int('max_attempts'))
-    RETURNING id INTO v_c;
-    INSERT INTO reflect.requests (key_id, prompt_enc, system_prompt_enc, params, caller, submitted_by,
-                                  model_version_id, max_attempts)
-    VALUES (e.key_id, e.prompt_enc, e.system_prompt_enc, e.params, format('pgreflect-gate-%s', j.id), session_user,
-            v_parent, reflect._setting_int('max_attempts'))
-    RETURNING id INTO v_p;
+    WITH ins AS (
+      INSERT INTO reflect.requests (key_id, prompt_enc, system_prompt_enc, params, caller, submitted_by,
+                                    model_version_id, max_attempts)
+      SELECT e.key_id, e.prompt_enc, e.system_prompt_enc, e.params, format('pgreflect-gate-%s', j.id), session_user,
+             v, reflect._setting_int('max_attempts')
+      FROM unnest(ARRAY[v_candidate, v_parent]) v
+      RETURNING id, model_version_id
+    )
+    SELECT max(id) FILTER (WHERE model_version_id = v_candidate), max(id) FILTER (WHERE model_version_id = v_parent)
+    INTO v_c, v_p FROM ins;
     INSERT INTO reflect.gate_items (job_id, part, example_request_id, retention_item_id, candidate_request_id,
                                     parent_request_id)
     VALUES (j.id, e.part, e.example, e.item, v_c, v_p);
@@ -2655,6 +2655,7 @@ DECLARE
   v_key_id text;
   v_model integer;
   v_params jsonb;
+  v_tuned double precision;
   v_id bigint;
 BEGIN
   IF p_prompt IS NULL OR reflect._is_blank(p_prompt) THEN
@@ -2695,9 +2696,11 @@ BEGIN
     END IF;
   END IF;
   -- A threshold tuned for this version (780_tuning.sql) replaces the global default, not a request's own.
-  IF NOT coalesce(p_params ? 'confidence_threshold', false)
-     AND reflect._tuned(v_model, 'confidence_threshold') IS NOT NULL THEN
-    v_params := v_params || jsonb_build_object('confidence_threshold', reflect._tuned(v_model, 'confidence_threshold'));
+  IF NOT coalesce(p_params ? 'confidence_threshold', false) THEN
+    v_tuned := reflect._tuned(v_model, 'confidence_threshold');
+    IF v_tuned IS NOT NULL THEN
+      v_params := v_params || jsonb_build_object('confidence_threshold', v_tuned);
+    END IF;
   END IF;
   v_key_id := reflect._current_key_id();
   INSERT INTO reflect.requests

@@ -126,6 +126,7 @@ DECLARE
   v_key_id text;
   v_model integer;
   v_params jsonb;
+  v_tuned double precision;
   v_id bigint;
 BEGIN
   IF p_prompt IS NULL OR reflect._is_blank(p_prompt) THEN
@@ -168,9 +169,11 @@ BEGIN
     END IF;
   END IF;
   -- A threshold tuned for this version (780_tuning.sql) replaces the global default, not a request's own.
-  IF NOT coalesce(p_params ? 'confidence_threshold', false)
-     AND reflect._tuned(v_model, 'confidence_threshold') IS NOT NULL THEN
-    v_params := v_params || jsonb_build_object('confidence_threshold', reflect._tuned(v_model, 'confidence_threshold'));
+  IF NOT coalesce(p_params ? 'confidence_threshold', false) THEN
+    v_tuned := reflect._tuned(v_model, 'confidence_threshold');
+    IF v_tuned IS NOT NULL THEN
+      v_params := v_params || jsonb_build_object('confidence_threshold', v_tuned);
+    END IF;
   END IF;
 
   v_key_id := reflect._current_key_id();

@@ -215,16 +215,16 @@ BEGIN
     FROM (SELECT * FROM reflect.retention_items ORDER BY id LIMIT reflect._setting_int('gate_retention_size')) ri
     ORDER BY 1, 2, 3
   LOOP
-    INSERT INTO reflect.requests (key_id, prompt_enc, system_prompt_enc, params, caller, submitted_by,
-                                  model_version_id, max_attempts)
-    VALUES (e.key_id, e.prompt_enc, e.system_prompt_enc, e.params, format('pgreflect-gate-%s', j.id), session_user,
-            v_candidate, reflect._setting_int('max_attempts'))
-    RETURNING id INTO v_c;
-    INSERT INTO reflect.requests (key_id, prompt_enc, system_prompt_enc, params, caller, submitted_by,
-                                  model_version_id, max_attempts)
-    VALUES (e.key_id, e.prompt_enc, e.system_prompt_enc, e.params, format('pgreflect-gate-%s', j.id), session_user,
-            v_parent, reflect._setting_int('max_attempts'))
-    RETURNING id INTO v_p;
+    WITH ins AS (
+      INSERT INTO reflect.requests (key_id, prompt_enc, system_prompt_enc, params, caller, submitted_by,
+                                    model_version_id, max_attempts)
+      SELECT e.key_id, e.prompt_enc, e.system_prompt_enc, e.params, format('pgreflect-gate-%s', j.id), session_user,
+             v, reflect._setting_int('max_attempts')
+      FROM unnest(ARRAY[v_candidate, v_parent]) v
+      RETURNING id, model_version_id
+    )
+    SELECT max(id) FILTER (WHERE model_version_id = v_candidate), max(id) FILTER (WHERE model_version_id = v_parent)
+    INTO v_c, v_p FROM ins;
     INSERT INTO reflect.gate_items (job_id, part, example_request_id, retention_item_id, candidate_request_id,
                                     parent_request_id)
     VALUES (j.id, e.part, e.example, e.item, v_c, v_p);

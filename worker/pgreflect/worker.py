@@ -337,14 +337,16 @@ class Worker:
                 "worker_id": self.config.worker_id, "kinds": kinds, "limit": limit - len(rows),
                 "lease_seconds": self.config.lease_seconds, "model_version_ids": model_ids,
             }):
-                run = JobRun(*row)
-                with self._inflight_lock:
-                    self._inflight_jobs[run.job_id] = run
-                fut = pool.submit(self._process_job, run)
-                fut.add_done_callback(lambda _f: self._wake.set())
-                futures.add(fut)
+                futures.add(self._dispatch_job(JobRun(*row), pool))
                 rows.append(row)
         return len(rows)
+
+    def _dispatch_job(self, run: JobRun, pool: ThreadPoolExecutor) -> Future[None]:
+        with self._inflight_lock:
+            self._inflight_jobs[run.job_id] = run
+        fut = pool.submit(self._process_job, run)
+        fut.add_done_callback(lambda _f: self._wake.set())
+        return fut
 
     def _job_kinds(self) -> list[str]:
         return [k for k in HANDLERS if k not in TRAIN_KINDS and (self.config.followups or k not in FOLLOWUP_KINDS)]
@@ -360,11 +362,7 @@ class Worker:
             "worker_id": self.config.worker_id, "kinds": list(TRAIN_KINDS), "limit": 1,
             "lease_seconds": self.config.lease_seconds, "model_version_ids": self._model_ids})
         for row in rows:
-            run = JobRun(*row)
-            with self._inflight_lock:
-                self._inflight_jobs[run.job_id] = run
-            self._train_future = train_pool.submit(self._process_job, run)
-            self._train_future.add_done_callback(lambda _f: self._wake.set())
+            self._train_future = self._dispatch_job(JobRun(*row), train_pool)
         return len(rows)
 
     def _process(self, job: Job) -> None:
