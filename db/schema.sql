@@ -69,6 +69,20 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._apply_confidence(p_request_id bigint) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._calibration_metrics(p_conf double precision[], p_y boolean[]) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT jsonb_build_object(
+    'n', coalesce(cardinality(p_y), 0),
+    'accuracy', (SELECT avg(y::int) FROM unnest(p_y) y),
+    'mean_confidence', (SELECT avg(c) FROM unnest(p_conf) c),
+    'ece', reflect.ece_v1(p_conf, p_y),
+    'brier', reflect.brier_v1(p_conf, p_y),
+    'auroc_wrong', reflect.auroc_v1((SELECT array_agg(1 - c) FROM unnest(p_conf) c), (SELECT array_agg(NOT y) FROM unnest(p_y) y)),
+    'accuracy_at_80', reflect.accuracy_at_coverage_v1(p_conf, p_y, 0.8))
+$$;
+ALTER FUNCTION reflect._calibration_metrics(p_conf double precision[], p_y boolean[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._check_key_id(p_key_id text) RETURNS text
     LANGUAGE plpgsql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -99,7 +113,6 @@ CREATE FUNCTION reflect._confidence(p_model_version_id integer, x double precisi
     AS $$
 DECLARE
   cal reflect.calibrators;
-  z double precision;
 BEGIN
   SELECT * INTO cal FROM reflect.calibrators c
   WHERE c.model_version_id = p_model_version_id AND c.is_active AND c.features = reflect.calibration_features_v1();
@@ -107,15 +120,40 @@ BEGIN
     confidence := coalesce((p_signals ->> 'p_true')::double precision, p_logprob_norm, 0);
     RETURN;
   END IF;
-  z := cal.weights[1];
-  FOR j IN 1..cardinality(x) LOOP
-    z := z + cal.weights[j + 1] * (coalesce(x[j], cal.feature_means[j]) - cal.feature_means[j]) / cal.feature_stds[j];
-  END LOOP;
-  confidence := reflect._sigmoid(z);
+  confidence := reflect._logistic(x, cal.feature_means, cal.feature_stds, cal.weights);
   calibrator_id := cal.id;
 END
 $$;
 ALTER FUNCTION reflect._confidence(p_model_version_id integer, x double precision[], p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._cross_fitted(p_request_ids bigint[], p_correct boolean[], p_folds integer[], OUT confidence double precision[], OUT correct boolean[]) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  tx double precision[]; ty boolean[]; hx double precision[]; hy boolean[];
+  f record;
+BEGIN
+  confidence := '{}'; correct := '{}';
+  FOR k IN 0..1 LOOP
+    SELECT array_agg(reflect._feature_vector(r) ORDER BY i) FILTER (WHERE fold <> k),
+           array_agg(y ORDER BY i) FILTER (WHERE fold <> k),
+           array_agg(reflect._feature_vector(r) ORDER BY i) FILTER (WHERE fold = k),
+           array_agg(y ORDER BY i) FILTER (WHERE fold = k)
+    INTO tx, ty, hx, hy
+    FROM unnest(p_request_ids, p_correct, p_folds) WITH ORDINALITY AS u(r, y, fold, i);
+    CONTINUE WHEN hy IS NULL;
+    IF (SELECT count(*) FILTER (WHERE y) >= 2 AND count(*) FILTER (WHERE NOT y) >= 2 FROM unnest(ty) y) THEN
+      f := reflect._fit_logistic(tx, ty, reflect._setting_float('calibration_l2'));
+      confidence := confidence || reflect._logistic_rows(hx, f.means, f.stds, f.weights);
+    ELSE
+      confidence := confidence || array_fill(coalesce((SELECT avg(y::int) FROM unnest(ty) y), 0.5)::double precision,
+                                             ARRAY[cardinality(hy)]);
+    END IF;
+    correct := correct || hy;
+  END LOOP;
+END
+$$;
+ALTER FUNCTION reflect._cross_fitted(p_request_ids bigint[], p_correct boolean[], p_folds integer[], OUT confidence double precision[], OUT correct boolean[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._current_key_id() RETURNS text
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -498,13 +536,14 @@ BEGIN
                                      round(-(c ->> 'upper_bound')::numeric, 3), round(-(c ->> 'lower_bound')::numeric, 3));
   END IF;
   IF (cal #>> '{candidate,brier}')::float8 - (cal #>> '{parent,brier}')::float8 > (v_rule ->> 'calibration_margin')::float8 THEN
-    v_reasons := v_reasons || format('Brier score rose from %s to %s',
+    v_reasons := v_reasons || format('calibrated Brier score rose from %s to %s',
                                      round((cal #>> '{parent,brier}')::numeric, 3),
                                      round((cal #>> '{candidate,brier}')::numeric, 3));
   END IF;
   -- Passing the gate starts a canary (a share of live traffic decides) unless canary_share is 0.
   v_decision := CASE WHEN cardinality(v_reasons) > 0 THEN 'reject'
                      WHEN reflect._setting_float('canary_share') > 0 THEN 'canary' ELSE 'promote' END;
+  PERFORM reflect._fit_gate_calibrator(j.id, v_candidate, cal -> 'candidate');  -- a person may still promote it
   PERFORM reflect._decide(v_candidate, v_decision,
     CASE WHEN v_decision = 'reject' THEN array_to_string(v_reasons, '; ')
          ELSE 'better on the corrected prompts, no worse on held-out, retention and calibration' END,
@@ -530,25 +569,138 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) OWNER TO reflect_owner;
-CREATE FUNCTION reflect._gate_calibration(p_job_id bigint) RETURNS jsonb
-    LANGUAGE sql STABLE
+CREATE FUNCTION reflect._fit_gate_calibrator(p_job_id bigint, p_version integer, p_metrics jsonb) RETURNS integer
+    LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-  WITH d AS (
-    SELECT ac.confidence AS cc, g.candidate_correct AS yc, ap.confidence AS cp, g.parent_correct AS yp
-    FROM reflect.gate_items g
-    JOIN reflect.answers ac ON ac.request_id = g.candidate_request_id
-    JOIN reflect.answers ap ON ap.request_id = g.parent_request_id
-    WHERE g.job_id = p_job_id AND g.candidate_correct IS NOT NULL AND g.parent_correct IS NOT NULL
-  )
-  SELECT jsonb_build_object(
-    'candidate', jsonb_build_object('brier', reflect.brier_v1(array_agg(cc), array_agg(yc)),
-                                    'ece', reflect.ece_v1(array_agg(cc), array_agg(yc)),
-                                    'auroc', reflect.auroc_v1(array_agg(-cc), array_agg(NOT yc))),
-    'parent', jsonb_build_object('brier', reflect.brier_v1(array_agg(cp), array_agg(yp)),
-                                 'ece', reflect.ece_v1(array_agg(cp), array_agg(yp)),
-                                 'auroc', reflect.auroc_v1(array_agg(-cp), array_agg(NOT yp))))
-  FROM d
+DECLARE
+  x double precision[]; y boolean[];
+  f record;
+  v_id integer;
+BEGIN
+  IF EXISTS (SELECT FROM reflect.calibrators WHERE model_version_id = p_version AND is_active) THEN
+    RETURN NULL;
+  END IF;
+  SELECT array_agg(reflect._feature_vector(g.candidate_request_id) ORDER BY g.candidate_request_id),
+         array_agg(g.candidate_correct ORDER BY g.candidate_request_id)
+  INTO x, y
+  FROM reflect.gate_items g
+  WHERE g.job_id = p_job_id AND g.part IN ('b', 'c') AND g.candidate_correct IS NOT NULL
+    AND EXISTS (SELECT FROM reflect.answers a WHERE a.request_id = g.candidate_request_id);
+  IF (SELECT count(*) FILTER (WHERE v) < reflect._setting_int('calibration_min_per_class')
+             OR count(*) FILTER (WHERE NOT v) < reflect._setting_int('calibration_min_per_class') FROM unnest(y) v) THEN
+    RETURN NULL;
+  END IF;
+  f := reflect._fit_logistic(x, y, reflect._setting_float('calibration_l2'));
+  INSERT INTO reflect.calibrators (model_version_id, method, features, feature_means, feature_stds, weights, n_train,
+                                   n_heldout, heldout_metrics, labels_seen, is_active)
+  VALUES (p_version, 'logistic_l2', reflect.calibration_features_v1(), f.means, f.stds, f.weights, cardinality(y),
+          cardinality(y),
+          jsonb_build_object('source', 'gate', 'gate_job_id', p_job_id, 'iterations', f.iterations,
+                             'heldout', p_metrics - 'raw'),  -- cross-fitted: each answer measured by a fit without it
+          (SELECT count(*) FROM reflect.labels l JOIN reflect.answers a USING (request_id)
+           WHERE a.model_version_id = p_version),
+          true)
+  RETURNING id INTO v_id;
+  RETURN v_id;
+END
+$$;
+ALTER FUNCTION reflect._fit_gate_calibrator(p_job_id bigint, p_version integer, p_metrics jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._fit_logistic(x double precision[], y boolean[], p_l2 double precision, OUT means double precision[], OUT stds double precision[], OUT weights double precision[], OUT iterations integer) RETURNS record
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  n integer := coalesce(cardinality(y), 0);
+  d integer := coalesce(array_length(x, 2), 0);
+  g double precision[];
+  h double precision[];
+  xi double precision[];
+  delta double precision[];
+  z double precision;
+  p double precision;
+  wt double precision;
+BEGIN
+  SELECT array_agg(coalesce(mean, 0) ORDER BY j), array_agg(sd ORDER BY j) INTO means, stds
+  FROM (SELECT j, avg(x[i][j]) AS mean, coalesce(nullif(stddev_pop(x[i][j]), 0), 1) AS sd
+        FROM generate_series(1, d) j, generate_series(1, n) i GROUP BY j) st;
+  means := coalesce(means, '{}'); stds := coalesce(stds, '{}');
+  weights := array_fill(0::double precision, ARRAY[d + 1]);
+  iterations := 0;
+  LOOP
+    iterations := iterations + 1;
+    g := array_fill(0::double precision, ARRAY[d + 1]);
+    h := array_fill(0::double precision, ARRAY[d + 1, d + 1]);
+    FOR i IN 1..n LOOP
+      xi := ARRAY[1::double precision];
+      FOR j IN 1..d LOOP
+        xi := xi || (coalesce(x[i][j], means[j]) - means[j]) / stds[j];
+      END LOOP;
+      z := 0;
+      FOR j IN 1..d + 1 LOOP
+        z := z + weights[j] * xi[j];
+      END LOOP;
+      p := reflect._sigmoid(z);
+      wt := greatest(p * (1 - p), 1e-9);
+      FOR j IN 1..d + 1 LOOP
+        g[j] := g[j] + (y[i]::int - p) * xi[j];
+        FOR k IN j..d + 1 LOOP
+          h[j][k] := h[j][k] + wt * xi[j] * xi[k];
+        END LOOP;
+      END LOOP;
+    END LOOP;
+    FOR j IN 1..d + 1 LOOP
+      FOR k IN 1..j - 1 LOOP
+        h[j][k] := h[k][j];
+      END LOOP;
+      IF j > 1 THEN  -- no penalty on the intercept
+        g[j] := g[j] - p_l2 * weights[j];
+        h[j][j] := h[j][j] + p_l2;
+      END IF;
+    END LOOP;
+    delta := reflect._solve(h, g);
+    FOR j IN 1..d + 1 LOOP
+      weights[j] := weights[j] + delta[j];
+    END LOOP;
+    EXIT WHEN iterations >= 50 OR (SELECT max(abs(v)) FROM unnest(delta) v) < 1e-8;
+  END LOOP;
+END
+$$;
+ALTER FUNCTION reflect._fit_logistic(x double precision[], y boolean[], p_l2 double precision, OUT means double precision[], OUT stds double precision[], OUT weights double precision[], OUT iterations integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._gate_calibration(p_job_id bigint) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_out jsonb := '{}';
+  d record;
+  cf record;
+BEGIN
+  FOR d IN
+    WITH items AS (
+      SELECT g.candidate_request_id AS c_id, g.candidate_correct AS c_y, g.parent_request_id AS p_id,
+             g.parent_correct AS p_y, abs(hashtext(g.candidate_request_id::text)) % 2 AS fold
+      FROM reflect.gate_items g
+      WHERE g.job_id = p_job_id AND g.part IN ('b', 'c')
+        AND g.candidate_correct IS NOT NULL AND g.parent_correct IS NOT NULL
+        AND EXISTS (SELECT FROM reflect.answers a WHERE a.request_id = g.candidate_request_id)
+        AND EXISTS (SELECT FROM reflect.answers a WHERE a.request_id = g.parent_request_id)
+    )
+    SELECT 'candidate' AS version, array_agg(c_id ORDER BY c_id) AS ids, array_agg(c_y ORDER BY c_id) AS ys,
+           array_agg(fold ORDER BY c_id) AS folds FROM items
+    UNION ALL
+    SELECT 'parent', array_agg(p_id ORDER BY c_id), array_agg(p_y ORDER BY c_id), array_agg(fold ORDER BY c_id) FROM items
+  LOOP
+    cf := reflect._cross_fitted(coalesce(d.ids, '{}'), coalesce(d.ys, '{}'), coalesce(d.folds, '{}'));
+    v_out := v_out || jsonb_build_object(d.version,
+      reflect._calibration_metrics(cf.confidence, cf.correct)
+      || jsonb_build_object('raw', (SELECT reflect._calibration_metrics(array_agg(a.confidence ORDER BY u.i),
+                                                                        array_agg(u.y ORDER BY u.i))
+                                    FROM unnest(d.ids, d.ys) WITH ORDINALITY AS u(r, y, i)
+                                    JOIN reflect.answers a ON a.request_id = u.r)));
+  END LOOP;
+  RETURN v_out;
+END
 $$;
 ALTER FUNCTION reflect._gate_calibration(p_job_id bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._heldout(p_request_id bigint, p_share double precision) RETURNS boolean
@@ -608,6 +760,24 @@ CREATE FUNCTION reflect._loaded_key_ids() RETURNS text[]
   WHERE k <> '' AND reflect._key(k) IS NOT NULL
 $$;
 ALTER FUNCTION reflect._loaded_key_ids() OWNER TO reflect_owner;
+CREATE FUNCTION reflect._logistic(x double precision[], p_means double precision[], p_stds double precision[], p_weights double precision[]) RETURNS double precision
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT reflect._sigmoid(p_weights[1] + coalesce(sum(p_weights[j + 1] * (coalesce(x[j], p_means[j]) - p_means[j]) / p_stds[j]), 0))
+  FROM generate_series(1, cardinality(p_means)) j
+$$;
+ALTER FUNCTION reflect._logistic(x double precision[], p_means double precision[], p_stds double precision[], p_weights double precision[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._logistic_rows(x double precision[], p_means double precision[], p_stds double precision[], p_weights double precision[]) RETURNS double precision[]
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT array_agg(reflect._sigmoid(p_weights[1] + coalesce(
+           (SELECT sum(p_weights[j + 1] * (coalesce(x[i][j], p_means[j]) - p_means[j]) / p_stds[j])
+            FROM generate_series(1, cardinality(p_means)) j), 0)) ORDER BY i)
+  FROM generate_series(1, coalesce(array_length(x, 1), 0)) i
+$$;
+ALTER FUNCTION reflect._logistic_rows(x double precision[], p_means double precision[], p_stds double precision[], p_weights double precision[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision) RETURNS text
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1809,30 +1979,13 @@ CREATE FUNCTION reflect.fit_calibrator_v1(p_model_version text) RETURNS integer
     AS $$
 DECLARE
   v_mv integer;
-  v_feats text[] := reflect.calibration_features_v1();
-  d integer := cardinality(reflect.calibration_features_v1());
   tx double precision[];
   ty boolean[];
   hx double precision[];
   hy boolean[];
-  n integer;
   v_labels integer;
-  m double precision[];
-  s double precision[];
-  w double precision[];
-  g double precision[];
-  h double precision[];
-  xi double precision[];
-  delta double precision[];
-  z double precision;
-  p double precision;
-  wt double precision;
-  v_l2 double precision := reflect._setting_float('calibration_l2');
-  hconf double precision[];
-  tconf double precision[];
-  v_metrics jsonb;
+  f record;
   v_id integer;
-  v_iter integer := 0;
 BEGIN
   SELECT id INTO v_mv FROM reflect.model_versions WHERE name = p_model_version;
   IF v_mv IS NULL THEN
@@ -1846,92 +1999,24 @@ BEGIN
   INTO v_labels, tx, ty, hx, hy
   FROM reflect.labels l JOIN reflect.answers a ON a.request_id = l.request_id
   WHERE a.model_version_id = v_mv;
-  n := coalesce(cardinality(ty), 0);
   IF v_labels < reflect._setting_int('calibration_min_labels')
      OR (SELECT count(*) FILTER (WHERE y) FROM unnest(ty) y) < reflect._setting_int('calibration_min_per_class')
      OR (SELECT count(*) FILTER (WHERE NOT y) FROM unnest(ty) y) < reflect._setting_int('calibration_min_per_class') THEN
     RAISE NOTICE 'model version %: % labels, not enough to fit a calibrator', p_model_version, v_labels;
     RETURN NULL;
   END IF;
-  -- standardise with the training means and standard deviations
-  SELECT array_agg(coalesce(mean, 0) ORDER BY j), array_agg(sd ORDER BY j) INTO m, s
-  FROM (SELECT j, avg(tx[i][j]) AS mean, coalesce(nullif(stddev_pop(tx[i][j]), 0), 1) AS sd
-        FROM generate_series(1, d) j, generate_series(1, n) i GROUP BY j) st;
-  -- missing follow-up signals take the training mean (see _feature_vector)
-  FOR i IN 1..n LOOP
-    FOR j IN 1..d LOOP
-      IF tx[i][j] IS NULL THEN tx[i][j] := m[j]; END IF;
-    END LOOP;
-  END LOOP;
-  FOR i IN 1..coalesce(cardinality(hy), 0) LOOP
-    FOR j IN 1..d LOOP
-      IF hx[i][j] IS NULL THEN hx[i][j] := m[j]; END IF;
-    END LOOP;
-  END LOOP;
-  w := array_fill(0::double precision, ARRAY[d + 1]);
-  LOOP
-    v_iter := v_iter + 1;
-    g := array_fill(0::double precision, ARRAY[d + 1]);
-    h := array_fill(0::double precision, ARRAY[d + 1, d + 1]);
-    FOR i IN 1..n LOOP
-      xi := ARRAY[1::double precision];
-      FOR j IN 1..d LOOP
-        xi := xi || (tx[i][j] - m[j]) / s[j];
-      END LOOP;
-      z := 0;
-      FOR j IN 1..d + 1 LOOP
-        z := z + w[j] * xi[j];
-      END LOOP;
-      p := reflect._sigmoid(z);
-      wt := greatest(p * (1 - p), 1e-9);
-      FOR j IN 1..d + 1 LOOP
-        g[j] := g[j] + (ty[i]::int - p) * xi[j];
-        FOR k IN j..d + 1 LOOP
-          h[j][k] := h[j][k] + wt * xi[j] * xi[k];
-        END LOOP;
-      END LOOP;
-    END LOOP;
-    FOR j IN 1..d + 1 LOOP
-      FOR k IN 1..j - 1 LOOP
-        h[j][k] := h[k][j];
-      END LOOP;
-      IF j > 1 THEN  -- no penalty on the intercept
-        g[j] := g[j] - v_l2 * w[j];
-        h[j][j] := h[j][j] + v_l2;
-      END IF;
-    END LOOP;
-    delta := reflect._solve(h, g);
-    FOR j IN 1..d + 1 LOOP
-      w[j] := w[j] + delta[j];
-    END LOOP;
-    EXIT WHEN v_iter >= 50 OR (SELECT max(abs(x)) FROM unnest(delta) x) < 1e-8;
-  END LOOP;
-  SELECT array_agg(reflect._sigmoid(w[1] + (SELECT sum(w[j + 1] * (hx[i][j] - m[j]) / s[j]) FROM generate_series(1, d) j))
-                   ORDER BY i)
-  INTO hconf FROM generate_series(1, coalesce(cardinality(hy), 0)) i;
-  SELECT array_agg(reflect._sigmoid(w[1] + (SELECT sum(w[j + 1] * (tx[i][j] - m[j]) / s[j]) FROM generate_series(1, d) j))
-                   ORDER BY i)
-  INTO tconf FROM generate_series(1, n) i;
-  v_metrics := jsonb_build_object(
-    'iterations', v_iter,
-    'heldout', jsonb_build_object(
-      'n', coalesce(cardinality(hy), 0),
-      'accuracy', (SELECT avg(y::int) FROM unnest(hy) y),
-      'mean_confidence', (SELECT avg(c) FROM unnest(hconf) c),
-      'ece', reflect.ece_v1(hconf, hy),
-      'brier', reflect.brier_v1(hconf, hy),
-      'auroc_wrong', reflect.auroc_v1((SELECT array_agg(1 - c) FROM unnest(hconf) c), (SELECT array_agg(NOT y) FROM unnest(hy) y)),
-      'accuracy_at_80', reflect.accuracy_at_coverage_v1(hconf, hy, 0.8)),
-    'train', jsonb_build_object(
-      'n', n,
-      'accuracy', (SELECT avg(y::int) FROM unnest(ty) y),
-      'ece', reflect.ece_v1(tconf, ty),
-      'brier', reflect.brier_v1(tconf, ty),
-      'auroc_wrong', reflect.auroc_v1((SELECT array_agg(1 - c) FROM unnest(tconf) c), (SELECT array_agg(NOT y) FROM unnest(ty) y))));
+  f := reflect._fit_logistic(tx, ty, reflect._setting_float('calibration_l2'));
   UPDATE reflect.calibrators SET is_active = false WHERE model_version_id = v_mv AND is_active;
   INSERT INTO reflect.calibrators (model_version_id, method, features, feature_means, feature_stds, weights, n_train,
                                    n_heldout, heldout_metrics, labels_seen, is_active)
-  VALUES (v_mv, 'logistic_l2', v_feats, m, s, w, n, coalesce(cardinality(hy), 0), v_metrics, v_labels, true)
+  VALUES (v_mv, 'logistic_l2', reflect.calibration_features_v1(), f.means, f.stds, f.weights, cardinality(ty),
+          coalesce(cardinality(hy), 0),
+          jsonb_build_object(
+            'iterations', f.iterations,
+            'heldout', reflect._calibration_metrics(reflect._logistic_rows(hx, f.means, f.stds, f.weights), hy),
+            'train', reflect._calibration_metrics(reflect._logistic_rows(tx, f.means, f.stds, f.weights), ty)
+                     - 'accuracy_at_80' - 'mean_confidence'),
+          v_labels, true)
   RETURNING id INTO v_id;
   RETURN v_id;
 END
@@ -4016,9 +4101,11 @@ GRANT USAGE ON SCHEMA reflect TO reflect_reviewer;
 REVOKE ALL ON FUNCTION reflect._app_requests_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._append_only() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._apply_confidence(p_request_id bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._calibration_metrics(p_conf double precision[], p_y boolean[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_key_id(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._confidence(p_model_version_id integer, x double precision[], p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._cross_fitted(p_request_ids bigint[], p_correct boolean[], p_folds integer[], OUT confidence double precision[], OUT correct boolean[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._current_key_id() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._decide(p_candidate integer, p_decision text, p_reason text, p_numbers jsonb, p_rule jsonb, p_job_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._decrypt(p_cipher bytea, p_key_id text) FROM PUBLIC;
@@ -4038,6 +4125,8 @@ REVOKE ALL ON FUNCTION reflect._finish_finetune(j reflect.jobs, p_result jsonb) 
 REVOKE ALL ON FUNCTION reflect._finish_followup(j reflect.jobs, p_result jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._finish_gate(j reflect.jobs, p_result jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._fit_gate_calibrator(p_job_id bigint, p_version integer, p_metrics jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._fit_logistic(x double precision[], y boolean[], p_l2 double precision, OUT means double precision[], OUT stds double precision[], OUT weights double precision[], OUT iterations integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._gate_calibration(p_job_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._heldout(p_request_id bigint, p_share double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._is_blank(p_text text) FROM PUBLIC;
@@ -4045,6 +4134,8 @@ REVOKE ALL ON FUNCTION reflect._job_channel(p_kind text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key_verifier(p_key_id text, p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._loaded_key_ids() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._logistic(x double precision[], p_means double precision[], p_stds double precision[], p_weights double precision[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._logistic_rows(x double precision[], p_means double precision[], p_stds double precision[], p_weights double precision[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._memory_max_distance(p_params jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._memory_owners(p_reader name) FROM PUBLIC;

@@ -14,12 +14,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 
 from pgreflect.client import Client
 from pgreflect.db import connect
+from pgreflect.improve import rephrase
 from pgreflect.keys import Keyring
+from pgreflect.prompts import REPHRASE_SYSTEM
 from pgreflect.scoring import is_correct
 from pgreflect.sql import query
 
@@ -220,7 +223,8 @@ def _gate_by_hand(db: Database, keyring: Keyring, retention_drop: bool) -> dict:
             {"adapter_path": "/nowhere.gguf", "adapter_sha256": "a" * 64, "base_sha256": sha})})
         (gate,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["gate"], "limit": 1,
                                                   "lease_seconds": 60, "model_version_ids": None}).fetchall()
-        assert w.execute(query("gate_submit"), {"job_id": gate[0], "lease_token": gate[1]}).fetchone()[0] == \
+        assert w.execute(query("gate_submit"), {"job_id": gate[0], "lease_token": gate[1],
+                                                "rephrasings": "[]"}).fetchone()[0] == \
             len(FACTS) + len(RETENTION)
         answers = w.execute(query("gate_answers"), {"job_id": gate[0], "lease_token": gate[1]}).fetchall()
         scores = []
@@ -264,6 +268,153 @@ def test_gate_rule_rejects_forgetting(db: Database, keyring: Keyring) -> None:
     assert "retention accuracy dropped" in decision["reason"]
     with db.admin() as conn:
         assert conn.execute("SELECT name FROM reflect.model_versions WHERE is_active").fetchone()[0] == "tiny"
+
+
+@pytest.mark.parametrize("informative", ["candidate", "parent"])
+def test_gate_compares_calibrated_confidence(db: Database, keyring: Keyring, informative: str) -> None:
+    """(d) compares each version calibrated on its own gate answers (cross-fitted), not raw confidences. Both
+    versions get the same items right (so (a) to (c) cannot decide) and both say P(True) = 0.95 on every
+    answer (raw calibration identical); only one version's log-prob tells right from wrong. That version's
+    calibrated Brier is lower; when it is the parent, the candidate is rejected for calibration. A candidate
+    without a calibrator gets one fitted on its gate answers."""
+    _settings(db, curation_heldout_share=0.0, canary_share=0, gate_retention_size=120)
+    _corrected_history(db, keyring, FACTS, seed=700)
+    rng = np.random.default_rng(3)
+    items = [{"dataset": "test", "id": f"s{i}", "question": f"synthetic retention question {i}", "answer": "x",
+              "embedding": unit_vector(1000 + i)} for i in range(120)]
+    with db.admin() as conn:
+        conn.execute(query("add_retention_items"), {"items": json.dumps(items), "embedding_model": "test"})
+        sha = conn.execute("SELECT sha256 FROM reflect.model_versions WHERE name = 'tiny'").fetchone()[0]
+    job = _finetune(db)
+    with connect(db.dsn("worker"), keyring=keyring) as w:
+        (row,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["finetune"], "limit": 1,
+                                                 "lease_seconds": 60, "model_version_ids": None}).fetchall()
+        w.execute(query("complete_job"), {"job_id": job, "lease_token": row[1], "result": json.dumps(
+            {"adapter_path": "/nowhere.gguf", "adapter_sha256": "b" * 64, "base_sha256": sha})})
+        (gate,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["gate"], "limit": 1,
+                                                  "lease_seconds": 60, "model_version_ids": None}).fetchall()
+        w.execute(query("gate_submit"), {"job_id": gate[0], "lease_token": gate[1], "rephrasings": "[]"})
+        with db.admin() as conn:
+            pairs = conn.execute("SELECT candidate_request_id, parent_request_id, part FROM reflect.gate_items "
+                                 "WHERE job_id = %s ORDER BY candidate_request_id", (gate[0],)).fetchall()
+        tokens = {r[0]: r[1] for r in w.execute(query("claim"), {
+            "worker_id": "hand", "limit": 1000, "lease_seconds": 600, "model_version_ids": None}).fetchall()}
+        scores = []
+        for cid, pid, part in pairs:
+            x = float(rng.uniform(-3, 0))  # the informative version's log-prob: right iff it is high
+            right = part == "a" or bool(rng.uniform() < 1 / (1 + np.exp(-4 * (x + 1.5))))
+            for rid, version in ((cid, "candidate"), (pid, "parent")):
+                logprob = x if version == informative else float(rng.uniform(-3, 0))
+                w.execute(query("complete"), {
+                    "request_id": rid, "lease_token": tokens[rid], "answer": "x", "finish_reason": "stop",
+                    "prompt_tokens": 3, "token_logprobs": [logprob], "prompt_eval_ms": 1.0, "generation_ms": 1.0,
+                    "signals": json.dumps({"p_true": 0.95, "rule_format": 0.0})})
+            scores.append({"candidate_request_id": cid, "candidate_correct": right or part == "a",
+                           "parent_correct": right and part != "a"})
+        w.execute(query("complete_job"), {"job_id": gate[0], "lease_token": gate[1],
+                                          "result": json.dumps({"scores": scores})})
+    decision = _decision(db, job)
+    assert decision is not None
+    cal = decision["numbers"]["calibration"]
+    better, worse = (cal[informative], cal["parent" if informative == "candidate" else "candidate"])
+    assert cal["candidate"]["n"] == cal["parent"]["n"] == 120
+    assert cal["candidate"]["raw"]["brier"] == pytest.approx(cal["parent"]["raw"]["brier"])  # same raw confidence
+    assert better["auroc_wrong"] > 0.8 and abs(worse["auroc_wrong"] - 0.5) < 0.15
+    assert better["brier"] < worse["brier"] - 0.05
+    assert better["brier"] < better["raw"]["brier"]  # calibrating P(True) = 0.95 on ~50% accuracy helps
+    if informative == "candidate":
+        assert decision["decision"] == "promote", decision["reason"]
+    else:
+        assert decision["decision"] == "reject"
+        assert "calibrated Brier score rose" in decision["reason"]
+    with db.admin() as conn:
+        source, n_train, metrics = conn.execute(
+            "SELECT heldout_metrics ->> 'source', n_train, heldout_metrics -> 'heldout' FROM reflect.calibrators c "
+            "JOIN reflect.model_versions mv ON mv.id = c.model_version_id WHERE mv.name = %s AND c.is_active",
+            (decision["candidate"],)).fetchone()
+    assert (source, n_train) == ("gate", 120)
+    assert metrics["brier"] == pytest.approx(cal["candidate"]["brier"])
+
+
+def test_the_gate_asks_rewordings_of_the_corrected_prompts(db: Database, keyring: Keyring) -> None:
+    """Part r: the parent rewords each corrected prompt (one request per prompt, the instruction as its system
+    prompt, evaluation traffic); the worker keeps the acceptable rewordings; both versions answer them with the
+    example's own system prompt, scored against the correction; (a) is decided on verbatim and reworded
+    prompts together. Bad rewording input is refused with a clear error."""
+    _settings(db, curation_heldout_share=0.0, canary_share=0)
+    _corrected_history(db, keyring, FACTS, seed=800)
+    items = [{"dataset": "test", "id": f"q{i}", "question": q, "answer": a, "embedding": unit_vector(1200 + i)}
+             for i, (q, a) in enumerate(RETENTION)]
+    with db.admin() as conn:
+        conn.execute(query("add_retention_items"), {"items": json.dumps(items), "embedding_model": "test"})
+        sha = conn.execute("SELECT sha256 FROM reflect.model_versions WHERE name = 'tiny'").fetchone()[0]
+    job = _finetune(db)
+    with connect(db.dsn("worker"), keyring=keyring) as w:
+        (row,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["finetune"], "limit": 1,
+                                                 "lease_seconds": 60, "model_version_ids": None}).fetchall()
+        w.execute(query("complete_job"), {"job_id": job, "lease_token": row[1], "result": json.dumps(
+            {"adapter_path": "/nowhere.gguf", "adapter_sha256": "c" * 64, "base_sha256": sha})})
+        (gate,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["gate"], "limit": 1,
+                                                  "lease_seconds": 60, "model_version_ids": None}).fetchall()
+        lease = {"job_id": gate[0], "lease_token": gate[1]}
+        ask = {**lease, "instruction": REPHRASE_SYSTEM, "max_tokens": 32}
+        first = w.execute(query("gate_rephrase"), ask).fetchall()
+        assert w.execute(query("gate_rephrase"), ask).fetchall() == first  # asked once per gate
+        assert sorted(r[2] for r in first) == sorted(q for q, _ in FACTS)
+        assert {r[1] for r in first} == {"queued"} and {r[4] for r in first} == {a for _, a in FACTS}
+
+        claimed = w.execute(query("claim"), {"worker_id": "hand", "limit": 100, "lease_seconds": 60,
+                                             "model_version_ids": None}).fetchall()
+        with connect(db.dsn(), keyring=keyring) as conn:
+            asked = conn.execute(
+                "SELECT r.id, mv.name, reflect._decrypt(r.system_prompt_enc, r.key_id), e.dataset "
+                "FROM reflect.requests r JOIN reflect.model_versions mv ON mv.id = r.model_version_id "
+                "JOIN reflect.eval_requests e ON e.request_id = r.id WHERE e.run_label = %s", (f"gate-{gate[0]}",)
+            ).fetchall()
+        assert {(name, system, dataset) for _, name, system, dataset in asked} == \
+            {("tiny", REPHRASE_SYSTEM, "gate_rephrase")} and len(asked) == len(FACTS)
+        by_prompt = {r[2]: r[0] for r in first}
+        texts = {by_prompt[FACTS[0][0]]: "Rewritten question: Which city is the capital of Zorbia?",
+                 by_prompt[FACTS[1][0]]: FACTS[1][0],                    # the same text: not asked
+                 by_prompt[FACTS[2][0]]: "Zints are purple. What colour is a zint?"}  # gives the answer away
+        with db.admin() as conn:
+            example_of = dict(conn.execute("SELECT request_id, item_id::bigint FROM reflect.eval_requests "
+                                           "WHERE run_label = %s", (f"gate-{gate[0]}",)).fetchall())
+        for rid, token, *_ in claimed:
+            if rid in example_of:
+                w.execute(query("complete"), {
+                    "request_id": rid, "lease_token": token, "answer": texts[example_of[rid]], "finish_reason": "stop",
+                    "prompt_tokens": 3, "token_logprobs": [-0.1], "prompt_eval_ms": 1.0, "generation_ms": 1.0,
+                    "signals": json.dumps({})})
+        rows = w.execute(query("gate_rephrase"), ask).fetchall()
+        good = rephrase.accepted(rows)
+        reworded_prompt = "Which city is the capital of Zorbia?"
+        assert good == [{"example_request_id": by_prompt[FACTS[0][0]], "prompt": reworded_prompt}]
+
+        for bad, message in (({"no": "list"}, "must be an array"),
+                             ([{"example_request_id": 1, "prompt": " "}], "must be an array"),
+                             ([{"example_request_id": 999999, "prompt": "x?"}], "names no corrected prompt")):
+            with pytest.raises(psycopg.Error, match=message) as err:
+                w.execute(query("gate_submit"), {**lease, "rephrasings": json.dumps(bad)})
+            assert err.value.sqlstate == "PR001"
+        n = w.execute(query("gate_submit"), {**lease, "rephrasings": json.dumps(good)}).fetchone()[0]
+        assert n == len(FACTS) + 1 + len(RETENTION)
+        answers = w.execute(query("gate_answers"), lease).fetchall()
+        reworded = [r for r in answers if r[1] == "r"]
+        assert [r[2] for r in reworded] == [FACTS[0][1]]  # scored against the correction
+        with connect(db.dsn(), keyring=keyring) as conn:
+            prompt, system = conn.execute(
+                "SELECT reflect._decrypt(prompt_enc, key_id), reflect._decrypt_or_null(system_prompt_enc, key_id) "
+                "FROM reflect.requests WHERE id = %s", (reworded[0][0],)).fetchone()
+        assert (prompt, system) == (reworded_prompt, None)  # with the example's own system prompt (none)
+        scores = [{"candidate_request_id": cid, "candidate_correct": True, "parent_correct": part not in ("a", "r")}
+                  for cid, part, *_ in answers]
+        w.execute(query("complete_job"), {**lease, "result": json.dumps({"scores": scores})})
+    decision = _decision(db, job)
+    assert decision is not None and decision["decision"] == "promote", decision
+    numbers = decision["numbers"]
+    assert (numbers["corrected"]["n"], numbers["rephrased"]["n"], numbers["learned"]["n"]) == (3, 1, 4)
+    assert numbers["rephrased"]["difference"] == 1.0
 
 
 def test_retention_items_never_enter_training(db: Database, keyring: Keyring) -> None:

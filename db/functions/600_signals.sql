@@ -62,7 +62,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   cal reflect.calibrators;
-  z double precision;
 BEGIN
   SELECT * INTO cal FROM reflect.calibrators c
   WHERE c.model_version_id = p_model_version_id AND c.is_active AND c.features = reflect.calibration_features_v1();
@@ -70,11 +69,7 @@ BEGIN
     confidence := coalesce((p_signals ->> 'p_true')::double precision, p_logprob_norm, 0);
     RETURN;
   END IF;
-  z := cal.weights[1];
-  FOR j IN 1..cardinality(x) LOOP
-    z := z + cal.weights[j + 1] * (coalesce(x[j], cal.feature_means[j]) - cal.feature_means[j]) / cal.feature_stds[j];
-  END LOOP;
-  confidence := reflect._sigmoid(z);
+  confidence := reflect._logistic(x, cal.feature_means, cal.feature_stds, cal.weights);
   calibrator_id := cal.id;
 END
 $$;

@@ -1,9 +1,114 @@
 SET LOCAL ROLE reflect_owner;
 
--- Fits a calibrator for one model version: logistic regression with an L2 penalty on standardised
--- features (calibration_features_v1), by Newton-Raphson. Why logistic regression: it maps several
--- signals to a probability at once, and with the few hundred labels a local model gets it overfits
--- less than isotonic regression, which is one-dimensional and needs many labels per bin.
+-- Logistic regression with an L2 penalty on standardised features, by Newton-Raphson: the fit behind every
+-- calibrator (a version's own labels in fit_calibrator_v1, the gate's scored answers in _gate_calibration).
+-- Why logistic regression: it maps several signals to a probability at once, and with the few hundred
+-- labels a local model gets it overfits less than isotonic regression, which is one-dimensional and needs
+-- many labels per bin. x: one row per answer (NULL = signal not measured: it takes the training mean).
+CREATE OR REPLACE FUNCTION reflect._fit_logistic(x double precision[], y boolean[], p_l2 double precision,
+                                                 OUT means double precision[], OUT stds double precision[],
+                                                 OUT weights double precision[], OUT iterations integer)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  n integer := coalesce(cardinality(y), 0);
+  d integer := coalesce(array_length(x, 2), 0);
+  g double precision[];
+  h double precision[];
+  xi double precision[];
+  delta double precision[];
+  z double precision;
+  p double precision;
+  wt double precision;
+BEGIN
+  SELECT array_agg(coalesce(mean, 0) ORDER BY j), array_agg(sd ORDER BY j) INTO means, stds
+  FROM (SELECT j, avg(x[i][j]) AS mean, coalesce(nullif(stddev_pop(x[i][j]), 0), 1) AS sd
+        FROM generate_series(1, d) j, generate_series(1, n) i GROUP BY j) st;
+  means := coalesce(means, '{}'); stds := coalesce(stds, '{}');
+  weights := array_fill(0::double precision, ARRAY[d + 1]);
+  iterations := 0;
+  LOOP
+    iterations := iterations + 1;
+    g := array_fill(0::double precision, ARRAY[d + 1]);
+    h := array_fill(0::double precision, ARRAY[d + 1, d + 1]);
+    FOR i IN 1..n LOOP
+      xi := ARRAY[1::double precision];
+      FOR j IN 1..d LOOP
+        xi := xi || (coalesce(x[i][j], means[j]) - means[j]) / stds[j];
+      END LOOP;
+      z := 0;
+      FOR j IN 1..d + 1 LOOP
+        z := z + weights[j] * xi[j];
+      END LOOP;
+      p := reflect._sigmoid(z);
+      wt := greatest(p * (1 - p), 1e-9);
+      FOR j IN 1..d + 1 LOOP
+        g[j] := g[j] + (y[i]::int - p) * xi[j];
+        FOR k IN j..d + 1 LOOP
+          h[j][k] := h[j][k] + wt * xi[j] * xi[k];
+        END LOOP;
+      END LOOP;
+    END LOOP;
+    FOR j IN 1..d + 1 LOOP
+      FOR k IN 1..j - 1 LOOP
+        h[j][k] := h[k][j];
+      END LOOP;
+      IF j > 1 THEN  -- no penalty on the intercept
+        g[j] := g[j] - p_l2 * weights[j];
+        h[j][j] := h[j][j] + p_l2;
+      END IF;
+    END LOOP;
+    delta := reflect._solve(h, g);
+    FOR j IN 1..d + 1 LOOP
+      weights[j] := weights[j] + delta[j];
+    END LOOP;
+    EXIT WHEN iterations >= 50 OR (SELECT max(abs(v)) FROM unnest(delta) v) < 1e-8;
+  END LOOP;
+END
+$$;
+
+-- The probability of a fitted logistic model for one feature vector (a missing feature takes its mean).
+CREATE OR REPLACE FUNCTION reflect._logistic(x double precision[], p_means double precision[],
+                                             p_stds double precision[], p_weights double precision[])
+RETURNS double precision
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT reflect._sigmoid(p_weights[1] + coalesce(sum(p_weights[j + 1] * (coalesce(x[j], p_means[j]) - p_means[j]) / p_stds[j]), 0))
+  FROM generate_series(1, cardinality(p_means)) j
+$$;
+
+-- The same for every row of a feature matrix.
+CREATE OR REPLACE FUNCTION reflect._logistic_rows(x double precision[], p_means double precision[],
+                                                  p_stds double precision[], p_weights double precision[])
+RETURNS double precision[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT array_agg(reflect._sigmoid(p_weights[1] + coalesce(
+           (SELECT sum(p_weights[j + 1] * (coalesce(x[i][j], p_means[j]) - p_means[j]) / p_stds[j])
+            FROM generate_series(1, cardinality(p_means)) j), 0)) ORDER BY i)
+  FROM generate_series(1, coalesce(array_length(x, 1), 0)) i
+$$;
+
+-- The metrics every calibrator fit reports, on probabilities it was not fitted on.
+CREATE OR REPLACE FUNCTION reflect._calibration_metrics(p_conf double precision[], p_y boolean[])
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT jsonb_build_object(
+    'n', coalesce(cardinality(p_y), 0),
+    'accuracy', (SELECT avg(y::int) FROM unnest(p_y) y),
+    'mean_confidence', (SELECT avg(c) FROM unnest(p_conf) c),
+    'ece', reflect.ece_v1(p_conf, p_y),
+    'brier', reflect.brier_v1(p_conf, p_y),
+    'auroc_wrong', reflect.auroc_v1((SELECT array_agg(1 - c) FROM unnest(p_conf) c), (SELECT array_agg(NOT y) FROM unnest(p_y) y)),
+    'accuracy_at_80', reflect.accuracy_at_coverage_v1(p_conf, p_y, 0.8))
+$$;
+
+-- Fits a calibrator for one model version on its labelled answers (calibration_features_v1, _fit_logistic).
 -- Labelled answers are split by a hash of the request id: 80% train, 20% held out; the held-out metrics
 -- are stored with the fit. Returns the new calibrator's id, or NULL when there are not enough labels.
 CREATE OR REPLACE FUNCTION reflect.fit_calibrator_v1(p_model_version text)
@@ -14,30 +119,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_mv integer;
-  v_feats text[] := reflect.calibration_features_v1();
-  d integer := cardinality(reflect.calibration_features_v1());
   tx double precision[];
   ty boolean[];
   hx double precision[];
   hy boolean[];
-  n integer;
   v_labels integer;
-  m double precision[];
-  s double precision[];
-  w double precision[];
-  g double precision[];
-  h double precision[];
-  xi double precision[];
-  delta double precision[];
-  z double precision;
-  p double precision;
-  wt double precision;
-  v_l2 double precision := reflect._setting_float('calibration_l2');
-  hconf double precision[];
-  tconf double precision[];
-  v_metrics jsonb;
+  f record;
   v_id integer;
-  v_iter integer := 0;
 BEGIN
   SELECT id INTO v_mv FROM reflect.model_versions WHERE name = p_model_version;
   IF v_mv IS NULL THEN
@@ -53,7 +141,6 @@ BEGIN
   FROM reflect.labels l JOIN reflect.answers a ON a.request_id = l.request_id
   WHERE a.model_version_id = v_mv;
 
-  n := coalesce(cardinality(ty), 0);
   IF v_labels < reflect._setting_int('calibration_min_labels')
      OR (SELECT count(*) FILTER (WHERE y) FROM unnest(ty) y) < reflect._setting_int('calibration_min_per_class')
      OR (SELECT count(*) FILTER (WHERE NOT y) FROM unnest(ty) y) < reflect._setting_int('calibration_min_per_class') THEN
@@ -61,89 +148,18 @@ BEGIN
     RETURN NULL;
   END IF;
 
-  -- standardise with the training means and standard deviations
-  SELECT array_agg(coalesce(mean, 0) ORDER BY j), array_agg(sd ORDER BY j) INTO m, s
-  FROM (SELECT j, avg(tx[i][j]) AS mean, coalesce(nullif(stddev_pop(tx[i][j]), 0), 1) AS sd
-        FROM generate_series(1, d) j, generate_series(1, n) i GROUP BY j) st;
-  -- missing follow-up signals take the training mean (see _feature_vector)
-  FOR i IN 1..n LOOP
-    FOR j IN 1..d LOOP
-      IF tx[i][j] IS NULL THEN tx[i][j] := m[j]; END IF;
-    END LOOP;
-  END LOOP;
-  FOR i IN 1..coalesce(cardinality(hy), 0) LOOP
-    FOR j IN 1..d LOOP
-      IF hx[i][j] IS NULL THEN hx[i][j] := m[j]; END IF;
-    END LOOP;
-  END LOOP;
-
-  w := array_fill(0::double precision, ARRAY[d + 1]);
-  LOOP
-    v_iter := v_iter + 1;
-    g := array_fill(0::double precision, ARRAY[d + 1]);
-    h := array_fill(0::double precision, ARRAY[d + 1, d + 1]);
-    FOR i IN 1..n LOOP
-      xi := ARRAY[1::double precision];
-      FOR j IN 1..d LOOP
-        xi := xi || (tx[i][j] - m[j]) / s[j];
-      END LOOP;
-      z := 0;
-      FOR j IN 1..d + 1 LOOP
-        z := z + w[j] * xi[j];
-      END LOOP;
-      p := reflect._sigmoid(z);
-      wt := greatest(p * (1 - p), 1e-9);
-      FOR j IN 1..d + 1 LOOP
-        g[j] := g[j] + (ty[i]::int - p) * xi[j];
-        FOR k IN j..d + 1 LOOP
-          h[j][k] := h[j][k] + wt * xi[j] * xi[k];
-        END LOOP;
-      END LOOP;
-    END LOOP;
-    FOR j IN 1..d + 1 LOOP
-      FOR k IN 1..j - 1 LOOP
-        h[j][k] := h[k][j];
-      END LOOP;
-      IF j > 1 THEN  -- no penalty on the intercept
-        g[j] := g[j] - v_l2 * w[j];
-        h[j][j] := h[j][j] + v_l2;
-      END IF;
-    END LOOP;
-    delta := reflect._solve(h, g);
-    FOR j IN 1..d + 1 LOOP
-      w[j] := w[j] + delta[j];
-    END LOOP;
-    EXIT WHEN v_iter >= 50 OR (SELECT max(abs(x)) FROM unnest(delta) x) < 1e-8;
-  END LOOP;
-
-  SELECT array_agg(reflect._sigmoid(w[1] + (SELECT sum(w[j + 1] * (hx[i][j] - m[j]) / s[j]) FROM generate_series(1, d) j))
-                   ORDER BY i)
-  INTO hconf FROM generate_series(1, coalesce(cardinality(hy), 0)) i;
-  SELECT array_agg(reflect._sigmoid(w[1] + (SELECT sum(w[j + 1] * (tx[i][j] - m[j]) / s[j]) FROM generate_series(1, d) j))
-                   ORDER BY i)
-  INTO tconf FROM generate_series(1, n) i;
-
-  v_metrics := jsonb_build_object(
-    'iterations', v_iter,
-    'heldout', jsonb_build_object(
-      'n', coalesce(cardinality(hy), 0),
-      'accuracy', (SELECT avg(y::int) FROM unnest(hy) y),
-      'mean_confidence', (SELECT avg(c) FROM unnest(hconf) c),
-      'ece', reflect.ece_v1(hconf, hy),
-      'brier', reflect.brier_v1(hconf, hy),
-      'auroc_wrong', reflect.auroc_v1((SELECT array_agg(1 - c) FROM unnest(hconf) c), (SELECT array_agg(NOT y) FROM unnest(hy) y)),
-      'accuracy_at_80', reflect.accuracy_at_coverage_v1(hconf, hy, 0.8)),
-    'train', jsonb_build_object(
-      'n', n,
-      'accuracy', (SELECT avg(y::int) FROM unnest(ty) y),
-      'ece', reflect.ece_v1(tconf, ty),
-      'brier', reflect.brier_v1(tconf, ty),
-      'auroc_wrong', reflect.auroc_v1((SELECT array_agg(1 - c) FROM unnest(tconf) c), (SELECT array_agg(NOT y) FROM unnest(ty) y))));
-
+  f := reflect._fit_logistic(tx, ty, reflect._setting_float('calibration_l2'));
   UPDATE reflect.calibrators SET is_active = false WHERE model_version_id = v_mv AND is_active;
   INSERT INTO reflect.calibrators (model_version_id, method, features, feature_means, feature_stds, weights, n_train,
                                    n_heldout, heldout_metrics, labels_seen, is_active)
-  VALUES (v_mv, 'logistic_l2', v_feats, m, s, w, n, coalesce(cardinality(hy), 0), v_metrics, v_labels, true)
+  VALUES (v_mv, 'logistic_l2', reflect.calibration_features_v1(), f.means, f.stds, f.weights, cardinality(ty),
+          coalesce(cardinality(hy), 0),
+          jsonb_build_object(
+            'iterations', f.iterations,
+            'heldout', reflect._calibration_metrics(reflect._logistic_rows(hx, f.means, f.stds, f.weights), hy),
+            'train', reflect._calibration_metrics(reflect._logistic_rows(tx, f.means, f.stds, f.weights), ty)
+                     - 'accuracy_at_80' - 'mean_confidence'),
+          v_labels, true)
   RETURNING id INTO v_id;
   RETURN v_id;
 END

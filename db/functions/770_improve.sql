@@ -173,10 +173,75 @@ BEGIN
 END
 $$;
 
+-- Asks the parent to reword each corrected prompt of the gate's training set (part a, up to
+-- gate_rephrase_max_chars long; once per gate job, before its items are submitted): one greedy request per
+-- prompt, memory off, with the rewording instruction (pgreflect.prompts) as its system prompt, tagged as
+-- evaluation traffic. Returns every rewording request of the job with the original prompt and its
+-- correction, decrypted under the job's lease; the worker checks them (pgreflect.improve.rephrase) and passes
+-- the good ones to gate_submit_v2.
+CREATE OR REPLACE FUNCTION reflect.gate_rephrase_v1(p_job_id bigint, p_lease_token uuid, p_instruction text,
+                                                    p_max_tokens integer)
+RETURNS TABLE (example_request_id bigint, state text, prompt text, rephrasing text, reference text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+  v_label text := format('gate-%s', p_job_id);
+  v_params jsonb;
+  e record;
+  v_id bigint;
+BEGIN
+  IF j.kind <> 'gate' THEN
+    RAISE EXCEPTION 'job % is a % job, not a gate', j.id, j.kind USING ERRCODE = 'PR001';
+  END IF;
+  IF reflect._is_blank(p_instruction) THEN
+    RAISE EXCEPTION 'a rewording instruction is needed' USING ERRCODE = 'PR001';
+  END IF;
+  IF coalesce(reflect._setting_text('gate_rephrase')::boolean, false)
+     AND NOT EXISTS (SELECT FROM reflect.gate_items g WHERE g.job_id = j.id)
+     AND NOT EXISTS (SELECT FROM reflect.eval_requests e WHERE e.run_label = v_label AND e.dataset = 'gate_rephrase') THEN
+    v_params := reflect._normalize_params(jsonb_build_object('max_tokens', p_max_tokens, 'temperature', 0,
+                                                             'memory', false, 'low_confidence', 'answer'));
+    FOR e IN
+      SELECT t.request_id, t.key_id, t.prompt_enc
+      FROM reflect.training_examples t
+      WHERE t.training_set_id = (j.payload ->> 'training_set_id')::integer AND t.split <> 'heldout'
+        AND t.source = 'correction'
+        AND char_length(reflect._decrypt_or_null(t.prompt_enc, t.key_id)) <= reflect._setting_int('gate_rephrase_max_chars')
+      ORDER BY t.request_id
+    LOOP
+      INSERT INTO reflect.requests (key_id, prompt_enc, system_prompt_enc, params, caller, submitted_by,
+                                    model_version_id, max_attempts)
+      VALUES (e.key_id, e.prompt_enc, reflect._encrypt(p_instruction, e.key_id), v_params,
+              format('pgreflect-gate-%s', j.id), session_user, (j.payload ->> 'parent_id')::integer,
+              reflect._setting_int('max_attempts'))
+      RETURNING id INTO v_id;
+      INSERT INTO reflect.eval_requests (request_id, dataset, item_id, run_label)
+      VALUES (v_id, 'gate_rephrase', e.request_id::text, v_label);
+    END LOOP;
+  END IF;
+  RETURN QUERY
+  SELECT t.request_id, r.state::text, reflect._decrypt_or_null(t.prompt_enc, t.key_id),
+         reflect._decrypt_or_null(a.answer_enc, a.key_id), reflect._decrypt_or_null(t.completion_enc, t.key_id)
+  FROM reflect.eval_requests e
+  JOIN reflect.requests r ON r.id = e.request_id
+  LEFT JOIN reflect.answers a ON a.request_id = r.id
+  JOIN reflect.training_examples t
+    ON t.training_set_id = (j.payload ->> 'training_set_id')::integer AND t.request_id = e.item_id::bigint
+  WHERE e.run_label = v_label AND e.dataset = 'gate_rephrase'
+  ORDER BY t.request_id;
+END
+$$;
+
 -- Submits the gate's items for the candidate and its parent (once per gate job; a second call returns the
--- count). Parts a and b reuse the training examples' ciphertext (same key id); part c is encrypted with the
--- session's current key. Memory is off and decoding greedy, so the two versions see the same prompts.
-CREATE OR REPLACE FUNCTION reflect.gate_submit_v1(p_job_id bigint, p_lease_token uuid)
+-- count). Parts a and b reuse the training examples' ciphertext (same key id); part r (p_rephrasings:
+-- [{"example_request_id", "prompt"}], rewordings of part-a prompts) is encrypted with its example's key and
+-- keeps the example's system prompt; part c is encrypted with the session's current key. Memory is off and
+-- decoding greedy, so the two versions see the same prompts.
+CREATE OR REPLACE FUNCTION reflect.gate_submit_v2(p_job_id bigint, p_lease_token uuid, p_rephrasings jsonb)
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -199,6 +264,19 @@ BEGIN
   IF j.kind <> 'gate' THEN
     RAISE EXCEPTION 'job % is a % job, not a gate', j.id, j.kind USING ERRCODE = 'PR001';
   END IF;
+  IF jsonb_typeof(p_rephrasings) IS DISTINCT FROM 'array'
+     OR EXISTS (SELECT FROM jsonb_array_elements(p_rephrasings) x
+                WHERE jsonb_typeof(x -> 'example_request_id') IS DISTINCT FROM 'number'
+                   OR reflect._is_blank(x ->> 'prompt')) THEN
+    RAISE EXCEPTION 'rephrasings must be an array of {"example_request_id": number, "prompt": non-blank text}'
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF EXISTS (SELECT FROM jsonb_array_elements(p_rephrasings) x
+             WHERE NOT EXISTS (SELECT FROM reflect.training_examples t
+                               WHERE t.training_set_id = v_set AND t.request_id = (x ->> 'example_request_id')::bigint
+                                 AND t.split <> 'heldout' AND t.source = 'correction')) THEN
+    RAISE EXCEPTION 'a rephrasing names no corrected prompt of training set %', v_set USING ERRCODE = 'PR001';
+  END IF;
   SELECT count(*) INTO v_n FROM reflect.gate_items WHERE job_id = j.id;
   IF v_n > 0 THEN
     RETURN v_n;
@@ -209,6 +287,10 @@ BEGIN
            t.key_id, t.prompt_enc, t.system_prompt_enc, v_params AS params
     FROM reflect.training_examples t
     WHERE t.training_set_id = v_set AND (t.split = 'heldout' OR t.source = 'correction')
+    UNION ALL
+    SELECT 'r', t.request_id, NULL, t.key_id, reflect._encrypt(x.prompt, t.key_id), t.system_prompt_enc, v_params
+    FROM jsonb_to_recordset(p_rephrasings) x(example_request_id bigint, prompt text)
+    JOIN reflect.training_examples t ON t.training_set_id = v_set AND t.request_id = x.example_request_id
     UNION ALL
     SELECT 'c', NULL, ri.id, v_key, reflect._encrypt(ri.prompt, v_key), reflect._encrypt(ri.system_prompt, v_key),
            v_params || jsonb_build_object('max_tokens', ri.max_tokens)
@@ -236,6 +318,16 @@ BEGIN
   SELECT count(*) INTO v_n FROM reflect.gate_items WHERE job_id = j.id;
   RETURN v_n;
 END
+$$;
+
+-- Version 1 (workers before rephrasings): no part r.
+CREATE OR REPLACE FUNCTION reflect.gate_submit_v1(p_job_id bigint, p_lease_token uuid)
+RETURNS integer
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT reflect.gate_submit_v2(p_job_id, p_lease_token, '[]'::jsonb)
 $$;
 
 -- The gate's answers and references, decrypted under its lease; `pending` counts items still unanswered.
@@ -270,7 +362,7 @@ $$;
 
 -- Paired comparison of the candidate (c) and the parent (p) on one part: accuracies, mean difference, its
 -- standard error and one-sided lower bound (normal approximation of the paired differences).
-CREATE OR REPLACE FUNCTION reflect._paired(p_job_id bigint, p_part text, p_z double precision)
+CREATE OR REPLACE FUNCTION reflect._paired_parts(p_job_id bigint, p_parts text[], p_z double precision)
 RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -278,7 +370,7 @@ AS $$
   WITH d AS (
     SELECT candidate_correct::int AS c, parent_correct::int AS p, candidate_correct::int - parent_correct::int AS diff
     FROM reflect.gate_items
-    WHERE job_id = p_job_id AND part = p_part AND candidate_correct IS NOT NULL AND parent_correct IS NOT NULL
+    WHERE job_id = p_job_id AND part = ANY (p_parts) AND candidate_correct IS NOT NULL AND parent_correct IS NOT NULL
   ), s AS (
     SELECT count(*) AS n, avg(c) AS acc_c, avg(p) AS acc_p, avg(diff) AS mean_diff,
            coalesce(stddev_samp(diff), 0) / sqrt(greatest(count(*), 1)) AS se
@@ -289,27 +381,128 @@ AS $$
   FROM s
 $$;
 
--- Calibration of each version's confidence on the gate's items (all parts).
-CREATE OR REPLACE FUNCTION reflect._gate_calibration(p_job_id bigint)
+CREATE OR REPLACE FUNCTION reflect._paired(p_job_id bigint, p_part text, p_z double precision)
 RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  WITH d AS (
-    SELECT ac.confidence AS cc, g.candidate_correct AS yc, ap.confidence AS cp, g.parent_correct AS yp
-    FROM reflect.gate_items g
-    JOIN reflect.answers ac ON ac.request_id = g.candidate_request_id
-    JOIN reflect.answers ap ON ap.request_id = g.parent_request_id
-    WHERE g.job_id = p_job_id AND g.candidate_correct IS NOT NULL AND g.parent_correct IS NOT NULL
-  )
-  SELECT jsonb_build_object(
-    'candidate', jsonb_build_object('brier', reflect.brier_v1(array_agg(cc), array_agg(yc)),
-                                    'ece', reflect.ece_v1(array_agg(cc), array_agg(yc)),
-                                    'auroc', reflect.auroc_v1(array_agg(-cc), array_agg(NOT yc))),
-    'parent', jsonb_build_object('brier', reflect.brier_v1(array_agg(cp), array_agg(yp)),
-                                 'ece', reflect.ece_v1(array_agg(cp), array_agg(yp)),
-                                 'auroc', reflect.auroc_v1(array_agg(-cp), array_agg(NOT yp))))
-  FROM d
+  SELECT reflect._paired_parts(p_job_id, ARRAY[p_part], p_z)
+$$;
+
+-- Out-of-fold calibrated confidences of one version's answers: each fold's confidences come from a calibrator
+-- (_fit_logistic) fitted on the other fold only. A training fold without two answers of each class cannot fit
+-- a slope; its accuracy (the base rate) is then the prediction.
+CREATE OR REPLACE FUNCTION reflect._cross_fitted(p_request_ids bigint[], p_correct boolean[], p_folds integer[],
+                                                 OUT confidence double precision[], OUT correct boolean[])
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  tx double precision[]; ty boolean[]; hx double precision[]; hy boolean[];
+  f record;
+BEGIN
+  confidence := '{}'; correct := '{}';
+  FOR k IN 0..1 LOOP
+    SELECT array_agg(reflect._feature_vector(r) ORDER BY i) FILTER (WHERE fold <> k),
+           array_agg(y ORDER BY i) FILTER (WHERE fold <> k),
+           array_agg(reflect._feature_vector(r) ORDER BY i) FILTER (WHERE fold = k),
+           array_agg(y ORDER BY i) FILTER (WHERE fold = k)
+    INTO tx, ty, hx, hy
+    FROM unnest(p_request_ids, p_correct, p_folds) WITH ORDINALITY AS u(r, y, fold, i);
+    CONTINUE WHEN hy IS NULL;
+    IF (SELECT count(*) FILTER (WHERE y) >= 2 AND count(*) FILTER (WHERE NOT y) >= 2 FROM unnest(ty) y) THEN
+      f := reflect._fit_logistic(tx, ty, reflect._setting_float('calibration_l2'));
+      confidence := confidence || reflect._logistic_rows(hx, f.means, f.stds, f.weights);
+    ELSE
+      confidence := confidence || array_fill(coalesce((SELECT avg(y::int) FROM unnest(ty) y), 0.5)::double precision,
+                                             ARRAY[cardinality(hy)]);
+    END IF;
+    correct := correct || hy;
+  END LOOP;
+END
+$$;
+
+-- Calibration of both versions on the gate's held-out and retention items (parts b and c: the candidate was
+-- trained on part a). Each version is calibrated on its own answers, cross-fitted in two folds by a hash of
+-- the item, before Brier, ECE and AUROC are compared: raw confidences compare the uncalibrated defaults'
+-- overconfidence, not what each version's signals know (run 1 of bench/results/improve.md was rejected on
+-- raw Brier 0.395 -> 0.457 when neither version had a calibrator). The raw numbers are reported beside.
+CREATE OR REPLACE FUNCTION reflect._gate_calibration(p_job_id bigint)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_out jsonb := '{}';
+  d record;
+  cf record;
+BEGIN
+  FOR d IN
+    WITH items AS (
+      SELECT g.candidate_request_id AS c_id, g.candidate_correct AS c_y, g.parent_request_id AS p_id,
+             g.parent_correct AS p_y, abs(hashtext(g.candidate_request_id::text)) % 2 AS fold
+      FROM reflect.gate_items g
+      WHERE g.job_id = p_job_id AND g.part IN ('b', 'c')
+        AND g.candidate_correct IS NOT NULL AND g.parent_correct IS NOT NULL
+        AND EXISTS (SELECT FROM reflect.answers a WHERE a.request_id = g.candidate_request_id)
+        AND EXISTS (SELECT FROM reflect.answers a WHERE a.request_id = g.parent_request_id)
+    )
+    SELECT 'candidate' AS version, array_agg(c_id ORDER BY c_id) AS ids, array_agg(c_y ORDER BY c_id) AS ys,
+           array_agg(fold ORDER BY c_id) AS folds FROM items
+    UNION ALL
+    SELECT 'parent', array_agg(p_id ORDER BY c_id), array_agg(p_y ORDER BY c_id), array_agg(fold ORDER BY c_id) FROM items
+  LOOP
+    cf := reflect._cross_fitted(coalesce(d.ids, '{}'), coalesce(d.ys, '{}'), coalesce(d.folds, '{}'));
+    v_out := v_out || jsonb_build_object(d.version,
+      reflect._calibration_metrics(cf.confidence, cf.correct)
+      || jsonb_build_object('raw', (SELECT reflect._calibration_metrics(array_agg(a.confidence ORDER BY u.i),
+                                                                        array_agg(u.y ORDER BY u.i))
+                                    FROM unnest(d.ids, d.ys) WITH ORDINALITY AS u(r, y, i)
+                                    JOIN reflect.answers a ON a.request_id = u.r)));
+  END LOOP;
+  RETURN v_out;
+END
+$$;
+
+-- A version that has no calibrator yet gets one fitted on its scored gate answers (parts b and c), so a
+-- promoted candidate's confidence is calibrated from its first answer; its own labels replace it later
+-- (refit_calibrators_v1). Returns the calibrator's id, or NULL (one exists, or too few of a class).
+CREATE OR REPLACE FUNCTION reflect._fit_gate_calibrator(p_job_id bigint, p_version integer, p_metrics jsonb)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  x double precision[]; y boolean[];
+  f record;
+  v_id integer;
+BEGIN
+  IF EXISTS (SELECT FROM reflect.calibrators WHERE model_version_id = p_version AND is_active) THEN
+    RETURN NULL;
+  END IF;
+  SELECT array_agg(reflect._feature_vector(g.candidate_request_id) ORDER BY g.candidate_request_id),
+         array_agg(g.candidate_correct ORDER BY g.candidate_request_id)
+  INTO x, y
+  FROM reflect.gate_items g
+  WHERE g.job_id = p_job_id AND g.part IN ('b', 'c') AND g.candidate_correct IS NOT NULL
+    AND EXISTS (SELECT FROM reflect.answers a WHERE a.request_id = g.candidate_request_id);
+  IF (SELECT count(*) FILTER (WHERE v) < reflect._setting_int('calibration_min_per_class')
+             OR count(*) FILTER (WHERE NOT v) < reflect._setting_int('calibration_min_per_class') FROM unnest(y) v) THEN
+    RETURN NULL;
+  END IF;
+  f := reflect._fit_logistic(x, y, reflect._setting_float('calibration_l2'));
+  INSERT INTO reflect.calibrators (model_version_id, method, features, feature_means, feature_stds, weights, n_train,
+                                   n_heldout, heldout_metrics, labels_seen, is_active)
+  VALUES (p_version, 'logistic_l2', reflect.calibration_features_v1(), f.means, f.stds, f.weights, cardinality(y),
+          cardinality(y),
+          jsonb_build_object('source', 'gate', 'gate_job_id', p_job_id, 'iterations', f.iterations,
+                             'heldout', p_metrics - 'raw'),  -- cross-fitted: each answer measured by a fit without it
+          (SELECT count(*) FROM reflect.labels l JOIN reflect.answers a USING (request_id)
+           WHERE a.model_version_id = p_version),
+          true)
+  RETURNING id INTO v_id;
+  RETURN v_id;
+END
 $$;
 
 -- A finished gate (result: {"scores": [{"candidate_request_id", "candidate_correct", "parent_correct"}, ...]}):
@@ -318,7 +511,8 @@ $$;
 --   promote only if  (a) the lower bound of the paired gain on the corrected prompts is > 0
 --                    (b) the held-out accuracy does not drop by more than gate_heldout_margin (if any held out)
 --                    (c) the retention accuracy does not drop by more than gate_retention_margin (items needed)
---                    (d) the candidate's Brier score is not worse by more than gate_calibration_margin
+--                    (d) the candidate's Brier score, each version calibrated on its own gate answers
+--                        (_gate_calibration), is not worse by more than gate_calibration_margin
 CREATE OR REPLACE FUNCTION reflect._finish_gate(j reflect.jobs, p_result jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -346,7 +540,7 @@ BEGIN
   SELECT count(*) INTO v_missing FROM reflect.gate_items
   WHERE job_id = j.id AND (candidate_correct IS NULL OR parent_correct IS NULL);
 
-  a := reflect._paired(j.id, 'a', v_z);
+  a := reflect._paired_parts(j.id, ARRAY['a', 'r'], v_z);
   b := reflect._paired(j.id, 'b', v_z);
   c := reflect._paired(j.id, 'c', v_z);
   cal := reflect._gate_calibration(j.id);
@@ -354,7 +548,7 @@ BEGIN
   IF (a ->> 'n')::int = 0 THEN
     v_reasons := v_reasons || 'no corrected prompts were scored'::text;
   ELSIF (a ->> 'lower_bound')::float8 <= 0 THEN
-    v_reasons := v_reasons || format('corrected prompts: gain %s, lower bound %s is not above 0',
+    v_reasons := v_reasons || format('corrected prompts and their rewordings: gain %s, lower bound %s is not above 0',
                                      round((a ->> 'difference')::numeric, 3), round((a ->> 'lower_bound')::numeric, 3));
   END IF;
   IF (b ->> 'n')::int > 0 AND (b ->> 'difference')::float8 < -(v_rule ->> 'heldout_margin')::float8 THEN
@@ -369,7 +563,7 @@ BEGIN
                                      round(-(c ->> 'upper_bound')::numeric, 3), round(-(c ->> 'lower_bound')::numeric, 3));
   END IF;
   IF (cal #>> '{candidate,brier}')::float8 - (cal #>> '{parent,brier}')::float8 > (v_rule ->> 'calibration_margin')::float8 THEN
-    v_reasons := v_reasons || format('Brier score rose from %s to %s',
+    v_reasons := v_reasons || format('calibrated Brier score rose from %s to %s',
                                      round((cal #>> '{parent,brier}')::numeric, 3),
                                      round((cal #>> '{candidate,brier}')::numeric, 3));
   END IF;
@@ -377,10 +571,13 @@ BEGIN
   -- Passing the gate starts a canary (a share of live traffic decides) unless canary_share is 0.
   v_decision := CASE WHEN cardinality(v_reasons) > 0 THEN 'reject'
                      WHEN reflect._setting_float('canary_share') > 0 THEN 'canary' ELSE 'promote' END;
+  PERFORM reflect._fit_gate_calibrator(j.id, v_candidate, cal -> 'candidate');  -- a person may still promote it
   PERFORM reflect._decide(v_candidate, v_decision,
     CASE WHEN v_decision = 'reject' THEN array_to_string(v_reasons, '; ')
          ELSE 'better on the corrected prompts, no worse on held-out, retention and calibration' END,
-    jsonb_build_object('corrected', a, 'heldout', b, 'retention', c, 'calibration', cal, 'unscored', v_missing),
+    jsonb_build_object('learned', a, 'corrected', reflect._paired(j.id, 'a', v_z),
+                       'rephrased', reflect._paired(j.id, 'r', v_z), 'heldout', b, 'retention', c,
+                       'calibration', cal, 'unscored', v_missing),
     v_rule, j.id);
   RETURN jsonb_build_object('decision', v_decision, 'candidate_id', v_candidate, 'parent_id', v_parent);
 END

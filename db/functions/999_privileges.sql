@@ -93,6 +93,8 @@ GRANT EXECUTE ON FUNCTION
                                       double precision, double precision, double precision),
   reflect.snooze_job_v1(bigint, uuid, double precision, jsonb),
   reflect.gate_submit_v1(bigint, uuid),
+  reflect.gate_submit_v2(bigint, uuid, jsonb),
+  reflect.gate_rephrase_v1(bigint, uuid, text, integer),
   reflect.gate_answers_v1(bigint, uuid)
 TO reflect_worker;
 GRANT SELECT ON reflect.model_states, reflect.training_status, reflect.promotion_decisions, reflect.canary_status,

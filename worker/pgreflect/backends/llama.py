@@ -22,20 +22,10 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from pgreflect.backends.base import (
-    CRITIQUE_MAX_TOKENS,
-    CRITIQUE_SCHEMA,
-    CRITIQUE_SYSTEM,
-    BackendError,
-    Cancelled,
-    Generation,
-    GenerationRequest,
-    critique_prompt,
-)
+from pgreflect.backends.base import BackendError, Cancelled, Generation, GenerationRequest
 from pgreflect.chat import ChatRenderer
+from pgreflect.prompts import CRITIQUE_MAX_TOKENS, CRITIQUE_SCHEMA, CRITIQUE_SYSTEM, P_TRUE_QUESTION, critique_prompt
 from pgreflect.sampling import choose_token, token_logprob
-
-P_TRUE_QUESTION = "Is your answer above correct? Reply with only yes or no."
 
 
 def normalise_json(raw: str) -> str:
@@ -247,7 +237,7 @@ class LlamaBackend:
         """A second generation constrained by a grammar built from CRITIQUE_SCHEMA, through
         llama-cpp-python's own chat completion (grammar sampling); no log-probs are needed here."""
         messages = [{"role": "system", "content": CRITIQUE_SYSTEM},
-                    {"role": "user", "content": critique_prompt(request, answer)}]
+                    {"role": "user", "content": critique_prompt(request.prompt, answer)}]
         with self._lock:
             try:
                 self._select(adapter)
