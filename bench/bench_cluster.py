@@ -67,6 +67,8 @@ def keyring() -> Keyring:
 
 
 def no_followups(dsn: str) -> None:
-    """No critique / agreement follow-ups: they are extra generations that would compete for the cores."""
+    """No critique / agreement follow-ups (extra generations that would compete for the cores) and no memory
+    exploration (a random 5% of requests under another memory policy would blur what a benchmark compares)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE reflect.settings SET value = '0' WHERE key IN ('critique_fraction', 'agreement_fraction')")
+        conn.execute("UPDATE reflect.settings SET value = '0' WHERE key = 'memory_explore_share'")

@@ -114,7 +114,7 @@ def gate_lines(decision: tuple) -> list[str]:
         "| part | n | parent | candidate | paired difference | one-sided 95% bounds |",
         "|---|---|---|---|---|---|",
     ]
-    for part in ("corrected", "heldout", "retention"):
+    for part in ("corrected", "rephrased", "learned", "heldout", "retention"):
         p = numbers.get(part) or {}
         if p.get("n"):
             lines.append(f"| {part} | {p['n']} | {p['parent_accuracy']:.3f} | {p['candidate_accuracy']:.3f} | "

@@ -514,14 +514,14 @@ BEGIN
   WHERE g.job_id = j.id AND g.candidate_request_id = (s ->> 'candidate_request_id')::bigint;
   SELECT count(*) INTO v_missing FROM reflect.gate_items
   WHERE job_id = j.id AND (candidate_correct IS NULL OR parent_correct IS NULL);
-  a := reflect._paired(j.id, 'a', v_z);
+  a := reflect._paired_parts(j.id, ARRAY['a', 'r'], v_z);
   b := reflect._paired(j.id, 'b', v_z);
   c := reflect._paired(j.id, 'c', v_z);
   cal := reflect._gate_calibration(j.id);
   IF (a ->> 'n')::int = 0 THEN
     v_reasons := v_reasons || 'no corrected prompts were scored'::text;
   ELSIF (a ->> 'lower_bound')::float8 <= 0 THEN
-    v_reasons := v_reasons || format('corrected prompts: gain %s, lower bound %s is not above 0',
+    v_reasons := v_reasons || format('corrected prompts and their rewordings: gain %s, lower bound %s is not above 0',
                                      round((a ->> 'difference')::numeric, 3), round((a ->> 'lower_bound')::numeric, 3));
   END IF;
   IF (b ->> 'n')::int > 0 AND (b ->> 'difference')::float8 < -(v_rule ->> 'heldout_margin')::float8 THEN
@@ -547,7 +547,9 @@ BEGIN
   PERFORM reflect._decide(v_candidate, v_decision,
     CASE WHEN v_decision = 'reject' THEN array_to_string(v_reasons, '; ')
          ELSE 'better on the corrected prompts, no worse on held-out, retention and calibration' END,
-    jsonb_build_object('corrected', a, 'heldout', b, 'retention', c, 'calibration', cal, 'unscored', v_missing),
+    jsonb_build_object('learned', a, 'corrected', reflect._paired(j.id, 'a', v_z),
+                       'rephrased', reflect._paired(j.id, 'r', v_z), 'heldout', b, 'retention', c,
+                       'calibration', cal, 'unscored', v_missing),
     v_rule, j.id);
   RETURN jsonb_build_object('decision', v_decision, 'candidate_id', v_candidate, 'parent_id', v_parent);
 END
@@ -751,6 +753,15 @@ CREATE FUNCTION reflect._key_verifier(p_key_id text, p_key text) RETURNS text
                             'sha256'), 'hex')
 $$;
 ALTER FUNCTION reflect._key_verifier(p_key_id text, p_key text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._knob_default(p_knob text) RETURNS double precision
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT CASE p_knob WHEN 'confidence_threshold' THEN reflect._setting_float('confidence_threshold_default')
+                     WHEN 'memory_max_distance' THEN reflect._setting_float('memory_max_distance')
+                     WHEN 'memory_k' THEN reflect._setting_float('memory_k_default') END
+$$;
+ALTER FUNCTION reflect._knob_default(p_knob text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._loaded_key_ids() RETURNS text[]
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -864,10 +875,17 @@ CREATE FUNCTION reflect._paired(p_job_id bigint, p_part text, p_z double precisi
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
+  SELECT reflect._paired_parts(p_job_id, ARRAY[p_part], p_z)
+$$;
+ALTER FUNCTION reflect._paired(p_job_id bigint, p_part text, p_z double precision) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._paired_parts(p_job_id bigint, p_parts text[], p_z double precision) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
   WITH d AS (
     SELECT candidate_correct::int AS c, parent_correct::int AS p, candidate_correct::int - parent_correct::int AS diff
     FROM reflect.gate_items
-    WHERE job_id = p_job_id AND part = p_part AND candidate_correct IS NOT NULL AND parent_correct IS NOT NULL
+    WHERE job_id = p_job_id AND part = ANY (p_parts) AND candidate_correct IS NOT NULL AND parent_correct IS NOT NULL
   ), s AS (
     SELECT count(*) AS n, avg(c) AS acc_c, avg(p) AS acc_p, avg(diff) AS mean_diff,
            coalesce(stddev_samp(diff), 0) / sqrt(greatest(count(*), 1)) AS se
@@ -877,7 +895,7 @@ CREATE FUNCTION reflect._paired(p_job_id bigint, p_part text, p_z double precisi
                             'se', se, 'lower_bound', mean_diff - p_z * se, 'upper_bound', mean_diff + p_z * se)
   FROM s
 $$;
-ALTER FUNCTION reflect._paired(p_job_id bigint, p_part text, p_z double precision) OWNER TO reflect_owner;
+ALTER FUNCTION reflect._paired_parts(p_job_id bigint, p_parts text[], p_z double precision) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) RETURNS numeric
     LANGUAGE plpgsql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1590,6 +1608,8 @@ CREATE FUNCTION reflect.curate_training_set_v1(p_owner name, p_model_version tex
 DECLARE
   v_model integer;
   v_max_distance double precision := 1 - reflect._setting_float('curation_duplicate_similarity');
+  v_leak_distance double precision := 1 - coalesce(reflect._setting_float('curation_leakage_similarity'),
+                                                   reflect._setting_float('curation_duplicate_similarity'));
   v_heldout double precision := reflect._setting_float('curation_heldout_share');
   v_set integer;
   v_candidates integer;
@@ -1632,10 +1652,10 @@ BEGIN
   DELETE FROM _cand c WHERE EXISTS (
     SELECT FROM reflect.eval_requests er
     JOIN reflect.prompt_embeddings ee ON ee.request_id = er.request_id
-    WHERE (ee.embedding OPERATOR(public.<=>) c.embedding) <= v_max_distance)
+    WHERE (ee.embedding OPERATOR(public.<=>) c.embedding) <= v_leak_distance)
   OR EXISTS (
     SELECT FROM reflect.retention_items ri
-    WHERE (ri.embedding OPERATOR(public.<=>) c.embedding) <= v_max_distance);
+    WHERE (ri.embedding OPERATOR(public.<=>) c.embedding) <= v_leak_distance);
   GET DIAGNOSTICS v_leak = ROW_COUNT;
   DELETE FROM _cand c WHERE EXISTS (
     SELECT FROM _cand d
@@ -1659,7 +1679,8 @@ BEGIN
          count(*) FILTER (WHERE reflect._heldout(request_id, v_heldout)),
          encode(public.digest(string_agg(request_id::text || ':' || encode(public.digest(prompt_enc || completion_enc, 'sha256'), 'hex'),
                                          ',' ORDER BY request_id), 'sha256'), 'hex'),
-         jsonb_build_object('duplicate_similarity', 1 - v_max_distance, 'heldout_share', v_heldout)
+         jsonb_build_object('duplicate_similarity', 1 - v_max_distance, 'leakage_similarity', 1 - v_leak_distance,
+                            'heldout_share', v_heldout)
   FROM _cand
   RETURNING id INTO v_set;
   INSERT INTO reflect.training_examples (training_set_id, request_id, feedback_id, source, split, key_id, prompt_enc,
@@ -2048,7 +2069,68 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.gate_answers_v1(p_job_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.gate_rephrase_v1(p_job_id bigint, p_lease_token uuid, p_instruction text, p_max_tokens integer) RETURNS TABLE(example_request_id bigint, state text, prompt text, rephrasing text, reference text)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+  v_label text := format('gate-%s', p_job_id);
+  v_params jsonb;
+  ex record;
+  v_id bigint;
+BEGIN
+  IF j.kind <> 'gate' THEN
+    RAISE EXCEPTION 'job % is a % job, not a gate', j.id, j.kind USING ERRCODE = 'PR001';
+  END IF;
+  IF reflect._is_blank(p_instruction) THEN
+    RAISE EXCEPTION 'a rewording instruction is needed' USING ERRCODE = 'PR001';
+  END IF;
+  IF coalesce(reflect._setting_text('gate_rephrase')::boolean, false)
+     AND NOT EXISTS (SELECT FROM reflect.gate_items g WHERE g.job_id = j.id)
+     AND NOT EXISTS (SELECT FROM reflect.eval_requests e WHERE e.run_label = v_label AND e.dataset = 'gate_rephrase') THEN
+    v_params := reflect._normalize_params(jsonb_build_object('max_tokens', p_max_tokens, 'temperature', 0,
+                                                             'memory', false, 'low_confidence', 'answer'));
+    FOR ex IN
+      SELECT t.request_id, t.key_id, t.prompt_enc
+      FROM reflect.training_examples t
+      WHERE t.training_set_id = (j.payload ->> 'training_set_id')::integer AND t.split <> 'heldout'
+        AND t.source = 'correction'
+        AND char_length(reflect._decrypt_or_null(t.prompt_enc, t.key_id)) <= reflect._setting_int('gate_rephrase_max_chars')
+      ORDER BY t.request_id
+    LOOP
+      INSERT INTO reflect.requests (key_id, prompt_enc, system_prompt_enc, params, caller, submitted_by,
+                                    model_version_id, max_attempts)
+      VALUES (ex.key_id, ex.prompt_enc, reflect._encrypt(p_instruction, ex.key_id), v_params,
+              format('pgreflect-gate-%s', j.id), session_user, (j.payload ->> 'parent_id')::integer,
+              reflect._setting_int('max_attempts'))
+      RETURNING id INTO v_id;
+      INSERT INTO reflect.eval_requests (request_id, dataset, item_id, run_label)
+      VALUES (v_id, 'gate_rephrase', ex.request_id::text, v_label);
+    END LOOP;
+  END IF;
+  RETURN QUERY
+  SELECT t.request_id, r.state::text, reflect._decrypt_or_null(t.prompt_enc, t.key_id),
+         reflect._decrypt_or_null(a.answer_enc, a.key_id), reflect._decrypt_or_null(t.completion_enc, t.key_id)
+  FROM reflect.eval_requests e
+  JOIN reflect.requests r ON r.id = e.request_id
+  LEFT JOIN reflect.answers a ON a.request_id = r.id
+  JOIN reflect.training_examples t
+    ON t.training_set_id = (j.payload ->> 'training_set_id')::integer AND t.request_id = e.item_id::bigint
+  WHERE e.run_label = v_label AND e.dataset = 'gate_rephrase'
+  ORDER BY t.request_id;
+END
+$$;
+ALTER FUNCTION reflect.gate_rephrase_v1(p_job_id bigint, p_lease_token uuid, p_instruction text, p_max_tokens integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.gate_submit_v1(p_job_id bigint, p_lease_token uuid) RETURNS integer
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT reflect.gate_submit_v2(p_job_id, p_lease_token, '[]'::jsonb)
+$$;
+ALTER FUNCTION reflect.gate_submit_v1(p_job_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.gate_submit_v2(p_job_id bigint, p_lease_token uuid, p_rephrasings jsonb) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
@@ -2069,6 +2151,19 @@ BEGIN
   IF j.kind <> 'gate' THEN
     RAISE EXCEPTION 'job % is a % job, not a gate', j.id, j.kind USING ERRCODE = 'PR001';
   END IF;
+  IF jsonb_typeof(p_rephrasings) IS DISTINCT FROM 'array'
+     OR EXISTS (SELECT FROM jsonb_array_elements(p_rephrasings) x
+                WHERE jsonb_typeof(x -> 'example_request_id') IS DISTINCT FROM 'number'
+                   OR reflect._is_blank(x ->> 'prompt')) THEN
+    RAISE EXCEPTION 'rephrasings must be an array of {"example_request_id": number, "prompt": non-blank text}'
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF EXISTS (SELECT FROM jsonb_array_elements(p_rephrasings) x
+             WHERE NOT EXISTS (SELECT FROM reflect.training_examples t
+                               WHERE t.training_set_id = v_set AND t.request_id = (x ->> 'example_request_id')::bigint
+                                 AND t.split <> 'heldout' AND t.source = 'correction')) THEN
+    RAISE EXCEPTION 'a rephrasing names no corrected prompt of training set %', v_set USING ERRCODE = 'PR001';
+  END IF;
   SELECT count(*) INTO v_n FROM reflect.gate_items WHERE job_id = j.id;
   IF v_n > 0 THEN
     RETURN v_n;
@@ -2079,6 +2174,10 @@ BEGIN
            t.key_id, t.prompt_enc, t.system_prompt_enc, v_params AS params
     FROM reflect.training_examples t
     WHERE t.training_set_id = v_set AND (t.split = 'heldout' OR t.source = 'correction')
+    UNION ALL
+    SELECT 'r', t.request_id, NULL, t.key_id, reflect._encrypt(x.prompt, t.key_id), t.system_prompt_enc, v_params
+    FROM jsonb_to_recordset(p_rephrasings) x(example_request_id bigint, prompt text)
+    JOIN reflect.training_examples t ON t.training_set_id = v_set AND t.request_id = x.example_request_id
     UNION ALL
     SELECT 'c', NULL, ri.id, v_key, reflect._encrypt(ri.prompt, v_key), reflect._encrypt(ri.system_prompt, v_key),
            v_params || jsonb_build_object('max_tokens', ri.max_tokens)
@@ -2107,7 +2206,7 @@ BEGIN
   RETURN v_n;
 END
 $$;
-ALTER FUNCTION reflect.gate_submit_v1(p_job_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+ALTER FUNCTION reflect.gate_submit_v2(p_job_id bigint, p_lease_token uuid, p_rephrasings jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) RETURNS SETOF bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2330,7 +2429,13 @@ CREATE FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_mod
 DECLARE
   r reflect.requests;
   v_k integer;
+  v_max double precision;
   v_keys text[] := reflect._loaded_key_ids();
+  v_ids bigint[];
+  v_kinds text[];
+  v_feedback bigint[];
+  v_dists double precision[];
+  v_used integer;
 BEGIN
   r := reflect._take_lease(p_request_id, p_lease_token);
   IF p_embedding IS NULL OR public.vector_dims(p_embedding) <> 384 THEN
@@ -2340,19 +2445,29 @@ BEGIN
   VALUES (r.id, p_model, p_embedding)
   ON CONFLICT (request_id) DO UPDATE SET model = excluded.model, embedding = excluded.embedding;
   DELETE FROM reflect.answer_memories WHERE request_id = r.id;  -- a re-claim starts over
-  v_k := coalesce(p_k, (r.params ->> 'memory_k')::integer, reflect._setting_int('memory_k_default'));
-  IF coalesce((r.params ->> 'memory')::boolean, true) IS FALSE OR v_k <= 0 THEN
+  IF coalesce((r.params ->> 'memory')::boolean, true) IS FALSE THEN
     RETURN;
   END IF;
+  v_k := greatest(coalesce(p_k, (r.params ->> 'memory_k')::integer, reflect._setting_int('memory_k_default')), 0);
+  v_max := reflect._memory_max_distance(r.params);
   -- transaction-local; a SET clause on the function would need the setting known when it is created
   PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+  -- the k nearest (at least the nearest, whose distance is recorded even when k is 0)
+  SELECT array_agg(n.request_id ORDER BY n.dist), array_agg(n.kind ORDER BY n.dist),
+         array_agg(n.feedback_id ORDER BY n.dist), array_agg(n.dist ORDER BY n.dist)
+  INTO v_ids, v_kinds, v_feedback, v_dists
+  FROM (SELECT m.request_id, m.kind, m.feedback_id, (m.embedding OPERATOR(public.<=>) p_embedding) AS dist
+        FROM reflect.memories m
+        WHERE m.request_id <> r.id AND m.owner = ANY (reflect._memory_owners(r.submitted_by))
+        ORDER BY m.embedding OPERATOR(public.<=>) p_embedding
+        LIMIT greatest(v_k, 1)) n;
   RETURN QUERY
   WITH nearest AS (
-    SELECT m.request_id, m.kind, m.feedback_id, (m.embedding OPERATOR(public.<=>) p_embedding) AS dist
-    FROM reflect.memories m
-    WHERE m.request_id <> r.id AND m.owner = ANY (reflect._memory_owners(r.submitted_by))
-    ORDER BY m.embedding OPERATOR(public.<=>) p_embedding
-    LIMIT v_k
+    SELECT u.request_id, u.kind, u.feedback_id, u.dist
+    FROM unnest(v_ids, v_kinds, v_feedback, v_dists) WITH ORDINALITY AS u(request_id, kind, feedback_id, dist, i)
+    -- only those close enough to be about the same kind of question
+    -- (memory_max_distance; why 0.38: bench/results/memory-distance.md; tuned: reflect.tune_memory_v1)
+    WHERE u.i <= v_k AND u.dist <= v_max
   ), texts AS (
     SELECT n.request_id, n.kind, n.dist, p.plain AS prompt, an.plain AS answer, co.plain AS correction,
            p.ok AND an.ok AND co.ok AS ok
@@ -2363,9 +2478,6 @@ BEGIN
     CROSS JOIN LATERAL reflect._decrypt_safe(mr.prompt_enc, mr.key_id) p
     CROSS JOIN LATERAL reflect._decrypt_safe(a.answer_enc, a.key_id) an
     CROSS JOIN LATERAL reflect._decrypt_safe(f.correction_enc, f.key_id) co
-    -- the k nearest, then only those close enough to be about the same kind of question
-    -- (memory_max_distance; why 0.38: bench/results/memory-distance.md)
-    WHERE n.dist <= reflect._memory_max_distance(r.params)
   ), used AS (
     INSERT INTO reflect.answer_memories (request_id, memory_request_id, rank, distance)
     SELECT r.id, t.request_id, row_number() OVER (ORDER BY t.dist), t.dist FROM texts t WHERE t.ok
@@ -2375,6 +2487,12 @@ BEGIN
   FROM texts t
   JOIN used u ON u.memory_request_id = t.request_id
   ORDER BY t.dist;
+  SELECT count(*) INTO v_used FROM reflect.answer_memories am WHERE am.request_id = r.id;
+  INSERT INTO reflect.memory_lookups (request_id, nearest_distance, max_distance, k, explored, used)
+  VALUES (r.id, v_dists[1], v_max, v_k, coalesce((r.params ->> 'memory_explore')::boolean, false), v_used)
+  ON CONFLICT (request_id) DO UPDATE
+  SET nearest_distance = excluded.nearest_distance, max_distance = excluded.max_distance, k = excluded.k,
+      explored = excluded.explored, used = excluded.used, looked_up_at = clock_timestamp();
 END
 $$;
 ALTER FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) OWNER TO reflect_owner;
@@ -2625,7 +2743,7 @@ BEGIN
   IF c.id IS NULL THEN
     RAISE EXCEPTION 'no tuning change % in force', p_change_id USING ERRCODE = 'PR003';
   END IF;
-  RETURN coalesce(reflect._tuned(c.model_version_id, c.knob), reflect._setting_float('confidence_threshold_default'));
+  RETURN coalesce(reflect._tuned(c.model_version_id, c.knob), reflect._knob_default(c.knob));
 END
 $$;
 ALTER FUNCTION reflect.revert_tuning_v1(p_change_id bigint) OWNER TO reflect_owner;
@@ -2787,6 +2905,19 @@ BEGIN
       v_params := v_params || jsonb_build_object('confidence_threshold', v_tuned);
     END IF;
   END IF;
+  -- A request that leaves memory to pgreflect gets the version's tuned cutoff and k, or, for a random
+  -- memory_explore_share of them, a random policy whose labels later tune them (reflect.tune_memory_v1).
+  IF NOT coalesce(p_params ?| ARRAY['memory', 'memory_k', 'memory_max_distance'], false) THEN
+    IF random() < reflect._setting_float('memory_explore_share') THEN
+      v_params := v_params || jsonb_build_object(
+        'memory_k', floor(random() * (reflect._setting_int('memory_k_max') + 1))::integer,
+        'memory_max_distance', reflect._setting_float('memory_explore_max_distance'), 'memory_explore', true);
+    ELSE
+      v_params := v_params || jsonb_strip_nulls(jsonb_build_object(
+        'memory_k', round(reflect._tuned(v_model, 'memory_k'))::integer,
+        'memory_max_distance', reflect._tuned(v_model, 'memory_max_distance')));
+    END IF;
+  END IF;
   v_key_id := reflect._current_key_id();
   INSERT INTO reflect.requests
     (key_id, prompt_enc, system_prompt_enc, params, idempotency_key, caller, submitted_by,
@@ -2894,6 +3025,111 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.tune_confidence_threshold_v1(p_model_version text, p_target_accuracy double precision) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.tune_memory_v1(p_model_version text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_model integer;
+  v_reach double precision := reflect._setting_float('memory_explore_max_distance');
+  v_kmax integer := reflect._setting_int('memory_k_max');
+  v_n integer;
+  v_cut bigint;
+  v_c0 double precision;
+  v_k0 integer;
+  v_new record;
+  v_old record;
+  v_k record;
+  v_k_new integer;
+  v_evidence jsonb;
+  v_changed boolean := false;
+  v_reason text;
+BEGIN
+  SELECT id INTO v_model FROM reflect.model_versions WHERE name = p_model_version FOR UPDATE;
+  IF v_model IS NULL THEN
+    RAISE EXCEPTION 'unknown model version "%"', left(p_model_version, 100) USING ERRCODE = 'PR003';
+  END IF;
+  DROP TABLE IF EXISTS pg_temp._explored;
+  CREATE TEMP TABLE _explored ON COMMIT DROP AS
+  SELECT r.id AS request_id, ml.nearest_distance AS d, ml.k AS drawn_k, ml.used, l.is_correct::int AS y,
+         CASE WHEN ml.used > 0 THEN (v_kmax + 1)::float8 / v_kmax ELSE v_kmax + 1 END AS w
+  FROM reflect.labels l
+  JOIN reflect.requests r ON r.id = l.request_id
+  JOIN reflect.memory_lookups ml ON ml.request_id = r.id
+  WHERE r.model_version_id = v_model AND ml.explored AND ml.nearest_distance <= v_reach;
+  SELECT count(*) INTO v_n FROM _explored;
+  IF v_n < reflect._setting_int('memory_tuning_min_labels') THEN
+    RAISE EXCEPTION 'version % has % labelled explored answers with a memory in reach; tuning memory needs %',
+      p_model_version, v_n, reflect._setting_int('memory_tuning_min_labels')
+      USING ERRCODE = 'PR001', HINT = 'the memory_tuning_min_labels and memory_explore_share settings';
+  END IF;
+  SELECT request_id INTO v_cut FROM _explored ORDER BY request_id OFFSET (v_n * 7 / 10) LIMIT 1;
+  v_c0 := round(coalesce(reflect._tuned(v_model, 'memory_max_distance'),
+                         reflect._setting_float('memory_max_distance'))::numeric, 4)::float8;
+  v_k0 := round(coalesce(reflect._tuned(v_model, 'memory_k'), reflect._setting_float('memory_k_default')))::integer;
+  DROP TABLE IF EXISTS pg_temp._cutoffs;
+  CREATE TEMP TABLE _cutoffs ON COMMIT DROP AS
+  SELECT p.c,
+         count(*) FILTER (WHERE e.request_id < v_cut) AS n_fit,
+         sum(e.w * e.y) FILTER (WHERE e.request_id < v_cut) / sum(e.w) FILTER (WHERE e.request_id < v_cut) AS v_fit,
+         count(*) FILTER (WHERE e.request_id >= v_cut) AS n_check,
+         sum(e.w * e.y) FILTER (WHERE e.request_id >= v_cut) / sum(e.w) FILTER (WHERE e.request_id >= v_cut) AS v_check
+  FROM (SELECT round((g * 0.05)::numeric, 4)::float8 AS c FROM generate_series(0, floor(v_reach / 0.05 + 1e-9)::int) g
+        UNION SELECT v_c0) p
+  JOIN _explored e ON (e.d <= p.c AND e.used > 0) OR (e.d > p.c AND e.used = 0)
+  GROUP BY p.c;
+  SELECT * INTO v_new FROM _cutoffs WHERE n_fit >= 10 ORDER BY v_fit DESC, c LIMIT 1;
+  SELECT * INTO v_old FROM _cutoffs WHERE c = v_c0;
+  IF v_new.c IS NULL THEN
+    RAISE EXCEPTION 'no memory cutoff has 10 matching labelled answers among the older % of version %',
+      v_n * 7 / 10, p_model_version USING ERRCODE = 'PR001';
+  END IF;
+  -- k: the most accurate drawn k on the older answers within the chosen cutoff that used memories
+  SELECT drawn_k AS k, count(*) AS n, avg(y) AS accuracy INTO v_k
+  FROM _explored WHERE request_id < v_cut AND d <= v_new.c AND used > 0
+  GROUP BY drawn_k HAVING count(*) >= 10 ORDER BY avg(y) DESC, drawn_k LIMIT 1;
+  v_k_new := coalesce(v_k.k, v_k0);
+  v_evidence := jsonb_build_object(
+    'labels', v_n, 'fit_labels', (SELECT count(*) FROM _explored WHERE request_id < v_cut),
+    'check_labels', (SELECT count(*) FROM _explored WHERE request_id >= v_cut),
+    'label_request_ids', jsonb_build_array((SELECT min(request_id) FROM _explored), (SELECT max(request_id) FROM _explored)),
+    'reach', v_reach,
+    'chosen', jsonb_build_object('max_distance', v_new.c, 'k', v_k_new, 'fit_accuracy', v_new.v_fit,
+                                 'fit_n', v_new.n_fit, 'expected_accuracy', v_new.v_check, 'check_n', v_new.n_check,
+                                 'k_fit_accuracy', v_k.accuracy, 'k_fit_n', v_k.n),
+    'in_force', jsonb_build_object('max_distance', v_c0, 'k', v_k0, 'fit_accuracy', v_old.v_fit, 'fit_n', v_old.n_fit,
+                                   'check_accuracy', v_old.v_check, 'check_n', v_old.n_check),
+    'cutoffs', (SELECT jsonb_agg(jsonb_build_object('max_distance', c, 'fit_accuracy', round(v_fit::numeric, 4),
+                                                    'fit_n', n_fit) ORDER BY c) FROM _cutoffs),
+    'ks', (SELECT jsonb_agg(jsonb_build_object('k', drawn_k, 'fit_accuracy', round(a::numeric, 4), 'fit_n', n) ORDER BY drawn_k)
+           FROM (SELECT drawn_k, avg(y) AS a, count(*) AS n FROM _explored
+                 WHERE request_id < v_cut AND d <= v_new.c AND used > 0 GROUP BY drawn_k) ks));
+  IF v_new.v_check IS NOT NULL AND v_old.v_check IS NOT NULL AND v_new.v_check < v_old.v_check THEN
+    RAISE NOTICE 'memory of %: the newer labels do not confirm cutoff % (% vs % in force); kept',
+      p_model_version, v_new.c, round(v_new.v_check::numeric, 3), round(v_old.v_check::numeric, 3);
+    RETURN jsonb_build_object('max_distance', v_c0, 'k', v_k0, 'changed', false, 'evidence', v_evidence);
+  END IF;
+  v_reason := format('on %s older labelled explored answers, memory within cutoff %s was right %s of the time '
+                     '(weighted; cutoff in force %s: %s), best with k = %s; on the %s newer ones: %s vs %s',
+                     v_evidence ->> 'fit_labels', v_new.c, round(v_new.v_fit::numeric, 3), v_c0,
+                     coalesce(round(v_old.v_fit::numeric, 3)::text, 'n/a'), v_k_new, v_evidence ->> 'check_labels',
+                     coalesce(round(v_new.v_check::numeric, 3)::text, 'n/a'),
+                     coalesce(round(v_old.v_check::numeric, 3)::text, 'n/a'));
+  IF abs(v_new.c - v_c0) >= 0.005 THEN
+    INSERT INTO reflect.tuning_changes (model_version_id, knob, old_value, new_value, reason, evidence, decided_by)
+    VALUES (v_model, 'memory_max_distance', v_c0, v_new.c, v_reason, v_evidence, session_user);
+    v_changed := true;
+  END IF;
+  IF v_new.c > 0 AND v_k_new <> v_k0 THEN
+    INSERT INTO reflect.tuning_changes (model_version_id, knob, old_value, new_value, reason, evidence, decided_by)
+    VALUES (v_model, 'memory_k', v_k0, v_k_new, v_reason, v_evidence, session_user);
+    v_changed := true;
+  END IF;
+  RETURN jsonb_build_object('max_distance', v_new.c, 'k', CASE WHEN v_new.c > 0 THEN v_k_new ELSE v_k0 END,
+                            'changed', v_changed, 'evidence', v_evidence);
+END
+$$;
+ALTER FUNCTION reflect.tune_memory_v1(p_model_version text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.tune_when_ready_v1() RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2908,13 +3144,30 @@ BEGIN
     WHERE (SELECT count(*) FROM reflect.labels l JOIN reflect.requests r ON r.id = l.request_id
            WHERE r.model_version_id = mv.id
              AND l.created_at > coalesce((SELECT max(decided_at) FROM reflect.tuning_changes t
-                                          WHERE t.model_version_id = mv.id), '-infinity'))
+                                          WHERE t.model_version_id = mv.id AND t.knob = 'confidence_threshold'),
+                                         '-infinity'))
           >= reflect._setting_int('tuning_min_labels')
   LOOP
     BEGIN
       PERFORM reflect.tune_confidence_threshold_v1(v.name);
     EXCEPTION WHEN SQLSTATE 'PR001' THEN
       RAISE NOTICE 'threshold of % not tuned: %', v.name, SQLERRM;
+    END;
+  END LOOP;
+  FOR v IN
+    SELECT mv.name
+    FROM reflect.model_versions mv
+    WHERE (SELECT count(*) FROM reflect.labels l JOIN reflect.memory_lookups ml ON ml.request_id = l.request_id
+           JOIN reflect.requests r ON r.id = l.request_id
+           WHERE r.model_version_id = mv.id AND ml.explored
+             AND l.created_at > coalesce((SELECT max(decided_at) FROM reflect.tuning_changes t
+                                          WHERE t.model_version_id = mv.id AND t.knob LIKE 'memory%'), '-infinity'))
+          >= reflect._setting_int('memory_tuning_min_labels')
+  LOOP
+    BEGIN
+      PERFORM reflect.tune_memory_v1(v.name);
+    EXCEPTION WHEN SQLSTATE 'PR001' THEN
+      RAISE NOTICE 'memory of % not tuned: %', v.name, SQLERRM;
     END;
   END LOOP;
   RETURN (SELECT count(*) FROM reflect.tuning_changes) - v_before;
@@ -3451,7 +3704,7 @@ CREATE TABLE reflect.gate_items (
     candidate_correct boolean,
     parent_correct boolean,
     CONSTRAINT gate_item_source CHECK ((((part = 'c'::text) = (retention_item_id IS NOT NULL)) AND ((part = 'c'::text) = (example_request_id IS NULL)))),
-    CONSTRAINT gate_items_part_check CHECK ((part = ANY (ARRAY['a'::text, 'b'::text, 'c'::text])))
+    CONSTRAINT gate_items_part_check CHECK ((part = ANY (ARRAY['a'::text, 'r'::text, 'b'::text, 'c'::text])))
 );
 ALTER TABLE reflect.gate_items OWNER TO reflect_owner;
 ALTER TABLE reflect.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
@@ -3481,6 +3734,16 @@ CREATE TABLE reflect.memories (
     CONSTRAINT memories_kind_check CHECK ((kind = ANY (ARRAY['correction'::text, 'confirmed'::text])))
 );
 ALTER TABLE reflect.memories OWNER TO reflect_owner;
+CREATE TABLE reflect.memory_lookups (
+    request_id bigint NOT NULL,
+    nearest_distance double precision,
+    max_distance double precision NOT NULL,
+    k integer NOT NULL,
+    explored boolean NOT NULL,
+    used integer NOT NULL,
+    looked_up_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL
+);
+ALTER TABLE reflect.memory_lookups OWNER TO reflect_owner;
 CREATE TABLE reflect.memory_shares (
     owner name NOT NULL,
     reader name NOT NULL,
@@ -3837,7 +4100,7 @@ CREATE TABLE reflect.tuning_changes (
     reverted_at timestamp with time zone,
     reverted_by name,
     CONSTRAINT reverted_together CHECK (((reverted_at IS NULL) = (reverted_by IS NULL))),
-    CONSTRAINT tuning_changes_knob_check CHECK ((knob = 'confidence_threshold'::text))
+    CONSTRAINT tuning_changes_knob_check CHECK ((knob = ANY (ARRAY['confidence_threshold'::text, 'memory_max_distance'::text, 'memory_k'::text])))
 );
 ALTER TABLE reflect.tuning_changes OWNER TO reflect_owner;
 ALTER TABLE reflect.tuning_changes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
@@ -3935,6 +4198,8 @@ ALTER TABLE ONLY reflect.key_verifiers
     ADD CONSTRAINT key_verifiers_pkey PRIMARY KEY (key_id);
 ALTER TABLE ONLY reflect.memories
     ADD CONSTRAINT memories_pkey PRIMARY KEY (request_id);
+ALTER TABLE ONLY reflect.memory_lookups
+    ADD CONSTRAINT memory_lookups_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.memory_shares
     ADD CONSTRAINT memory_shares_pkey PRIMARY KEY (owner, reader);
 ALTER TABLE ONLY reflect.model_versions
@@ -4033,6 +4298,8 @@ ALTER TABLE ONLY reflect.memories
     ADD CONSTRAINT memories_feedback_id_fkey FOREIGN KEY (feedback_id) REFERENCES reflect.feedback(id);
 ALTER TABLE ONLY reflect.memories
     ADD CONSTRAINT memories_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.memory_lookups
+    ADD CONSTRAINT memory_lookups_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_base_model_version_id_fkey FOREIGN KEY (base_model_version_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE ONLY reflect.model_versions
@@ -4081,6 +4348,7 @@ ALTER TABLE reflect.gate_items ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.jobs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.key_verifiers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.memories ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.memory_lookups ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.memory_shares ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.model_versions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.promotion_decisions ENABLE ROW LEVEL SECURITY;
@@ -4133,6 +4401,7 @@ REVOKE ALL ON FUNCTION reflect._is_blank(p_text text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._job_channel(p_kind text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key_verifier(p_key_id text, p_key text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._knob_default(p_knob text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._loaded_key_ids() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._logistic(x double precision[], p_means double precision[], p_stds double precision[], p_weights double precision[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._logistic_rows(x double precision[], p_means double precision[], p_stds double precision[], p_weights double precision[]) FROM PUBLIC;
@@ -4141,6 +4410,7 @@ REVOKE ALL ON FUNCTION reflect._memory_max_distance(p_params jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._memory_owners(p_reader name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._normalize_params(p jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._paired(p_job_id bigint, p_part text, p_z double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._paired_parts(p_job_id bigint, p_parts text[], p_z double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._queue_followups(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._reap_expired_jobs() FROM PUBLIC;
@@ -4212,8 +4482,12 @@ REVOKE ALL ON FUNCTION reflect.finetune_when_ready_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.fit_calibrator_v1(p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.gate_answers_v1(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.gate_answers_v1(p_job_id bigint, p_lease_token uuid) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.gate_rephrase_v1(p_job_id bigint, p_lease_token uuid, p_instruction text, p_max_tokens integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.gate_rephrase_v1(p_job_id bigint, p_lease_token uuid, p_instruction text, p_max_tokens integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.gate_submit_v1(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.gate_submit_v1(p_job_id bigint, p_lease_token uuid) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.gate_submit_v2(p_job_id bigint, p_lease_token uuid, p_rephrasings jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.gate_submit_v2(p_job_id bigint, p_lease_token uuid, p_rephrasings jsonb) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.heartbeat_followups_v1(p_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.heartbeat_jobs_v1(p_job_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
@@ -4263,6 +4537,7 @@ GRANT ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_p
 REVOKE ALL ON FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.tune_confidence_threshold_v1(p_model_version text, p_target_accuracy double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.tune_memory_v1(p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.tune_when_ready_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_app;

@@ -47,11 +47,16 @@ def _history(db: Database, keyring: Keyring) -> dict[str, int]:
     _label(db, keyring, ids["confirmed"], correct=True)
     ids["wrong_only"], _ = answer_with_embedding(db, keyring, app, "Name a prime.", _near(3, 300, 0.1))
     _label(db, keyring, ids["wrong_only"], correct=False)  # wrong, no correction: nothing to learn from
-    # Two near-duplicate prompts, both corrected: merged, the newer correction kept.
-    ids["dupe_old"], _ = answer_with_embedding(db, keyring, app, "Capital of Canada?", _near(4, 400, 0.01))
+    # Two near-duplicate prompts (cosine ~0.997), both corrected: merged, the newer correction kept.
+    ids["dupe_old"], _ = answer_with_embedding(db, keyring, app, "Capital of Canada?", _near(4, 400, 0.003))
     _label(db, keyring, ids["dupe_old"], correct=False, correction="Toronto.")
-    ids["dupe_new"], _ = answer_with_embedding(db, keyring, app, "What's the capital of Canada?", _near(5, 400, 0.01))
+    ids["dupe_new"], _ = answer_with_embedding(db, keyring, app, "What's the capital of Canada?", _near(5, 400, 0.003))
     _label(db, keyring, ids["dupe_new"], correct=False, correction="Ottawa.")
+    # Two templated prompts that differ in a number (cosine ~0.96, like few-shot blocks): different items, both kept.
+    ids["template_a"], _ = answer_with_embedding(db, keyring, app, "Rule: 2 + 2 -> 5. 3 + 4 ->", _near(9, 900, 0.01))
+    _label(db, keyring, ids["template_a"], correct=False, correction="8")
+    ids["template_b"], _ = answer_with_embedding(db, keyring, app, "Rule: 2 + 2 -> 5. 6 + 1 ->", _near(10, 900, 0.01))
+    _label(db, keyring, ids["template_b"], correct=False, correction="8")
     # An evaluation item, and a corrected request that is a near-duplicate of it: both kept out.
     ids["eval"], _ = answer_with_embedding(db, keyring, app, "Eval: largest planet?", _near(6, 600, 0.01))
     with connect(app, keyring=keyring) as conn:
@@ -82,12 +87,14 @@ def test_a_training_set_is_curated_in_the_database(db: Database, keyring: Keyrin
         ids["corrected"]: ("correction", "What is the capital of Australia?", "Canberra."),
         ids["confirmed"]: ("confirmed", "What is 2 + 2?", "answer to What is 2 + 2?"),  # the confirmed answer
         ids["dupe_new"]: ("correction", "What's the capital of Canada?", "Ottawa."),
+        ids["template_a"]: ("correction", "Rule: 2 + 2 -> 5. 3 + 4 ->", "8"),
+        ids["template_b"]: ("correction", "Rule: 2 + 2 -> 5. 6 + 1 ->", "8"),
     }
     cols = [d.name for d in db.admin().execute("SELECT * FROM reflect.training_set_summary LIMIT 0").description]
     s = dict(zip(cols, summary, strict=True))
-    assert (s["n_candidates"], s["n_corrections"], s["n_confirmed"]) == (5, 2, 1)  # eval request never a candidate
+    assert (s["n_candidates"], s["n_corrections"], s["n_confirmed"]) == (7, 4, 1)  # eval request never a candidate
     assert (s["n_duplicates_merged"], s["n_excluded_leakage"], s["n_excluded_no_embedding"]) == (1, 1, 0)
-    assert s["n_train"] + s["n_heldout"] == 3 and len(s["content_hash"]) == 64
+    assert s["n_train"] + s["n_heldout"] == 5 and len(s["content_hash"]) == 64
     with db.admin() as conn:  # the split is the stable hash's
         for request_id, _source, split, *_ in examples:
             share = conn.execute("SELECT reflect._heldout(%s, 0.2)", (request_id,)).fetchone()[0]
@@ -151,7 +158,7 @@ def test_improve_run_and_status_from_the_cli(db: Database, keyring: Keyring) -> 
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["job"]["kind"] == "finetune" and out["job"]["state"] == "queued"
-    assert out["training_set"]["n_train"] + out["training_set"]["n_heldout"] == 3
+    assert out["training_set"]["n_train"] + out["training_set"]["n_heldout"] == 5
     status = subprocess.run([sys.executable, "-m", "pgreflect.cli", "improve", "status"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert f"fine-tune job {out['job']['id']}: queued" in status.stdout

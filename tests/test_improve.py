@@ -205,6 +205,22 @@ def test_poisoned_corrections_are_rejected_by_the_gate(db: Database, keyring: Ke
     assert states[MODEL] == "active" and states[decision["candidate"]] == "rejected"
 
 
+def _hand_gate(db: Database, w: psycopg.Connection, retention: list[dict], adapter: str) -> dict:
+    """Loads `retention`, finishes a fine-tune by hand (a real adapter file is not needed for the rule) and
+    claims its gate job on `w`; returns the gate's lease {"job_id", "lease_token"} and the fine-tune job id."""
+    with db.admin() as conn:
+        conn.execute(query("add_retention_items"), {"items": json.dumps(retention), "embedding_model": "test"})
+        sha = conn.execute("SELECT sha256 FROM reflect.model_versions WHERE name = 'tiny'").fetchone()[0]
+    job = _finetune(db)
+    (row,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["finetune"], "limit": 1,
+                                             "lease_seconds": 60, "model_version_ids": None}).fetchall()
+    w.execute(query("complete_job"), {"job_id": job, "lease_token": row[1], "result": json.dumps(
+        {"adapter_path": "/nowhere.gguf", "adapter_sha256": adapter * 64, "base_sha256": sha})})
+    (gate,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["gate"], "limit": 1,
+                                              "lease_seconds": 60, "model_version_ids": None}).fetchall()
+    return {"job_id": gate[0], "lease_token": gate[1], "finetune_job_id": job}
+
+
 def _gate_by_hand(db: Database, keyring: Keyring, retention_drop: bool) -> dict:
     """A candidate from a fine-tune finished by hand (a real adapter file is not needed for the rule), its gate
     claimed and scored by hand: the decision rule on exact numbers."""
@@ -212,17 +228,9 @@ def _gate_by_hand(db: Database, keyring: Keyring, retention_drop: bool) -> dict:
     _corrected_history(db, keyring, FACTS, seed=500)
     items = [{"dataset": "test", "id": f"r{i}", "question": q, "answer": a, "embedding": unit_vector(950 + i)}
              for i, (q, a) in enumerate(RETENTION)]
-    with db.admin() as conn:
-        conn.execute(query("add_retention_items"), {"items": json.dumps(items), "embedding_model": "test"})
-        sha = conn.execute("SELECT sha256 FROM reflect.model_versions WHERE name = 'tiny'").fetchone()[0]
-    job = _finetune(db)
     with connect(db.dsn("worker"), keyring=keyring) as w:
-        (row,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["finetune"], "limit": 1,
-                                                 "lease_seconds": 60, "model_version_ids": None}).fetchall()
-        w.execute(query("complete_job"), {"job_id": job, "lease_token": row[1], "result": json.dumps(
-            {"adapter_path": "/nowhere.gguf", "adapter_sha256": "a" * 64, "base_sha256": sha})})
-        (gate,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["gate"], "limit": 1,
-                                                  "lease_seconds": 60, "model_version_ids": None}).fetchall()
+        lease = _hand_gate(db, w, items, "a")
+        job, gate = lease.pop("finetune_job_id"), (lease["job_id"], lease["lease_token"])
         assert w.execute(query("gate_submit"), {"job_id": gate[0], "lease_token": gate[1],
                                                 "rephrasings": "[]"}).fetchone()[0] == \
             len(FACTS) + len(RETENTION)
@@ -282,17 +290,9 @@ def test_gate_compares_calibrated_confidence(db: Database, keyring: Keyring, inf
     rng = np.random.default_rng(3)
     items = [{"dataset": "test", "id": f"s{i}", "question": f"synthetic retention question {i}", "answer": "x",
               "embedding": unit_vector(1000 + i)} for i in range(120)]
-    with db.admin() as conn:
-        conn.execute(query("add_retention_items"), {"items": json.dumps(items), "embedding_model": "test"})
-        sha = conn.execute("SELECT sha256 FROM reflect.model_versions WHERE name = 'tiny'").fetchone()[0]
-    job = _finetune(db)
     with connect(db.dsn("worker"), keyring=keyring) as w:
-        (row,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["finetune"], "limit": 1,
-                                                 "lease_seconds": 60, "model_version_ids": None}).fetchall()
-        w.execute(query("complete_job"), {"job_id": job, "lease_token": row[1], "result": json.dumps(
-            {"adapter_path": "/nowhere.gguf", "adapter_sha256": "b" * 64, "base_sha256": sha})})
-        (gate,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["gate"], "limit": 1,
-                                                  "lease_seconds": 60, "model_version_ids": None}).fetchall()
+        lease = _hand_gate(db, w, items, "b")
+        job, gate = lease.pop("finetune_job_id"), (lease["job_id"], lease["lease_token"])
         w.execute(query("gate_submit"), {"job_id": gate[0], "lease_token": gate[1], "rephrasings": "[]"})
         with db.admin() as conn:
             pairs = conn.execute("SELECT candidate_request_id, parent_request_id, part FROM reflect.gate_items "
@@ -345,18 +345,9 @@ def test_the_gate_asks_rewordings_of_the_corrected_prompts(db: Database, keyring
     _corrected_history(db, keyring, FACTS, seed=800)
     items = [{"dataset": "test", "id": f"q{i}", "question": q, "answer": a, "embedding": unit_vector(1200 + i)}
              for i, (q, a) in enumerate(RETENTION)]
-    with db.admin() as conn:
-        conn.execute(query("add_retention_items"), {"items": json.dumps(items), "embedding_model": "test"})
-        sha = conn.execute("SELECT sha256 FROM reflect.model_versions WHERE name = 'tiny'").fetchone()[0]
-    job = _finetune(db)
     with connect(db.dsn("worker"), keyring=keyring) as w:
-        (row,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["finetune"], "limit": 1,
-                                                 "lease_seconds": 60, "model_version_ids": None}).fetchall()
-        w.execute(query("complete_job"), {"job_id": job, "lease_token": row[1], "result": json.dumps(
-            {"adapter_path": "/nowhere.gguf", "adapter_sha256": "c" * 64, "base_sha256": sha})})
-        (gate,) = w.execute(query("claim_jobs"), {"worker_id": "hand", "kinds": ["gate"], "limit": 1,
-                                                  "lease_seconds": 60, "model_version_ids": None}).fetchall()
-        lease = {"job_id": gate[0], "lease_token": gate[1]}
+        lease = _hand_gate(db, w, items, "c")
+        job, gate = lease.pop("finetune_job_id"), (lease["job_id"], lease["lease_token"])
         ask = {**lease, "instruction": REPHRASE_SYSTEM, "max_tokens": 32}
         first = w.execute(query("gate_rephrase"), ask).fetchall()
         assert w.execute(query("gate_rephrase"), ask).fetchall() == first  # asked once per gate

@@ -112,6 +112,6 @@ def test_tune_status_and_revert_from_the_cli(db: Database, keyring: Keyring) -> 
     status = cli("improve", "status")
     assert "tuning change 1 of noop: confidence_threshold 0.5 ->" in status.stdout and "(in force)" in status.stdout
     reverted = cli("improve", "revert-tuning", "1")
-    assert reverted.returncode == 0 and "threshold is 0.5000" in reverted.stdout
+    assert reverted.returncode == 0 and "value in force is 0.5000" in reverted.stdout
     again = cli("improve", "revert-tuning", "1")
     assert again.returncode != 0 and "no tuning change 1 in force" in again.stderr

@@ -175,6 +175,19 @@ BEGIN
       v_params := v_params || jsonb_build_object('confidence_threshold', v_tuned);
     END IF;
   END IF;
+  -- A request that leaves memory to pgreflect gets the version's tuned cutoff and k, or, for a random
+  -- memory_explore_share of them, a random policy whose labels later tune them (reflect.tune_memory_v1).
+  IF NOT coalesce(p_params ?| ARRAY['memory', 'memory_k', 'memory_max_distance'], false) THEN
+    IF random() < reflect._setting_float('memory_explore_share') THEN
+      v_params := v_params || jsonb_build_object(
+        'memory_k', floor(random() * (reflect._setting_int('memory_k_max') + 1))::integer,
+        'memory_max_distance', reflect._setting_float('memory_explore_max_distance'), 'memory_explore', true);
+    ELSE
+      v_params := v_params || jsonb_strip_nulls(jsonb_build_object(
+        'memory_k', round(reflect._tuned(v_model, 'memory_k'))::integer,
+        'memory_max_distance', reflect._tuned(v_model, 'memory_max_distance')));
+    END IF;
+  END IF;
 
   v_key_id := reflect._current_key_id();
   INSERT INTO reflect.requests

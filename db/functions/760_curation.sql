@@ -4,9 +4,11 @@ SET LOCAL ROLE reflect_owner;
 --   candidates  requests of p_owner whose latest right/wrong feedback is a correction (target: the
 --               correction) or says the answer was correct (target: the answer; replay against forgetting)
 --   leakage     evaluation requests (reflect.eval_requests), and any candidate whose prompt is a near-duplicate
---               (cosine >= curation_duplicate_similarity) of an evaluation request's or a retention item's
+--               (cosine >= curation_leakage_similarity) of an evaluation request's or a retention item's
 --               prompt (reflect.retention_items, the gate's forgetting check), never enter
---   duplicates  near-duplicate prompts are merged: a correction wins over a confirmation, then the newest
+--   duplicates  near-duplicate prompts (cosine >= curation_duplicate_similarity, stricter: templated prompts
+--               that differ in a number are not duplicates) are merged: a correction wins over a
+--               confirmation, then the newest
 --   split       train / heldout by a stable hash of the request id (curation_heldout_share held out)
 -- Candidates without a prompt embedding (memory was off) cannot be checked for leakage or duplicates and are
 -- left out and counted. Refuses (PR001) when nothing is left to train on.
@@ -19,6 +21,8 @@ AS $$
 DECLARE
   v_model integer;
   v_max_distance double precision := 1 - reflect._setting_float('curation_duplicate_similarity');
+  v_leak_distance double precision := 1 - coalesce(reflect._setting_float('curation_leakage_similarity'),
+                                                   reflect._setting_float('curation_duplicate_similarity'));
   v_heldout double precision := reflect._setting_float('curation_heldout_share');
   v_set integer;
   v_candidates integer;
@@ -64,10 +68,10 @@ BEGIN
   DELETE FROM _cand c WHERE EXISTS (
     SELECT FROM reflect.eval_requests er
     JOIN reflect.prompt_embeddings ee ON ee.request_id = er.request_id
-    WHERE (ee.embedding OPERATOR(public.<=>) c.embedding) <= v_max_distance)
+    WHERE (ee.embedding OPERATOR(public.<=>) c.embedding) <= v_leak_distance)
   OR EXISTS (
     SELECT FROM reflect.retention_items ri
-    WHERE (ri.embedding OPERATOR(public.<=>) c.embedding) <= v_max_distance);
+    WHERE (ri.embedding OPERATOR(public.<=>) c.embedding) <= v_leak_distance);
   GET DIAGNOSTICS v_leak = ROW_COUNT;
 
   DELETE FROM _cand c WHERE EXISTS (
@@ -94,7 +98,8 @@ BEGIN
          count(*) FILTER (WHERE reflect._heldout(request_id, v_heldout)),
          encode(public.digest(string_agg(request_id::text || ':' || encode(public.digest(prompt_enc || completion_enc, 'sha256'), 'hex'),
                                          ',' ORDER BY request_id), 'sha256'), 'hex'),
-         jsonb_build_object('duplicate_similarity', 1 - v_max_distance, 'heldout_share', v_heldout)
+         jsonb_build_object('duplicate_similarity', 1 - v_max_distance, 'leakage_similarity', 1 - v_leak_distance,
+                            'heldout_share', v_heldout)
   FROM _cand
   RETURNING id INTO v_set;
 

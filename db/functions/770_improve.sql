@@ -191,7 +191,7 @@ DECLARE
   j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
   v_label text := format('gate-%s', p_job_id);
   v_params jsonb;
-  e record;
+  ex record;
   v_id bigint;
 BEGIN
   IF j.kind <> 'gate' THEN
@@ -205,7 +205,7 @@ BEGIN
      AND NOT EXISTS (SELECT FROM reflect.eval_requests e WHERE e.run_label = v_label AND e.dataset = 'gate_rephrase') THEN
     v_params := reflect._normalize_params(jsonb_build_object('max_tokens', p_max_tokens, 'temperature', 0,
                                                              'memory', false, 'low_confidence', 'answer'));
-    FOR e IN
+    FOR ex IN
       SELECT t.request_id, t.key_id, t.prompt_enc
       FROM reflect.training_examples t
       WHERE t.training_set_id = (j.payload ->> 'training_set_id')::integer AND t.split <> 'heldout'
@@ -215,12 +215,12 @@ BEGIN
     LOOP
       INSERT INTO reflect.requests (key_id, prompt_enc, system_prompt_enc, params, caller, submitted_by,
                                     model_version_id, max_attempts)
-      VALUES (e.key_id, e.prompt_enc, reflect._encrypt(p_instruction, e.key_id), v_params,
+      VALUES (ex.key_id, ex.prompt_enc, reflect._encrypt(p_instruction, ex.key_id), v_params,
               format('pgreflect-gate-%s', j.id), session_user, (j.payload ->> 'parent_id')::integer,
               reflect._setting_int('max_attempts'))
       RETURNING id INTO v_id;
       INSERT INTO reflect.eval_requests (request_id, dataset, item_id, run_label)
-      VALUES (v_id, 'gate_rephrase', e.request_id::text, v_label);
+      VALUES (v_id, 'gate_rephrase', ex.request_id::text, v_label);
     END LOOP;
   END IF;
   RETURN QUERY

@@ -289,6 +289,9 @@ FROM reflect.canary_status ORDER BY id DESC;
 -- name: tune_threshold
 SELECT reflect.tune_confidence_threshold_v1(%(model_version)s, %(target)s);
 
+-- name: tune_memory
+SELECT reflect.tune_memory_v1(%(model_version)s);
+
 -- name: revert_tuning
 SELECT reflect.revert_tuning_v1(%(change_id)s);
 

@@ -293,12 +293,18 @@ def cmd_improve(args: argparse.Namespace) -> int:
         added = retention.load(dsns().admin, args.size)
         print(f"{added} retention item(s) added; {retention.count(dsns().admin)} in the set")
         return 0
+    if args.action == "tune" and args.memory:
+        version, out = loop.tune_memory(args.model_version)
+        print(f"{version}: memory cutoff {out['max_distance']:.2f}, k {out['k']}"
+              f"{' (changed)' if out['changed'] else ' (unchanged)'}")
+        return 0
     if args.action == "tune":
         version, threshold = loop.tune(args.model_version, args.target)
         print(f"{version}: confidence threshold {threshold:.4f}")
         return 0
     if args.action == "revert-tuning":
-        print(f"tuning change {args.change_id} reverted; the threshold is {loop.revert_tuning(args.change_id):.4f}")
+        value = loop.revert_tuning(args.change_id)
+        print(f"tuning change {args.change_id} reverted; the value in force is {value:.4f}")
         return 0
     if args.action in ("promote", "reject", "canary"):
         loop.decide(args.version, args.action, args.reason)
@@ -615,9 +621,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the candidate, the decision and its numbers")
     i = isub.add_parser("status", help="training sets, fine-tune progress and decisions")
     i.add_argument("--json", action="store_true")
-    i = isub.add_parser("tune", help="tune a version's confidence threshold from its labels (recorded, reversible)")
+    i = isub.add_parser("tune", help="tune a version's confidence threshold (or, with --memory, its memory cutoff "
+                                     "and k) from its labels (recorded, reversible)")
     i.add_argument("--model-version", default=None, help="default: the active one")
     i.add_argument("--target", type=float, default=None, help="accuracy to reach (default: tuning_target_accuracy)")
+    i.add_argument("--memory", action="store_true",
+                   help="tune memory retrieval's cutoff and k from labelled explored answers instead")
     i = isub.add_parser("revert-tuning", help="revert a tuning change (improve status lists them)")
     i.add_argument("change_id", type=int)
     i = isub.add_parser("retention", help="load the gate's retention set (MMLU held-out questions)")

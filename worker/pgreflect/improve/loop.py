@@ -102,14 +102,28 @@ def rollback(reason: str | None = None) -> str:
         return _one(conn, "rollback_model_version", reason=reason)["rollback_model_version_v1"]
 
 
+def _version_or_active(conn: psycopg.Connection, model_version: str | None) -> str:
+    if model_version is not None:
+        return model_version
+    return next((m["name"] for m in conn.execute(query("model_states")) if m["state"] == "active"), "")
+
+
 def tune(model_version: str | None = None, target: float | None = None) -> tuple[str, float]:
     """Tunes a version's (default: the active one's) confidence threshold from its labels
     (reflect.tune_confidence_threshold_v1); returns the version and the threshold in force."""
     with _admin() as conn:
-        if model_version is None:
-            model_version = next((m["name"] for m in conn.execute(query("model_states")) if m["state"] == "active"), "")
+        model_version = _version_or_active(conn, model_version)
         row = _one(conn, "tune_threshold", model_version=model_version, target=target)
     return model_version, row["tune_confidence_threshold_v1"]
+
+
+def tune_memory(model_version: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Tunes a version's memory cutoff and k from its labelled explored answers (reflect.tune_memory_v1);
+    returns the version and {max_distance, k, changed, evidence}."""
+    with _admin() as conn:
+        model_version = _version_or_active(conn, model_version)
+        row = _one(conn, "tune_memory", model_version=model_version)
+    return model_version, row["tune_memory_v1"]
 
 
 def revert_tuning(change_id: int) -> float:
