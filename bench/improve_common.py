@@ -121,15 +121,20 @@ def gate_lines(decision: tuple) -> list[str]:
                          f"{p['difference']:+.3f} | [{p['lower_bound']:+.3f}, {p['upper_bound']:+.3f}] |")
     cal = numbers.get("calibration") or {}
     if cal.get("parent"):
+        skill = cal.get("skill") or {}
         lines += ["", "Calibration on the gate's held-out and retention items (each version cross-fitted on its "
-                  "own gate answers; raw = its confidence before calibration):", "",
-                  "| version | n | Brier | ECE | AUROC (wrong) | raw Brier | raw ECE |",
-                  "|---|---|---|---|---|---|---|"]
+                  "own gate answers; served = the confidence the answer carried):", "",
+                  "| version | n | accuracy | Brier skill | Brier | ECE | AUROC (wrong) | served Brier | served ECE |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for version in ("parent", "candidate"):
             c = cal[version]
-            raw = c.get("raw") or {}
-            lines.append(f"| {version} | {c.get('n')} | {_num(c.get('brier'))} | {_num(c.get('ece'))} | "
-                         f"{_num(c.get('auroc_wrong'))} | {_num(raw.get('brier'))} | {_num(raw.get('ece'))} |")
+            served = c.get("served") or c.get("raw") or {}
+            lines.append(f"| {version} | {c.get('n')} | {_num(c.get('accuracy'))} | {_num(skill.get(version))} | "
+                         f"{_num(c.get('brier'))} | {_num(c.get('ece'))} | {_num(c.get('auroc_wrong'))} | "
+                         f"{_num(served.get('brier'))} | {_num(served.get('ece'))} |")
+        if skill:
+            lines += ["", f"Brier skill, candidate − parent (paired): {skill['difference']:+.3f}, one-sided bounds "
+                      f"[{skill['lower_bound']:+.3f}, {skill['upper_bound']:+.3f}]."]
     lines += ["", f"Rule: `{json.dumps(rule)}`."]
     return lines
 

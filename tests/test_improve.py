@@ -280,11 +280,11 @@ def test_gate_rule_rejects_forgetting(db: Database, keyring: Keyring) -> None:
 
 @pytest.mark.parametrize("informative", ["candidate", "parent"])
 def test_gate_compares_calibrated_confidence(db: Database, keyring: Keyring, informative: str) -> None:
-    """(d) compares each version calibrated on its own gate answers (cross-fitted), not raw confidences. Both
-    versions get the same items right (so (a) to (c) cannot decide) and both say P(True) = 0.95 on every
-    answer (raw calibration identical); only one version's log-prob tells right from wrong. That version's
-    calibrated Brier is lower; when it is the parent, the candidate is rejected for calibration. A candidate
-    without a calibrator gets one fitted on its gate answers."""
+    """(d) compares each version calibrated on its own gate answers (cross-fitted), not the confidences as
+    served. Both versions get the same items right (so (a) to (c) cannot decide) and both say P(True) = 0.95
+    on every answer (served calibration identical); only one version's log-prob tells right from wrong. That
+    version's calibrated confidence has the higher Brier skill; when it is the parent, the candidate is
+    rejected for it. A candidate without a calibrator gets one fitted on its gate answers."""
     _settings(db, curation_heldout_share=0.0, canary_share=0, gate_retention_size=120)
     _corrected_history(db, keyring, FACTS, seed=700)
     rng = np.random.default_rng(3)
@@ -318,15 +318,19 @@ def test_gate_compares_calibrated_confidence(db: Database, keyring: Keyring, inf
     cal = decision["numbers"]["calibration"]
     better, worse = (cal[informative], cal["parent" if informative == "candidate" else "candidate"])
     assert cal["candidate"]["n"] == cal["parent"]["n"] == 120
-    assert cal["candidate"]["raw"]["brier"] == pytest.approx(cal["parent"]["raw"]["brier"])  # same raw confidence
+    assert cal["candidate"]["served"]["brier"] == pytest.approx(cal["parent"]["served"]["brier"])  # same confidence
     assert better["auroc_wrong"] > 0.8 and abs(worse["auroc_wrong"] - 0.5) < 0.15
     assert better["brier"] < worse["brier"] - 0.05
-    assert better["brier"] < better["raw"]["brier"]  # calibrating P(True) = 0.95 on ~50% accuracy helps
+    assert better["brier"] < better["served"]["brier"]  # calibrating P(True) = 0.95 on ~50% accuracy helps
+    skill = cal["skill"]
+    assert skill[informative] > 0.2 and abs(skill["parent" if informative == "candidate" else "candidate"]) < 0.1
     if informative == "candidate":
+        assert skill["lower_bound"] > 0
         assert decision["decision"] == "promote", decision["reason"]
     else:
+        assert skill["upper_bound"] < -0.02
         assert decision["decision"] == "reject"
-        assert "calibrated Brier score rose" in decision["reason"]
+        assert "confidence measurably less informative" in decision["reason"]
     with db.admin() as conn:
         source, n_train, metrics = conn.execute(
             "SELECT heldout_metrics ->> 'source', n_train, heldout_metrics -> 'heldout' FROM reflect.calibrators c "

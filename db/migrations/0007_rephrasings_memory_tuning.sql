@@ -32,6 +32,10 @@ CREATE TABLE reflect.memory_lookups (
 );
 ALTER TABLE reflect.memory_lookups ENABLE ROW LEVEL SECURITY;
 
+UPDATE reflect.settings
+SET description = 'Largest accepted drop in the Brier skill of the calibrated confidence (paired upper bound) on the gate''s held-out and retention items'
+WHERE key = 'gate_calibration_margin';
+
 UPDATE reflect.settings SET value = '0.985',
   description = 'Prompts at least this similar (embedding cosine) are merged in a training set'
 WHERE key = 'curation_duplicate_similarity' AND value = '0.95';
