@@ -21,11 +21,14 @@ class GateHandler:
     kind = "gate"
 
     def run(self, ctx: JobContext, job: JobRun) -> dict[str, Any] | None:
-        rewordings = ctx.call("gate_rephrase", instruction=REPHRASE_SYSTEM, max_tokens=REPHRASE_MAX_TOKENS)
-        pending = sum(1 for r in rewordings if r[1] not in FINAL)
-        if pending:
-            return self._snooze(ctx, job, {"rewordings": len(rewordings), "pending": pending})
-        items = ctx.call("gate_submit", rephrasings=json.dumps(rephrase.accepted(rewordings)))[0][0]
+        rephrasings: list[dict[str, Any]] = []
+        if not (job.checkpoint or {}).get("items"):  # once the items are in, the rewordings are not read again
+            rewordings = ctx.call("gate_rephrase", instruction=REPHRASE_SYSTEM, max_tokens=REPHRASE_MAX_TOKENS)
+            pending = sum(1 for r in rewordings if r[1] not in FINAL)
+            if pending:
+                return self._snooze(ctx, job, {"rewordings": len(rewordings), "pending": pending})
+            rephrasings = rephrase.accepted(rewordings)
+        items = ctx.call("gate_submit", rephrasings=json.dumps(rephrasings))[0][0]
         check_cancel(job)
         rows = ctx.call("gate_answers")
         pending = sum(1 for r in rows if r[3] not in FINAL or r[5] not in FINAL)
