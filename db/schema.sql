@@ -1262,6 +1262,35 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._training_memory_policy(p_job_id bigint) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_ckpt text := reflect._setting_text('finetune_gradient_checkpointing');
+  v_pause text := reflect._setting_text('finetune_pause_serving');
+  v_reserve double precision := reflect._setting_float('finetune_memory_reserve_mb');
+BEGIN
+  IF v_ckpt IS NULL OR v_ckpt NOT IN ('auto', 'on', 'off') THEN
+    RAISE EXCEPTION 'setting finetune_gradient_checkpointing must be "auto", "on" or "off" (it is %)', v_ckpt
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF v_pause IS NULL OR v_pause NOT IN ('auto', 'always', 'never') THEN
+    RAISE EXCEPTION 'setting finetune_pause_serving must be "auto", "always" or "never" (it is %)', v_pause
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF v_reserve IS NULL OR v_reserve < 0 THEN
+    RAISE EXCEPTION 'setting finetune_memory_reserve_mb must be a number of MB >= 0 (it is %)', v_reserve
+      USING ERRCODE = 'PR001';
+  END IF;
+  RETURN jsonb_build_object(
+    'reserve_mb', v_reserve, 'gradient_checkpointing', v_ckpt, 'pause_serving', v_pause,
+    'seen_peak_mb', (SELECT max(rss_mb) FROM reflect.training_progress WHERE job_id = p_job_id),
+    'seen_with_checkpointing', (SELECT gradient_checkpointing FROM reflect.training_memory WHERE job_id = p_job_id
+                                ORDER BY attempt DESC LIMIT 1));
+END
+$$;
+ALTER FUNCTION reflect._training_memory_policy(p_job_id bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._tuned(p_model_version_id integer, p_knob text) RETURNS double precision
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1980,7 +2009,8 @@ BEGIN
     'parent', jsonb_build_object('id', p.id, 'name', p.name),
     'base', jsonb_build_object('id', b.id, 'name', b.name, 'gguf_path', b.gguf_path, 'sha256', b.sha256,
                                'backend', b.backend),
-    'hyperparameters', coalesce(j.payload -> 'hyperparameters', reflect._finetune_hyperparameters()));
+    'hyperparameters', coalesce(j.payload -> 'hyperparameters', reflect._finetune_hyperparameters()),
+    'memory', reflect._training_memory_policy(j.id));
 END
 $$;
 ALTER FUNCTION reflect.finetune_plan_v1(p_job_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
@@ -2549,6 +2579,28 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb, p_evidence_request_ids bigint[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.record_training_memory_v1(p_job_id bigint, p_lease_token uuid, p_estimate_mb double precision, p_available_mb double precision, p_reserve_mb double precision, p_gradient_checkpointing boolean, p_serving_paused boolean, p_decision text, p_detail text, p_peak_rss_mb double precision DEFAULT NULL::double precision) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+BEGIN
+  IF j.kind <> 'finetune' THEN
+    RAISE EXCEPTION 'job % is a % job, not a fine-tune', j.id, j.kind USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.training_memory AS m (job_id, attempt, estimate_mb, available_mb, reserve_mb,
+                                            gradient_checkpointing, serving_paused, decision, detail, peak_rss_mb)
+  VALUES (j.id, j.attempts, p_estimate_mb, p_available_mb, p_reserve_mb, p_gradient_checkpointing,
+          p_serving_paused, p_decision, left(p_detail, 2000), p_peak_rss_mb)
+  ON CONFLICT (job_id, attempt) DO UPDATE
+    SET estimate_mb = excluded.estimate_mb, available_mb = excluded.available_mb, reserve_mb = excluded.reserve_mb,
+        gradient_checkpointing = excluded.gradient_checkpointing, serving_paused = excluded.serving_paused,
+        decision = excluded.decision, detail = excluded.detail,
+        peak_rss_mb = coalesce(excluded.peak_rss_mb, m.peak_rss_mb);
+END
+$$;
+ALTER FUNCTION reflect.record_training_memory_v1(p_job_id bigint, p_lease_token uuid, p_estimate_mb double precision, p_available_mb double precision, p_reserve_mb double precision, p_gradient_checkpointing boolean, p_serving_paused boolean, p_decision text, p_detail text, p_peak_rss_mb double precision) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.record_training_progress_v1(p_job_id bigint, p_lease_token uuid, p_step integer, p_total_steps integer, p_epoch double precision, p_loss double precision, p_tokens_per_s double precision, p_eta_s double precision, p_rss_mb double precision) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -4017,6 +4069,27 @@ CREATE TABLE reflect.training_examples (
     CONSTRAINT training_examples_split_check CHECK ((split = ANY (ARRAY['train'::text, 'heldout'::text])))
 );
 ALTER TABLE reflect.training_examples OWNER TO reflect_owner;
+CREATE TABLE reflect.training_memory (
+    job_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    estimate_mb double precision NOT NULL,
+    available_mb double precision NOT NULL,
+    reserve_mb double precision NOT NULL,
+    gradient_checkpointing boolean NOT NULL,
+    serving_paused boolean NOT NULL,
+    decision text NOT NULL,
+    detail text NOT NULL,
+    peak_rss_mb double precision,
+    decided_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    CONSTRAINT training_memory_attempt_check CHECK ((attempt >= 1)),
+    CONSTRAINT training_memory_available_mb_check CHECK ((available_mb >= (0)::double precision)),
+    CONSTRAINT training_memory_decision_check CHECK ((decision = ANY (ARRAY['alongside'::text, 'checkpointing'::text, 'paused_serving'::text, 'refused'::text]))),
+    CONSTRAINT training_memory_detail_check CHECK ((length(detail) <= 2000)),
+    CONSTRAINT training_memory_estimate_mb_check CHECK ((estimate_mb >= (0)::double precision)),
+    CONSTRAINT training_memory_peak_rss_mb_check CHECK ((peak_rss_mb >= (0)::double precision)),
+    CONSTRAINT training_memory_reserve_mb_check CHECK ((reserve_mb >= (0)::double precision))
+);
+ALTER TABLE reflect.training_memory OWNER TO reflect_owner;
 CREATE TABLE reflect.training_progress (
     job_id bigint NOT NULL,
     step integer NOT NULL,
@@ -4091,8 +4164,14 @@ CREATE VIEW reflect.training_status AS
     p.eta_s,
     p.rss_mb,
     p.recorded_at,
-    j.last_error
-   FROM (reflect.jobs j
+    j.last_error,
+    m.decision AS memory_decision,
+    m.estimate_mb AS memory_estimate_mb,
+    m.available_mb AS memory_available_mb,
+    m.gradient_checkpointing,
+    m.serving_paused,
+    m.detail AS memory_detail
+   FROM ((reflect.jobs j
      LEFT JOIN LATERAL ( SELECT tp.job_id,
             tp.step,
             tp.total_steps,
@@ -4106,6 +4185,21 @@ CREATE VIEW reflect.training_status AS
           WHERE (tp.job_id = j.id)
           ORDER BY tp.step DESC
          LIMIT 1) p ON (true))
+     LEFT JOIN LATERAL ( SELECT tm.job_id,
+            tm.attempt,
+            tm.estimate_mb,
+            tm.available_mb,
+            tm.reserve_mb,
+            tm.gradient_checkpointing,
+            tm.serving_paused,
+            tm.decision,
+            tm.detail,
+            tm.peak_rss_mb,
+            tm.decided_at
+           FROM reflect.training_memory tm
+          WHERE (tm.job_id = j.id)
+          ORDER BY tm.attempt DESC
+         LIMIT 1) m ON (true))
   WHERE (j.kind = 'finetune'::text);
 ALTER TABLE reflect.training_status OWNER TO reflect_owner;
 CREATE TABLE reflect.tuning_changes (
@@ -4243,6 +4337,8 @@ ALTER TABLE ONLY reflect.settings
     ADD CONSTRAINT settings_pkey PRIMARY KEY (key);
 ALTER TABLE ONLY reflect.training_examples
     ADD CONSTRAINT training_examples_pkey PRIMARY KEY (training_set_id, request_id);
+ALTER TABLE ONLY reflect.training_memory
+    ADD CONSTRAINT training_memory_pkey PRIMARY KEY (job_id, attempt);
 ALTER TABLE ONLY reflect.training_progress
     ADD CONSTRAINT training_progress_pkey PRIMARY KEY (job_id, step);
 ALTER TABLE ONLY reflect.training_sets
@@ -4347,6 +4443,8 @@ ALTER TABLE ONLY reflect.training_examples
     ADD CONSTRAINT training_examples_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.training_examples
     ADD CONSTRAINT training_examples_training_set_id_fkey FOREIGN KEY (training_set_id) REFERENCES reflect.training_sets(id);
+ALTER TABLE ONLY reflect.training_memory
+    ADD CONSTRAINT training_memory_job_id_fkey FOREIGN KEY (job_id) REFERENCES reflect.jobs(id);
 ALTER TABLE ONLY reflect.training_progress
     ADD CONSTRAINT training_progress_job_id_fkey FOREIGN KEY (job_id) REFERENCES reflect.jobs(id);
 ALTER TABLE ONLY reflect.training_sets
@@ -4379,6 +4477,7 @@ ALTER TABLE reflect.requests ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.retention_items ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.settings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.training_examples ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.training_memory ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.training_progress ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.training_sets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.tuning_changes ENABLE ROW LEVEL SECURITY;
@@ -4447,6 +4546,7 @@ REVOKE ALL ON FUNCTION reflect._solve(a double precision[], b double precision[]
 REVOKE ALL ON FUNCTION reflect._store_signals(p_request_id bigint, p_signals jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._take_job_lease(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._training_memory_policy(p_job_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._tuned(p_model_version_id integer, p_knob text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_analyst;
@@ -4535,6 +4635,8 @@ REVOKE ALL ON FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid
 GRANT ALL ON FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb, p_evidence_request_ids bigint[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.record_candidate_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_token_logprobs real[], p_signals jsonb, p_evidence_request_ids bigint[]) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.record_training_memory_v1(p_job_id bigint, p_lease_token uuid, p_estimate_mb double precision, p_available_mb double precision, p_reserve_mb double precision, p_gradient_checkpointing boolean, p_serving_paused boolean, p_decision text, p_detail text, p_peak_rss_mb double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.record_training_memory_v1(p_job_id bigint, p_lease_token uuid, p_estimate_mb double precision, p_available_mb double precision, p_reserve_mb double precision, p_gradient_checkpointing boolean, p_serving_paused boolean, p_decision text, p_detail text, p_peak_rss_mb double precision) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.record_training_progress_v1(p_job_id bigint, p_lease_token uuid, p_step integer, p_total_steps integer, p_epoch double precision, p_loss double precision, p_tokens_per_s double precision, p_eta_s double precision, p_rss_mb double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.record_training_progress_v1(p_job_id bigint, p_lease_token uuid, p_step integer, p_total_steps integer, p_epoch double precision, p_loss double precision, p_tokens_per_s double precision, p_eta_s double precision, p_rss_mb double precision) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.refit_calibrators_v1() FROM PUBLIC;

@@ -566,3 +566,61 @@ def test_improve_run_wait_from_the_cli_prints_the_decision(db: Database, keyring
                             capture_output=True, text=True, timeout=60)
     line = next(x for x in listed.stdout.splitlines() if out["candidate"] in x)
     assert "rejected" in line and "parent tiny" in line and "no retention items" in line
+
+
+def _training_memory(db: Database, job_id: int) -> dict | None:
+    with db.admin() as conn:
+        row = conn.execute("SELECT decision, serving_paused, gradient_checkpointing, estimate_mb, peak_rss_mb, detail, "
+                           "decided_at FROM reflect.training_memory WHERE job_id = %s ORDER BY attempt DESC LIMIT 1",
+                           (job_id,)).fetchone()
+    return None if row is None else dict(zip(("decision", "serving_paused", "gradient_checkpointing", "estimate_mb",
+                                              "peak_rss_mb", "detail", "decided_at"), row, strict=True))
+
+
+@pytest.mark.realmodel
+def test_a_worker_stops_serving_while_it_trains_when_told_to_and_says_so(db: Database, keyring: Keyring) -> None:
+    """finetune_pause_serving = always takes the path a run that does not fit beside the models takes (auto):
+    the worker finishes what it answers, unloads its models, advertises none, trains, then serves again. A
+    request asked meanwhile waits and is answered after training."""
+    _fast_training(db)
+    _settings(db, finetune_epochs=150, finetune_pause_serving="always")
+    _corrected_history(db, keyring, FACTS, seed=500)
+    job = _finetune(db)
+    w = worker(db, keyring, memory="off", p_true=False, train="on", worker_id="trainer")
+    with BackgroundWorker(w):
+        decided = wait_for(lambda: _training_memory(db, job), timeout=120, interval=0.1, what="the memory decision")
+        with Client(db.dsn("app"), keyring=keyring) as c:
+            rid = c.submit("Say hi.", params={"max_tokens": 4, "memory": False}, model_version="tiny")
+        advertised = db.scalar("SELECT model_versions FROM reflect.worker_status WHERE worker_id = 'trainer'")
+        wait_for(lambda: _job(db, job)[0] == "succeeded", timeout=240, interval=0.2, what="the fine-tune")
+        wait_for(lambda: db.scalar("SELECT state::text FROM reflect.requests WHERE id = %s", (rid,)) == "succeeded",
+                 timeout=60, interval=0.2, what="the request asked while training")
+    assert decided["decision"] == "paused_serving" and decided["serving_paused"]
+    assert "stops serving" in decided["detail"]
+    assert advertised == []  # read within milliseconds of the decision: the trainer was still importing torch
+    with db.admin() as conn:
+        claimed, last_step = conn.execute(
+            "SELECT r.claimed_at, (SELECT max(recorded_at) FROM reflect.training_progress WHERE job_id = %s) "
+            "FROM reflect.requests r WHERE r.id = %s", (job, rid)).fetchone()
+        status = conn.execute("SELECT memory_decision, serving_paused FROM reflect.training_status WHERE job_id = %s",
+                              (job,)).fetchone()
+    assert claimed > last_step  # not answered while training, answered after
+    assert status == ("paused_serving", True)
+    final = _training_memory(db, job)
+    assert final["peak_rss_mb"] is not None
+    # the estimate (fitted on the 1.5B default model) against this tiny model's measured peak
+    assert 0.5 < final["peak_rss_mb"] / final["estimate_mb"] < 2.0, final
+
+
+def test_a_training_run_that_cannot_fit_is_refused_with_the_numbers(db: Database, keyring: Keyring) -> None:
+    _fast_training(db)
+    _settings(db, finetune_memory_reserve_mb=10_000_000, finetune_pause_serving="never")
+    _corrected_history(db, keyring, FACTS[:2], seed=600)
+    job = _finetune(db)
+    with BackgroundWorker(worker(db, keyring, memory="off", p_true=False, train="on")):
+        wait_for(lambda: _job(db, job)[0] == "failed", timeout=120, interval=0.2, what="the refusal")
+    _, attempts, error, _ = _job(db, job)
+    assert attempts == 1 and "training needs about" in error and "10000000 MB kept in reserve" in error
+    assert "lower finetune_batch_size or finetune_max_seq_len" in error
+    assert _training_memory(db, job)["decision"] == "refused"
+    assert db.scalar("SELECT count(*) FROM reflect.training_progress WHERE job_id = %s", (job,)) == 0

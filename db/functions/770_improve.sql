@@ -64,7 +64,69 @@ BEGIN
     'parent', jsonb_build_object('id', p.id, 'name', p.name),
     'base', jsonb_build_object('id', b.id, 'name', b.name, 'gguf_path', b.gguf_path, 'sha256', b.sha256,
                                'backend', b.backend),
-    'hyperparameters', coalesce(j.payload -> 'hyperparameters', reflect._finetune_hyperparameters()));
+    'hyperparameters', coalesce(j.payload -> 'hyperparameters', reflect._finetune_hyperparameters()),
+    'memory', reflect._training_memory_policy(j.id));
+END
+$$;
+
+-- How a training attempt is fitted into memory (read at each attempt: a DBA's change applies to the next):
+-- the settings, and the highest RSS an earlier attempt of this job reported, with or without checkpointing
+-- (an estimate for the same mode never goes below what was seen).
+CREATE OR REPLACE FUNCTION reflect._training_memory_policy(p_job_id bigint)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_ckpt text := reflect._setting_text('finetune_gradient_checkpointing');
+  v_pause text := reflect._setting_text('finetune_pause_serving');
+  v_reserve double precision := reflect._setting_float('finetune_memory_reserve_mb');
+BEGIN
+  IF v_ckpt IS NULL OR v_ckpt NOT IN ('auto', 'on', 'off') THEN
+    RAISE EXCEPTION 'setting finetune_gradient_checkpointing must be "auto", "on" or "off" (it is %)', v_ckpt
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF v_pause IS NULL OR v_pause NOT IN ('auto', 'always', 'never') THEN
+    RAISE EXCEPTION 'setting finetune_pause_serving must be "auto", "always" or "never" (it is %)', v_pause
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF v_reserve IS NULL OR v_reserve < 0 THEN
+    RAISE EXCEPTION 'setting finetune_memory_reserve_mb must be a number of MB >= 0 (it is %)', v_reserve
+      USING ERRCODE = 'PR001';
+  END IF;
+  RETURN jsonb_build_object(
+    'reserve_mb', v_reserve, 'gradient_checkpointing', v_ckpt, 'pause_serving', v_pause,
+    'seen_peak_mb', (SELECT max(rss_mb) FROM reflect.training_progress WHERE job_id = p_job_id),
+    'seen_with_checkpointing', (SELECT gradient_checkpointing FROM reflect.training_memory WHERE job_id = p_job_id
+                                ORDER BY attempt DESC LIMIT 1));
+END
+$$;
+
+-- The worker's memory decision for this attempt of a fine-tune (before training), and then the peak it saw.
+CREATE OR REPLACE FUNCTION reflect.record_training_memory_v1(
+  p_job_id bigint, p_lease_token uuid, p_estimate_mb double precision, p_available_mb double precision,
+  p_reserve_mb double precision, p_gradient_checkpointing boolean, p_serving_paused boolean, p_decision text,
+  p_detail text, p_peak_rss_mb double precision DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+BEGIN
+  IF j.kind <> 'finetune' THEN
+    RAISE EXCEPTION 'job % is a % job, not a fine-tune', j.id, j.kind USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.training_memory AS m (job_id, attempt, estimate_mb, available_mb, reserve_mb,
+                                            gradient_checkpointing, serving_paused, decision, detail, peak_rss_mb)
+  VALUES (j.id, j.attempts, p_estimate_mb, p_available_mb, p_reserve_mb, p_gradient_checkpointing,
+          p_serving_paused, p_decision, left(p_detail, 2000), p_peak_rss_mb)
+  ON CONFLICT (job_id, attempt) DO UPDATE
+    SET estimate_mb = excluded.estimate_mb, available_mb = excluded.available_mb, reserve_mb = excluded.reserve_mb,
+        gradient_checkpointing = excluded.gradient_checkpointing, serving_paused = excluded.serving_paused,
+        decision = excluded.decision, detail = excluded.detail,
+        peak_rss_mb = coalesce(excluded.peak_rss_mb, m.peak_rss_mb);
 END
 $$;
 
@@ -753,10 +815,14 @@ LEFT JOIN LATERAL (SELECT * FROM reflect.promotion_decisions pd WHERE pd.candida
 -- For analysts: the latest progress of each fine-tune job.
 CREATE OR REPLACE VIEW reflect.training_status AS
 SELECT j.id AS job_id, j.state::text AS state, j.attempts, (j.payload ->> 'training_set_id')::integer AS training_set_id,
-       p.step, p.total_steps, p.epoch, p.loss, p.tokens_per_s, p.eta_s, p.rss_mb, p.recorded_at, j.last_error
+       p.step, p.total_steps, p.epoch, p.loss, p.tokens_per_s, p.eta_s, p.rss_mb, p.recorded_at, j.last_error,
+       m.decision AS memory_decision, m.estimate_mb AS memory_estimate_mb, m.available_mb AS memory_available_mb,
+       m.gradient_checkpointing, m.serving_paused, m.detail AS memory_detail
 FROM reflect.jobs j
 LEFT JOIN LATERAL (SELECT * FROM reflect.training_progress tp WHERE tp.job_id = j.id
                    ORDER BY tp.step DESC LIMIT 1) p ON true
+LEFT JOIN LATERAL (SELECT * FROM reflect.training_memory tm WHERE tm.job_id = j.id
+                   ORDER BY tm.attempt DESC LIMIT 1) m ON true
 WHERE j.kind = 'finetune';
 
 -- The version a request that names none gets: the active one, or, while a canary of the active version runs,

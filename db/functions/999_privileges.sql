@@ -91,6 +91,8 @@ GRANT EXECUTE ON FUNCTION
   reflect.finetune_examples_v1(bigint, uuid),
   reflect.record_training_progress_v1(bigint, uuid, integer, integer, double precision, double precision,
                                       double precision, double precision, double precision),
+  reflect.record_training_memory_v1(bigint, uuid, double precision, double precision, double precision, boolean,
+                                    boolean, text, text, double precision),
   reflect.snooze_job_v1(bigint, uuid, double precision, jsonb),
   reflect.gate_submit_v1(bigint, uuid),
   reflect.gate_submit_v2(bigint, uuid, jsonb),

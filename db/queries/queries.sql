@@ -238,6 +238,11 @@ FROM reflect.finetune_examples_v1(%(job_id)s, %(lease_token)s);
 SELECT reflect.record_training_progress_v1(%(job_id)s, %(lease_token)s, %(step)s, %(total_steps)s, %(epoch)s,
                                            %(loss)s, %(tokens_per_s)s, %(eta_s)s, %(rss_mb)s);
 
+-- name: training_memory
+SELECT reflect.record_training_memory_v1(%(job_id)s, %(lease_token)s, %(estimate_mb)s, %(available_mb)s,
+                                         %(reserve_mb)s, %(gradient_checkpointing)s, %(serving_paused)s,
+                                         %(decision)s, %(detail)s, %(peak_rss_mb)s);
+
 -- name: snooze_job
 SELECT reflect.snooze_job_v1(%(job_id)s, %(lease_token)s, %(seconds)s, %(checkpoint)s);
 

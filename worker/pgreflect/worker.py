@@ -147,6 +147,10 @@ class Worker:
         self.listener_connected = threading.Event()
         self._model_ids: list[int] = []
         self._train_future: Future[None] | None = None
+        # Set while a fine-tune that does not fit beside the loaded models trains (pgreflect.improve.memory_guard):
+        # no request or follow-up is claimed, the models are unloaded, and the worker advertises no versions.
+        self._serving_paused = threading.Event()
+        self._claim_lock = threading.Lock()
         self.embedder: Any = None
         kinds = tuple(k.strip() for k in self.config.redact.split(",") if k.strip() and k.strip() != "none")
         self.redactor = Redactor(kinds=kinds) if kinds else None
@@ -271,15 +275,16 @@ class Worker:
             while not self._stop.is_set():
                 if until is not None and until():
                     break
-                if time.monotonic() - last_refresh >= cfg.model_refresh_s:
+                if time.monotonic() - last_refresh >= cfg.model_refresh_s and not self._serving_paused.is_set():
                     self._refresh_models()
                     last_refresh = time.monotonic()
                 futures = {f for f in futures if not f.done()}
                 free = cfg.concurrency - len(futures)
                 claimed = 0
                 try:
-                    if free > 0:
-                        claimed = self._claim(free, self._model_ids, pool, futures)
+                    with self._claim_lock:  # pause_serving waits for a claim in progress
+                        if free > 0 and not self._serving_paused.is_set():
+                            claimed = self._claim(free, self._model_ids, pool, futures)
                     claimed += self._claim_training(train_pool)
                 except psycopg.OperationalError as exc:
                     log.warning("claim failed (%s); retrying after the poll interval", exc)
@@ -578,7 +583,7 @@ class Worker:
                 self._heartbeat()
                 now = time.monotonic()
                 if now - last_seen >= 5 and not self._stop.is_set():
-                    self._seen(self._model_ids, "heartbeat")
+                    self._seen(self._advertised(), "heartbeat")
                     last_seen = now
                 if now - last_reap >= cfg.reap_interval and not self._stop.is_set():
                     reaped = self._call("heartbeat", "reap_expired", {})[0][0]
@@ -615,6 +620,55 @@ class Worker:
                     job.lease_lost = True
                     job.cancel.set()
 
+    def _advertised(self) -> list[int]:
+        return [] if self._serving_paused.is_set() else self._model_ids
+
+    # -- making room for training -----------------------------------------------------------------
+    def serving_mb(self) -> float:
+        """About what unloading this worker's models would give back (the decision is re-checked after)."""
+        return sum(b.memory_mb() for b in self.backends.values() if hasattr(b, "memory_mb"))
+
+    def pause_serving(self, reason: str) -> None:
+        """Stops claiming requests and follow-ups, lets the in-flight ones finish (or releases them after
+        shutdown_timeout), unloads the models and advertises none, until resume_serving."""
+        with self._claim_lock:
+            self._serving_paused.set()
+        log.warning("serving paused while a fine-tune trains: %s", reason)
+        with contextlib.suppress(Exception):
+            self._seen([])
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        while self._busy_serving():
+            if time.monotonic() > deadline:
+                with self._inflight_lock:
+                    for job in self._inflight.values():
+                        job.cancel.set()  # released, not failed: another worker (or this one later) answers it
+                    for run in self._inflight_jobs.values():
+                        if run.kind not in TRAIN_KINDS:
+                            run.cancel.set()
+            time.sleep(0.1)
+        for backend in self.backends.values():
+            backend.close()
+        self.backends.clear()
+        import gc
+
+        gc.collect()
+
+    def resume_serving(self) -> None:
+        if not self._serving_paused.is_set():
+            return
+        try:
+            self._model_ids = self.load_models()
+        finally:
+            self._serving_paused.clear()
+            self._wake.set()
+        with contextlib.suppress(Exception):
+            self._seen(self._model_ids)
+        log.warning("serving resumed after training: model version ids %s", self._model_ids)
+
+    def _busy_serving(self) -> bool:
+        with self._inflight_lock:
+            return bool(self._inflight) or any(r.kind not in TRAIN_KINDS for r in self._inflight_jobs.values())
+
     def _seen(self, model_ids: list[int], role: str = "main") -> None:
         self._call(role, "worker_seen", {"worker_id": self.config.worker_id, "model_version_ids": model_ids,
                                    "pid": os.getpid(), "hostname": socket.gethostname()})
@@ -638,6 +692,15 @@ class _RuntimeContext:
             log.warning("job %s: its request does not decrypt; the job was failed", self.run.job_id)
             return None
         return JobInput(*rows[0])
+
+    def serving_mb(self) -> float:
+        return self.worker.serving_mb()
+
+    def pause_serving(self, reason: str) -> None:
+        self.worker.pause_serving(reason)
+
+    def resume_serving(self) -> None:
+        self.worker.resume_serving()
 
     def checkpoint(self, state: dict[str, Any]) -> None:
         self.call("checkpoint_job", checkpoint=json.dumps(state), lease_seconds=self.worker.config.lease_seconds)

@@ -259,6 +259,10 @@ class LlamaBackend:
                             first_tokens(("no", "No", " no", " No", "NO")))
         return self._yes_no
 
+    def memory_mb(self) -> float:
+        """About what this model holds: its weights (mapped from the GGUF) and its context's state (KV cache)."""
+        return (os.path.getsize(self.model_path) + llama_cpp.llama_state_get_size(self.llm.ctx)) / 2**20
+
     def close(self) -> None:
         with self._lock:
             for handle in self._adapters.values():

@@ -43,6 +43,18 @@ class JobContext(Protocol):
         """The answer the job works on; None when it did not decrypt (the job has then been failed)."""
         ...
 
+    def serving_mb(self) -> float:
+        """About how much memory the worker's loaded models hold (what pausing serving gives back)."""
+        ...
+
+    def pause_serving(self, reason: str) -> None:
+        """Stops serving requests on this worker (in-flight ones finish) and unloads its models."""
+        ...
+
+    def resume_serving(self) -> None:
+        """Loads the models again and serves (no-op when not paused)."""
+        ...
+
     def checkpoint(self, state: dict[str, Any]) -> None:
         """Saves progress under the lease; a later claim of this job gets it back in JobRun.checkpoint."""
         ...

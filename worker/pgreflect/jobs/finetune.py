@@ -1,6 +1,10 @@
 """The fine-tune job: train a LoRA adapter on a training set, convert it to a GGUF LoRA, hand it to the
 database, which registers the candidate version and queues its gate (reflect._finish_finetune).
 
+Before training, the job fits the run into memory (pgreflect.improve.memory_guard): beside serving, with
+gradient checkpointing, or with this worker's serving paused until training ends; or it refuses with the
+numbers. While it trains, a watch pauses serving too if memory runs low all the same.
+
 Training (and, once per GGUF, building the twin, the memory-hungry part) runs in a child process
 (pgreflect.improve.train) that dies with the worker (PR_SET_PDEATHSIG):
 a worker killed with SIGKILL leaves no orphan, and the next claim of the job resumes from the child's last
@@ -18,10 +22,12 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pgreflect.backends import BackendError
+from pgreflect.improve import memory_guard
 from pgreflect.improve.convert import convert
 from pgreflect.improve.twin import TWIN_ERROR_EXIT, twin_dir
 from pgreflect.jobs.base import JobContext, JobRun, check_cancel
@@ -31,10 +37,12 @@ from pgreflect.paths import improve_dir
 log = logging.getLogger("pgreflect.improve")
 
 PROGRESS_EVERY_S = 1.0
+DEFAULT_MEMORY_POLICY = {"reserve_mb": 1536.0, "gradient_checkpointing": "auto", "pause_serving": "auto"}
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+def _trainer_preexec() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG: dies with the worker
+    memory_guard.oom_first()
 
 
 def work_dir(job: JobRun) -> Path:
@@ -66,9 +74,18 @@ class FinetuneHandler:
         if done.exists() and (twin / "config.json").exists():  # trained by an earlier attempt; convert only
             metrics = json.loads(done.read_text())
         else:
-            spec = {"gguf": str(gguf), "sha256": base["sha256"], "work_dir": str(work), "examples": examples,
-                    "hyperparameters": plan["hyperparameters"]}
-            metrics = self._train(ctx, job, spec, work)
+            hp = plan["hyperparameters"]
+            try:
+                fit = self._fit_in_memory(ctx, job, gguf, base["sha256"], examples, hp,
+                                          plan.get("memory") or DEFAULT_MEMORY_POLICY)
+                spec = {"gguf": str(gguf), "sha256": base["sha256"], "work_dir": str(work), "examples": examples,
+                        "hyperparameters": hp, "gradient_checkpointing": fit.gradient_checkpointing}
+                metrics, fit = self._train(ctx, job, spec, work, fit)
+            finally:
+                ctx.resume_serving()  # whatever happened (a no-op when serving was not paused)
+            metrics["memory"] = {"decision": fit.decision, "estimate_mb": fit.estimate.total_mb,
+                                 "available_mb": round(fit.available_mb), "serving_paused": fit.pause_serving}
+            ctx.call("training_memory", **memory_guard.describe(fit), peak_rss_mb=metrics.get("peak_rss_mb"))
             done.write_text(json.dumps(metrics))
         check_cancel(job)
         path, digest = convert(work / "adapter", twin)
@@ -79,18 +96,58 @@ class FinetuneHandler:
         return {"adapter_path": str(path), "adapter_sha256": digest, "base_sha256": base["sha256"],
                 "hyperparameters": plan["hyperparameters"], "metrics": metrics}
 
-    def _train(self, ctx: JobContext, job: JobRun, spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    def _fit_in_memory(self, ctx: JobContext, job: JobRun, gguf: Path, sha256: str, examples: list[dict[str, Any]],
+                       hp: dict[str, Any], policy: dict[str, Any]) -> memory_guard.Decision:
+        estimates: dict[bool, memory_guard.Estimate] = {}
+
+        def estimate_for(checkpointing: bool) -> memory_guard.Estimate:
+            if checkpointing not in estimates:
+                estimates[checkpointing] = memory_guard.estimate(gguf, sha256, examples, hp, checkpointing)
+            return estimates[checkpointing]
+
+        fit = memory_guard.decide(policy, estimate_for, memory_guard.available_mb(), ctx.serving_mb())
+        if fit.pause_serving:
+            ctx.pause_serving(fit.detail)
+            after = memory_guard.available_mb()
+            freed = f"; pausing gave back {after - fit.available_mb:.0f} MB"
+            again = memory_guard.decide({**policy, "pause_serving": "never"}, estimate_for, after, 0.0)
+            if again.decision == "refused":
+                ctx.resume_serving()
+                fit = replace(again, detail=again.detail + freed + ", serving again")
+            else:
+                fit = replace(again, decision="paused_serving", pause_serving=True, detail=fit.detail + freed)
+        ctx.call("training_memory", **memory_guard.describe(fit), peak_rss_mb=None)
+        (log.info if fit.decision in ("alongside", "checkpointing") else log.warning)("job %s: %s", job.job_id,
+                                                                                     fit.detail)
+        if fit.decision == "refused":  # a matter of settings or of this machine: another attempt would not fit
+            raise BackendError(fit.detail, retryable=False)
+        return fit
+
+    def _train(self, ctx: JobContext, job: JobRun, spec: dict[str, Any], work: Path,
+               fit: memory_guard.Decision) -> tuple[dict[str, Any], memory_guard.Decision]:
         work.mkdir(parents=True, exist_ok=True)
         with (work / "train.log").open("a") as stderr:
             proc = subprocess.Popen([sys.executable, "-m", "pgreflect.improve.train"], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=stderr, text=True, preexec_fn=_die_with_parent)
+                                    stdout=subprocess.PIPE, stderr=stderr, text=True, preexec_fn=_trainer_preexec)
         stop_watch = threading.Event()
+        state = {"fit": fit}
 
-        def watch() -> None:  # cancellation (shutdown, lost lease) stops the child; its checkpoint stays
+        def watch() -> None:
+            # Cancellation (shutdown, lost lease) stops the child; its checkpoint stays. Memory running low all
+            # the same (an estimate too low, another process) pauses serving, once.
             while not stop_watch.wait(0.2):
                 if job.cancel.is_set():
                     proc.kill()
                     return
+                current = state["fit"]
+                if not current.pause_serving and memory_guard.available_mb() < current.reserve_mb / 2:
+                    low = memory_guard.available_mb()
+                    detail = (f"memory ran low while training ({low:.0f} MB available, under half the "
+                              f"{current.reserve_mb:.0f} MB reserve): this worker stops serving until training ends")
+                    ctx.pause_serving(detail)
+                    state["fit"] = replace(current, decision="paused_serving", pause_serving=True,
+                                           detail=f"{current.detail}; then {detail}")
+                    ctx.call("training_memory", **memory_guard.describe(state["fit"]), peak_rss_mb=None)
 
         threading.Thread(target=watch, daemon=True).start()
         try:
@@ -125,5 +182,8 @@ class FinetuneHandler:
             tail = (work / "train.log").read_text()[-600:]
             if rc == TWIN_ERROR_EXIT:  # this architecture cannot be trained here: another attempt cannot help
                 raise BackendError(f"no usable training twin: {tail.strip().splitlines()[-1]}", retryable=False)
+            if rc == -signal.SIGKILL:
+                raise RuntimeError(f"the trainer was killed (SIGKILL: the kernel's out-of-memory killer, most likely; "
+                                   f"{state['fit'].detail}); the next attempt resumes from the last checkpoint")
             raise RuntimeError(f"training failed (exit {rc}): {tail}")
-        return metrics
+        return metrics, state["fit"]
