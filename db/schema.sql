@@ -1300,6 +1300,14 @@ CREATE FUNCTION reflect._tuned(p_model_version_id integer, p_knob text) RETURNS 
   ORDER BY id DESC LIMIT 1
 $$;
 ALTER FUNCTION reflect._tuned(p_model_version_id integer, p_knob text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._uniform(p_a bigint, p_b bigint, p_stream bigint) RETURNS double precision
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT ((hashint8extended(p_a * 1000003 + p_b, p_stream) >> 11) & 9007199254740991)::double precision
+         / 9007199254740992.0
+$$;
+ALTER FUNCTION reflect._uniform(p_a bigint, p_b bigint, p_stream bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision DEFAULT 0.8) RETURNS double precision
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1381,6 +1389,29 @@ CREATE FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolea
   FROM c
 $$;
 ALTER FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.bootstrap_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer DEFAULT 1000) RETURNS TABLE(accuracy_lo double precision, accuracy_hi double precision, auroc_lo double precision, auroc_hi double precision)
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  WITH d AS (
+    SELECT row_number() OVER (ORDER BY i) AS i, c, y
+    FROM unnest(p_confidence, p_correct) WITH ORDINALITY AS t(c, y, i) WHERE c IS NOT NULL AND y IS NOT NULL
+  ), n AS (
+    SELECT count(*) AS n FROM d
+  ), draws AS (
+    SELECT b, 1 + floor(reflect._uniform(b, k, 2) * n.n)::bigint AS i
+    FROM n, generate_series(1, p_resamples) AS b, generate_series(1, n.n) AS k
+  ), per AS (
+    SELECT b, avg(d.y::int)::double precision AS acc,
+           reflect.auroc_v1(array_agg(1 - d.c), array_agg(NOT d.y)) AS auroc
+    FROM draws JOIN d USING (i)
+    GROUP BY b
+  )
+  SELECT percentile_cont(0.025) WITHIN GROUP (ORDER BY acc), percentile_cont(0.975) WITHIN GROUP (ORDER BY acc),
+         percentile_cont(0.025) WITHIN GROUP (ORDER BY auroc), percentile_cont(0.975) WITHIN GROUP (ORDER BY auroc)
+  FROM per
+$$;
+ALTER FUNCTION reflect.bootstrap_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) RETURNS double precision
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1775,6 +1806,21 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.decide_model_version_v1(p_name text, p_decision text, p_reason text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.ece_floor_v1(p_confidence double precision[], p_sims integer DEFAULT 200, p_bins integer DEFAULT 10) RETURNS TABLE(mean double precision, p95 double precision)
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  WITH d AS (
+    SELECT row_number() OVER (ORDER BY i) AS i, c
+    FROM unnest(p_confidence) WITH ORDINALITY AS t(c, i) WHERE c IS NOT NULL
+  ), sims AS (
+    SELECT s, reflect.ece_v1(array_agg(d.c), array_agg(reflect._uniform(s, d.i, 1) < d.c), p_bins) AS e
+    FROM generate_series(1, p_sims) AS s CROSS JOIN d
+    GROUP BY s
+  )
+  SELECT avg(e), percentile_cont(0.95) WITHIN GROUP (ORDER BY e) FROM sims
+$$;
+ALTER FUNCTION reflect.ece_floor_v1(p_confidence double precision[], p_sims integer, p_bins integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer DEFAULT 10) RETURNS double precision
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1809,6 +1855,44 @@ BEGIN
 END
 $_$;
 ALTER FUNCTION reflect.ensure_login_role_v1(p_login text, p_group text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.eval_metrics_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer DEFAULT 1000, p_coverage double precision DEFAULT 0.8) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_n integer;
+  v_acc double precision;
+  v_cov double precision;
+  v_oracle double precision;
+  v_floor record;
+  v_boot record;
+BEGIN
+  SELECT count(*), avg(y::int) INTO v_n, v_acc
+  FROM unnest(p_confidence, p_correct) AS t(c, y) WHERE c IS NOT NULL AND y IS NOT NULL;
+  IF v_n = 0 THEN
+    RETURN jsonb_build_object('n', 0);
+  END IF;
+  v_cov := reflect.accuracy_at_coverage_v1(p_confidence, p_correct, p_coverage);
+  v_oracle := least(1.0, v_acc / p_coverage) - v_acc;
+  SELECT * INTO v_floor FROM reflect.ece_floor_v1(
+    ARRAY(SELECT c FROM unnest(p_confidence, p_correct) AS t(c, y) WHERE c IS NOT NULL AND y IS NOT NULL));
+  SELECT * INTO v_boot FROM reflect.bootstrap_v1(p_confidence, p_correct, p_resamples);
+  RETURN jsonb_build_object(
+    'n', v_n,
+    'accuracy', v_acc, 'accuracy_ci', jsonb_build_array(v_boot.accuracy_lo, v_boot.accuracy_hi),
+    'mean_confidence', (SELECT avg(c) FROM unnest(p_confidence, p_correct) AS t(c, y)
+                        WHERE c IS NOT NULL AND y IS NOT NULL),
+    'auroc', (SELECT reflect.auroc_v1(array_agg(1 - c), array_agg(NOT y)) FROM unnest(p_confidence, p_correct) AS t(c, y)),
+    'auroc_ci', jsonb_build_array(v_boot.auroc_lo, v_boot.auroc_hi),
+    'ece', reflect.ece_v1(p_confidence, p_correct), 'ece_floor', v_floor.mean, 'ece_floor_p95', v_floor.p95,
+    'brier', reflect.brier_v1(p_confidence, p_correct),
+    'coverage', p_coverage, 'accuracy_at_coverage', v_cov,
+    'selective_gain', v_cov - v_acc, 'oracle_gain', v_oracle,
+    'selective_gain_share', CASE WHEN v_oracle > 0 THEN (v_cov - v_acc) / v_oracle END,
+    'resamples', p_resamples);
+END
+$$;
+ALTER FUNCTION reflect.eval_metrics_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer, p_coverage double precision) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer DEFAULT 3) RETURNS TABLE(memory_request_id bigint, prompt text, answer text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
@@ -3737,7 +3821,8 @@ CREATE VIEW reflect.eval_results AS
     reflect.ece_v1(array_agg(la.confidence), array_agg(la.is_correct)) AS ece,
     reflect.brier_v1(array_agg(la.confidence), array_agg(la.is_correct)) AS brier,
     reflect.accuracy_at_coverage_v1(array_agg(la.confidence), array_agg(la.is_correct), (0.8)::double precision) AS accuracy_at_80,
-    avg((la.calibrated)::integer) AS calibrated_share
+    avg((la.calibrated)::integer) AS calibrated_share,
+    reflect.eval_metrics_v1(array_agg(la.confidence), array_agg(la.is_correct)) AS metrics
    FROM ((reflect.eval_requests er
      JOIN reflect.labelled_answers la ON ((la.request_id = er.request_id)))
      LEFT JOIN reflect.eval_items ei ON (((ei.dataset = er.dataset) AND (ei.item_id = er.item_id))))
@@ -4548,6 +4633,9 @@ REVOKE ALL ON FUNCTION reflect._take_job_lease(p_job_id bigint, p_lease_token uu
 REVOKE ALL ON FUNCTION reflect._take_lease(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._training_memory_policy(p_job_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._tuned(p_model_version_id integer, p_knob text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._uniform(p_a bigint, p_b bigint, p_stream bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect._uniform(p_a bigint, p_b bigint, p_stream bigint) TO reflect_analyst;
+GRANT ALL ON FUNCTION reflect._uniform(p_a bigint, p_b bigint, p_stream bigint) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_app;
@@ -4558,6 +4646,9 @@ GRANT ALL ON FUNCTION reflect.add_signals_v1(p_request_id bigint, p_signals json
 REVOKE ALL ON FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect.bootstrap_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.bootstrap_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer) TO reflect_analyst;
+GRANT ALL ON FUNCTION reflect.bootstrap_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_app;
@@ -4581,10 +4672,16 @@ REVOKE ALL ON FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uu
 GRANT ALL ON FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.curate_training_set_v1(p_owner name, p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.decide_model_version_v1(p_name text, p_decision text, p_reason text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.ece_floor_v1(p_confidence double precision[], p_sims integer, p_bins integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.ece_floor_v1(p_confidence double precision[], p_sims integer, p_bins integer) TO reflect_analyst;
+GRANT ALL ON FUNCTION reflect.ece_floor_v1(p_confidence double precision[], p_sims integer, p_bins integer) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.ensure_login_role_v1(p_login text, p_group text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.eval_metrics_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer, p_coverage double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.eval_metrics_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer, p_coverage double precision) TO reflect_analyst;
+GRANT ALL ON FUNCTION reflect.eval_metrics_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer, p_coverage double precision) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean) FROM PUBLIC;

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import psycopg
 import pytest
 
 from pgreflect import datasets
@@ -82,7 +83,9 @@ def test_eval_harness_end_to_end(db: Database, keyring: Keyring, tmp_path) -> No
     assert all("correct" in r for r in results[:3]) and "correct" not in results[3]
     summary = json.loads(done.stdout.splitlines()[0])
     assert summary["scored"] == 3 and summary["questions"] == 4
-    assert "| accuracy |" in report.read_text() and "| p_true |" in report.read_text()
+    text = report.read_text()
+    assert "| all | 3 |" in text and "floor" in text and "| p_true |" in text and "Incomplete" not in text
+    assert summary["complete"] and len(summary["accuracy_ci"]) == 2 and summary["ece_floor"] is not None
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with db.admin() as conn:
         labels = conn.execute("SELECT count(*) FROM reflect.feedback WHERE source = 'ground_truth'").fetchone()[0]
@@ -126,3 +129,69 @@ def test_summary_handles_signals_that_jsonb_returns_as_integers(db: Database, ke
     assert set(summary["signal_auroc"]) == {"agreement", "p_true", "rule_failed"}
     assert summary["signal_auroc"]["p_true"]["auroc"] == 1.0  # the wrong answer has the lower P(True)
     assert summary["auroc"] == 1.0 and summary["accuracy"] == 0.5
+
+
+def test_an_evaluation_that_times_out_keeps_what_was_answered_and_resumes(db: Database, keyring: Keyring,
+                                                                         tmp_path) -> None:
+    """Results are written as they arrive: a timeout keeps the answered ones (exit status 3, report marked
+    incomplete), and the same run label resumes without asking or labelling anything twice."""
+    qs = [{"id": str(i), "question": f"What is {i} + {i}?", "answer": str(2 * i), "dataset": "sums"}
+          for i in range(1, 5)]
+    first, whole = tmp_path / "first.jsonl", tmp_path / "whole.jsonl"
+    first.write_text("".join(json.dumps(q) + "\n" for q in qs[:2]))
+    whole.write_text("".join(json.dumps(q) + "\n" for q in qs))
+    out, report = tmp_path / "r.jsonl", tmp_path / "report.md"
+    common = ["--out", str(out), "--report", str(report), "--model-version", "tiny", "--max-tokens", "4",
+              "--run-label", "long"]
+    assert _cli(db, keyring, "eval", "--file", str(first), *common).returncode == 0
+    # No worker and a short timeout: the two answered before are kept, the two new ones are not waited for.
+    done = _cli(db, keyring, "eval", "--file", str(whole), *common, "--inline-worker", "never", "--timeout", "2")
+    assert done.returncode == 3 and "2 of 4 answered and kept" in done.stderr
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["1", "2"]
+    summary = json.loads(done.stdout.splitlines()[0])
+    assert (summary["complete"], summary["answered"], summary["questions"]) == (False, 2, 4)
+    assert "**Incomplete**" in report.read_text() and "--run-label long" in report.read_text()
+    labels = "SELECT count(*) FROM reflect.feedback WHERE source = 'ground_truth'"
+    assert db.scalar(labels) == 2  # the two kept were not labelled again
+    done = _cli(db, keyring, "eval", "--file", str(whole), *common)
+    assert done.returncode == 0, done.stderr
+    assert len(out.read_text().splitlines()) == 4
+    assert db.scalar(labels) == 4 and db.scalar("SELECT count(*) FROM reflect.requests") == 4
+    with psycopg.connect(db.dsn("analyst"), autocommit=True) as conn:
+        n, metrics = conn.execute("SELECT n, metrics FROM reflect.eval_results WHERE run_label = 'long'").fetchone()
+    assert n == 4 and metrics["n"] == 4 and len(metrics["accuracy_ci"]) == 2
+
+
+def test_eval_metrics_match_reference_implementations(db: Database) -> None:
+    """reflect.eval_metrics_v1 against scikit-learn's AUROC, scipy's percentile bootstrap, a numpy simulation
+    of the ECE noise floor and the selective-gain definition."""
+    import numpy as np
+    from scipy.stats import bootstrap
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.05, 0.95, 400)
+    correct = rng.uniform(size=400) < conf ** 1.3  # informative, a little overconfident
+    m = db.scalar("SELECT reflect.eval_metrics_v1(%s::float8[], %s::bool[])", (conf.tolist(), correct.tolist()))
+    assert m["n"] == 400 and m["accuracy"] == pytest.approx(correct.mean())
+    assert m["auroc"] == pytest.approx(roc_auc_score(~correct, 1 - conf), abs=1e-9)
+    acc_ci = bootstrap((correct.astype(float),), np.mean, n_resamples=4000, method="percentile", random_state=1)
+    assert m["accuracy_ci"] == pytest.approx([acc_ci.confidence_interval.low, acc_ci.confidence_interval.high],
+                                             abs=0.01)
+    auc_ci = bootstrap((conf, correct), lambda c, y: roc_auc_score(y < 0.5, 1 - c), paired=True, vectorized=False,
+                       n_resamples=2000, method="percentile", random_state=1)
+    assert m["auroc_ci"] == pytest.approx([auc_ci.confidence_interval.low, auc_ci.confidence_interval.high],
+                                          abs=0.015)
+
+    def ece(c: np.ndarray, y: np.ndarray) -> float:
+        bins = np.minimum((c * 10).astype(int), 9)
+        return sum(abs(c[bins == b].sum() - y[bins == b].sum()) for b in range(10)) / len(c)
+
+    assert m["ece"] == pytest.approx(ece(conf, correct))
+    floor = [ece(conf, rng.uniform(size=400) < conf) for _ in range(2000)]
+    assert m["ece_floor"] == pytest.approx(np.mean(floor), abs=0.004)
+    assert m["ece_floor_p95"] == pytest.approx(np.quantile(floor, 0.95), abs=0.01)
+    top = np.argsort(-conf, kind="stable")[: int(np.ceil(0.8 * 400))]
+    gain = correct[top].mean() - correct.mean()
+    assert m["selective_gain"] == pytest.approx(gain)
+    assert m["selective_gain_share"] == pytest.approx(gain / (min(1, correct.mean() / 0.8) - correct.mean()))

@@ -167,7 +167,7 @@ SELECT c.id, mv.name AS model_version, c.method, c.features, c.weights, c.n_trai
        c.heldout_metrics, c.labels_seen, c.is_active, c.created_at
 FROM reflect.calibrators c JOIN reflect.model_versions mv ON mv.id = c.model_version_id;
 
--- Evaluation results per run and split, for analysts (no text).
+-- Evaluation results per run, dataset and split, for analysts (no text).
 CREATE OR REPLACE VIEW reflect.eval_results AS
 SELECT er.run_label, er.dataset, coalesce(ei.split, 'unsplit') AS split, la.model_version,
        count(*) AS n,
@@ -177,7 +177,9 @@ SELECT er.run_label, er.dataset, coalesce(ei.split, 'unsplit') AS split, la.mode
        reflect.ece_v1(array_agg(la.confidence), array_agg(la.is_correct)) AS ece,
        reflect.brier_v1(array_agg(la.confidence), array_agg(la.is_correct)) AS brier,
        reflect.accuracy_at_coverage_v1(array_agg(la.confidence), array_agg(la.is_correct), 0.8) AS accuracy_at_80,
-       avg(la.calibrated::int) AS calibrated_share
+       avg(la.calibrated::int) AS calibrated_share,
+       -- the same numbers as the harness's report: intervals, ECE floor, selective gain share of the oracle's
+       reflect.eval_metrics_v1(array_agg(la.confidence), array_agg(la.is_correct)) AS metrics
 FROM reflect.eval_requests er
 JOIN reflect.labelled_answers la ON la.request_id = er.request_id
 LEFT JOIN reflect.eval_items ei ON ei.dataset = er.dataset AND ei.item_id = er.item_id

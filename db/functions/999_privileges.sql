@@ -46,7 +46,11 @@ GRANT EXECUTE ON FUNCTION reflect.feedback_v1(bigint, boolean, integer, text, te
 GRANT EXECUTE ON FUNCTION reflect.auroc_v1(double precision[], boolean[]),
   reflect.ece_v1(double precision[], boolean[], integer),
   reflect.brier_v1(double precision[], boolean[]),
-  reflect.accuracy_at_coverage_v1(double precision[], boolean[], double precision)
+  reflect.accuracy_at_coverage_v1(double precision[], boolean[], double precision),
+  reflect._uniform(bigint, bigint, bigint),  -- pure; called by the two below in the caller's rights
+  reflect.ece_floor_v1(double precision[], integer, integer),
+  reflect.bootstrap_v1(double precision[], boolean[], integer),
+  reflect.eval_metrics_v1(double precision[], boolean[], integer, double precision)
 TO reflect_analyst, reflect_app;
 GRANT SELECT ON reflect.labelled_answers, reflect.calibration_daily, reflect.signal_auroc, reflect.reliability,
   reflect.calibrator_history TO reflect_analyst;

@@ -124,6 +124,9 @@ SELECT reflect.auroc_v1(%(wrong_scores)s::float8[], %(wrong)s::bool[]) AS auroc,
        reflect.brier_v1(%(confidence)s::float8[], %(correct)s::bool[]) AS brier,
        reflect.accuracy_at_coverage_v1(%(confidence)s::float8[], %(correct)s::bool[], 0.8) AS accuracy_at_80;
 
+-- name: eval_metrics
+SELECT reflect.eval_metrics_v1(%(confidence)s::float8[], %(correct)s::bool[]);
+
 -- name: auroc
 SELECT reflect.auroc_v1(%(scores)s::float8[], %(positives)s::bool[]) AS auroc;
 

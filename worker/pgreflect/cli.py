@@ -462,10 +462,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.run_label:
         cfg.run_label = args.run_label
     summary = run_with_worker(cfg, args.inline_worker, _worker_config(args))
-    printable = {k: v for k, v in summary.items() if k != "signal_auroc"}
+    printable = {k: v for k, v in summary.items() if k not in ("signal_auroc", "by_dataset")}
     print(json.dumps(printable, default=str))
+    for name, m in summary.get("by_dataset", {}).items():
+        print(f"  {name}: n={m['n']} " + " ".join(f"{k}={m[k]:.3f}" for k in (
+            "accuracy", "auroc", "ece", "ece_floor", "selective_gain_share") if m.get(k) is not None))
     for name, v in summary.get("signal_auroc", {}).items():
         print(f"  AUROC {name:13} {v['auroc'] if v['auroc'] is None else round(v['auroc'], 3)} (n={v['n']})")
+    if not summary["complete"]:
+        print(f"incomplete: {summary['stopped']}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -700,7 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--max-tokens", type=int, default=256, help="generation limit per question")
     _flag(p, "--run-label", default=None, help="names the run; re-running a label resumes it")
     _flag(p, "--eval-memory", default="on", choices=["on", "off"], help="let answers use retrieved memories")
-    _flag(p, "--timeout", type=float, default=3600.0, help="seconds to wait for all answers")
+    _flag(p, "--timeout", type=float, default=3600.0,
+          help="seconds to wait for all answers; what is answered by then is kept and reported (exit status 3), "
+               "and the same --run-label resumes")
     _flag(p, "--inline-worker", default="auto", choices=["auto", "always", "never"],
           help="run a worker in this process: when none is live (auto), always, or never")
     _flag(p, "--model-version", default=None, help="model version to evaluate (default: the active one)")

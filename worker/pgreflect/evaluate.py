@@ -9,6 +9,7 @@ scored against the reference with pgreflect.scoring, and each verdict is recorde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -70,6 +71,9 @@ def _rule_failed(signals: dict[str, float]) -> float | None:
 
 def run(cfg: EvalConfig, client: Client, progress: bool = True,
         abort: Callable[[], str | None] | None = None) -> dict[str, Any]:
+    """Each result is written to cfg.out as soon as its answer and follow-ups are in. When cfg.timeout runs
+    out, what was answered is kept, summarised and reported as incomplete; the same run label resumes (the
+    submissions are idempotent, answers already labelled are not labelled again)."""
     items = read_items(cfg.file)
     params = {"max_tokens": cfg.max_tokens, "temperature": 0, "memory": cfg.memory}
     ids: dict[str, int] = {}
@@ -80,59 +84,109 @@ def run(cfg: EvalConfig, client: Client, progress: bool = True,
         if item.get("dataset"):
             client.conn.execute(query("tag_eval_request"), {"request_id": rid, "dataset": item["dataset"],
                                                              "item_id": item["id"], "run_label": cfg.run_label})
-    results = []
+    labelled = _labelled_before(cfg)
+    results: list[dict[str, Any]] = []
     deadline = time.monotonic() + cfg.timeout
-    for item in tqdm(items, desc="answering", disable=not progress, unit="q"):
-        client.wait(ids[item["id"]], timeout=max(1.0, deadline - time.monotonic()), abort=abort)
-    # Critique and agreement follow-ups run after the answers; their signals change the confidence.
-    for item in tqdm(items, desc="follow-ups", disable=not progress, unit="q"):
-        rid = ids[item["id"]]
-        while (row := client.get(rid))["followups_pending"]:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"follow-ups of request {rid} still pending after {cfg.timeout:.0f} s")
-            reason = abort() if abort else None
-            if reason:
-                raise RuntimeError(reason)
-            time.sleep(0.5)
-        out: dict[str, Any] = {
-            "id": item["id"], "request_id": rid, "state": row["state"], "answer": row["answer"],
-            "confidence": row["confidence"], "calibrated": row["calibrated"], "action": row["action"],
-            "signals": {**(row["signals"] or {}), "logprob_mean": row["logprob_mean"],
-                        "logprob_min": row["logprob_min"]},
-            "tokens": row["tokens"], "error": row["last_error"],
-        }
-        if item.get("answer") is not None and row["state"] == "succeeded":
-            out["reference"] = item["answer"]
-            out["correct"] = is_correct(row["answer"] or "", item["answer"])
-            out["scored_as"] = kind_of(item["answer"])
-            client.conn.execute(query("feedback"), {"request_id": rid, "is_correct": out["correct"], "rating": None,
-                                                    "correction": None, "source": "ground_truth"})
-        results.append(out)
+    stopped = None
     with cfg.out.open("w") as f:
-        for r in results:
-            f.write(json.dumps(r, default=str) + "\n")
-    summary = summarise(client, results, cfg)
+        for item in tqdm(items, desc="answering", disable=not progress, unit="q"):
+            try:
+                row = _finished(client, ids[item["id"]], deadline, abort)
+            except TimeoutError as exc:
+                stopped = str(exc)
+                break
+            out = _result(client, cfg, item, ids[item["id"]], row, labelled)
+            results.append(out)
+            f.write(json.dumps(out, default=str) + "\n")
+            f.flush()
+    summary = summarise(client, results, cfg, items)
+    summary["complete"] = stopped is None
+    if stopped is not None:
+        summary["stopped"] = (f"timeout after {cfg.timeout:.0f} s ({stopped}); {len(results)} of {len(items)} "
+                              f"answered and kept; resume with --run-label {cfg.run_label}")
     if cfg.report:
-        write_report(cfg, summary, results)
+        write_report(cfg, summary)
     if cfg.plot:
         plot_reliability(cfg.plot, results, summary)
     return summary
 
 
-def summarise(client: Client, results: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
+def _finished(client: Client, rid: int, deadline: float, abort: Callable[[], str | None] | None) -> dict[str, Any]:
+    """The request once it is final and its follow-ups (critique, agreement: they change the confidence) are
+    done; TimeoutError at the deadline."""
+    client.wait(rid, timeout=max(0.0, deadline - time.monotonic()), abort=abort)
+    while (row := client.get(rid))["followups_pending"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"follow-ups of request {rid} still pending")
+        reason = abort() if abort else None
+        if reason:
+            raise RuntimeError(reason)
+        time.sleep(0.5)
+    return row
+
+
+def _labelled_before(cfg: EvalConfig) -> set[int]:
+    """Requests an earlier (interrupted) run with this label already labelled, read from its output file."""
+    if not cfg.out.exists():
+        return set()
+    done = set()
+    with cfg.out.open() as f:
+        for line in f:
+            with contextlib.suppress(ValueError):
+                row = json.loads(line)
+                if row.get("run_label") == cfg.run_label and "correct" in row:
+                    done.add(int(row["request_id"]))
+    return done
+
+
+def _result(client: Client, cfg: EvalConfig, item: dict[str, Any], rid: int, row: dict[str, Any],
+            labelled: set[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": item["id"], "dataset": item.get("dataset"), "run_label": cfg.run_label, "request_id": rid,
+        "state": row["state"], "answer": row["answer"], "confidence": row["confidence"],
+        "calibrated": row["calibrated"], "action": row["action"],
+        "signals": {**(row["signals"] or {}), "logprob_mean": row["logprob_mean"], "logprob_min": row["logprob_min"]},
+        "tokens": row["tokens"], "error": row["last_error"],
+    }
+    if item.get("answer") is not None and row["state"] == "succeeded":
+        out["reference"] = item["answer"]
+        out["correct"] = is_correct(row["answer"] or "", item["answer"])
+        out["scored_as"] = kind_of(item["answer"])
+        if rid not in labelled:
+            client.conn.execute(query("feedback"), {"request_id": rid, "is_correct": out["correct"], "rating": None,
+                                                    "correction": None, "source": "ground_truth"})
+    return out
+
+
+def metrics(client: Client, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The database's definitions (reflect.eval_metrics_v1): accuracy and AUROC with bootstrap 95% intervals,
+    ECE beside its perfect-calibration floor, Brier, selective gain at 80% coverage as a share of the oracle's."""
     scored = [r for r in results if "correct" in r and r["confidence"] is not None]
-    summary: dict[str, Any] = {"run_label": cfg.run_label, "questions": len(results), "scored": len(scored),
+    if not scored:
+        return {"n": 0}
+    row = client.conn.execute(query("eval_metrics"), {
+        "confidence": [float(r["confidence"]) for r in scored], "correct": [bool(r["correct"]) for r in scored],
+    }).fetchone()
+    return row[0]
+
+
+def summarise(client: Client, results: list[dict[str, Any]], cfg: EvalConfig,
+              items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    scored = [r for r in results if "correct" in r and r["confidence"] is not None]
+    summary: dict[str, Any] = {"run_label": cfg.run_label, "questions": len(items) if items else len(results),
+                               "answered": len(results), "scored": len(scored),
                                "failed": sum(r["state"] != "succeeded" for r in results)}
     if not scored:
         return summary
-    conf = [float(r["confidence"]) for r in scored]
-    correct = [bool(r["correct"]) for r in scored]
-    row = client.conn.execute(query("metrics"), {"wrong_scores": [1 - c for c in conf],
-                                                 "wrong": [not y for y in correct], "confidence": conf,
-                                                 "correct": correct}).fetchone()
-    summary.update({"accuracy": sum(correct) / len(correct), "mean_confidence": sum(conf) / len(conf),
-                    "auroc": row[0], "ece": row[1], "brier": row[2], "accuracy_at_80": row[3],
-                    "calibrated_share": sum(bool(r["calibrated"]) for r in scored) / len(scored)})
+    overall = metrics(client, scored)
+    summary.update({k: overall.get(k) for k in ("accuracy", "accuracy_ci", "mean_confidence", "auroc", "auroc_ci",
+                                                "ece", "ece_floor", "ece_floor_p95", "brier", "accuracy_at_coverage",
+                                                "selective_gain", "oracle_gain", "selective_gain_share")})
+    summary["accuracy_at_80"] = overall.get("accuracy_at_coverage")
+    summary["calibrated_share"] = sum(bool(r["calibrated"]) for r in scored) / len(scored)
+    datasets = sorted({r["dataset"] for r in scored if r.get("dataset")})
+    if len(datasets) > 1:
+        summary["by_dataset"] = {d: metrics(client, [r for r in scored if r.get("dataset") == d]) for d in datasets}
     per_signal = {}
     for name in SIGNALS:
         pairs = []
@@ -155,14 +209,39 @@ def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def write_report(cfg: EvalConfig, summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
-    lines = [f"# Evaluation {summary['run_label']}", "",
-             f"Questions: {cfg.file} ({summary['questions']}; {summary['scored']} scored, {summary['failed']} failed). "
-             f"Model version: {cfg.model_version or 'active'}; memory {'on' if cfg.memory else 'off'}; "
-             f"max_tokens {cfg.max_tokens}; greedy.", "",
-             "| metric | value |", "|---|---|"]
-    for key in ("accuracy", "mean_confidence", "auroc", "ece", "brier", "accuracy_at_80", "calibrated_share"):
-        lines.append(f"| {key} | {_fmt(summary.get(key))} |")
+def _ci(point: Any, ci: Any) -> str:
+    if point is None:
+        return "n/a"
+    return f"{point:.3f} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else f"{point:.3f}"
+
+
+def _metric_rows(name: str, m: dict[str, Any]) -> str:
+    if not m.get("n"):
+        return f"| {name} | 0 | | | | | | |"
+    return (f"| {name} | {m['n']} | {_ci(m.get('accuracy'), m.get('accuracy_ci'))} | "
+            f"{_ci(m.get('auroc'), m.get('auroc_ci'))} | {_fmt(m.get('ece'))} (floor {_fmt(m.get('ece_floor'))}, "
+            f"p95 {_fmt(m.get('ece_floor_p95'))}) | {_fmt(m.get('brier'))} | {_fmt(m.get('accuracy_at_coverage'))} | "
+            f"{_fmt(m.get('selective_gain_share'))} |")
+
+
+def write_report(cfg: EvalConfig, summary: dict[str, Any]) -> None:
+    lines = [f"# Evaluation {summary['run_label']}", ""]
+    if not summary.get("complete", True):
+        lines += [f"**Incomplete**: {summary['stopped']}.", ""]
+    lines += [f"Questions: {cfg.file} ({summary['questions']}; {summary['answered']} answered, {summary['scored']} "
+              f"scored, {summary['failed']} failed). Model version: {cfg.model_version or 'active'}; memory "
+              f"{'on' if cfg.memory else 'off'}; max_tokens {cfg.max_tokens}; greedy. Calibrated share: "
+              f"{_fmt(summary.get('calibrated_share'))}; mean confidence {_fmt(summary.get('mean_confidence'))}.", "",
+              "Bootstrap 95% intervals (1000 resamples); ECE beside the ECE a perfectly calibrated confidence would "
+              "show at this n (mean and 95th percentile of 200 draws); selective gain: accuracy on the 80% most "
+              "confident minus accuracy, as a share of the oracle's min(1, acc/0.8) - acc.", "",
+              "| answers | n | accuracy | AUROC (wrong answers) | ECE | Brier | accuracy at 80% | share of oracle "
+              "gain |",
+              "|---|---|---|---|---|---|---|---|"]
+    if summary.get("scored"):
+        lines.append(_metric_rows("all", {**summary, "n": summary["scored"]}))
+        for name, m in summary.get("by_dataset", {}).items():
+            lines.append(_metric_rows(name, m))
     lines += ["", "AUROC for detecting wrong answers, each signal on its own (0.5 = no information):", "",
               "| signal | n | AUROC |", "|---|---|---|"]
     for name, v in summary.get("signal_auroc", {}).items():
