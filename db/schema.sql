@@ -740,6 +740,17 @@ CREATE FUNCTION reflect._is_blank(p_text text) RETURNS boolean
   SELECT p_text ~ '^[[:space:][:cntrl:]\u00a0\u00ad\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff]*$'
 $_$;
 ALTER FUNCTION reflect._is_blank(p_text text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._is_low_confidence(p_request_id bigint, p_params jsonb) RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT coalesce(a.confidence < coalesce((p_params ->> 'confidence_threshold')::double precision,
+                                          reflect._setting_float('confidence_threshold_default')), false)
+         OR EXISTS (SELECT FROM reflect.answer_signals s
+                    WHERE s.request_id = p_request_id AND s.name LIKE 'rule\_%' AND s.value > 0)
+  FROM reflect.answers a WHERE a.request_id = p_request_id
+$$;
+ALTER FUNCTION reflect._is_low_confidence(p_request_id bigint, p_params jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._job_channel(p_kind text) RETURNS text
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -955,13 +966,17 @@ CREATE FUNCTION reflect._queue_followups(p_request_id bigint) RETURNS integer
 DECLARE
   r reflect.requests;
   v_n integer := 0;
+  v_scope text := reflect._setting_text('followups_scope');
+  v_in_scope boolean;
   f record;
 BEGIN
   SELECT * INTO r FROM reflect.requests WHERE id = p_request_id;
+  v_in_scope := coalesce(r.caller = 'pgreflect-eval', false) OR v_scope = 'all'
+                OR (v_scope = 'low_confidence' AND reflect._is_low_confidence(r.id, r.params));
   FOR f IN SELECT k, fraction FROM (VALUES ('critique', reflect._setting_float('critique_fraction')),
                                            ('agreement', reflect._setting_float('agreement_fraction'))) x(k, fraction)
   LOOP
-    IF f.fraction > 0 AND (coalesce(r.caller = 'pgreflect-eval', false) OR random() < f.fraction) THEN
+    IF f.fraction > 0 AND v_in_scope AND (coalesce(r.caller = 'pgreflect-eval', false) OR random() < f.fraction) THEN
       IF reflect._enqueue_job(f.k, CASE f.k WHEN 'agreement' THEN jsonb_build_object(
              'samples', reflect._setting_int('agreement_samples'),
              'temperature', reflect._setting_float('agreement_temperature')) ELSE '{}'::jsonb END,
@@ -4603,6 +4618,7 @@ REVOKE ALL ON FUNCTION reflect._fit_logistic(x double precision[], y boolean[], 
 REVOKE ALL ON FUNCTION reflect._gate_calibration(p_job_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._heldout(p_request_id bigint, p_share double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._is_blank(p_text text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._is_low_confidence(p_request_id bigint, p_params jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._job_channel(p_kind text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key_verifier(p_key_id text, p_key text) FROM PUBLIC;

@@ -115,6 +115,8 @@ def template_db(cluster: LocalCluster, tiny_model: Path) -> str:
         register_noop(conn, "noop")
         # Follow-ups (critique, agreement) cost extra generations: off unless a test turns them on.
         conn.execute("UPDATE reflect.settings SET value = '0' WHERE key IN ('critique_fraction', 'agreement_fraction')")
+        # ... and when a test turns them on, the fractions alone decide (the default scope is tested on its own).
+        conn.execute("UPDATE reflect.settings SET value = '\"all\"' WHERE key = 'followups_scope'")
         # Exploring memory policies makes a random 5% of requests differ: off unless a test turns it on.
         conn.execute("UPDATE reflect.settings SET value = '0' WHERE key = 'memory_explore_share'")
     return TEMPLATE

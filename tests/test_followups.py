@@ -92,6 +92,30 @@ def test_evaluation_traffic_always_gets_follow_ups(db: Database, keyring: Keyrin
     assert db.scalar("SELECT count(*) FROM reflect.followups") == 2
 
 
+def test_by_default_follow_ups_go_to_low_confidence_answers_only(db: Database, keyring: Keyring) -> None:
+    """followups_scope = low_confidence (the shipped default): an answer under its request's confidence
+    threshold, or one that failed a rule check, gets critique and agreement; a confident one gets none;
+    evaluation traffic always does."""
+    use_noop(db)
+    _enable(db, critique=1.0, agreement_share=1.0)
+    with db.admin() as conn:
+        conn.execute("UPDATE reflect.settings SET value = '\"low_confidence\"' WHERE key = 'followups_scope'")
+    with client(db, keyring) as c:
+        low = c.submit("unsure", params={"confidence_threshold": 1.0})  # every confidence is under 1
+        sure = c.submit("sure", params={"confidence_threshold": 0.0})
+        # noop answers "ok": a rule check fails (the format asked for is a letter)
+        misformatted = c.submit("Answer with only the letter.", params={"confidence_threshold": 0.0})
+        evaluated = c.submit("evaluated", params={"confidence_threshold": 0.0}, caller="pgreflect-eval")
+    drain(db, keyring, backend="noop")
+    with db.admin() as conn:
+        rows = conn.execute("SELECT request_id, count(*) FROM reflect.followups GROUP BY 1").fetchall()
+        rule = conn.execute("SELECT value FROM reflect.answer_signals WHERE request_id = %s "
+                            "AND name = 'rule_format'", (misformatted,)).fetchone()
+    got = dict(rows)
+    assert rule == (1.0,)
+    assert got.get(low) == 2 and got.get(evaluated) == 2 and got.get(misformatted) == 2 and sure not in got
+
+
 def test_bad_critiques_are_refused_and_ratings_checked(db: Database, keyring: Keyring) -> None:
     use_noop(db)
     _enable(db, critique=1.0, agreement_share=0.0)

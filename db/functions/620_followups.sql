@@ -1,8 +1,8 @@
 SET LOCAL ROLE reflect_owner;
 
--- Follow-ups (critique, agreement) are queued when an answer is recorded: for all evaluation traffic, and
--- for critique_fraction / agreement_fraction of the rest; a fraction of 0 turns that follow-up off for all
--- traffic. Workers take them when no request is waiting.
+-- Follow-ups (critique, agreement) are queued when an answer is recorded: for all evaluation traffic, and for
+-- critique_fraction / agreement_fraction of the answers in followups_scope (default: low-confidence ones); a
+-- fraction of 0 turns that follow-up off for all traffic. Workers take them when no request is waiting.
 CREATE OR REPLACE FUNCTION reflect._queue_followups(p_request_id bigint)
 RETURNS integer
 LANGUAGE plpgsql
@@ -11,13 +11,17 @@ AS $$
 DECLARE
   r reflect.requests;
   v_n integer := 0;
+  v_scope text := reflect._setting_text('followups_scope');
+  v_in_scope boolean;
   f record;
 BEGIN
   SELECT * INTO r FROM reflect.requests WHERE id = p_request_id;
+  v_in_scope := coalesce(r.caller = 'pgreflect-eval', false) OR v_scope = 'all'
+                OR (v_scope = 'low_confidence' AND reflect._is_low_confidence(r.id, r.params));
   FOR f IN SELECT k, fraction FROM (VALUES ('critique', reflect._setting_float('critique_fraction')),
                                            ('agreement', reflect._setting_float('agreement_fraction'))) x(k, fraction)
   LOOP
-    IF f.fraction > 0 AND (coalesce(r.caller = 'pgreflect-eval', false) OR random() < f.fraction) THEN
+    IF f.fraction > 0 AND v_in_scope AND (coalesce(r.caller = 'pgreflect-eval', false) OR random() < f.fraction) THEN
       IF reflect._enqueue_job(f.k, CASE f.k WHEN 'agreement' THEN jsonb_build_object(
              'samples', reflect._setting_int('agreement_samples'),
              'temperature', reflect._setting_float('agreement_temperature')) ELSE '{}'::jsonb END,
@@ -28,6 +32,20 @@ BEGIN
   END LOOP;
   RETURN v_n;
 END
+$$;
+
+-- An answer worth a second look: its calibrated confidence is under the request's threshold (what the
+-- low-confidence action uses), or one of its rule checks failed.
+CREATE OR REPLACE FUNCTION reflect._is_low_confidence(p_request_id bigint, p_params jsonb)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(a.confidence < coalesce((p_params ->> 'confidence_threshold')::double precision,
+                                          reflect._setting_float('confidence_threshold_default')), false)
+         OR EXISTS (SELECT FROM reflect.answer_signals s
+                    WHERE s.request_id = p_request_id AND s.name LIKE 'rule\_%' AND s.value > 0)
+  FROM reflect.answers a WHERE a.request_id = p_request_id
 $$;
 
 -- What a finished follow-up does (called by complete_job_v1 through reflect._finish_job): a critique
