@@ -50,6 +50,40 @@ def test_each_token_carries_its_own_logprob(smollm2: LlamaBackend) -> None:
     assert np.all(ours <= 0)
 
 
+def test_the_option_distribution_matches_an_independent_computation(smollm2: LlamaBackend) -> None:
+    """The distribution over a multiple-choice prompt's options at the answer's letter token, against the
+    reference instance's logits at that position, each option the summed probability of "X" and " X"."""
+    from pgreflect.signals import choice_token, option_signals
+
+    prompt = ("Which planet is known as the red planet?\nA. Venus\nB. Mars\nC. Jupiter\nD. Saturn\n"
+              "Answer with only the letter.")
+    req = GenerationRequest(prompt, None, {**PARAMS, "max_tokens": 4})
+    gen = smollm2.generate(req, threading.Event())
+    at = choice_token(gen.token_texts, gen.text)
+    assert at is not None, gen.text  # SmolLM2 answers this with a letter
+    assert gen.option_probs is not None and set(gen.option_probs) == set("ABCD")
+    ref = llama_cpp.Llama(model_path=str(smollm2_path()), n_ctx=2048, n_threads=2, logits_all=True, verbose=False)
+    prompt_tokens = smollm2.prompt_tokens(req.messages())
+    ref.eval(prompt_tokens)
+    for tok in gen.token_ids[:at]:
+        ref.eval([tok])
+    logp = log_softmax(ref.scores[len(prompt_tokens) + at - 1])
+    mass = {}
+    for letter in "ABCD":
+        ids = {tuple(ref.tokenize(v.encode(), add_bos=False, special=False)) for v in (letter, " " + letter)}
+        mass[letter] = sum(np.exp(logp[t[0]]) for t in ids if len(t) == 1)
+    expected = {k: v / sum(mass.values()) for k, v in mass.items()}
+    assert gen.option_probs == pytest.approx(expected, abs=1e-3)
+    picked = max(expected, key=expected.get)
+    assert picked in gen.text  # greedy decoding picked the most probable option
+    signals = option_signals(gen.option_probs)
+    assert signals["option_max_prob"] == pytest.approx(expected[picked], abs=1e-3)
+    assert 0 <= signals["option_entropy"] <= 1 and 0 <= signals["option_margin"] <= 1
+    # a prompt without options gets no distribution
+    assert smollm2.generate(GenerationRequest("Say hi.", None, {**PARAMS, "max_tokens": 3}),
+                            threading.Event()).option_probs is None
+
+
 def test_prefix_reuse_gives_identical_results(smollm2: LlamaBackend) -> None:
     a = GenerationRequest("What is the capital of Italy?", "Answer briefly.", PARAMS)
     b = GenerationRequest("What is the capital of Spain?", "Answer briefly.", PARAMS)

@@ -91,3 +91,20 @@ def test_flags_take_their_default_from_the_environment(monkeypatch) -> None:
     args = build_parser().parse_args(["worker"])
     assert (args.concurrency, args.once, args.model_version) == (7, True, ["a", "b"])
     assert build_parser().parse_args(["worker", "--concurrency", "2"]).concurrency == 2
+
+
+def test_option_letters_and_the_answers_letter_token() -> None:
+    from pgreflect.signals import choice_token, option_signals, prompt_options
+
+    assert prompt_options("Q?\nA. one\nB. two\nC. three\nD. four\nAnswer with only the letter.") == "ABCD"
+    assert prompt_options("Q?\n(A) one\n(B) two") == "AB"
+    assert prompt_options("Q?\nA. one\nC. three") is None  # a gap: not a list of options
+    assert prompt_options("A. lone line") is None and prompt_options("no options here") is None
+    assert choice_token(["The", " answer", " is", " B", "."], "The answer is B.") == 3
+    assert choice_token(["(", "C", ")"], "(C)") == 1
+    assert choice_token(["Paris"], "Paris") is None
+    assert choice_token(["B"], "C") is None  # texts that do not line up
+    s = option_signals({"A": 0.7, "B": 0.2, "C": 0.1, "D": 0.0})
+    assert s["option_max_prob"] == 0.7 and s["option_margin"] == pytest.approx(0.5)
+    assert option_signals({"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25})["option_entropy"] == pytest.approx(1.0)
+    assert option_signals({"A": 1.0, "B": 0.0})["option_entropy"] == 0.0

@@ -24,7 +24,9 @@ from pgreflect.errors import InvalidInput
 from pgreflect.scoring import is_correct, kind_of
 from pgreflect.sql import query
 
-SIGNALS = ("logprob_mean", "logprob_min", "p_true", "p_answer", "rule_failed", "agreement", "critique_verdict")
+SIGNALS = ("logprob_mean", "logprob_min", "p_true", "p_answer", "option_max_prob", "option_margin", "option_entropy",
+           "rule_failed", "agreement", "critique_verdict")
+HIGH_MEANS_WRONG = ("rule_failed", "option_entropy")
 
 
 @dataclass
@@ -193,10 +195,10 @@ def summarise(client: Client, results: list[dict[str, Any]], cfg: EvalConfig,
         for r in scored:
             value = _rule_failed(r["signals"]) if name == "rule_failed" else r["signals"].get(name)
             if value is not None:
-                # high rule_failed means wrong; for the others a low value means wrong. jsonb gives 1.0 back
-                # as the integer 1: make every score a float.
+                # high rule_failed or option entropy means wrong; for the others a low value means wrong. jsonb
+                # gives 1.0 back as the integer 1: make every score a float.
                 value = float(value)
-                pairs.append((value if name == "rule_failed" else -value, not r["correct"]))
+                pairs.append((value if name in HIGH_MEANS_WRONG else -value, not r["correct"]))
         if pairs:
             auroc = client.conn.execute(query("auroc"), {"scores": [p[0] for p in pairs],
                                                          "positives": [p[1] for p in pairs]}).fetchone()[0]

@@ -1,4 +1,5 @@
-"""Rule checks on an answer's text: cheap signals that something is wrong, each 0 or 1.
+"""Signals from an answer's text and tokens: rule checks (cheap signs that something is wrong, each 0 or 1),
+the answer span's probability, and the distribution over a multiple-choice prompt's options.
 
 They need the plaintext, so the worker computes them and reports them with the answer; the database
 combines them with the other signals into the calibrated confidence.
@@ -86,6 +87,46 @@ def p_answer(token_texts: list[str], token_logprobs: list[float], answer: str) -
             hit = True
         pos = end
     return math.exp(total) if hit else None
+
+
+OPTION_LETTERS = "ABCDEFGHIJ"
+_OPTION_LINE = re.compile(r"(?:^|\n)\s*\(?([A-J])(?:\.|\)|:)\s+\S")
+
+
+def prompt_options(prompt: str) -> str | None:
+    """The option letters a multiple-choice prompt lists ("A. ...", "(B) ...", "C: ..." at line starts),
+    when they run A, B, C, ... without a gap (at least two); None otherwise."""
+    found = []
+    for letter in _OPTION_LINE.findall(prompt):
+        if letter not in found:
+            found.append(letter)
+    letters = "".join(sorted(found))
+    return letters if len(letters) >= 2 and OPTION_LETTERS.startswith(letters) else None
+
+
+def choice_token(token_texts: list[str], answer: str) -> int | None:
+    """Index of the generated token that carries the option letter a choice answer picks ("B", "(B)",
+    "The answer is B"); None when the answer picks no letter or the token texts do not line up."""
+    if "".join(token_texts) != answer:
+        return None
+    for pattern in _CHOICE_SPANS:
+        m = pattern.search(answer)
+        if m:
+            pos = 0
+            for i, text in enumerate(token_texts):
+                if pos <= m.start(1) < pos + len(text):
+                    return i
+                pos += len(text)
+    return None
+
+
+def option_signals(probs: dict[str, float]) -> dict[str, float]:
+    """From the next-token distribution over the options at the answer's letter (renormalised over the
+    options): the top option's probability, its margin over the second, and the entropy divided by log(k)."""
+    p = sorted(probs.values(), reverse=True)
+    entropy = -sum(x * math.log(x) for x in p if x > 0)
+    return {"option_max_prob": p[0], "option_margin": p[0] - (p[1] if len(p) > 1 else 0.0),
+            "option_entropy": entropy / math.log(len(p)) if len(p) > 1 else 0.0}
 
 
 def rule_checks(prompt: str, answer: str, finish_reason: str) -> dict[str, float]:

@@ -33,7 +33,7 @@ from pgreflect.keys import Keyring, KeyringWatcher, install_keys, load_keyring
 from pgreflect.models import verify_file
 from pgreflect.paths import keyring_path
 from pgreflect.privacy import Redactor
-from pgreflect.signals import p_answer, rule_checks
+from pgreflect.signals import option_signals, p_answer, rule_checks
 from pgreflect.sql import query
 
 log = logging.getLogger("pgreflect.worker")
@@ -492,6 +492,8 @@ class Worker:
 
     def _signals(self, backend: Backend, request: GenerationRequest, gen: Any) -> dict[str, float]:
         signals = rule_checks(request.prompt, gen.text, gen.finish_reason)
+        if gen.option_probs:
+            signals.update(option_signals(gen.option_probs))
         p_ans = p_answer(gen.token_texts, gen.token_logprobs, gen.text) if gen.token_texts else None
         if p_ans is not None:
             signals["p_answer"] = p_ans

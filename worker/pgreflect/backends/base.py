@@ -35,6 +35,9 @@ class Generation:
     prompt_eval_s: float
     generation_s: float
     token_texts: list[str] = field(default_factory=list)  # each generated token's text, when known
+    # For a multiple-choice prompt answered with a letter: the next-token distribution over the options at the
+    # token that carries the letter, renormalised over the options (pgreflect.signals.option_signals).
+    option_probs: dict[str, float] | None = None
 
 
 class BackendError(Exception):

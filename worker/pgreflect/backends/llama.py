@@ -26,6 +26,7 @@ from pgreflect.backends.base import BackendError, Cancelled, Generation, Generat
 from pgreflect.chat import ChatRenderer
 from pgreflect.prompts import CRITIQUE_MAX_TOKENS, CRITIQUE_SCHEMA, CRITIQUE_SYSTEM, P_TRUE_QUESTION, critique_prompt
 from pgreflect.sampling import choose_token, token_logprob
+from pgreflect.signals import OPTION_LETTERS, choice_token, prompt_options
 
 
 def normalise_json(raw: str) -> str:
@@ -58,6 +59,7 @@ class LlamaBackend:
         self.chat = ChatRenderer(self.llm)
         self._lock = threading.Lock()
         self._yes_no: tuple[list[int], list[int]] | None = None
+        self._letters: dict[str, list[int]] | None = None
         self._evaluated: list[int] = []  # tokens whose KV entries the context holds, for prefix reuse
         self._adapters: dict[str, Any] = {}  # LoRA file -> llama.cpp adapter handle, loaded once each
         self._adapter: str | None = None  # the adapter the context computes with now (None: the base)
@@ -154,6 +156,10 @@ class LlamaBackend:
         self._eval_prompt(tokens)
         t1 = time.perf_counter()
 
+        options = prompt_options(request.prompt)
+        letter_ids = self._letter_ids() if options else {}
+        columns = [i for letter in options or "" for i in letter_ids.get(letter, [])]
+        option_logits: list[np.ndarray] = []  # per step, the logits of the options' letter tokens (a few floats)
         out: list[int] = []
         logprobs: list[float] = []
         finish = "length"
@@ -164,6 +170,8 @@ class LlamaBackend:
                 raise Cancelled()
             logits = self._last_logits()
             token = choose_token(logits, temperature, top_k, top_p, rng)
+            if columns:
+                option_logits.append(logits[columns].astype(np.float64))
             if self.is_end_of_generation(token):
                 finish = "stop"
                 break
@@ -191,11 +199,40 @@ class LlamaBackend:
             ) <= stop_at:
                 kept += 1
             out, logprobs = out[:kept], logprobs[:kept]
+        texts = self._token_texts(out)
         return Generation(
             text=text, token_ids=out, token_logprobs=logprobs, prompt_tokens=len(tokens),
-            finish_reason=finish, prompt_eval_s=t1 - t0, generation_s=t2 - t1,
-            token_texts=self._token_texts(out),
+            finish_reason=finish, prompt_eval_s=t1 - t0, generation_s=t2 - t1, token_texts=texts,
+            option_probs=self._option_probs(options, letter_ids, option_logits, texts, text) if columns else None,
         )
+
+    def _letter_ids(self) -> dict[str, list[int]]:
+        """Each option letter's single-token spellings ("B", " B"): the tokens a letter answer starts with."""
+        if self._letters is None:
+            letters: dict[str, list[int]] = {}
+            for letter in OPTION_LETTERS:
+                ids = {tuple(self.llm.tokenize(v.encode(), add_bos=False, special=False))
+                       for v in (letter, " " + letter)}
+                letters[letter] = sorted(t[0] for t in ids if len(t) == 1)
+            self._letters = letters
+        return self._letters
+
+    @staticmethod
+    def _option_probs(options: str | None, letter_ids: dict[str, list[int]], rows: list[np.ndarray],
+                      texts: list[str], text: str) -> dict[str, float] | None:
+        """The options' probabilities at the token that carries the answer's letter, each the summed
+        probability of its spellings, renormalised over the options."""
+        at = choice_token(texts, text)
+        if options is None or at is None or at >= len(rows):
+            return None
+        row, mass, k = rows[at], {}, 0
+        top = float(np.max(row))
+        for letter in options:
+            n = len(letter_ids.get(letter, []))
+            mass[letter] = float(np.sum(np.exp(row[k:k + n] - top)))
+            k += n
+        total = sum(mass.values())
+        return {letter: m / total for letter, m in mass.items()} if total > 0 else None
 
     def _token_texts(self, tokens: list[int]) -> list[str]:
         """Per-token text whose concatenation is the decoded answer (a multi-byte character split across
