@@ -56,7 +56,7 @@ DECLARE
   v_reanswered boolean;
 BEGIN
   SELECT * INTO a FROM reflect.answers WHERE request_id = p_request_id;
-  SELECT * INTO c FROM reflect._confidence(a.model_version_id, reflect._feature_vector(p_request_id),
+  SELECT * INTO c FROM reflect._confidence(a.model_version_id, reflect._feature_values_of(p_request_id),
                                            reflect._signals_of(p_request_id), a.logprob_norm);
   SELECT params INTO v_params FROM reflect.requests WHERE id = p_request_id;
   v_reanswered := EXISTS (SELECT FROM reflect.answer_candidates WHERE request_id = p_request_id AND n > 1);
@@ -107,24 +107,24 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) OWNER TO reflect_owner;
-CREATE FUNCTION reflect._confidence(p_model_version_id integer, x double precision[], p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) RETURNS record
+CREATE FUNCTION reflect._confidence(p_model_version_id integer, p_values jsonb, p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) RETURNS record
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
   cal reflect.calibrators;
 BEGIN
-  SELECT * INTO cal FROM reflect.calibrators c
-  WHERE c.model_version_id = p_model_version_id AND c.is_active AND c.features = reflect.calibration_features_v1();
+  SELECT * INTO cal FROM reflect.calibrators c WHERE c.model_version_id = p_model_version_id AND c.is_active;
   IF cal.id IS NULL THEN
     confidence := coalesce((p_signals ->> 'p_true')::double precision, p_logprob_norm, 0);
     RETURN;
   END IF;
-  confidence := reflect._logistic(x, cal.feature_means, cal.feature_stds, cal.weights);
+  confidence := reflect._logistic(reflect._vector(p_values, cal.features), cal.feature_means, cal.feature_stds,
+                                  cal.weights);
   calibrator_id := cal.id;
 END
 $$;
-ALTER FUNCTION reflect._confidence(p_model_version_id integer, x double precision[], p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) OWNER TO reflect_owner;
+ALTER FUNCTION reflect._confidence(p_model_version_id integer, p_values jsonb, p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._cross_fitted(p_request_ids bigint[], p_correct boolean[], p_folds integer[], OUT confidence double precision[], OUT correct boolean[]) RETURNS record
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -341,28 +341,43 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._fail_undecryptable(p_request_id bigint, p_lease_token uuid, p_key_id text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._feature_values(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT jsonb_build_object(
+    'logprob_mean', greatest(coalesce(p_logprob_mean, -10), -10),
+    'logprob_min', greatest(coalesce(p_logprob_min, -20), -20),
+    'p_true', coalesce((p_signals ->> 'p_true')::double precision, 0.5),
+    'rule_failed',
+      coalesce((SELECT max(v::double precision) FROM jsonb_each_text(p_signals) e(k, v) WHERE k LIKE 'rule\_%'), 0),
+    'log_tokens', ln(1 + p_completion_tokens))
+  || (SELECT coalesce(jsonb_object_agg(k, (p_signals ->> k)::double precision), '{}'::jsonb)
+      FROM unnest(ARRAY['p_answer', 'agreement', 'critique_verdict', 'option_max_prob', 'option_margin',
+                        'option_entropy', 'kind_choice', 'kind_number', 'kind_long']) AS k)
+$$;
+ALTER FUNCTION reflect._feature_values(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._feature_values_of(p_request_id bigint) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT reflect._feature_values(a.logprob_mean, a.logprob_min, a.completion_tokens, reflect._signals_of(a.request_id))
+  FROM reflect.answers a WHERE a.request_id = p_request_id
+$$;
+ALTER FUNCTION reflect._feature_values_of(p_request_id bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._feature_vector(p_request_id bigint) RETURNS double precision[]
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-  SELECT reflect._features(a.logprob_mean, a.logprob_min, a.completion_tokens, reflect._signals_of(a.request_id))
-  FROM reflect.answers a WHERE a.request_id = p_request_id
+  SELECT reflect._vector(reflect._feature_values_of(p_request_id), reflect.calibration_features_v2())
 $$;
 ALTER FUNCTION reflect._feature_vector(p_request_id bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) RETURNS double precision[]
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-  SELECT ARRAY[
-    greatest(coalesce(p_logprob_mean, -10), -10),
-    greatest(coalesce(p_logprob_min, -20), -20),
-    coalesce((p_signals ->> 'p_true')::double precision, 0.5),
-    coalesce((SELECT max(v::double precision) FROM jsonb_each_text(p_signals) e(k, v) WHERE k LIKE 'rule\_%'), 0),
-    ln(1 + p_completion_tokens),
-    (p_signals ->> 'p_answer')::double precision,
-    (p_signals ->> 'agreement')::double precision,
-    (p_signals ->> 'critique_verdict')::double precision
-  ]::double precision[]
+  SELECT reflect._vector(reflect._feature_values(p_logprob_mean, p_logprob_min, p_completion_tokens, p_signals),
+                         reflect.calibration_features_v2())
 $$;
 ALTER FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._finetune_hyperparameters() RETURNS jsonb
@@ -599,7 +614,7 @@ BEGIN
   f := reflect._fit_logistic(x, y, reflect._setting_float('calibration_l2'));
   INSERT INTO reflect.calibrators (model_version_id, method, features, feature_means, feature_stds, weights, n_train,
                                    n_heldout, heldout_metrics, labels_seen, is_active)
-  VALUES (p_version, 'logistic_l2', reflect.calibration_features_v1(), f.means, f.stds, f.weights, cardinality(y),
+  VALUES (p_version, 'logistic_l2', reflect.calibration_features_v2(), f.means, f.stds, f.weights, cardinality(y),
           cardinality(y),
           jsonb_build_object('source', 'gate', 'gate_job_id', p_job_id, 'iterations', f.iterations,
                              'heldout', p_metrics - 'served'),  -- cross-fitted: each answer measured by a fit without it
@@ -831,6 +846,14 @@ CREATE FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence doub
               ELSE 'answer' END
 $$;
 ALTER FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._matrix(p_values jsonb[], p_names text[]) RETURNS double precision[]
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT coalesce(array_agg(reflect._vector(v, p_names) ORDER BY i), '{}')
+  FROM unnest(p_values) WITH ORDINALITY AS t(v, i)
+$$;
+ALTER FUNCTION reflect._matrix(p_values jsonb[], p_names text[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._memory_max_distance(p_params jsonb) RETURNS double precision
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1323,6 +1346,13 @@ CREATE FUNCTION reflect._uniform(p_a bigint, p_b bigint, p_stream bigint) RETURN
          / 9007199254740992.0
 $$;
 ALTER FUNCTION reflect._uniform(p_a bigint, p_b bigint, p_stream bigint) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._vector(p_values jsonb, p_names text[]) RETURNS double precision[]
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT array_agg((p_values ->> n)::double precision ORDER BY i) FROM unnest(p_names) WITH ORDINALITY AS t(n, i)
+$$;
+ALTER FUNCTION reflect._vector(p_values jsonb, p_names text[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision DEFAULT 0.8) RETURNS double precision
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1443,6 +1473,14 @@ CREATE FUNCTION reflect.calibration_features_v1() RETURNS text[]
                'critique_verdict']
 $$;
 ALTER FUNCTION reflect.calibration_features_v1() OWNER TO reflect_owner;
+CREATE FUNCTION reflect.calibration_features_v2() RETURNS text[]
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT reflect.calibration_features_v1()
+         || ARRAY['option_max_prob', 'option_margin', 'option_entropy', 'kind_choice', 'kind_number', 'kind_long']
+$$;
+ALTER FUNCTION reflect.calibration_features_v2() OWNER TO reflect_owner;
 CREATE FUNCTION reflect.canary_step_v1() RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2150,12 +2188,19 @@ CREATE FUNCTION reflect.fit_calibrator_v1(p_model_version text) RETURNS integer
     AS $$
 DECLARE
   v_mv integer;
-  tx double precision[];
+  v_names text[] := reflect.calibration_features_v2();
+  tv jsonb[];
   ty boolean[];
-  hx double precision[];
+  hv jsonb[];
   hy boolean[];
+  tx double precision[];
+  hx double precision[];
   v_labels integer;
   f record;
+  old reflect.calibrators;
+  v_new jsonb;
+  v_old jsonb;
+  v_keep boolean := false;
   v_id integer;
 BEGIN
   SELECT id INTO v_mv FROM reflect.model_versions WHERE name = p_model_version;
@@ -2163,11 +2208,11 @@ BEGIN
     RAISE EXCEPTION 'unknown model version "%"', p_model_version USING ERRCODE = 'PR003';
   END IF;
   SELECT count(*),
-         array_agg(reflect._feature_vector(l.request_id) ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 <> 0),
+         array_agg(reflect._feature_values_of(l.request_id) ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 <> 0),
          array_agg(l.is_correct ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 <> 0),
-         array_agg(reflect._feature_vector(l.request_id) ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 = 0),
+         array_agg(reflect._feature_values_of(l.request_id) ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 = 0),
          array_agg(l.is_correct ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 = 0)
-  INTO v_labels, tx, ty, hx, hy
+  INTO v_labels, tv, ty, hv, hy
   FROM reflect.labels l JOIN reflect.answers a ON a.request_id = l.request_id
   WHERE a.model_version_id = v_mv;
   IF v_labels < reflect._setting_int('calibration_min_labels')
@@ -2176,19 +2221,42 @@ BEGIN
     RAISE NOTICE 'model version %: % labels, not enough to fit a calibrator', p_model_version, v_labels;
     RETURN NULL;
   END IF;
+  tx := reflect._matrix(tv, v_names);
+  hx := reflect._matrix(hv, v_names);
   f := reflect._fit_logistic(tx, ty, reflect._setting_float('calibration_l2'));
-  UPDATE reflect.calibrators SET is_active = false WHERE model_version_id = v_mv AND is_active;
+  v_new := reflect._calibration_metrics(reflect._logistic_rows(hx, f.means, f.stds, f.weights), hy);
+  SELECT * INTO old FROM reflect.calibrators WHERE model_version_id = v_mv AND is_active;
+  IF old.id IS NOT NULL AND hy IS NOT NULL THEN
+    v_old := reflect._calibration_metrics(
+      reflect._logistic_rows(reflect._matrix(hv, old.features), old.feature_means, old.feature_stds, old.weights), hy);
+    v_keep := (v_old ->> 'brier')::double precision < (v_new ->> 'brier')::double precision;
+  END IF;
+  IF NOT v_keep THEN
+    UPDATE reflect.calibrators SET is_active = false WHERE model_version_id = v_mv AND is_active;
+  END IF;
   INSERT INTO reflect.calibrators (model_version_id, method, features, feature_means, feature_stds, weights, n_train,
                                    n_heldout, heldout_metrics, labels_seen, is_active)
-  VALUES (v_mv, 'logistic_l2', reflect.calibration_features_v1(), f.means, f.stds, f.weights, cardinality(ty),
+  VALUES (v_mv, 'logistic_l2', v_names, f.means, f.stds, f.weights, cardinality(ty),
           coalesce(cardinality(hy), 0),
           jsonb_build_object(
             'iterations', f.iterations,
-            'heldout', reflect._calibration_metrics(reflect._logistic_rows(hx, f.means, f.stds, f.weights), hy),
+            'heldout', v_new,
             'train', reflect._calibration_metrics(reflect._logistic_rows(tx, f.means, f.stds, f.weights), ty)
-                     - 'accuracy_at_80' - 'mean_confidence'),
-          v_labels, true)
+                     - 'accuracy_at_80' - 'mean_confidence')
+          || CASE WHEN old.id IS NULL OR hy IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(
+               'replaced', jsonb_build_object('calibrator_id', old.id, 'heldout', v_old, 'kept', v_keep,
+                 'reason', CASE WHEN v_keep
+                   THEN format('not activated: held-out Brier %s is worse than the active calibrator''s %s on the same %s answers',
+                               round((v_new ->> 'brier')::numeric, 4), round((v_old ->> 'brier')::numeric, 4), cardinality(hy))
+                   ELSE format('activated: held-out Brier %s against the replaced calibrator''s %s on the same %s answers',
+                               round((v_new ->> 'brier')::numeric, 4), round((v_old ->> 'brier')::numeric, 4), cardinality(hy))
+                   END)) END,
+          v_labels, NOT v_keep)
   RETURNING id INTO v_id;
+  IF v_keep THEN
+    RAISE NOTICE 'model version %: refit % kept inactive, the active calibrator % calibrates the held-out answers better',
+      p_model_version, v_id, old.id;
+  END IF;
   RETURN v_id;
 END
 $$;
@@ -2664,7 +2732,7 @@ BEGIN
     RAISE EXCEPTION 'a candidate needs an answer and a signals object' USING ERRCODE = 'PR001';
   END IF;
   SELECT avg(lp), min(lp) INTO v_mean, v_min FROM unnest(p_token_logprobs) lp;
-  SELECT * INTO c FROM reflect._confidence(r.model_version_id, reflect._features(v_mean, v_min, v_tokens, p_signals),
+  SELECT * INTO c FROM reflect._confidence(r.model_version_id, reflect._feature_values(v_mean, v_min, v_tokens, p_signals),
                                            p_signals, exp(v_mean));
   SELECT coalesce(max(ac.n), 0) + 1 INTO v_n FROM reflect.answer_candidates ac WHERE ac.request_id = r.id;
   INSERT INTO reflect.answer_candidates (request_id, n, key_id, answer_enc, completion_tokens, logprob_mean,
@@ -2725,12 +2793,13 @@ DECLARE
   v_n integer := 0;
 BEGIN
   FOR v IN
-    SELECT mv.name, count(l.request_id) AS labels, c.labels_seen
+    -- labels_seen of the latest fit, active or not: a refit kept inactive (worse) waits for new labels too
+    SELECT mv.name, count(l.request_id) AS labels,
+           (SELECT max(c.labels_seen) FROM reflect.calibrators c WHERE c.model_version_id = mv.id) AS labels_seen
     FROM reflect.model_versions mv
     JOIN reflect.answers a ON a.model_version_id = mv.id
     JOIN reflect.labels l ON l.request_id = a.request_id
-    LEFT JOIN reflect.calibrators c ON c.model_version_id = mv.id AND c.is_active
-    GROUP BY mv.name, c.labels_seen
+    GROUP BY mv.id, mv.name
   LOOP
     IF (v.labels_seen IS NULL AND v.labels >= reflect._setting_int('calibration_min_labels'))
        OR v.labels - v.labels_seen >= reflect._setting_int('calibration_refit_new_labels') THEN
@@ -4592,7 +4661,7 @@ REVOKE ALL ON FUNCTION reflect._apply_confidence(p_request_id bigint) FROM PUBLI
 REVOKE ALL ON FUNCTION reflect._calibration_metrics(p_conf double precision[], p_y boolean[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_key_id(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION reflect._confidence(p_model_version_id integer, x double precision[], p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._confidence(p_model_version_id integer, p_values jsonb, p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._cross_fitted(p_request_ids bigint[], p_correct boolean[], p_folds integer[], OUT confidence double precision[], OUT correct boolean[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._current_key_id() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._decide(p_candidate integer, p_decision text, p_reason text, p_numbers jsonb, p_rule jsonb, p_job_id bigint) FROM PUBLIC;
@@ -4606,6 +4675,8 @@ REVOKE ALL ON FUNCTION reflect._encrypt(p_plain text, p_key_id text) FROM PUBLIC
 REVOKE ALL ON FUNCTION reflect._encrypted_columns() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._enqueue_job(p_kind text, p_payload jsonb, p_request_id bigint, p_model_version_id integer, p_priority smallint, p_max_attempts integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._fail_undecryptable(p_request_id bigint, p_lease_token uuid, p_key_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._feature_values(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._feature_values_of(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._feature_vector(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._finetune_hyperparameters() FROM PUBLIC;
@@ -4627,6 +4698,7 @@ REVOKE ALL ON FUNCTION reflect._loaded_key_ids() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._logistic(x double precision[], p_means double precision[], p_stds double precision[], p_weights double precision[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._logistic_rows(x double precision[], p_means double precision[], p_stds double precision[], p_weights double precision[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._low_confidence_action(p_params jsonb, p_confidence double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._matrix(p_values jsonb[], p_names text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._memory_max_distance(p_params jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._memory_owners(p_reader name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._normalize_params(p jsonb) FROM PUBLIC;
@@ -4652,6 +4724,7 @@ REVOKE ALL ON FUNCTION reflect._tuned(p_model_version_id integer, p_knob text) F
 REVOKE ALL ON FUNCTION reflect._uniform(p_a bigint, p_b bigint, p_stream bigint) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect._uniform(p_a bigint, p_b bigint, p_stream bigint) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect._uniform(p_a bigint, p_b bigint, p_stream bigint) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect._vector(p_values jsonb, p_names text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_app;
@@ -4669,6 +4742,7 @@ REVOKE ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_corre
 GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.calibration_features_v1() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.calibration_features_v2() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.canary_step_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.checkpoint_job_v1(p_job_id bigint, p_lease_token uuid, p_checkpoint jsonb, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.checkpoint_job_v1(p_job_id bigint, p_lease_token uuid, p_checkpoint jsonb, p_lease_seconds integer) TO reflect_worker;

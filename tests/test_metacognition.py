@@ -116,12 +116,14 @@ def test_low_confidence_actions(db: Database, keyring: Keyring) -> None:
 
 
 # -- calibrator ---------------------------------------------------------------------------------------
-def _synthetic_labelled_answers(db: Database, keyring: Keyring, n: int, seed: int) -> np.ndarray:
-    """n answers whose only informative signal is the log-prob: P(correct) = sigmoid(3 (x + 1.5)).
-    p_true is noise. Returns the true probabilities."""
+def _synthetic_labelled_answers(db: Database, keyring: Keyring, n: int, seed: int, slope: float = 3.0,
+                                training_side_only: bool = False) -> np.ndarray:
+    """n answers whose only informative signal is the log-prob: P(correct) = sigmoid(slope (x + 1.5)).
+    p_true is noise. training_side_only: label only the answers the calibrator fit trains on (request id
+    hash not 0 mod 5), leaving its held-out answers as they were. Returns the true probabilities."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-3, 0, size=n)
-    truth = 1 / (1 + np.exp(-3 * (x + 1.5)))
+    truth = 1 / (1 + np.exp(-slope * (x + 1.5)))
     labels = rng.uniform(size=n) < truth
     with client(db, keyring) as c:
         ids = [c.submit(f"synthetic question {seed}-{i}") for i in range(n)]
@@ -134,8 +136,13 @@ def _synthetic_labelled_answers(db: Database, keyring: Keyring, n: int, seed: in
                 "request_id": rid, "lease_token": tokens[rid], "answer": "a", "finish_reason": "stop",
                 "prompt_tokens": 3, "token_logprobs": [float(xi)], "prompt_eval_ms": 1.0, "generation_ms": 1.0,
                 "signals": json.dumps({"p_true": float(noise), "rule_format": 0.0})})
+    with db.admin() as conn:
+        heldout = {r for (r,) in conn.execute(
+            "SELECT id FROM unnest(%s::bigint[]) id WHERE abs(hashtext(id::text)) %% 5 = 0", (ids,)).fetchall()}
     with connect(db.dsn("app"), keyring=keyring) as conn:
         for rid, y in zip(ids, labels, strict=True):
+            if training_side_only and rid in heldout:
+                continue
             conn.execute(query("feedback"), {"request_id": rid, "is_correct": bool(y), "rating": None,
                                              "correction": None, "source": "ground_truth"})
     return truth
@@ -185,6 +192,67 @@ def test_refit_waits_for_enough_labels_then_for_new_ones(db: Database, keyring: 
         assert conn.execute(query("refit_calibrators")).fetchone()[0] == 1
         assert conn.execute("SELECT count(*), count(*) FILTER (WHERE is_active) FROM reflect.calibrators"
                             ).fetchone() == (2, 1)
+
+
+def test_a_refit_that_would_calibrate_worse_is_not_activated(db: Database, keyring: Keyring) -> None:
+    _synthetic_labelled_answers(db, keyring, 400, seed=5)
+    with db.admin() as conn:
+        first = conn.execute(query("fit_calibrator"), {"model_version": "tiny"}).fetchone()[0]
+    # Then 600 labels that say the opposite, all on the training side: a refit learns the wrong direction,
+    # and the held-out answers (unchanged) show it.
+    _synthetic_labelled_answers(db, keyring, 600, seed=6, slope=-3.0, training_side_only=True)
+    with db.admin() as conn:
+        second = conn.execute(query("fit_calibrator"), {"model_version": "tiny"}).fetchone()[0]
+        active = conn.execute("SELECT id FROM reflect.calibrators WHERE is_active").fetchall()
+        replaced = conn.execute("SELECT heldout_metrics -> 'replaced' FROM reflect.calibrators WHERE id = %s",
+                                (second,)).fetchone()[0]
+        assert conn.execute(query("refit_calibrators")).fetchone()[0] == 0  # the failed refit counts as a fit
+    assert active == [(first,)]
+    assert replaced["kept"] is True and replaced["calibrator_id"] == first
+    assert replaced["heldout"]["brier"] < db.scalar(
+        "SELECT (heldout_metrics -> 'heldout' ->> 'brier')::float8 FROM reflect.calibrators WHERE id = %s", (second,))
+    assert replaced["reason"].startswith("not activated: held-out Brier")
+    # A better refit does replace it, and says against what: the active one made uninformative (base rate for
+    # everyone), the labels replaced by fresh ones that follow the relationship.
+    with db.admin() as conn:
+        conn.execute("UPDATE reflect.calibrators SET weights = array_fill(0::float8, ARRAY[cardinality(weights)]) "
+                     "WHERE id = %s", (first,))
+        conn.execute("DELETE FROM reflect.feedback")
+    _synthetic_labelled_answers(db, keyring, 300, seed=7)
+    with db.admin() as conn:
+        third = conn.execute(query("fit_calibrator"), {"model_version": "tiny"}).fetchone()[0]
+        assert conn.execute("SELECT id FROM reflect.calibrators WHERE is_active").fetchall() == [(third,)]
+        reason = conn.execute("SELECT heldout_metrics -> 'replaced' ->> 'reason' FROM reflect.calibrators "
+                              "WHERE id = %s", (third,)).fetchone()[0]
+    assert reason.startswith("activated: held-out Brier")
+
+
+def test_a_calibrator_fitted_on_older_features_keeps_working(db: Database, keyring: Keyring) -> None:
+    """Calibrators are applied to the features they were fitted with, by name: one fitted on the v1 list
+    still calibrates after the list grew (v2 adds the option distribution and the kind of question)."""
+    _synthetic_labelled_answers(db, keyring, 300, seed=8)
+    with db.admin() as conn:
+        cal = conn.execute(query("fit_calibrator"), {"model_version": "tiny"}).fetchone()[0]
+        v1 = conn.execute("SELECT reflect.calibration_features_v1()").fetchone()[0]
+        conn.execute("UPDATE reflect.calibrators SET features = %s, feature_means = feature_means[1:8], "
+                     "feature_stds = feature_stds[1:8], weights = weights[1:9] WHERE id = %s", (v1, cal))
+    with client(db, keyring) as c:
+        rid = c.submit("Q?\nA. x\nB. y\nAnswer with only the letter.")
+    with connect(db.dsn("worker"), keyring=keyring) as conn:
+        (row,) = conn.execute(query("claim"), {"worker_id": "w", "limit": 1, "lease_seconds": 60,
+                                               "model_version_ids": None}).fetchall()
+        conf = conn.execute(query("complete"), {
+            "request_id": rid, "lease_token": row[1], "answer": "A", "finish_reason": "stop", "prompt_tokens": 3,
+            "token_logprobs": [-0.2], "prompt_eval_ms": 1.0, "generation_ms": 1.0,
+            "signals": json.dumps({"p_true": 0.5, "option_max_prob": 0.9, "option_margin": 0.8,
+                                   "option_entropy": 0.2, "kind_choice": 1.0, "kind_number": 0.0, "kind_long": 0.0}),
+        }).fetchone()[0]
+    assert conf == pytest.approx(1 / (1 + math.exp(-3 * (-0.2 + 1.5))), abs=0.12)
+    assert db.scalar("SELECT calibrator_id FROM reflect.answers WHERE request_id = %s", (rid,)) == cal
+    values = db.scalar("SELECT reflect._feature_values_of(%s)", (rid,))
+    assert values["option_max_prob"] == 0.9 and values["kind_choice"] == 1.0 and values["agreement"] is None
+    v2 = db.scalar("SELECT reflect.calibration_features_v2()")
+    assert v2[:8] == v1 and {"option_max_prob", "option_entropy", "kind_choice", "kind_long"} <= set(v2)
 
 
 def test_analyst_calibration_views(db: Database, keyring: Keyring) -> None:

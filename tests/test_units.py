@@ -108,3 +108,15 @@ def test_option_letters_and_the_answers_letter_token() -> None:
     assert s["option_max_prob"] == 0.7 and s["option_margin"] == pytest.approx(0.5)
     assert option_signals({"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25})["option_entropy"] == pytest.approx(1.0)
     assert option_signals({"A": 1.0, "B": 0.0})["option_entropy"] == 0.0
+
+
+def test_question_kinds() -> None:
+    from pgreflect.signals import kind_signals, question_kind
+
+    assert question_kind("Q?\nA. x\nB. y\nAnswer with only the letter.", "B") == "choice"
+    assert question_kind("How many legs does a spider have?", "Eight legs.") == "number"
+    assert question_kind("Solve it. Put the final answer, a number alone, on the last line.", "x\n4") == "number"
+    assert question_kind("Describe Paris.", "Paris is the capital of France and its largest city by far.") == "long"
+    assert question_kind("Capital of France?", "Paris") == "short"
+    assert kind_signals("Capital of France?", "Paris") == {"kind_choice": 0.0, "kind_number": 0.0, "kind_long": 0.0}
+    assert kind_signals("How many?", "3")["kind_number"] == 1.0

@@ -1,7 +1,7 @@
 SET LOCAL ROLE reflect_owner;
 
--- Features of the calibrators, in order. Changing this list changes what a fitted calibrator means, so a
--- calibrator stores the list it was fitted with and is only applied when the lists match.
+-- Features of the calibrators, in order. A calibrator stores the list it was fitted with and is applied to
+-- the same named features (reflect._vector), so a calibrator fitted on an older list keeps working.
 CREATE OR REPLACE FUNCTION reflect.calibration_features_v1()
 RETURNS text[]
 LANGUAGE sql IMMUTABLE
@@ -11,27 +11,61 @@ AS $$
                'critique_verdict']
 $$;
 
--- Feature vector of an answer from its log-prob statistics and signals. Missing values get fixed
+-- v2 (what new fits use): v1, the distribution over a multiple-choice prompt's options at the answer's letter,
+-- and the kind of question as one-hot features (choice / number / long; short is the baseline), so that one
+-- calibrator fits mixed traffic.
+CREATE OR REPLACE FUNCTION reflect.calibration_features_v2()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT reflect.calibration_features_v1()
+         || ARRAY['option_max_prob', 'option_margin', 'option_entropy', 'kind_choice', 'kind_number', 'kind_long']
+$$;
+
+-- Every feature of an answer by name, from its log-prob statistics and signals. Missing values get fixed
 -- stand-ins: an empty answer has no log-probs (-10 / -20: as unlikely as it gets), an answer without a
--- P(True) measurement gets 0.5 (no opinion). p_answer exists only for answers with a short answer span;
--- agreement and critique_verdict arrive later, for a share of the traffic. Those are NULL when missing,
--- and a calibrator replaces NULL with its training mean, so a missing signal moves the confidence nowhere.
+-- P(True) measurement gets 0.5 (no opinion). p_answer exists only for answers with a short answer span, the
+-- option features only for letter answers to prompts that list options, the kind only for answers recorded
+-- since the worker reports it; agreement and critique_verdict arrive later, for a share of the traffic. Those
+-- are NULL when missing, and a calibrator replaces NULL with its training mean, so a missing signal moves the
+-- confidence nowhere.
+CREATE OR REPLACE FUNCTION reflect._feature_values(p_logprob_mean double precision, p_logprob_min double precision,
+                                                   p_completion_tokens integer, p_signals jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT jsonb_build_object(
+    'logprob_mean', greatest(coalesce(p_logprob_mean, -10), -10),
+    'logprob_min', greatest(coalesce(p_logprob_min, -20), -20),
+    'p_true', coalesce((p_signals ->> 'p_true')::double precision, 0.5),
+    'rule_failed',
+      coalesce((SELECT max(v::double precision) FROM jsonb_each_text(p_signals) e(k, v) WHERE k LIKE 'rule\_%'), 0),
+    'log_tokens', ln(1 + p_completion_tokens))
+  || (SELECT coalesce(jsonb_object_agg(k, (p_signals ->> k)::double precision), '{}'::jsonb)
+      FROM unnest(ARRAY['p_answer', 'agreement', 'critique_verdict', 'option_max_prob', 'option_margin',
+                        'option_entropy', 'kind_choice', 'kind_number', 'kind_long']) AS k)
+$$;
+
+-- The named features as a vector in the order of p_names (a calibrator's list).
+CREATE OR REPLACE FUNCTION reflect._vector(p_values jsonb, p_names text[])
+RETURNS double precision[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT array_agg((p_values ->> n)::double precision ORDER BY i) FROM unnest(p_names) WITH ORDINALITY AS t(n, i)
+$$;
+
+-- The feature vector new fits use (calibration_features_v2).
 CREATE OR REPLACE FUNCTION reflect._features(p_logprob_mean double precision, p_logprob_min double precision,
                                              p_completion_tokens integer, p_signals jsonb)
 RETURNS double precision[]
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT ARRAY[
-    greatest(coalesce(p_logprob_mean, -10), -10),
-    greatest(coalesce(p_logprob_min, -20), -20),
-    coalesce((p_signals ->> 'p_true')::double precision, 0.5),
-    coalesce((SELECT max(v::double precision) FROM jsonb_each_text(p_signals) e(k, v) WHERE k LIKE 'rule\_%'), 0),
-    ln(1 + p_completion_tokens),
-    (p_signals ->> 'p_answer')::double precision,
-    (p_signals ->> 'agreement')::double precision,
-    (p_signals ->> 'critique_verdict')::double precision
-  ]::double precision[]
+  SELECT reflect._vector(reflect._feature_values(p_logprob_mean, p_logprob_min, p_completion_tokens, p_signals),
+                         reflect.calibration_features_v2())
 $$;
 
 CREATE OR REPLACE FUNCTION reflect._signals_of(p_request_id bigint)
@@ -42,19 +76,28 @@ AS $$
   SELECT coalesce(jsonb_object_agg(name, value), '{}'::jsonb) FROM reflect.answer_signals WHERE request_id = p_request_id
 $$;
 
+CREATE OR REPLACE FUNCTION reflect._feature_values_of(p_request_id bigint)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT reflect._feature_values(a.logprob_mean, a.logprob_min, a.completion_tokens, reflect._signals_of(a.request_id))
+  FROM reflect.answers a WHERE a.request_id = p_request_id
+$$;
+
 CREATE OR REPLACE FUNCTION reflect._feature_vector(p_request_id bigint)
 RETURNS double precision[]
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT reflect._features(a.logprob_mean, a.logprob_min, a.completion_tokens, reflect._signals_of(a.request_id))
-  FROM reflect.answers a WHERE a.request_id = p_request_id
+  SELECT reflect._vector(reflect._feature_values_of(p_request_id), reflect.calibration_features_v2())
 $$;
 
--- Confidence of a feature vector under a model version's active calibrator; calibrator id NULL when the
--- version has none yet (then the documented default applies: P(True) when measured, else the
--- geometric-mean token probability).
-CREATE OR REPLACE FUNCTION reflect._confidence(p_model_version_id integer, x double precision[],
+-- Confidence of an answer's features under a model version's active calibrator, applied to the features it
+-- was fitted with; calibrator id NULL when the version has none yet (then the documented default applies:
+-- P(True) when measured, else the geometric-mean token probability).
+DROP FUNCTION IF EXISTS reflect._confidence(integer, double precision[], jsonb, double precision);
+CREATE OR REPLACE FUNCTION reflect._confidence(p_model_version_id integer, p_values jsonb,
                                                p_signals jsonb, p_logprob_norm double precision,
                                                OUT confidence double precision, OUT calibrator_id integer)
 LANGUAGE plpgsql STABLE
@@ -63,13 +106,13 @@ AS $$
 DECLARE
   cal reflect.calibrators;
 BEGIN
-  SELECT * INTO cal FROM reflect.calibrators c
-  WHERE c.model_version_id = p_model_version_id AND c.is_active AND c.features = reflect.calibration_features_v1();
+  SELECT * INTO cal FROM reflect.calibrators c WHERE c.model_version_id = p_model_version_id AND c.is_active;
   IF cal.id IS NULL THEN
     confidence := coalesce((p_signals ->> 'p_true')::double precision, p_logprob_norm, 0);
     RETURN;
   END IF;
-  confidence := reflect._logistic(x, cal.feature_means, cal.feature_stds, cal.weights);
+  confidence := reflect._logistic(reflect._vector(p_values, cal.features), cal.feature_means, cal.feature_stds,
+                                  cal.weights);
   calibrator_id := cal.id;
 END
 $$;
@@ -107,7 +150,7 @@ DECLARE
   v_reanswered boolean;
 BEGIN
   SELECT * INTO a FROM reflect.answers WHERE request_id = p_request_id;
-  SELECT * INTO c FROM reflect._confidence(a.model_version_id, reflect._feature_vector(p_request_id),
+  SELECT * INTO c FROM reflect._confidence(a.model_version_id, reflect._feature_values_of(p_request_id),
                                            reflect._signals_of(p_request_id), a.logprob_norm);
   SELECT params INTO v_params FROM reflect.requests WHERE id = p_request_id;
   v_reanswered := EXISTS (SELECT FROM reflect.answer_candidates WHERE request_id = p_request_id AND n > 1);
@@ -146,7 +189,7 @@ BEGIN
     RAISE EXCEPTION 'a candidate needs an answer and a signals object' USING ERRCODE = 'PR001';
   END IF;
   SELECT avg(lp), min(lp) INTO v_mean, v_min FROM unnest(p_token_logprobs) lp;
-  SELECT * INTO c FROM reflect._confidence(r.model_version_id, reflect._features(v_mean, v_min, v_tokens, p_signals),
+  SELECT * INTO c FROM reflect._confidence(r.model_version_id, reflect._feature_values(v_mean, v_min, v_tokens, p_signals),
                                            p_signals, exp(v_mean));
   SELECT coalesce(max(ac.n), 0) + 1 INTO v_n FROM reflect.answer_candidates ac WHERE ac.request_id = r.id;
   INSERT INTO reflect.answer_candidates (request_id, n, key_id, answer_enc, completion_tokens, logprob_mean,

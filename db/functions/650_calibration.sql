@@ -108,9 +108,12 @@ AS $$
     'accuracy_at_80', reflect.accuracy_at_coverage_v1(p_conf, p_y, 0.8))
 $$;
 
--- Fits a calibrator for one model version on its labelled answers (calibration_features_v1, _fit_logistic).
--- Labelled answers are split by a hash of the request id: 80% train, 20% held out; the held-out metrics
--- are stored with the fit. Returns the new calibrator's id, or NULL when there are not enough labels.
+-- Fits a calibrator for one model version on its labelled answers (calibration_features_v2, _fit_logistic).
+-- Labelled answers are split by a hash of the request id: 80% train, 20% held out (an answer stays on its
+-- side as labels accumulate); the held-out metrics are stored with the fit. A refit never makes held-out
+-- calibration worse: the active calibrator is scored on the same held-out answers (with its own features),
+-- and when its Brier score is lower the new fit is stored inactive, with both numbers and the reason.
+-- Returns the new calibrator's id, or NULL when there are not enough labels.
 CREATE OR REPLACE FUNCTION reflect.fit_calibrator_v1(p_model_version text)
 RETURNS integer
 LANGUAGE plpgsql
@@ -119,12 +122,19 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_mv integer;
-  tx double precision[];
+  v_names text[] := reflect.calibration_features_v2();
+  tv jsonb[];
   ty boolean[];
-  hx double precision[];
+  hv jsonb[];
   hy boolean[];
+  tx double precision[];
+  hx double precision[];
   v_labels integer;
   f record;
+  old reflect.calibrators;
+  v_new jsonb;
+  v_old jsonb;
+  v_keep boolean := false;
   v_id integer;
 BEGIN
   SELECT id INTO v_mv FROM reflect.model_versions WHERE name = p_model_version;
@@ -133,11 +143,11 @@ BEGIN
   END IF;
 
   SELECT count(*),
-         array_agg(reflect._feature_vector(l.request_id) ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 <> 0),
+         array_agg(reflect._feature_values_of(l.request_id) ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 <> 0),
          array_agg(l.is_correct ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 <> 0),
-         array_agg(reflect._feature_vector(l.request_id) ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 = 0),
+         array_agg(reflect._feature_values_of(l.request_id) ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 = 0),
          array_agg(l.is_correct ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 = 0)
-  INTO v_labels, tx, ty, hx, hy
+  INTO v_labels, tv, ty, hv, hy
   FROM reflect.labels l JOIN reflect.answers a ON a.request_id = l.request_id
   WHERE a.model_version_id = v_mv;
 
@@ -148,21 +158,54 @@ BEGIN
     RETURN NULL;
   END IF;
 
+  tx := reflect._matrix(tv, v_names);
+  hx := reflect._matrix(hv, v_names);
   f := reflect._fit_logistic(tx, ty, reflect._setting_float('calibration_l2'));
-  UPDATE reflect.calibrators SET is_active = false WHERE model_version_id = v_mv AND is_active;
+  v_new := reflect._calibration_metrics(reflect._logistic_rows(hx, f.means, f.stds, f.weights), hy);
+  SELECT * INTO old FROM reflect.calibrators WHERE model_version_id = v_mv AND is_active;
+  IF old.id IS NOT NULL AND hy IS NOT NULL THEN
+    v_old := reflect._calibration_metrics(
+      reflect._logistic_rows(reflect._matrix(hv, old.features), old.feature_means, old.feature_stds, old.weights), hy);
+    v_keep := (v_old ->> 'brier')::double precision < (v_new ->> 'brier')::double precision;
+  END IF;
+  IF NOT v_keep THEN
+    UPDATE reflect.calibrators SET is_active = false WHERE model_version_id = v_mv AND is_active;
+  END IF;
   INSERT INTO reflect.calibrators (model_version_id, method, features, feature_means, feature_stds, weights, n_train,
                                    n_heldout, heldout_metrics, labels_seen, is_active)
-  VALUES (v_mv, 'logistic_l2', reflect.calibration_features_v1(), f.means, f.stds, f.weights, cardinality(ty),
+  VALUES (v_mv, 'logistic_l2', v_names, f.means, f.stds, f.weights, cardinality(ty),
           coalesce(cardinality(hy), 0),
           jsonb_build_object(
             'iterations', f.iterations,
-            'heldout', reflect._calibration_metrics(reflect._logistic_rows(hx, f.means, f.stds, f.weights), hy),
+            'heldout', v_new,
             'train', reflect._calibration_metrics(reflect._logistic_rows(tx, f.means, f.stds, f.weights), ty)
-                     - 'accuracy_at_80' - 'mean_confidence'),
-          v_labels, true)
+                     - 'accuracy_at_80' - 'mean_confidence')
+          || CASE WHEN old.id IS NULL OR hy IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(
+               'replaced', jsonb_build_object('calibrator_id', old.id, 'heldout', v_old, 'kept', v_keep,
+                 'reason', CASE WHEN v_keep
+                   THEN format('not activated: held-out Brier %s is worse than the active calibrator''s %s on the same %s answers',
+                               round((v_new ->> 'brier')::numeric, 4), round((v_old ->> 'brier')::numeric, 4), cardinality(hy))
+                   ELSE format('activated: held-out Brier %s against the replaced calibrator''s %s on the same %s answers',
+                               round((v_new ->> 'brier')::numeric, 4), round((v_old ->> 'brier')::numeric, 4), cardinality(hy))
+                   END)) END,
+          v_labels, NOT v_keep)
   RETURNING id INTO v_id;
+  IF v_keep THEN
+    RAISE NOTICE 'model version %: refit % kept inactive, the active calibrator % calibrates the held-out answers better',
+      p_model_version, v_id, old.id;
+  END IF;
   RETURN v_id;
 END
+$$;
+
+-- Rows of named feature values as a matrix in the order of p_names.
+CREATE OR REPLACE FUNCTION reflect._matrix(p_values jsonb[], p_names text[])
+RETURNS double precision[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(array_agg(reflect._vector(v, p_names) ORDER BY i), '{}')
+  FROM unnest(p_values) WITH ORDINALITY AS t(v, i)
 $$;
 
 -- Run by pg_cron every 5 minutes: fits a first calibrator once a version has enough labels, and refits
@@ -178,12 +221,13 @@ DECLARE
   v_n integer := 0;
 BEGIN
   FOR v IN
-    SELECT mv.name, count(l.request_id) AS labels, c.labels_seen
+    -- labels_seen of the latest fit, active or not: a refit kept inactive (worse) waits for new labels too
+    SELECT mv.name, count(l.request_id) AS labels,
+           (SELECT max(c.labels_seen) FROM reflect.calibrators c WHERE c.model_version_id = mv.id) AS labels_seen
     FROM reflect.model_versions mv
     JOIN reflect.answers a ON a.model_version_id = mv.id
     JOIN reflect.labels l ON l.request_id = a.request_id
-    LEFT JOIN reflect.calibrators c ON c.model_version_id = mv.id AND c.is_active
-    GROUP BY mv.name, c.labels_seen
+    GROUP BY mv.id, mv.name
   LOOP
     IF (v.labels_seen IS NULL AND v.labels >= reflect._setting_int('calibration_min_labels'))
        OR v.labels - v.labels_seen >= reflect._setting_int('calibration_refit_new_labels') THEN

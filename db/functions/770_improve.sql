@@ -577,7 +577,7 @@ BEGIN
   f := reflect._fit_logistic(x, y, reflect._setting_float('calibration_l2'));
   INSERT INTO reflect.calibrators (model_version_id, method, features, feature_means, feature_stds, weights, n_train,
                                    n_heldout, heldout_metrics, labels_seen, is_active)
-  VALUES (p_version, 'logistic_l2', reflect.calibration_features_v1(), f.means, f.stds, f.weights, cardinality(y),
+  VALUES (p_version, 'logistic_l2', reflect.calibration_features_v2(), f.means, f.stds, f.weights, cardinality(y),
           cardinality(y),
           jsonb_build_object('source', 'gate', 'gate_job_id', p_job_id, 'iterations', f.iterations,
                              'heldout', p_metrics - 'served'),  -- cross-fitted: each answer measured by a fit without it

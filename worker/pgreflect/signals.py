@@ -129,6 +129,24 @@ def option_signals(probs: dict[str, float]) -> dict[str, float]:
             "option_entropy": entropy / math.log(len(p)) if len(p) > 1 else 0.0}
 
 
+_ASKS_NUMBER = re.compile(r"\bnumber\b|\bhow (?:many|much)\b|\b(?:calculate|compute|solve)\b", re.IGNORECASE)
+
+
+def question_kind(prompt: str, answer: str) -> str:
+    """choice (the prompt lists options or asks for a letter), number (it asks for one), long (a free answer
+    of more than 8 words) or short: the calibrator's one-hot kind features, so one fit serves mixed traffic."""
+    if prompt_options(prompt) or _LETTER.search(prompt):
+        return "choice"
+    if _ASKS_NUMBER.search(prompt):
+        return "number"
+    return "long" if len(answer.split()) > 8 else "short"
+
+
+def kind_signals(prompt: str, answer: str) -> dict[str, float]:
+    kind = question_kind(prompt, answer)
+    return {f"kind_{k}": float(kind == k) for k in ("choice", "number", "long")}
+
+
 def rule_checks(prompt: str, answer: str, finish_reason: str) -> dict[str, float]:
     checks = {
         "rule_empty": not answer.strip(),

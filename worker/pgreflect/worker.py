@@ -33,7 +33,7 @@ from pgreflect.keys import Keyring, KeyringWatcher, install_keys, load_keyring
 from pgreflect.models import verify_file
 from pgreflect.paths import keyring_path
 from pgreflect.privacy import Redactor
-from pgreflect.signals import option_signals, p_answer, rule_checks
+from pgreflect.signals import kind_signals, option_signals, p_answer, rule_checks
 from pgreflect.sql import query
 
 log = logging.getLogger("pgreflect.worker")
@@ -491,7 +491,7 @@ class Worker:
         return self.redactor.redact(text) or "" if self.redactor is not None else text
 
     def _signals(self, backend: Backend, request: GenerationRequest, gen: Any) -> dict[str, float]:
-        signals = rule_checks(request.prompt, gen.text, gen.finish_reason)
+        signals = rule_checks(request.prompt, gen.text, gen.finish_reason) | kind_signals(request.prompt, gen.text)
         if gen.option_probs:
             signals.update(option_signals(gen.option_probs))
         p_ans = p_answer(gen.token_texts, gen.token_logprobs, gen.text) if gen.token_texts else None
