@@ -1983,6 +1983,22 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.export_calibrator_v1(p_model_version text) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT jsonb_build_object(
+    'format', 'pgreflect-calibrator-1', 'model_version', mv.name, 'gguf_sha256', coalesce(b.sha256, mv.sha256),
+    'adapter_sha256', mv.adapter_sha256, 'method', c.method, 'features', to_jsonb(c.features),
+    'feature_means', to_jsonb(c.feature_means), 'feature_stds', to_jsonb(c.feature_stds),
+    'weights', to_jsonb(c.weights), 'n_train', c.n_train, 'n_heldout', c.n_heldout,
+    'heldout_metrics', c.heldout_metrics, 'fitted_at', c.created_at)
+  FROM reflect.model_versions mv
+  JOIN reflect.calibrators c ON c.model_version_id = mv.id AND c.is_active
+  LEFT JOIN reflect.model_versions b ON b.id = mv.base_model_version_id
+  WHERE mv.name = p_model_version
+$$;
+ALTER FUNCTION reflect.export_calibrator_v1(p_model_version text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean DEFAULT false) RETURNS reflect.request_state
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2471,6 +2487,63 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.install_calibrator_v1(p_model_version text, p_doc jsonb) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  mv reflect.model_versions;
+  v_sha text;
+  v_features text[];
+  v_known text[] := ARRAY(SELECT jsonb_object_keys(reflect._feature_values(0, 0, 0, '{}')))
+                    || ARRAY['p_answer', 'agreement', 'critique_verdict', 'option_max_prob', 'option_margin',
+                             'option_entropy', 'kind_choice', 'kind_number', 'kind_long'];
+  v_digest text := encode(sha256(convert_to(p_doc::text, 'UTF8')), 'hex');
+  v_id integer;
+BEGIN
+  SELECT * INTO mv FROM reflect.model_versions WHERE name = p_model_version;
+  IF mv.id IS NULL THEN
+    RAISE EXCEPTION 'unknown model version "%"', p_model_version USING ERRCODE = 'PR003';
+  END IF;
+  IF p_doc ->> 'format' IS DISTINCT FROM 'pgreflect-calibrator-1' OR p_doc ->> 'method' IS DISTINCT FROM 'logistic_l2'
+     OR jsonb_typeof(p_doc -> 'features') <> 'array' THEN
+    RAISE EXCEPTION 'not a pgreflect calibrator document (format pgreflect-calibrator-1, method logistic_l2)'
+      USING ERRCODE = 'PR001';
+  END IF;
+  SELECT coalesce(b.sha256, mv.sha256) INTO v_sha FROM reflect.model_versions b WHERE b.id = mv.base_model_version_id;
+  v_sha := coalesce(v_sha, mv.sha256);
+  IF p_doc ->> 'gguf_sha256' IS DISTINCT FROM v_sha OR p_doc ->> 'adapter_sha256' IS DISTINCT FROM mv.adapter_sha256 THEN
+    RAISE EXCEPTION 'this calibrator was fitted on other model bytes (GGUF %, adapter %) than version "%" (GGUF %, adapter %)',
+      p_doc ->> 'gguf_sha256', coalesce(p_doc ->> 'adapter_sha256', 'none'), p_model_version, v_sha,
+      coalesce(mv.adapter_sha256, 'none') USING ERRCODE = 'PR001';
+  END IF;
+  v_features := ARRAY(SELECT jsonb_array_elements_text(p_doc -> 'features'));
+  IF NOT v_features <@ v_known THEN
+    RAISE EXCEPTION 'unknown calibrator features: %', ARRAY(SELECT unnest(v_features) EXCEPT SELECT unnest(v_known))
+      USING ERRCODE = 'PR001';
+  END IF;
+  SELECT id INTO v_id FROM reflect.calibrators
+  WHERE model_version_id = mv.id AND heldout_metrics ->> 'document_sha256' = v_digest;
+  IF v_id IS NOT NULL THEN
+    RETURN v_id;
+  END IF;
+  INSERT INTO reflect.calibrators (model_version_id, method, features, feature_means, feature_stds, weights, n_train,
+                                   n_heldout, heldout_metrics, labels_seen, is_active)
+  VALUES (mv.id, 'logistic_l2', v_features,
+          ARRAY(SELECT jsonb_array_elements_text(p_doc -> 'feature_means')::double precision),
+          ARRAY(SELECT jsonb_array_elements_text(p_doc -> 'feature_stds')::double precision),
+          ARRAY(SELECT jsonb_array_elements_text(p_doc -> 'weights')::double precision),
+          (p_doc ->> 'n_train')::integer, (p_doc ->> 'n_heldout')::integer,
+          coalesce(p_doc -> 'heldout_metrics', '{}') || jsonb_build_object('source', 'installed',
+            'document_sha256', v_digest, 'fitted_at', p_doc -> 'fitted_at', 'fit', p_doc -> 'fit'),
+          0, NOT EXISTS (SELECT FROM reflect.calibrators WHERE model_version_id = mv.id AND is_active))
+  RETURNING id INTO v_id;
+  RETURN v_id;
+EXCEPTION WHEN check_violation OR invalid_text_representation THEN
+  RAISE EXCEPTION 'malformed calibrator document: %', SQLERRM USING ERRCODE = 'PR001';
+END
+$$;
+ALTER FUNCTION reflect.install_calibrator_v1(p_model_version text, p_doc jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) RETURNS TABLE(prompt text, system_prompt text, answer text, params jsonb)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -4774,6 +4847,7 @@ GRANT ALL ON FUNCTION reflect.eval_metrics_v1(p_confidence double precision[], p
 GRANT ALL ON FUNCTION reflect.eval_metrics_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer, p_coverage double precision) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.evidence_v1(p_request_id bigint, p_lease_token uuid, p_k integer) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.export_calibrator_v1(p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.fail_followup_v1(p_followup_id bigint, p_lease_token uuid, p_error text, p_release boolean) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.fail_job_v1(p_job_id bigint, p_lease_token uuid, p_error text, p_retryable boolean, p_release boolean) FROM PUBLIC;
@@ -4802,6 +4876,7 @@ REVOKE ALL ON FUNCTION reflect.heartbeat_jobs_v1(p_job_ids bigint[], p_lease_tok
 GRANT ALL ON FUNCTION reflect.heartbeat_jobs_v1(p_job_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.install_calibrator_v1(p_model_version text, p_doc jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.key_usage_v1() FROM PUBLIC;

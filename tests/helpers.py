@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -113,3 +114,35 @@ def answer_with_embedding(db: Database, keyring: Keyring, app_dsn: str, prompt: 
                                       "finish_reason": "stop", "prompt_tokens": 1, "token_logprobs": [-0.1],
                                       "prompt_eval_ms": 1.0, "generation_ms": 1.0, "signals": "{}"})
     return rid, recalled
+
+
+def synthetic_labelled_answers(db: Database, keyring: Keyring, n: int, seed: int, slope: float = 3.0,
+                                training_side_only: bool = False) -> np.ndarray:
+    """n answers whose only informative signal is the log-prob: P(correct) = sigmoid(slope (x + 1.5)).
+    p_true is noise. training_side_only: label only the answers the calibrator fit trains on (request id
+    hash not 0 mod 5), leaving its held-out answers as they were. Returns the true probabilities."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-3, 0, size=n)
+    truth = 1 / (1 + np.exp(-slope * (x + 1.5)))
+    labels = rng.uniform(size=n) < truth
+    with client(db, keyring) as c:
+        ids = [c.submit(f"synthetic question {seed}-{i}") for i in range(n)]
+    with connect(db.dsn("worker"), keyring=keyring) as conn:
+        claimed = conn.execute(query("claim"), {"worker_id": "synthetic", "limit": 1000, "lease_seconds": 600,
+                                                "model_version_ids": None}).fetchall()
+        tokens = {r[0]: r[1] for r in claimed}
+        for rid, xi, noise in zip(ids, x, rng.uniform(size=n), strict=True):
+            conn.execute(query("complete"), {
+                "request_id": rid, "lease_token": tokens[rid], "answer": "a", "finish_reason": "stop",
+                "prompt_tokens": 3, "token_logprobs": [float(xi)], "prompt_eval_ms": 1.0, "generation_ms": 1.0,
+                "signals": json.dumps({"p_true": float(noise), "rule_format": 0.0})})
+    with db.admin() as conn:
+        heldout = {r for (r,) in conn.execute(
+            "SELECT id FROM unnest(%s::bigint[]) id WHERE abs(hashtext(id::text)) %% 5 = 0", (ids,)).fetchall()}
+    with connect(db.dsn("app"), keyring=keyring) as conn:
+        for rid, y in zip(ids, labels, strict=True):
+            if training_side_only and rid in heldout:
+                continue
+            conn.execute(query("feedback"), {"request_id": rid, "is_correct": bool(y), "rating": None,
+                                             "correction": None, "source": "ground_truth"})
+    return truth

@@ -17,7 +17,7 @@ from pgreflect.signals import format_violated, repetition_loop, rule_checks
 from pgreflect.sql import query
 
 from conftest import Database
-from helpers import client, drain
+from helpers import client, drain, synthetic_labelled_answers
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -116,40 +116,8 @@ def test_low_confidence_actions(db: Database, keyring: Keyring) -> None:
 
 
 # -- calibrator ---------------------------------------------------------------------------------------
-def _synthetic_labelled_answers(db: Database, keyring: Keyring, n: int, seed: int, slope: float = 3.0,
-                                training_side_only: bool = False) -> np.ndarray:
-    """n answers whose only informative signal is the log-prob: P(correct) = sigmoid(slope (x + 1.5)).
-    p_true is noise. training_side_only: label only the answers the calibrator fit trains on (request id
-    hash not 0 mod 5), leaving its held-out answers as they were. Returns the true probabilities."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-3, 0, size=n)
-    truth = 1 / (1 + np.exp(-slope * (x + 1.5)))
-    labels = rng.uniform(size=n) < truth
-    with client(db, keyring) as c:
-        ids = [c.submit(f"synthetic question {seed}-{i}") for i in range(n)]
-    with connect(db.dsn("worker"), keyring=keyring) as conn:
-        claimed = conn.execute(query("claim"), {"worker_id": "synthetic", "limit": 1000, "lease_seconds": 600,
-                                                "model_version_ids": None}).fetchall()
-        tokens = {r[0]: r[1] for r in claimed}
-        for rid, xi, noise in zip(ids, x, rng.uniform(size=n), strict=True):
-            conn.execute(query("complete"), {
-                "request_id": rid, "lease_token": tokens[rid], "answer": "a", "finish_reason": "stop",
-                "prompt_tokens": 3, "token_logprobs": [float(xi)], "prompt_eval_ms": 1.0, "generation_ms": 1.0,
-                "signals": json.dumps({"p_true": float(noise), "rule_format": 0.0})})
-    with db.admin() as conn:
-        heldout = {r for (r,) in conn.execute(
-            "SELECT id FROM unnest(%s::bigint[]) id WHERE abs(hashtext(id::text)) %% 5 = 0", (ids,)).fetchall()}
-    with connect(db.dsn("app"), keyring=keyring) as conn:
-        for rid, y in zip(ids, labels, strict=True):
-            if training_side_only and rid in heldout:
-                continue
-            conn.execute(query("feedback"), {"request_id": rid, "is_correct": bool(y), "rating": None,
-                                             "correction": None, "source": "ground_truth"})
-    return truth
-
-
 def test_calibrator_recovers_a_known_relationship(db: Database, keyring: Keyring) -> None:
-    _synthetic_labelled_answers(db, keyring, 800, seed=1)
+    synthetic_labelled_answers(db, keyring, 800, seed=1)
     with db.admin() as conn:
         cal_id = conn.execute(query("fit_calibrator"), {"model_version": "tiny"}).fetchone()[0]
         features, weights, metrics, n_train, n_heldout = conn.execute(
@@ -180,14 +148,14 @@ def test_calibrator_recovers_a_known_relationship(db: Database, keyring: Keyring
 
 
 def test_refit_waits_for_enough_labels_then_for_new_ones(db: Database, keyring: Keyring) -> None:
-    _synthetic_labelled_answers(db, keyring, 40, seed=2)
+    synthetic_labelled_answers(db, keyring, 40, seed=2)
     with db.admin() as conn:
         assert conn.execute(query("refit_calibrators")).fetchone()[0] == 0  # 40 < 50 labels
-    _synthetic_labelled_answers(db, keyring, 20, seed=3)
+    synthetic_labelled_answers(db, keyring, 20, seed=3)
     with db.admin() as conn:
         assert conn.execute(query("refit_calibrators")).fetchone()[0] == 1
         assert conn.execute(query("refit_calibrators")).fetchone()[0] == 0  # nothing new
-    _synthetic_labelled_answers(db, keyring, 25, seed=4)
+    synthetic_labelled_answers(db, keyring, 25, seed=4)
     with db.admin() as conn:
         assert conn.execute(query("refit_calibrators")).fetchone()[0] == 1
         assert conn.execute("SELECT count(*), count(*) FILTER (WHERE is_active) FROM reflect.calibrators"
@@ -195,12 +163,12 @@ def test_refit_waits_for_enough_labels_then_for_new_ones(db: Database, keyring: 
 
 
 def test_a_refit_that_would_calibrate_worse_is_not_activated(db: Database, keyring: Keyring) -> None:
-    _synthetic_labelled_answers(db, keyring, 400, seed=5)
+    synthetic_labelled_answers(db, keyring, 400, seed=5)
     with db.admin() as conn:
         first = conn.execute(query("fit_calibrator"), {"model_version": "tiny"}).fetchone()[0]
     # Then 600 labels that say the opposite, all on the training side: a refit learns the wrong direction,
     # and the held-out answers (unchanged) show it.
-    _synthetic_labelled_answers(db, keyring, 600, seed=6, slope=-3.0, training_side_only=True)
+    synthetic_labelled_answers(db, keyring, 600, seed=6, slope=-3.0, training_side_only=True)
     with db.admin() as conn:
         second = conn.execute(query("fit_calibrator"), {"model_version": "tiny"}).fetchone()[0]
         active = conn.execute("SELECT id FROM reflect.calibrators WHERE is_active").fetchall()
@@ -218,7 +186,7 @@ def test_a_refit_that_would_calibrate_worse_is_not_activated(db: Database, keyri
         conn.execute("UPDATE reflect.calibrators SET weights = array_fill(0::float8, ARRAY[cardinality(weights)]) "
                      "WHERE id = %s", (first,))
         conn.execute("DELETE FROM reflect.feedback")
-    _synthetic_labelled_answers(db, keyring, 300, seed=7)
+    synthetic_labelled_answers(db, keyring, 300, seed=7)
     with db.admin() as conn:
         third = conn.execute(query("fit_calibrator"), {"model_version": "tiny"}).fetchone()[0]
         assert conn.execute("SELECT id FROM reflect.calibrators WHERE is_active").fetchall() == [(third,)]
@@ -230,7 +198,7 @@ def test_a_refit_that_would_calibrate_worse_is_not_activated(db: Database, keyri
 def test_a_calibrator_fitted_on_older_features_keeps_working(db: Database, keyring: Keyring) -> None:
     """Calibrators are applied to the features they were fitted with, by name: one fitted on the v1 list
     still calibrates after the list grew (v2 adds the option distribution and the kind of question)."""
-    _synthetic_labelled_answers(db, keyring, 300, seed=8)
+    synthetic_labelled_answers(db, keyring, 300, seed=8)
     with db.admin() as conn:
         cal = conn.execute(query("fit_calibrator"), {"model_version": "tiny"}).fetchone()[0]
         v1 = conn.execute("SELECT reflect.calibration_features_v1()").fetchone()[0]
@@ -256,7 +224,7 @@ def test_a_calibrator_fitted_on_older_features_keeps_working(db: Database, keyri
 
 
 def test_analyst_calibration_views(db: Database, keyring: Keyring) -> None:
-    _synthetic_labelled_answers(db, keyring, 120, seed=5)
+    synthetic_labelled_answers(db, keyring, 120, seed=5)
     with psycopg.connect(db.dsn("analyst"), autocommit=True) as conn:
         daily = conn.execute("SELECT labelled, accuracy, ece, brier, auroc_confidence, auroc_logprob_mean,"
                              " auroc_p_true, accuracy_at_80, abstention_rate FROM reflect.calibration_daily").fetchall()

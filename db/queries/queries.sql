@@ -124,6 +124,12 @@ SELECT reflect.auroc_v1(%(wrong_scores)s::float8[], %(wrong)s::bool[]) AS auroc,
        reflect.brier_v1(%(confidence)s::float8[], %(correct)s::bool[]) AS brier,
        reflect.accuracy_at_coverage_v1(%(confidence)s::float8[], %(correct)s::bool[], 0.8) AS accuracy_at_80;
 
+-- name: install_calibrator
+SELECT reflect.install_calibrator_v1(%(model_version)s, %(document)s::jsonb);
+
+-- name: export_calibrator
+SELECT reflect.export_calibrator_v1(%(model_version)s);
+
 -- name: eval_metrics
 SELECT reflect.eval_metrics_v1(%(confidence)s::float8[], %(correct)s::bool[]);
 

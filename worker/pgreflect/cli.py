@@ -427,8 +427,20 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from pgreflect.flows.admin import calibrate
+    from pgreflect.errors import InvalidInput
+    from pgreflect.flows.admin import calibrate, export_calibrator, install_calibrator
 
+    if (args.export or args.install) and not args.model_version:
+        raise InvalidInput("--export and --install need --model-version")
+    if args.export:
+        doc = export_calibrator(args.model_version, Path(args.export))
+        print(f"{args.model_version}: calibrator written to {args.export} ({len(doc['features'])} features, "
+              f"{doc['n_train']} training answers)")
+        return 0
+    if args.install:
+        cal = install_calibrator(args.model_version, Path(args.install))
+        print(f"{args.model_version}: calibrator {cal} installed from {args.install}")
+        return 0
     for name, fit in calibrate(args.model_version).items():
         if fit is None:
             print(f"{name}: not enough labels yet (see reflect.settings calibration_min_*)")
@@ -683,8 +695,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--source", default="human", help="who says so (human, ground_truth, ...)")
     p.set_defaults(func=cmd_feedback)
 
-    p = sub.add_parser("calibrate", help="fit calibrators now (pg_cron also does, every 5 minutes)")
+    p = sub.add_parser("calibrate", help="fit calibrators now (pg_cron also does, every 5 minutes); export/install")
     p.add_argument("--model-version", default=None, help="one version (default: all)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--export", default=None, metavar="FILE",
+                     help="write the version's active calibrator as a JSON document instead of fitting")
+    how.add_argument("--install", default=None, metavar="FILE",
+                     help="install a calibrator document fitted on the same model bytes instead of fitting")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("datasets", help="packaged QA datasets with ground truth")

@@ -60,6 +60,31 @@ def calibrate(model_version: str | None) -> dict[str, dict[str, Any] | None]:
     return out
 
 
+def export_calibrator(model_version: str, out: Path) -> dict[str, Any]:
+    """Writes a version's active calibrator as a portable document (format pgreflect-calibrator-1)."""
+    from pgreflect.errors import NotFound
+
+    with psycopg.connect(dsns().admin, autocommit=True) as conn:
+        doc = conn.execute(query("export_calibrator"), {"model_version": model_version}).fetchone()[0]
+    if doc is None:
+        raise NotFound(f"model version {model_version!r} does not exist or has no active calibrator")
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def install_calibrator(model_version: str, path: Path) -> int:
+    """Installs a calibrator document into a version fitted on the same model bytes; its id."""
+    from pgreflect.errors import InvalidInput
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"{path}: not a readable JSON calibrator document ({exc})") from None
+    with connect(dsns().admin, application_name="pgreflect-calibrate") as conn:
+        return conn.execute(query("install_calibrator"), {"model_version": model_version,
+                                                          "document": json.dumps(doc)}).fetchone()[0]
+
+
 def export_dataset(name: str, split: str, limit: int | None, seed: int, out: Path) -> tuple[int, int]:
     """Writes a packaged dataset's questions as JSONL and stores their fixed split (as the administrator:
     the split is shared by every app). Returns (items written, items new to reflect.eval_items)."""

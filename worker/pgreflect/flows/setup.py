@@ -44,7 +44,16 @@ def setup(say: Say = lambda _msg: None, model: bool = True, keyring: bool = True
     if model:
         name = register_packaged(d.admin, None)
         say(f"model version {name} registered")
+        _say_calibrator(name, say)
         _ensure_retention(d.admin, say)
+
+
+def _say_calibrator(name: str, say: Say) -> None:
+    from pgreflect.meta import shipped
+    from pgreflect.models import PACKAGED
+
+    say(f"shipped calibrator installed for {name}" if shipped.document(PACKAGED[name].sha256) else
+        f"no shipped calibrator for {name}: its confidence is uncalibrated until it has labels")
 
 
 def _ensure_retention(admin_dsn: str, say: Say) -> None:
@@ -73,7 +82,9 @@ def apply_changed_settings(cluster: object, say: Say) -> None:
 
 
 def register_packaged(admin_dsn: str, name: str | None, activate: bool = False) -> str:
-    """Assembles a packaged model (if needed) and registers it as a model version of the llama backend."""
+    """Assembles a packaged model (if needed), registers it as a model version of the llama backend, and
+    installs the calibrator pgreflect ships for its bytes, if any (pgreflect.meta.shipped)."""
+    from pgreflect.meta import shipped
     from pgreflect.models import DEFAULT_MODEL, PACKAGED, packaged_path
 
     name = name or DEFAULT_MODEL
@@ -84,4 +95,5 @@ def register_packaged(admin_dsn: str, name: str | None, activate: bool = False) 
             "name": name, "gguf_path": str(path), "sha256": model.sha256, "source": model.source,
             "n_ctx": model.n_ctx, "parent": None, "activate": activate, "backend": "llama",
         })
+    shipped.install(admin_dsn, name, model.sha256)
     return name

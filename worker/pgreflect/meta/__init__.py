@@ -1,0 +1,1 @@
+"""Metacognition beside the database's own: calibrators shipped for packaged models."""
