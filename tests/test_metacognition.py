@@ -116,6 +116,21 @@ def test_low_confidence_actions(db: Database, keyring: Keyring) -> None:
 
 
 # -- calibrator ---------------------------------------------------------------------------------------
+def _answer_by_hand(db: Database, keyring: Keyring, prompt: str, answer: str, signals: dict) -> tuple[int, float]:
+    """Submits a prompt and completes it as a worker would, with one token of log-prob -0.2 and these signals;
+    returns the request id and the confidence the database gave it."""
+    with client(db, keyring) as c:
+        rid = c.submit(prompt)
+    with connect(db.dsn("worker"), keyring=keyring) as conn:
+        (row,) = conn.execute(query("claim"), {"worker_id": "w", "limit": 1, "lease_seconds": 60,
+                                               "model_version_ids": None}).fetchall()
+        conf = conn.execute(query("complete"), {
+            "request_id": rid, "lease_token": row[1], "answer": answer, "finish_reason": "stop", "prompt_tokens": 3,
+            "token_logprobs": [-0.2], "prompt_eval_ms": 1.0, "generation_ms": 1.0, "signals": json.dumps(signals),
+        }).fetchone()[0]
+    return rid, conf
+
+
 def test_calibrator_recovers_a_known_relationship(db: Database, keyring: Keyring) -> None:
     synthetic_labelled_answers(db, keyring, 800, seed=1)
     with db.admin() as conn:
@@ -131,15 +146,7 @@ def test_calibrator_recovers_a_known_relationship(db: Database, keyring: Keyring
     assert metrics["heldout"]["auroc_wrong"] > 0.78
     assert metrics["heldout"]["ece"] < 0.1
     # New answers now carry the calibrated confidence and say which calibrator produced it.
-    with client(db, keyring) as c:
-        rid = c.submit("after the fit")
-    with connect(db.dsn("worker"), keyring=keyring) as conn:
-        (row,) = conn.execute(query("claim"), {"worker_id": "w", "limit": 1, "lease_seconds": 60,
-                                               "model_version_ids": None}).fetchall()
-        conf = conn.execute(query("complete"), {
-            "request_id": rid, "lease_token": row[1], "answer": "a", "finish_reason": "stop", "prompt_tokens": 3,
-            "token_logprobs": [-0.2], "prompt_eval_ms": 1.0, "generation_ms": 1.0, "signals": '{"p_true": 0.5}'
-        }).fetchone()[0]
+    rid, conf = _answer_by_hand(db, keyring, "after the fit", "a", {"p_true": 0.5})
     assert conf == pytest.approx(1 / (1 + math.exp(-3 * (-0.2 + 1.5))), abs=0.12)
     with client(db, keyring) as c:
         got = c.get(rid)
@@ -204,17 +211,9 @@ def test_a_calibrator_fitted_on_older_features_keeps_working(db: Database, keyri
         v1 = conn.execute("SELECT reflect.calibration_features_v1()").fetchone()[0]
         conn.execute("UPDATE reflect.calibrators SET features = %s, feature_means = feature_means[1:8], "
                      "feature_stds = feature_stds[1:8], weights = weights[1:9] WHERE id = %s", (v1, cal))
-    with client(db, keyring) as c:
-        rid = c.submit("Q?\nA. x\nB. y\nAnswer with only the letter.")
-    with connect(db.dsn("worker"), keyring=keyring) as conn:
-        (row,) = conn.execute(query("claim"), {"worker_id": "w", "limit": 1, "lease_seconds": 60,
-                                               "model_version_ids": None}).fetchall()
-        conf = conn.execute(query("complete"), {
-            "request_id": rid, "lease_token": row[1], "answer": "A", "finish_reason": "stop", "prompt_tokens": 3,
-            "token_logprobs": [-0.2], "prompt_eval_ms": 1.0, "generation_ms": 1.0,
-            "signals": json.dumps({"p_true": 0.5, "option_max_prob": 0.9, "option_margin": 0.8,
-                                   "option_entropy": 0.2, "kind_choice": 1.0, "kind_number": 0.0, "kind_long": 0.0}),
-        }).fetchone()[0]
+    rid, conf = _answer_by_hand(db, keyring, "Q?\nA. x\nB. y\nAnswer with only the letter.", "A", {
+        "p_true": 0.5, "option_max_prob": 0.9, "option_margin": 0.8, "option_entropy": 0.2, "kind_choice": 1.0,
+        "kind_number": 0.0, "kind_long": 0.0})
     assert conf == pytest.approx(1 / (1 + math.exp(-3 * (-0.2 + 1.5))), abs=0.12)
     assert db.scalar("SELECT calibrator_id FROM reflect.answers WHERE request_id = %s", (rid,)) == cal
     values = db.scalar("SELECT reflect._feature_values_of(%s)", (rid,))
