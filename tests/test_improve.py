@@ -608,8 +608,9 @@ def test_a_worker_stops_serving_while_it_trains_when_told_to_and_says_so(db: Dat
     assert status == ("paused_serving", True)
     final = _training_memory(db, job)
     assert final["peak_rss_mb"] is not None
-    # the estimate (fitted on the 1.5B default model) against this tiny model's measured peak
-    assert 0.5 < final["peak_rss_mb"] / final["estimate_mb"] < 2.0, final
+    # the estimate (fitted on the 1.5B default model) against this tiny model's measured peak: never below it
+    # (the dangerous side), at most 2.5x above (measured ~2x: the 900 MB runtime allowance dominates here)
+    assert final["peak_rss_mb"] <= final["estimate_mb"] <= 2.5 * final["peak_rss_mb"], final
 
 
 def test_a_training_run_that_cannot_fit_is_refused_with_the_numbers(db: Database, keyring: Keyring) -> None:

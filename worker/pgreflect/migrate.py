@@ -1,8 +1,8 @@
 """Schema deployment: run-once migrations (frozen by sha256) then idempotent function files.
 
-- db/migrations/NNNN_name.sql run once each, in order, one transaction each. The tracking row is
-  inserted FIRST, so two concurrent migrators collide on its primary key instead of both applying;
-  an advisory lock makes the loser wait and then see the work done.
+- db/migrations/NNNN_name.sql run once each, in order, one transaction each, under a transaction-level
+  advisory lock. A migrator that waited for the lock re-reads what was applied meanwhile, verifies its
+  hash and follows behind, instead of applying it twice (the tracking row's primary key is the backstop).
 - A migration whose file changed after it was applied is refused, and so is a database that has
   migrations this checkout does not know (it is ahead of the code).
 - db/functions/*.sql (CREATE OR REPLACE, views, triggers, grants, cron schedules) are re-applied on
@@ -75,11 +75,15 @@ def _migrate_once(dsn: str, root: Path | None) -> MigrationResult:
                 continue
             with conn.transaction():
                 conn.execute(query("migrate_lock"))
-                try:
-                    conn.execute(query("migrate_record"), {"name": path.name, "sha256": digest})
-                except psycopg.errors.UniqueViolation:
-                    # Another migrator applied it between our read and our lock: verify its hash.
-                    raise _Retry() from None
+                # Under the lock, re-read: another migrator may have applied it since our first read (then
+                # verify its hash and follow behind it, rather than race it again from the start).
+                now = dict(conn.execute(query("migrate_applied")).fetchall())
+                if path.name in now:
+                    if now[path.name] != digest:
+                        raise MigrationError(f"migration {path.name} was applied by another migrator with sha256 "
+                                             f"{now[path.name][:12]}, not {digest[:12]} as on disk")
+                    continue
+                conn.execute(query("migrate_record"), {"name": path.name, "sha256": digest})
                 _run_file(conn, path)
             result.applied.append(path.name)
         with conn.transaction():
@@ -90,14 +94,5 @@ def _migrate_once(dsn: str, root: Path | None) -> MigrationResult:
     return result
 
 
-class _Retry(Exception):
-    """Another migrator recorded the migration first: start over and verify what it applied."""
-
-
-def migrate(dsn: str, root: Path | None = None, attempts: int = 5) -> MigrationResult:
-    for _ in range(attempts - 1):
-        try:
-            return _migrate_once(dsn, root)
-        except _Retry:
-            continue
+def migrate(dsn: str, root: Path | None = None) -> MigrationResult:
     return _migrate_once(dsn, root)
