@@ -353,8 +353,7 @@ CREATE FUNCTION reflect._feature_values(p_logprob_mean double precision, p_logpr
       coalesce((SELECT max(v::double precision) FROM jsonb_each_text(p_signals) e(k, v) WHERE k LIKE 'rule\_%'), 0),
     'log_tokens', ln(1 + p_completion_tokens))
   || (SELECT coalesce(jsonb_object_agg(k, (p_signals ->> k)::double precision), '{}'::jsonb)
-      FROM unnest(ARRAY['p_answer', 'agreement', 'critique_verdict', 'option_max_prob', 'option_margin',
-                        'option_entropy', 'kind_choice', 'kind_number', 'kind_long']) AS k)
+      FROM unnest(reflect.optional_features_v1()) AS k)
 $$;
 ALTER FUNCTION reflect._feature_values(p_logprob_mean double precision, p_logprob_min double precision, p_completion_tokens integer, p_signals jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._feature_values_of(p_request_id bigint) RETURNS jsonb
@@ -982,6 +981,17 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._probe_signal(p_request_id bigint) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+  SELECT coalesce((
+    SELECT jsonb_build_object('probe', reflect._sigmoid(p.bias - (s.state OPERATOR(public.<#>) p.weights)))
+    FROM reflect.answer_states s
+    JOIN reflect.state_probes p ON p.model_version_id = s.model_version_id AND p.is_active
+    WHERE s.request_id = p_request_id AND public.vector_dims(s.state) = public.vector_dims(p.weights)), '{}')
+$$;
+ALTER FUNCTION reflect._probe_signal(p_request_id bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._queue_followups(p_request_id bigint) RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1382,6 +1392,15 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.activate_model_version_v1(p_name text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.active_probe_v1(p_model_version text) RETURNS TABLE(id integer, weights real[], bias double precision)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+  SELECT p.id, p.weights::real[], p.bias
+  FROM reflect.state_probes p JOIN reflect.model_versions mv ON mv.id = p.model_version_id
+  WHERE mv.name = p_model_version AND p.is_active
+$$;
+ALTER FUNCTION reflect.active_probe_v1(p_model_version text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.add_retention_items_v1(p_items jsonb, p_embedding_model text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1723,7 +1742,7 @@ DECLARE
 BEGIN
   r := reflect._record_answer(p_request_id, p_lease_token, p_answer, p_finish_reason, p_prompt_tokens,
                               p_token_logprobs, p_prompt_eval_ms, p_generation_ms);
-  PERFORM reflect._store_signals(r.id, p_signals);
+  PERFORM reflect._store_signals(r.id, p_signals || reflect._probe_signal(r.id));
   v_conf := reflect._apply_confidence(r.id);
   -- when attempts were recorded (re-answer), the stored answer is the most confident one
   UPDATE reflect.answer_candidates ac SET chosen = (ac.n = (
@@ -2223,6 +2242,10 @@ BEGIN
   IF v_mv IS NULL THEN
     RAISE EXCEPTION 'unknown model version "%"', p_model_version USING ERRCODE = 'PR003';
   END IF;
+  -- The hidden-state probe's signal is a feature once the version has an active probe (pgreflect.meta.probe).
+  IF EXISTS (SELECT FROM reflect.state_probes WHERE model_version_id = v_mv AND is_active) THEN
+    v_names := v_names || 'probe'::text;
+  END IF;
   SELECT count(*),
          array_agg(reflect._feature_values_of(l.request_id) ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 <> 0),
          array_agg(l.is_correct ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 <> 0),
@@ -2496,8 +2519,7 @@ DECLARE
   v_sha text;
   v_features text[];
   v_known text[] := ARRAY(SELECT jsonb_object_keys(reflect._feature_values(0, 0, 0, '{}')))
-                    || ARRAY['p_answer', 'agreement', 'critique_verdict', 'option_max_prob', 'option_margin',
-                             'option_entropy', 'kind_choice', 'kind_number', 'kind_long'];
+                    || reflect.optional_features_v1();
   v_digest text := encode(sha256(convert_to(p_doc::text, 'UTF8')), 'hex');
   v_id integer;
 BEGIN
@@ -2544,6 +2566,31 @@ EXCEPTION WHEN check_violation OR invalid_text_representation THEN
 END
 $$;
 ALTER FUNCTION reflect.install_calibrator_v1(p_model_version text, p_doc jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.install_probe_v1(p_model_version text, p_weights public.vector, p_bias double precision, p_n_train integer, p_metrics jsonb, p_activate boolean) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+DECLARE
+  v_mv integer;
+  v_id integer;
+BEGIN
+  SELECT id INTO v_mv FROM reflect.model_versions WHERE name = p_model_version;
+  IF v_mv IS NULL THEN
+    RAISE EXCEPTION 'unknown model version "%"', p_model_version USING ERRCODE = 'PR003';
+  END IF;
+  IF p_weights IS NULL OR p_bias IS NULL OR p_bias = 'NaN' OR p_n_train IS NULL OR p_n_train < 1 THEN
+    RAISE EXCEPTION 'a probe needs weights, a finite bias and its training size' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_activate THEN
+    UPDATE reflect.state_probes SET is_active = false WHERE model_version_id = v_mv AND is_active;
+  END IF;
+  INSERT INTO reflect.state_probes (model_version_id, method, weights, bias, n_train, metrics, is_active)
+  VALUES (v_mv, 'logistic_l2', p_weights, p_bias, p_n_train, coalesce(p_metrics, '{}'), coalesce(p_activate, false))
+  RETURNING id INTO v_id;
+  RETURN v_id;
+END
+$$;
+ALTER FUNCTION reflect.install_probe_v1(p_model_version text, p_weights public.vector, p_bias double precision, p_n_train integer, p_metrics jsonb, p_activate boolean) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) RETURNS TABLE(prompt text, system_prompt text, answer text, params jsonb)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2657,6 +2704,34 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_names text[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.optional_features_v1() RETURNS text[]
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT ARRAY['p_answer', 'agreement', 'critique_verdict', 'option_max_prob', 'option_margin', 'option_entropy',
+               'kind_choice', 'kind_number', 'kind_long', 'probe']
+$$;
+ALTER FUNCTION reflect.optional_features_v1() OWNER TO reflect_owner;
+CREATE FUNCTION reflect.probe_training_set_v1(p_model_version text) RETURNS TABLE(request_id bigint, state real[], is_correct boolean, dataset text, heldout boolean)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+BEGIN
+  IF NOT EXISTS (SELECT FROM reflect.model_versions WHERE name = p_model_version) THEN
+    RAISE EXCEPTION 'unknown model version "%"', p_model_version USING ERRCODE = 'PR003';
+  END IF;
+  RETURN QUERY
+  SELECT s.request_id, s.state::real[], l.is_correct, er.dataset,
+         abs(hashtext(s.request_id::text)) % 5 = 0  -- the calibrator fit's held-out rule
+  FROM reflect.answer_states s
+  JOIN reflect.model_versions mv ON mv.id = s.model_version_id AND mv.name = p_model_version
+  JOIN reflect.labels l ON l.request_id = s.request_id
+  LEFT JOIN reflect.eval_requests er ON er.request_id = s.request_id
+  ORDER BY s.request_id;
+END
+$$;
+ALTER FUNCTION reflect.probe_training_set_v1(p_model_version text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -3124,6 +3199,28 @@ BEGIN
 END
 $_$;
 ALTER FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.set_probe_signals_v1(p_model_version text, p_request_ids bigint[], p_values double precision[]) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_n integer;
+BEGIN
+  IF cardinality(p_request_ids) IS DISTINCT FROM cardinality(p_values)
+     OR EXISTS (SELECT FROM unnest(p_values) v WHERE v IS NULL OR v < 0 OR v > 1) THEN
+    RAISE EXCEPTION 'one probability in [0, 1] per request id' USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.answer_signals (request_id, name, value)
+  SELECT a.request_id, 'probe', t.v
+  FROM unnest(p_request_ids, p_values) AS t(id, v)
+  JOIN reflect.answers a ON a.request_id = t.id
+  JOIN reflect.model_versions mv ON mv.id = a.model_version_id AND mv.name = p_model_version
+  ON CONFLICT (request_id, name) DO UPDATE SET value = excluded.value, computed_at = now();
+  GET DIAGNOSTICS v_n = ROW_COUNT;
+  RETURN v_n;
+END
+$$;
+ALTER FUNCTION reflect.set_probe_signals_v1(p_model_version text, p_request_ids bigint[], p_values double precision[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean DEFAULT true) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -3163,6 +3260,23 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.snooze_job_v1(p_job_id bigint, p_lease_token uuid, p_seconds double precision, p_checkpoint jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.store_answer_state_v1(p_request_id bigint, p_lease_token uuid, p_state public.vector) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests := reflect._take_lease(p_request_id, p_lease_token);
+BEGIN
+  IF p_state IS NULL THEN
+    RAISE EXCEPTION 'no hidden state given' USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.answer_states (request_id, model_version_id, state)
+  VALUES (r.id, r.model_version_id, p_state)
+  ON CONFLICT (request_id) DO UPDATE
+    SET model_version_id = EXCLUDED.model_version_id, state = EXCLUDED.state, created_at = now();
+END;
+$$;
+ALTER FUNCTION reflect.store_answer_state_v1(p_request_id bigint, p_lease_token uuid, p_state public.vector) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text DEFAULT NULL::text, p_params jsonb DEFAULT NULL::jsonb, p_idempotency_key text DEFAULT NULL::text, p_caller text DEFAULT NULL::text, p_model_version text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -3583,6 +3697,13 @@ CREATE TABLE reflect.answer_signals (
     CONSTRAINT answer_signals_value_check CHECK ((value = value))
 );
 ALTER TABLE reflect.answer_signals OWNER TO reflect_owner;
+CREATE TABLE reflect.answer_states (
+    request_id bigint NOT NULL,
+    model_version_id integer NOT NULL,
+    state public.vector NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE reflect.answer_states OWNER TO reflect_owner;
 CREATE TABLE reflect.answers (
     request_id bigint NOT NULL,
     attempt integer NOT NULL,
@@ -4297,6 +4418,28 @@ CREATE VIEW reflect.signal_auroc AS
   WHERE (s.score IS NOT NULL)
   GROUP BY la.model_version, s.signal;
 ALTER TABLE reflect.signal_auroc OWNER TO reflect_owner;
+CREATE TABLE reflect.state_probes (
+    id integer NOT NULL,
+    model_version_id integer NOT NULL,
+    method text NOT NULL,
+    weights public.vector NOT NULL,
+    bias double precision NOT NULL,
+    n_train integer NOT NULL,
+    metrics jsonb DEFAULT '{}'::jsonb NOT NULL,
+    is_active boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT state_probes_method_check CHECK ((method = 'logistic_l2'::text)),
+    CONSTRAINT state_probes_n_train_check CHECK ((n_train > 0))
+);
+ALTER TABLE reflect.state_probes OWNER TO reflect_owner;
+ALTER TABLE reflect.state_probes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME reflect.state_probes_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
 CREATE TABLE reflect.training_examples (
     training_set_id integer NOT NULL,
     request_id bigint NOT NULL,
@@ -4527,6 +4670,8 @@ ALTER TABLE ONLY reflect.answer_memories
     ADD CONSTRAINT answer_memories_pkey PRIMARY KEY (request_id, memory_request_id);
 ALTER TABLE ONLY reflect.answer_signals
     ADD CONSTRAINT answer_signals_pkey PRIMARY KEY (request_id, name);
+ALTER TABLE ONLY reflect.answer_states
+    ADD CONSTRAINT answer_states_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.apps
@@ -4577,6 +4722,8 @@ ALTER TABLE ONLY reflect.retention_items
     ADD CONSTRAINT retention_items_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.settings
     ADD CONSTRAINT settings_pkey PRIMARY KEY (key);
+ALTER TABLE ONLY reflect.state_probes
+    ADD CONSTRAINT state_probes_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.training_examples
     ADD CONSTRAINT training_examples_pkey PRIMARY KEY (training_set_id, request_id);
 ALTER TABLE ONLY reflect.training_memory
@@ -4606,6 +4753,7 @@ CREATE INDEX request_events_request ON reflect.request_events USING btree (reque
 CREATE UNIQUE INDEX requests_idempotency_key ON reflect.requests USING btree (submitted_by, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX requests_leases ON reflect.requests USING btree (lease_expires_at) WHERE (state = 'running'::reflect.request_state);
 CREATE INDEX requests_queued ON reflect.requests USING btree (id) WHERE (state = 'queued'::reflect.request_state);
+CREATE UNIQUE INDEX state_probes_one_active ON reflect.state_probes USING btree (model_version_id) WHERE is_active;
 CREATE INDEX tuning_changes_in_force ON reflect.tuning_changes USING btree (model_version_id, knob, id DESC) WHERE (reverted_at IS NULL);
 CREATE TRIGGER _100_append_only BEFORE DELETE OR UPDATE ON reflect.decryption_audit FOR EACH ROW EXECUTE FUNCTION reflect._append_only();
 CREATE TRIGGER _100_append_only_truncate BEFORE TRUNCATE ON reflect.decryption_audit FOR EACH STATEMENT EXECUTE FUNCTION reflect._append_only();
@@ -4619,6 +4767,10 @@ ALTER TABLE ONLY reflect.answer_memories
     ADD CONSTRAINT answer_memories_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.answer_signals
     ADD CONSTRAINT answer_signals_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.answers(request_id);
+ALTER TABLE ONLY reflect.answer_states
+    ADD CONSTRAINT answer_states_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.answer_states
+    ADD CONSTRAINT answer_states_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_calibrator_id_fkey FOREIGN KEY (calibrator_id) REFERENCES reflect.calibrators(id);
 ALTER TABLE ONLY reflect.answers
@@ -4679,6 +4831,8 @@ ALTER TABLE ONLY reflect.request_events
     ADD CONSTRAINT request_events_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.requests
     ADD CONSTRAINT requests_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
+ALTER TABLE ONLY reflect.state_probes
+    ADD CONSTRAINT state_probes_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE ONLY reflect.training_examples
     ADD CONSTRAINT training_examples_feedback_id_fkey FOREIGN KEY (feedback_id) REFERENCES reflect.feedback(id);
 ALTER TABLE ONLY reflect.training_examples
@@ -4696,6 +4850,7 @@ ALTER TABLE ONLY reflect.tuning_changes
 ALTER TABLE reflect.answer_candidates ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_signals ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.answer_states ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.apps ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.calibrators ENABLE ROW LEVEL SECURITY;
@@ -4718,6 +4873,7 @@ ALTER TABLE reflect.request_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.requests ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.retention_items ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.settings ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.state_probes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.training_examples ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.training_memory ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.training_progress ENABLE ROW LEVEL SECURITY;
@@ -4778,6 +4934,7 @@ REVOKE ALL ON FUNCTION reflect._normalize_params(p jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._paired(p_job_id bigint, p_part text, p_z double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._paired_parts(p_job_id bigint, p_parts text[], p_z double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._probe_signal(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._queue_followups(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._reap_expired_jobs() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._record_answer(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) FROM PUBLIC;
@@ -4802,6 +4959,7 @@ REVOKE ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double preci
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.activate_model_version_v1(p_name text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.active_probe_v1(p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.add_retention_items_v1(p_items jsonb, p_embedding_model text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.add_signals_v1(p_request_id bigint, p_signals jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.add_signals_v1(p_request_id bigint, p_signals jsonb) TO reflect_worker;
@@ -4877,6 +5035,7 @@ GRANT ALL ON FUNCTION reflect.heartbeat_jobs_v1(p_job_ids bigint[], p_lease_toke
 REVOKE ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.install_calibrator_v1(p_model_version text, p_doc jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.install_probe_v1(p_model_version text, p_weights public.vector, p_bias double precision, p_n_train integer, p_metrics jsonb, p_activate boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.key_usage_v1() FROM PUBLIC;
@@ -4889,6 +5048,8 @@ REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v2(p_backend text, p_name
 GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v2(p_backend text, p_names text[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_names text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_names text[]) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.optional_features_v1() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.probe_training_set_v1(p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.reap_expired_v1() FROM PUBLIC;
@@ -4913,10 +5074,13 @@ GRANT ALL ON FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose t
 REVOKE ALL ON FUNCTION reflect.revert_tuning_v1(p_change_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.rollback_model_version_v1(p_reason text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.set_probe_signals_v1(p_model_version text, p_request_ids bigint[], p_values double precision[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.snooze_job_v1(p_job_id bigint, p_lease_token uuid, p_seconds double precision, p_checkpoint jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.snooze_job_v1(p_job_id bigint, p_lease_token uuid, p_seconds double precision, p_checkpoint jsonb) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.store_answer_state_v1(p_request_id bigint, p_lease_token uuid, p_state public.vector) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.store_answer_state_v1(p_request_id bigint, p_lease_token uuid, p_state public.vector) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) FROM PUBLIC;

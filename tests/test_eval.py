@@ -57,6 +57,39 @@ def test_dataset_loaders_and_fixed_split() -> None:
     assert len({it.get("topic") for it in sample}) > 10  # the limit samples across subjects
 
 
+def test_bigbench_examples_become_items_of_each_kind() -> None:
+    """Multiple choice (options shuffled by the id: the files list the right one first), numbers (the digits
+    kept, the spelled-out target dropped), short text (every target accepted)."""
+    choice = {"input": "Yesterday was 04/30/2021. Today?", "target_scores": {"05/01/2021": 1, "04/29/2021": 0,
+                                                                             "05/09/2021": 0, "06/12/2021": 0}}
+    shuffled = [datasets._bigbench_item(f"bb-x-{i:04d}", choice) for i in range(8)]
+    for item in shuffled:
+        lines = dict(line.split(". ", 1) for line in item["question"].splitlines()[1:5])
+        assert lines[item["answer"]] == "05/01/2021"
+        assert item["question"].endswith(datasets.MC_INSTRUCTION)
+    assert len({it["answer"] for it in shuffled}) > 1  # the right option is not always first
+    assert shuffled[0] == datasets._bigbench_item("bb-x-0000", choice)  # and the order is fixed
+    count = datasets._bigbench_item("c", {"input": "How many?", "target": ["three", "3"]})
+    assert count["answer"] == "3" and "aliases" not in count
+    text = datasets._bigbench_item("t", {"input": "The genre of X is", "target": "['comedy', 'parody']"})
+    assert text["answer"] == "comedy" and text["aliases"] == ["parody"]
+    assert is_correct("It is a parody.", text["answer"], text["aliases"])
+    assert not is_correct("It is rock.", text["answer"], text["aliases"])
+
+
+def test_eval_items_may_carry_aliases(tmp_path) -> None:
+    from pgreflect.errors import InvalidInput
+    from pgreflect.evaluate import read_items
+
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"id": 1, "question": "q", "answer": "a", "aliases": ["b", 3]}\n')
+    assert read_items(good)[0]["aliases"] == ["b", "3"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "question": "q", "answer": "a", "aliases": "b"}\n')
+    with pytest.raises(InvalidInput, match="aliases"):
+        read_items(bad)
+
+
 def _cli(db: Database, keyring: Keyring, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pgreflect.cli", *args], env=db.env(keyring), capture_output=True,
                           text=True, timeout=300)

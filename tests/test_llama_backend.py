@@ -84,6 +84,28 @@ def test_the_option_distribution_matches_an_independent_computation(smollm2: Lla
                             threading.Event()).option_probs is None
 
 
+def test_the_answer_state_is_the_final_hidden_state_after_the_answer(smollm2: LlamaBackend) -> None:
+    """The state the probe reads: an independent instance in embeddings mode (no pooling) fed the prompt and
+    the answer (cut by its budget here, so its last token is known) gives the same final-layer vector at the
+    answer's last position; the position before it is clearly another vector, so the check can fail."""
+    req = GenerationRequest("Name three colours of the rainbow.", None, {**PARAMS, "max_tokens": 6})
+    gen = smollm2.generate(req, threading.Event())
+    assert gen.finish_reason == "length" and gen.state is not None and len(gen.state) == smollm2.n_embd
+    ref = llama_cpp.Llama(model_path=str(smollm2_path()), n_ctx=2048, n_threads=2, embedding=True,
+                          pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE, verbose=False)
+    ref.eval(smollm2.prompt_tokens(req.messages()))
+    states = []
+    for tok in gen.token_ids:
+        ref.eval([tok])
+        states.append(np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(ref.ctx, -1),
+                                            shape=(smollm2.n_embd,)).copy())
+    ours = np.array(gen.state)
+    assert np.allclose(ours, states[-1], atol=1e-3 * np.abs(states[-1]).max())
+    assert not np.allclose(ours, states[-2], atol=0.1 * np.abs(states[-1]).max())
+    # the answer's log-probabilities are unchanged by the extra position (it comes after the last token)
+    assert gen.token_logprobs == smollm2.generate(req, threading.Event()).token_logprobs
+
+
 def test_prefix_reuse_gives_identical_results(smollm2: LlamaBackend) -> None:
     a = GenerationRequest("What is the capital of Italy?", "Answer briefly.", PARAMS)
     b = GenerationRequest("What is the capital of Spain?", "Answer briefly.", PARAMS)

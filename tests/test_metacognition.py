@@ -18,6 +18,7 @@ from pgreflect.sql import query
 
 from conftest import Database
 from helpers import client, drain, synthetic_labelled_answers
+from tiny_model import HIDDEN
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -291,6 +292,12 @@ def test_p_true_is_measured_for_llama_answers(db: Database, keyring: Keyring) ->
     assert {"rule_empty", "rule_truncated", "rule_repetition", "rule_refusal", "rule_format"} <= set(signals)
     with client(db, keyring) as c:
         assert c.get(rid)["confidence"] == pytest.approx(signals["p_true"])  # the uncalibrated default
+    # the answer's final-layer hidden state is stored for the probe, the size of the model's embedding
+    with db.admin() as conn:
+        dims, version = conn.execute(
+            "SELECT public.vector_dims(s.state), mv.name FROM reflect.answer_states s "
+            "JOIN reflect.model_versions mv ON mv.id = s.model_version_id WHERE s.request_id = %s", (rid,)).fetchone()
+    assert version == "tiny" and dims == HIDDEN
 
 
 def test_reanswer_with_evidence_keeps_the_more_confident_attempt(db: Database, keyring: Keyring) -> None:

@@ -297,7 +297,7 @@ DECLARE
 BEGIN
   r := reflect._record_answer(p_request_id, p_lease_token, p_answer, p_finish_reason, p_prompt_tokens,
                               p_token_logprobs, p_prompt_eval_ms, p_generation_ms);
-  PERFORM reflect._store_signals(r.id, p_signals);
+  PERFORM reflect._store_signals(r.id, p_signals || reflect._probe_signal(r.id));
   v_conf := reflect._apply_confidence(r.id);
   -- when attempts were recorded (re-answer), the stored answer is the most confident one
   UPDATE reflect.answer_candidates ac SET chosen = (ac.n = (

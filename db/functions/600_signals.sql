@@ -23,6 +23,16 @@ AS $$
          || ARRAY['option_max_prob', 'option_margin', 'option_entropy', 'kind_choice', 'kind_number', 'kind_long']
 $$;
 
+-- The features an answer may lack (NULL in reflect._feature_values when missing).
+CREATE OR REPLACE FUNCTION reflect.optional_features_v1()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT ARRAY['p_answer', 'agreement', 'critique_verdict', 'option_max_prob', 'option_margin', 'option_entropy',
+               'kind_choice', 'kind_number', 'kind_long', 'probe']
+$$;
+
 -- Every feature of an answer by name, from its log-prob statistics and signals. Missing values get fixed
 -- stand-ins: an empty answer has no log-probs (-10 / -20: as unlikely as it gets), an answer without a
 -- P(True) measurement gets 0.5 (no opinion). p_answer exists only for answers with a short answer span, the
@@ -44,8 +54,7 @@ AS $$
       coalesce((SELECT max(v::double precision) FROM jsonb_each_text(p_signals) e(k, v) WHERE k LIKE 'rule\_%'), 0),
     'log_tokens', ln(1 + p_completion_tokens))
   || (SELECT coalesce(jsonb_object_agg(k, (p_signals ->> k)::double precision), '{}'::jsonb)
-      FROM unnest(ARRAY['p_answer', 'agreement', 'critique_verdict', 'option_max_prob', 'option_margin',
-                        'option_entropy', 'kind_choice', 'kind_number', 'kind_long']) AS k)
+      FROM unnest(reflect.optional_features_v1()) AS k)
 $$;
 
 -- The named features as a vector in the order of p_names (a calibrator's list).
@@ -355,4 +364,133 @@ BEGIN
   END IF;
   RETURN v_id;
 END
+$$;
+
+-- The answer's final-layer hidden state (reflect.answer_states), stored while the lease is held; a retried
+-- attempt replaces the earlier attempt's state.
+CREATE OR REPLACE FUNCTION reflect.store_answer_state_v1(p_request_id bigint, p_lease_token uuid,
+                                                         p_state public.vector)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+  r reflect.requests := reflect._take_lease(p_request_id, p_lease_token);
+BEGIN
+  IF p_state IS NULL THEN
+    RAISE EXCEPTION 'no hidden state given' USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.answer_states (request_id, model_version_id, state)
+  VALUES (r.id, r.model_version_id, p_state)
+  ON CONFLICT (request_id) DO UPDATE
+    SET model_version_id = EXCLUDED.model_version_id, state = EXCLUDED.state, created_at = now();
+END;
+$$;
+
+-- The active probe's probability that the answer is right, from its stored hidden state: {"probe": p}, or {}
+-- when the version has no active probe, the answer no state, or the two differ in size.
+CREATE OR REPLACE FUNCTION reflect._probe_signal(p_request_id bigint)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+  SELECT coalesce((
+    SELECT jsonb_build_object('probe', reflect._sigmoid(p.bias - (s.state OPERATOR(public.<#>) p.weights)))
+    FROM reflect.answer_states s
+    JOIN reflect.state_probes p ON p.model_version_id = s.model_version_id AND p.is_active
+    WHERE s.request_id = p_request_id AND public.vector_dims(s.state) = public.vector_dims(p.weights)), '{}')
+$$;
+
+-- Labelled answers' hidden states of a model version, each marked held out by the calibrator fit's rule, for fitting its probe (pgreflect.meta.probe), with the
+-- evaluation dataset when the answer came from one (the fit holds whole datasets out to choose its strength).
+CREATE OR REPLACE FUNCTION reflect.probe_training_set_v1(p_model_version text)
+RETURNS TABLE (request_id bigint, state real[], is_correct boolean, dataset text, heldout boolean)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+  IF NOT EXISTS (SELECT FROM reflect.model_versions WHERE name = p_model_version) THEN
+    RAISE EXCEPTION 'unknown model version "%"', p_model_version USING ERRCODE = 'PR003';
+  END IF;
+  RETURN QUERY
+  SELECT s.request_id, s.state::real[], l.is_correct, er.dataset,
+         abs(hashtext(s.request_id::text)) % 5 = 0  -- the calibrator fit's held-out rule
+  FROM reflect.answer_states s
+  JOIN reflect.model_versions mv ON mv.id = s.model_version_id AND mv.name = p_model_version
+  JOIN reflect.labels l ON l.request_id = s.request_id
+  LEFT JOIN reflect.eval_requests er ON er.request_id = s.request_id
+  ORDER BY s.request_id;
+END
+$$;
+
+-- Stores a fitted probe; p_activate makes it the version's active probe (the caller compared it with the
+-- active one on the same held-out answers). Returns its id.
+CREATE OR REPLACE FUNCTION reflect.install_probe_v1(p_model_version text, p_weights public.vector,
+                                                    p_bias double precision, p_n_train integer, p_metrics jsonb,
+                                                    p_activate boolean)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+  v_mv integer;
+  v_id integer;
+BEGIN
+  SELECT id INTO v_mv FROM reflect.model_versions WHERE name = p_model_version;
+  IF v_mv IS NULL THEN
+    RAISE EXCEPTION 'unknown model version "%"', p_model_version USING ERRCODE = 'PR003';
+  END IF;
+  IF p_weights IS NULL OR p_bias IS NULL OR p_bias = 'NaN' OR p_n_train IS NULL OR p_n_train < 1 THEN
+    RAISE EXCEPTION 'a probe needs weights, a finite bias and its training size' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_activate THEN
+    UPDATE reflect.state_probes SET is_active = false WHERE model_version_id = v_mv AND is_active;
+  END IF;
+  INSERT INTO reflect.state_probes (model_version_id, method, weights, bias, n_train, metrics, is_active)
+  VALUES (v_mv, 'logistic_l2', p_weights, p_bias, p_n_train, coalesce(p_metrics, '{}'), coalesce(p_activate, false))
+  RETURNING id INTO v_id;
+  RETURN v_id;
+END
+$$;
+
+-- The `probe` signal of labelled answers, as pgreflect.meta.probe computed it (out of fold on the probe's
+-- training answers), for calibrators to learn from.
+CREATE OR REPLACE FUNCTION reflect.set_probe_signals_v1(p_model_version text, p_request_ids bigint[],
+                                                        p_values double precision[])
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_n integer;
+BEGIN
+  IF cardinality(p_request_ids) IS DISTINCT FROM cardinality(p_values)
+     OR EXISTS (SELECT FROM unnest(p_values) v WHERE v IS NULL OR v < 0 OR v > 1) THEN
+    RAISE EXCEPTION 'one probability in [0, 1] per request id' USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.answer_signals (request_id, name, value)
+  SELECT a.request_id, 'probe', t.v
+  FROM unnest(p_request_ids, p_values) AS t(id, v)
+  JOIN reflect.answers a ON a.request_id = t.id
+  JOIN reflect.model_versions mv ON mv.id = a.model_version_id AND mv.name = p_model_version
+  ON CONFLICT (request_id, name) DO UPDATE SET value = excluded.value, computed_at = now();
+  GET DIAGNOSTICS v_n = ROW_COUNT;
+  RETURN v_n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION reflect.active_probe_v1(p_model_version text)
+RETURNS TABLE (id integer, weights real[], bias double precision)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+  SELECT p.id, p.weights::real[], p.bias
+  FROM reflect.state_probes p JOIN reflect.model_versions mv ON mv.id = p.model_version_id
+  WHERE mv.name = p_model_version AND p.is_active
 $$;

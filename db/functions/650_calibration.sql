@@ -141,6 +141,10 @@ BEGIN
   IF v_mv IS NULL THEN
     RAISE EXCEPTION 'unknown model version "%"', p_model_version USING ERRCODE = 'PR003';
   END IF;
+  -- The hidden-state probe's signal is a feature once the version has an active probe (pgreflect.meta.probe).
+  IF EXISTS (SELECT FROM reflect.state_probes WHERE model_version_id = v_mv AND is_active) THEN
+    v_names := v_names || 'probe'::text;
+  END IF;
 
   SELECT count(*),
          array_agg(reflect._feature_values_of(l.request_id) ORDER BY l.request_id) FILTER (WHERE abs(hashtext(l.request_id::text)) % 5 <> 0),
@@ -275,8 +279,7 @@ DECLARE
   v_sha text;
   v_features text[];
   v_known text[] := ARRAY(SELECT jsonb_object_keys(reflect._feature_values(0, 0, 0, '{}')))
-                    || ARRAY['p_answer', 'agreement', 'critique_verdict', 'option_max_prob', 'option_margin',
-                             'option_entropy', 'kind_choice', 'kind_number', 'kind_long'];
+                    || reflect.optional_features_v1();
   v_digest text := encode(sha256(convert_to(p_doc::text, 'UTF8')), 'hex');
   v_id integer;
 BEGIN

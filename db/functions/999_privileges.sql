@@ -66,7 +66,8 @@ TO reflect_worker;
 GRANT EXECUTE ON FUNCTION reflect.rate_critique_v1(bigint, integer) TO reflect_app;
 GRANT EXECUTE ON FUNCTION
   reflect.record_candidate_v1(bigint, uuid, text, real[], jsonb, bigint[]),
-  reflect.evidence_v1(bigint, uuid, integer)
+  reflect.evidence_v1(bigint, uuid, integer),
+  reflect.store_answer_state_v1(bigint, uuid, public.vector)
 TO reflect_worker;
 
 -- hardening (0003)

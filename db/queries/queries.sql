@@ -124,6 +124,19 @@ SELECT reflect.auroc_v1(%(wrong_scores)s::float8[], %(wrong)s::bool[]) AS auroc,
        reflect.brier_v1(%(confidence)s::float8[], %(correct)s::bool[]) AS brier,
        reflect.accuracy_at_coverage_v1(%(confidence)s::float8[], %(correct)s::bool[], 0.8) AS accuracy_at_80;
 
+-- name: probe_training_set
+SELECT request_id, state, is_correct, dataset, heldout FROM reflect.probe_training_set_v1(%(model_version)s);
+
+-- name: active_probe
+SELECT id, weights, bias FROM reflect.active_probe_v1(%(model_version)s);
+
+-- name: install_probe
+SELECT reflect.install_probe_v1(%(model_version)s, %(weights)s::vector, %(bias)s, %(n_train)s, %(metrics)s,
+                                %(activate)s);
+
+-- name: set_probe_signals
+SELECT reflect.set_probe_signals_v1(%(model_version)s, %(request_ids)s::bigint[], %(values)s::float8[]);
+
 -- name: install_calibrator
 SELECT reflect.install_calibrator_v1(%(model_version)s, %(document)s::jsonb);
 
@@ -150,6 +163,9 @@ SELECT reflect.complete_followup_v1(%(followup_id)s, %(lease_token)s, %(signals)
 
 -- name: rate_critique
 SELECT reflect.rate_critique_v1(%(request_id)s, %(rating)s);
+
+-- name: store_state
+SELECT reflect.store_answer_state_v1(%(request_id)s, %(lease_token)s, %(state)s::vector);
 
 -- name: record_candidate
 SELECT n, confidence, reanswer

@@ -428,10 +428,10 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from pgreflect.errors import InvalidInput
-    from pgreflect.flows.admin import calibrate, export_calibrator, install_calibrator
+    from pgreflect.flows.admin import calibrate, export_calibrator, fit_probe, install_calibrator
 
-    if (args.export or args.install) and not args.model_version:
-        raise InvalidInput("--export and --install need --model-version")
+    if (args.export or args.install or args.probe) and not args.model_version:
+        raise InvalidInput("--export, --install and --probe need --model-version")
     if args.export:
         doc = export_calibrator(args.model_version, Path(args.export))
         print(f"{args.model_version}: calibrator written to {args.export} ({len(doc['features'])} features, "
@@ -441,6 +441,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         cal = install_calibrator(args.model_version, Path(args.install))
         print(f"{args.model_version}: calibrator {cal} installed from {args.install}")
         return 0
+    if args.probe:
+        fitted = fit_probe(args.model_version)
+        held = fitted["heldout"]
+        print(f"{args.model_version}: probe {fitted['probe']} "
+              f"{'activated' if fitted['active'] else 'kept inactive (the active probe does better held out)'}: "
+              f"C {fitted['c']}, {fitted['n_train']} training answers, held-out log-loss {held['log_loss']:.4f}, "
+              f"AUROC {held['auroc'] if held['auroc'] is None else round(held['auroc'], 3)} "
+              f"on {fitted['n_heldout']}")
     for name, fit in calibrate(args.model_version).items():
         if fit is None:
             print(f"{name}: not enough labels yet (see reflect.settings calibration_min_*)")
@@ -456,6 +464,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if args.action == "list":
         for name, ds in datasets.DATASETS.items():
             print(f"{name}: {ds.file()} ({ds.license})")
+        for name, task in datasets.BIGBENCH_TASKS.items():
+            print(f"{name}: BIG-bench {task} (Apache-2.0; fetched on first use into {datasets.bigbench_file(name)})")
         return 0
     n, added = export_dataset(args.name, args.split, args.limit, args.seed, Path(args.out))
     print(f"wrote {n} {args.name} items ({args.split}) to {args.out}; {added} new in reflect.eval_items")
@@ -702,13 +712,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write the version's active calibrator as a JSON document instead of fitting")
     how.add_argument("--install", default=None, metavar="FILE",
                      help="install a calibrator document fitted on the same model bytes instead of fitting")
+    how.add_argument("--probe", action="store_true",
+                     help="first fit the hidden-state probe on the version's labelled answers, then the calibrator")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("datasets", help="packaged QA datasets with ground truth")
     dsub = p.add_subparsers(dest="action", required=True)
     dsub.add_parser("list")
     d = dsub.add_parser("export", help="write questions JSONL and store their fixed split in the database")
-    d.add_argument("name", choices=["gsm8k", "mmlu"])
+    from pgreflect.datasets import BIGBENCH_TASKS, DATASETS
+
+    d.add_argument("name", choices=[*DATASETS, *BIGBENCH_TASKS])
     d.add_argument("--split", default="heldout", choices=["train", "heldout", "all"])
     d.add_argument("--limit", type=int, default=None)
     d.add_argument("--seed", type=int, default=0, help="which items a --limit picks")

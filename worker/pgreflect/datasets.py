@@ -7,6 +7,7 @@ machine uses the same split.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import subprocess
@@ -16,20 +17,27 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pgreflect.models import package_file
 from pgreflect.paths import datasets_dir
+from pgreflect.scoring import kind_of
+from pgreflect.signals import OPTION_LETTERS
 
 MC_INSTRUCTION = "Answer with only the letter of the correct option."
 NUMBER_INSTRUCTION = "Solve the problem. Put the final answer, a number alone, on the last line."
 SHORT_NUMBER_INSTRUCTION = "Answer with the number only."
+COMPLETE_INSTRUCTION = "Complete the statement with a short answer (a few words)."
 
-# BIG-bench tasks with exact-match numeric targets, read from the bigbench sdist (Apache-2.0), which must not
-# be pip-installed (it pulls TensorFlow): fetch_bigbench() downloads it once and keeps only these files.
+# BIG-bench tasks with exact-match targets, read from the bigbench sdist (Apache-2.0), which must not be
+# pip-installed (it pulls TensorFlow): fetch_bigbench() downloads it once and keeps only these files.
 BIGBENCH_VERSION = "1.0.0"
 BIGBENCH_TASKS = {
     "bb-multiply-2digit": "arithmetic/2_digit_multiplication",
     "bb-plus-one-addition": "modified_arithmetic/three_digit_addition_plus_one",
+    "bb-object-counting": "object_counting",
+    "bb-wikidata": "qa_wikidata",
+    "bb-date-understanding": "date_understanding",
 }
 
 
@@ -77,11 +85,38 @@ def fetch_bigbench() -> None:
         raise RuntimeError(f"the bigbench sdist has no task file for {missing}")
 
 
-def _bigbench(name: str) -> Iterator[dict[str, str]]:
+def _targets(row: dict[str, Any]) -> list[str]:
+    """A task's targets: a string, a list, or (older files) a list written as a string."""
+    target = row["target"]
+    if isinstance(target, str) and target.startswith("["):
+        target = ast.literal_eval(target)
+    return [str(t).strip() for t in (target if isinstance(target, list) else [target])]
+
+
+def _bigbench_item(item_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    """One BIG-bench example as an item: multiple choice (target_scores) with its options shuffled by a hash
+    of the id (the files list the right option first); numeric targets answered with the number alone (a
+    number spelled out is an alias); other targets as short text, every target an accepted answer."""
+    text = row["input"].rstrip()
+    if "target" not in row:
+        options = list(row["target_scores"].items())
+        options.sort(key=lambda kv: hashlib.sha256(f"{item_id}:{kv[0]}".encode()).hexdigest())
+        lines = "\n".join(f"{letter}. {option}" for letter, (option, _score) in zip(OPTION_LETTERS, options,
+                                                                                    strict=False))
+        right = next(letter for letter, (_o, score) in zip(OPTION_LETTERS, options, strict=False) if score == 1)
+        return {"id": item_id, "question": f"{text}\n{lines}\n{MC_INSTRUCTION}", "answer": right}
+    targets = _targets(row)
+    numbers = [t for t in targets if kind_of(t) == "number"]
+    if numbers:
+        return {"id": item_id, "question": f"{text}\n{SHORT_NUMBER_INSTRUCTION}", "answer": numbers[0]}
+    return {"id": item_id, "question": f"{text}\n{COMPLETE_INSTRUCTION}", "answer": targets[0],
+            **({"aliases": targets[1:]} if len(targets) > 1 else {})}
+
+
+def _bigbench(name: str) -> Iterator[dict[str, Any]]:
     examples = json.loads(bigbench_file(name).read_text())["examples"]
     for i, row in enumerate(examples):
-        yield {"id": f"{name}-{i:04d}", "question": f"{row['input'].rstrip()}\n{SHORT_NUMBER_INSTRUCTION}",
-               "answer": str(row["target"]).strip()}
+        yield _bigbench_item(f"{name}-{i:05d}" if len(examples) > 9999 else f"{name}-{i:04d}", row)
 
 
 def split_of(dataset: str, item_id: str) -> str:
@@ -106,7 +141,7 @@ def _mmlu(path: Path) -> Iterator[dict[str, str]]:
                    "answer": row["correct_answer"].strip().upper(), "topic": row.get("topic", "")}
 
 
-def items(name: str) -> Iterator[dict[str, str]]:
+def items(name: str) -> Iterator[dict[str, Any]]:
     if name in BIGBENCH_TASKS:
         fetch_bigbench()
         loaded = _bigbench(name)
@@ -118,7 +153,7 @@ def items(name: str) -> Iterator[dict[str, str]]:
         yield {**item, "dataset": name, "split": split_of(name, item["id"])}
 
 
-def select(name: str, split: str | None, limit: int | None, seed: int = 0) -> list[dict[str, str]]:
+def select(name: str, split: str | None, limit: int | None, seed: int = 0) -> list[dict[str, Any]]:
     """Items of one split, in a fixed pseudo-random order (so a limit samples across subjects)."""
     chosen = [it for it in items(name) if split in (None, "all") or it["split"] == split]
     chosen.sort(key=lambda it: hashlib.sha256(f"{seed}:{it['id']}".encode()).hexdigest())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,9 +30,10 @@ class Embedder:
                               dtype=np.float32)
 
 
-def to_pgvector(vector: np.ndarray) -> str:
+def to_pgvector(vector: np.ndarray | Sequence[float]) -> str:
     """Text form of a vector for a `%s::public.vector` bind parameter."""
-    return "[" + ",".join(f"{x:.7g}" for x in vector.tolist()) + "]"
+    values = vector.tolist() if isinstance(vector, np.ndarray) else vector
+    return "[" + ",".join(f"{x:.7g}" for x in values) + "]"
 
 
 def embedding_available() -> bool:

@@ -60,6 +60,10 @@ def read_items(path: Path) -> list[dict[str, Any]]:
             seen.add(item["id"])
             if item.get("answer") is not None:
                 item["answer"] = str(item["answer"])
+            aliases = item.get("aliases", [])
+            if not isinstance(aliases, list) or not all(isinstance(a, str | int | float) for a in aliases):
+                raise InvalidInput(f'{path}:{n}: "aliases" must be a list of accepted answers')
+            item["aliases"] = [str(a) for a in aliases]
             items.append(item)
     if not items:
         raise InvalidInput(f"{path}: no questions")
@@ -152,7 +156,7 @@ def _result(client: Client, cfg: EvalConfig, item: dict[str, Any], rid: int, row
     }
     if item.get("answer") is not None and row["state"] == "succeeded":
         out["reference"] = item["answer"]
-        out["correct"] = is_correct(row["answer"] or "", item["answer"])
+        out["correct"] = is_correct(row["answer"] or "", item["answer"], item.get("aliases", ()))
         out["scored_as"] = kind_of(item["answer"])
         if rid not in labelled:
             client.conn.execute(query("feedback"), {"request_id": rid, "is_correct": out["correct"], "rating": None,

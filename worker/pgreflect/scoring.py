@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Sequence
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _LETTER_PATTERNS = [
@@ -57,7 +58,12 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def is_correct(answer: str, reference: str) -> bool:
+def is_correct(answer: str, reference: str, aliases: Sequence[str] = ()) -> bool:
+    """Whether the answer matches the reference or any of its aliases (other accepted answers)."""
+    return any(_matches(answer, ref) for ref in (reference, *aliases))
+
+
+def _matches(answer: str, reference: str) -> bool:
     kind = kind_of(reference)
     if kind == "number":
         got, want = extract_number(answer), _to_float(reference.replace(" ", ""))

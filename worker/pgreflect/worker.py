@@ -9,6 +9,7 @@ re-LISTENs after reconnecting.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import psycopg
 
 from pgreflect.backends import Backend, BackendError, Cancelled, GenerationRequest
 from pgreflect.db import connect
+from pgreflect.embeddings import to_pgvector
 from pgreflect.errors import StaleLease, translate
 from pgreflect.jobs import FOLLOWUP_KINDS, HANDLERS, TRAIN_KINDS
 from pgreflect.jobs.base import JobInput, JobRun
@@ -396,6 +398,8 @@ class Worker:
             signals = self._signals(backend, request, gen)
             if job.params.get("low_confidence") == "reanswer":
                 gen, signals = self._maybe_reanswer(job, backend, request, gen, signals)
+            if gen.state is not None:
+                self._report(job, "store_state", {"state": to_pgvector(gen.state)})
             self._report(job, "complete", {
                 "answer": gen.text, "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
                 "token_logprobs": gen.token_logprobs, "prompt_eval_ms": gen.prompt_eval_s * 1000,
@@ -479,8 +483,6 @@ class Worker:
         """Stores the prompt's embedding and fetches memories to use as few-shot examples."""
         if self.embedder is None:
             return ()
-        from pgreflect.embeddings import to_pgvector
-
         vector = self.embedder.embed([job.prompt])[0]
         rows = self._call("job", "recall", {"request_id": job.request_id, "lease_token": job.lease_token,
                                             "model": self.embedder.name, "embedding": to_pgvector(vector), "k": None})
@@ -651,12 +653,13 @@ class Worker:
         for backend in self.backends.values():
             backend.close()
         self.backends.clear()
-        import gc
-
-        gc.collect()
+        gc.collect()  # llama.cpp frees the model's memory when the last Python reference goes
 
     def resume_serving(self) -> None:
         if not self._serving_paused.is_set():
+            return
+        if self._stop.is_set():  # shutting down: nothing to serve, and loading the models would only delay it
+            self._serving_paused.clear()
             return
         try:
             self._model_ids = self.load_models()

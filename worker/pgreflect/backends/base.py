@@ -38,6 +38,8 @@ class Generation:
     # For a multiple-choice prompt answered with a letter: the next-token distribution over the options at the
     # token that carries the letter, renormalised over the options (pgreflect.signals.option_signals).
     option_probs: dict[str, float] | None = None
+    # The final-layer hidden state after the answer (at its end-of-turn token), for the hidden-state probe.
+    state: list[float] | None = None
 
 
 class BackendError(Exception):

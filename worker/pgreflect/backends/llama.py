@@ -55,6 +55,7 @@ class LlamaBackend:
         )
         self.n_ctx = self.llm.n_ctx()
         self.n_vocab = self.llm.n_vocab()
+        self.n_embd = self.llm.n_embd()
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.chat = ChatRenderer(self.llm)
         self._lock = threading.Lock()
@@ -165,6 +166,7 @@ class LlamaBackend:
         finish = "length"
         text_bytes = b""
         stop_at: int | None = None
+        token = -1
         for _ in range(budget):
             if cancel.is_set():
                 raise Cancelled()
@@ -187,6 +189,9 @@ class LlamaBackend:
                     break
             if len(out) < budget:
                 self._eval_token(token)
+        # The last chosen token (end of turn, a stop sequence's last token, or the last one the budget allowed)
+        # is not evaluated yet: evaluating it reads the state that has seen the whole answer.
+        state = self._state_after(token) if token >= 0 else None
         t2 = time.perf_counter()
 
         text = self.llm.detokenize(out).decode("utf-8", errors="replace")
@@ -204,7 +209,20 @@ class LlamaBackend:
             text=text, token_ids=out, token_logprobs=logprobs, prompt_tokens=len(tokens),
             finish_reason=finish, prompt_eval_s=t1 - t0, generation_s=t2 - t1, token_texts=texts,
             option_probs=self._option_probs(options, letter_ids, option_logits, texts, text) if columns else None,
+            state=state,
         )
+
+    def _state_after(self, token: int) -> list[float] | None:
+        """Evaluates one token with llama.cpp's embeddings output switched on and returns the final-layer
+        hidden state (after the output norm) at it. Only for this one position: while embeddings are on,
+        llama.cpp outputs every position of a batch."""
+        llama_cpp.llama_set_embeddings(self.llm.ctx, True)
+        try:
+            self._eval_token(token)
+            ptr = llama_cpp.llama_get_embeddings_ith(self.llm.ctx, -1)
+            return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(float).tolist() if ptr else None
+        finally:
+            llama_cpp.llama_set_embeddings(self.llm.ctx, False)
 
     def _letter_ids(self) -> dict[str, list[int]]:
         """Each option letter's single-token spellings ("B", " B"): the tokens a letter answer starts with."""

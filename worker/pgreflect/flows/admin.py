@@ -60,6 +60,17 @@ def calibrate(model_version: str | None) -> dict[str, dict[str, Any] | None]:
     return out
 
 
+def fit_probe(model_version: str) -> dict[str, Any]:
+    """Fits the version's hidden-state probe on its labelled answers (pgreflect.meta.probe)."""
+    from pgreflect.meta import probe
+
+    with psycopg.connect(dsns().admin, autocommit=True) as conn:
+        try:
+            return probe.fit(conn, model_version)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+
 def export_calibrator(model_version: str, out: Path) -> dict[str, Any]:
     """Writes a version's active calibrator as a portable document (format pgreflect-calibrator-1)."""
     from pgreflect.errors import NotFound

@@ -133,23 +133,43 @@ def padded_batches(examples: list[dict[str, Any]], gguf: Path, hp: dict[str, Any
     return worst, answers, longest
 
 
-def estimate(gguf: Path, sha256: str, examples: list[dict[str, Any]], hp: dict[str, Any],
-             gradient_checkpointing: bool) -> Estimate:
+@dataclass(frozen=True)
+class Inputs:
+    """What an estimate reads from disk and the tokenizer, read once for both checkpointing modes."""
+
+    shape: Shape
+    weights_mb: float
+    built: bool
+    tokens: int
+    answers: int
+    longest: int
+
+
+def inputs(gguf: Path, sha256: str, examples: list[dict[str, Any]], hp: dict[str, Any]) -> Inputs:
     from pgreflect.improve.twin import twin_dir
 
     shape = shape_of(gguf)
     weights = twin_dir(sha256) / "model.safetensors"
     built = (twin_dir(sha256) / "parity.json").exists() and weights.exists()
     weights_mb = weights.stat().st_size / MB if built else shape.params * 4 / MB
-    tokens, answers, longest = padded_batches(examples, gguf, hp)
-    per_layer = 4 * shape.intermediate + 10 * shape.hidden + shape.heads * longest
+    return Inputs(shape, weights_mb, built, *padded_batches(examples, gguf, hp))
+
+
+def estimate(gguf: Path, sha256: str, examples: list[dict[str, Any]], hp: dict[str, Any],
+             gradient_checkpointing: bool) -> Estimate:
+    return estimate_from(inputs(gguf, sha256, examples, hp), gradient_checkpointing)
+
+
+def estimate_from(inp: Inputs, gradient_checkpointing: bool) -> Estimate:
+    shape, tokens, answers, weights_mb = inp.shape, inp.tokens, inp.answers, inp.weights_mb
+    per_layer = 4 * shape.intermediate + 10 * shape.hidden + shape.heads * inp.longest
     if gradient_checkpointing:
         floats = tokens * (shape.layers * shape.hidden + CHECKPOINT_LAYERS_LIVE * per_layer)
     else:
         floats = tokens * shape.layers * per_layer
     logits = answers * shape.vocab * LOGIT_COPIES  # the trainer takes logits at the answer tokens only
     activations_mb = 4 * (floats * SLACK + logits) / MB
-    build_mb = 0.0 if built else 2.1 * weights_mb + RUNTIME_MB
+    build_mb = 0.0 if inp.built else 2.1 * weights_mb + RUNTIME_MB
     total = max(RUNTIME_MB + weights_mb + activations_mb, build_mb)
     return Estimate(round(total, 1), round(weights_mb, 1), round(activations_mb, 1), round(build_mb, 1), tokens,
                     answers, gradient_checkpointing)

@@ -98,12 +98,12 @@ class FinetuneHandler:
 
     def _fit_in_memory(self, ctx: JobContext, job: JobRun, gguf: Path, sha256: str, examples: list[dict[str, Any]],
                        hp: dict[str, Any], policy: dict[str, Any]) -> memory_guard.Decision:
-        estimates: dict[bool, memory_guard.Estimate] = {}
+        read: list[memory_guard.Inputs] = []  # read on first use only (the tokenizer pass takes seconds)
 
         def estimate_for(checkpointing: bool) -> memory_guard.Estimate:
-            if checkpointing not in estimates:
-                estimates[checkpointing] = memory_guard.estimate(gguf, sha256, examples, hp, checkpointing)
-            return estimates[checkpointing]
+            if not read:
+                read.append(memory_guard.inputs(gguf, sha256, examples, hp))
+            return memory_guard.estimate_from(read[0], checkpointing)
 
         fit = memory_guard.decide(policy, estimate_for, memory_guard.available_mb(), ctx.serving_mb())
         if fit.pause_serving:

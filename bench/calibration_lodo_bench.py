@@ -1,0 +1,123 @@
+"""Leave-one-dataset-out calibration on the default model, and the calibrator pgreflect ships for it.
+
+    .venv/bin/python bench/calibration_lodo_bench.py [--ship]                # answer, label, analyse
+    .venv/bin/python bench/calibration_lodo_bench.py --collect-only          # answer and label only
+    .venv/bin/python bench/calibration_lodo_bench.py --answers FILE [--ship] # analyse a collected set again
+
+1. Collect: answers each packaged dataset's questions through `pgreflect eval` (memory off, follow-ups off:
+   the per-answer signals only, as served traffic has them), each answer labelled with its ground truth, and
+   keeps every answer's features, label and final-layer hidden state in a file outside the repository
+   (~/.cache/pgreflect/bench/lodo-answers.jsonl, about 20 MB: hidden states are large).
+2. Analyse (see bench/lodo_analysis.py): per held-out dataset, a calibrator fitted on the other datasets'
+   answers, measured on the held-out one; each signal alone and the calibrator without it (ablation); the
+   hidden-state probe; with --ship, the all-data fit written where set-up installs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from pgreflect import datasets  # noqa: E402
+from pgreflect.models import DEFAULT_MODEL, packaged_path, verified_sha256  # noqa: E402
+from pgreflect.paths import datasets_dir  # noqa: E402
+
+from bench_cluster import keyring, no_followups, pgreflect_database, register, start_cluster  # noqa: E402
+
+# name -> (split, questions, max_tokens). Six sources, four kinds: multiple choice (MMLU, BIG-bench date
+# understanding), numbers (GSM8K worked solutions, two-digit products, counting), short factual text
+# (Wikidata statements). GSM8K needs room to reason (~25 s an answer here), so it gets fewer questions.
+DATASETS = {
+    "mmlu": ("heldout", 200, 16),
+    "gsm8k": ("all", 40, 256),
+    "bb-multiply-2digit": ("all", 180, 16),
+    "bb-object-counting": ("all", 180, 16),
+    "bb-wikidata": ("all", 220, 24),
+    "bb-date-understanding": ("all", 180, 16),
+}
+SEED = 21
+
+
+def answers_file() -> Path:
+    return datasets_dir().parent / "bench" / "lodo-answers.jsonl"
+
+
+def collect(names: list[str], scale: float) -> tuple[Path, float]:
+    model = packaged_path(DEFAULT_MODEL)
+    sha = verified_sha256(model)
+    results = HERE / "results"
+    cluster = start_cluster()
+    started = time.time()
+    try:
+        dsn = pgreflect_database(cluster)
+        register(dsn, DEFAULT_MODEL, str(model), sha)
+        no_followups(dsn)
+        ring = keyring()
+        env = {**os.environ, "PGREFLECT_DSN": dsn, "PGREFLECT_APP_DSN": cluster.dsn(user="pgreflect_app"),
+               "PGREFLECT_WORKER_DSN": cluster.dsn(user="pgreflect_worker"),
+               "PGREFLECT_KEY": ring.keys[ring.current], "PGREFLECT_KEY_ID": ring.current,
+               "PGREFLECT_LOG_LEVEL": "WARNING"}
+        for name in names:
+            split, n, max_tokens = DATASETS[name]
+            tag = name.replace("-", "_")
+            qfile = results / f"lodo-{name}.questions.jsonl"
+            items = datasets.select(name, split, max(1, round(n * scale)), seed=SEED)
+            qfile.write_text("".join(json.dumps({**it, "dataset": tag}) + "\n" for it in items))
+            t = time.time()
+            done = subprocess.run([sys.executable, "-m", "pgreflect.cli", "eval", "--file", str(qfile),
+                                   "--out", str(results / f"lodo-{name}.jsonl"), "--max-tokens", str(max_tokens),
+                                   "--eval-memory", "off", "--run-label", "lodo", "--timeout", "36000"],
+                                  env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"eval of {name} failed:\n{done.stderr[-3000:]}")
+            print(f"{name}: {len(items)} answered in {(time.time() - t) / 60:.1f} min", flush=True)
+        out = answers_file()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with psycopg.connect(dsn, autocommit=True) as conn, out.open("w") as f:
+            for row in conn.execute("""
+                    SELECT er.dataset, er.item_id, l.is_correct, reflect._feature_values_of(l.request_id),
+                           s.state::real[]
+                    FROM reflect.eval_requests er
+                    JOIN reflect.labels l ON l.request_id = er.request_id
+                    LEFT JOIN reflect.answer_states s ON s.request_id = er.request_id
+                    WHERE er.run_label = 'lodo' ORDER BY er.request_id"""):
+                f.write(json.dumps({"dataset": row[0], "id": row[1], "correct": row[2], "features": row[3],
+                                    "state": row[4]}) + "\n")
+    finally:
+        cluster.destroy()
+    return out, (time.time() - started) / 60
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--scale", type=float, default=1.0, help="share of each dataset's question count")
+    ap.add_argument("--collect-only", action="store_true")
+    ap.add_argument("--answers", type=Path, help="analyse these collected answers instead of collecting")
+    ap.add_argument("--ship", action="store_true", help="write the all-data fit where set-up installs it")
+    args = ap.parse_args()
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    minutes = None
+    path = args.answers
+    if path is None:
+        path, minutes = collect(names, args.scale)
+        print(f"collected into {path} in {minutes:.0f} min", flush=True)
+    if not args.collect_only:
+        from lodo_analysis import analyse
+
+        analyse(path, ship=args.ship, command=" ".join(["bench/calibration_lodo_bench.py", *sys.argv[1:]]),
+                collect_minutes=minutes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Leave-one-dataset-out analysis of collected answers (bench/calibration_lodo_bench.py collects them).
+
+For each dataset D: the calibrator pgreflect fits (reflect._fit_logistic on reflect.calibration_features_v2,
+the fit fit_calibrator_v1 uses, at the calibration_l2 setting) is fitted on the other datasets' answers and
+measured on D's with reflect.eval_metrics_v1: accuracy and AUROC with bootstrap intervals, ECE beside its
+perfect-calibration floor, Brier, selective gain at 80% coverage as a share of the oracle's. Beside it: the
+uncalibrated default (P(True)), each signal alone, the calibrator without each group of signals (ablation,
+paired bootstrap of the AUROC difference), and a hidden-state probe (L2 logistic regression on the final-layer
+state; its strength chosen by leave-one-dataset-out inside the training datasets; as a calibrator feature, its
+values on the training answers come from probes that did not see those answers' dataset).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from pgreflect.meta import shipped  # noqa: E402
+from pgreflect.models import DEFAULT_MODEL, packaged_path, verified_sha256  # noqa: E402
+
+from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
+
+FIT = """
+WITH d AS (SELECT i, v, y FROM unnest(%(values)s::jsonb[], %(correct)s::bool[]) WITH ORDINALITY AS t(v, y, i)),
+     f AS (SELECT reflect._fit_logistic(reflect._matrix(array_agg(v ORDER BY i), %(names)s),
+                                        array_agg(y ORDER BY i), %(l2)s) AS f FROM d)
+SELECT (f).means, (f).stds, (f).weights FROM f
+"""
+SCORE = """SELECT reflect._logistic_rows(reflect._matrix(%(values)s::jsonb[], %(names)s), %(means)s, %(stds)s,
+                                       %(weights)s)"""
+METRICS = "SELECT reflect.eval_metrics_v1(%s::float8[], %s::bool[])"
+# Signals that enter the calibrator together, removed together in the ablation.
+GROUPS = {"p_true": ["p_true"], "log-probs": ["logprob_mean", "logprob_min"], "p_answer": ["p_answer"],
+          "length": ["log_tokens"], "rule checks": ["rule_failed"],
+          "option distribution": ["option_max_prob", "option_margin", "option_entropy"],
+          "kind": ["kind_choice", "kind_number", "kind_long"]}
+PROBE_CS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+RESAMPLES = 1000
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Fitter:
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+        self.names: list[str] = conn.execute("SELECT reflect.calibration_features_v2()").fetchone()[0]
+        self.l2 = conn.execute("SELECT reflect._setting_float('calibration_l2')").fetchone()[0]
+
+    def fit(self, rows: list[dict[str, Any]], names: list[str]) -> tuple[list, list, list]:
+        return self.conn.execute(FIT, {"values": [json.dumps(r["features"]) for r in rows],
+                                       "correct": [r["correct"] for r in rows], "names": names,
+                                       "l2": self.l2}).fetchone()
+
+    def score(self, model: tuple[list, list, list], rows: list[dict[str, Any]], names: list[str]) -> list[float]:
+        means, stds, weights = model
+        return self.conn.execute(SCORE, {"values": [json.dumps(r["features"]) for r in rows], "names": names,
+                                         "means": means, "stds": stds, "weights": weights}).fetchone()[0]
+
+    def metrics(self, conf: list[float], y: list[bool]) -> dict[str, Any]:
+        return self.conn.execute(METRICS, (conf, y)).fetchone()[0]
+
+
+def _probe(train: list[dict[str, Any]], c: float) -> tuple[np.ndarray, float]:
+    """An L2 logistic probe on the standardised state, folded back to raw-state weights and a bias (so that
+    serving it is one inner product)."""
+    x = np.array([r["state"] for r in train], dtype=np.float64)
+    y = np.array([r["correct"] for r in train])
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    model = LogisticRegression(C=c, max_iter=2000).fit((x - mu) / sd, y)
+    w = model.coef_[0] / sd
+    return w, float(model.intercept_[0] - np.dot(w, mu))
+
+
+def _probe_logits(probe: tuple[np.ndarray, float], rows: list[dict[str, Any]]) -> np.ndarray:
+    w, b = probe
+    return np.array([r["state"] for r in rows], dtype=np.float64) @ w + b
+
+
+def choose_c(rows: list[dict[str, Any]]) -> float:
+    """The probe's strength by leave-one-dataset-out log-loss inside these rows (transfer, not fit)."""
+    sets = sorted({r["dataset"] for r in rows})
+    losses = []
+    for c in PROBE_CS:
+        total = 0.0
+        for d in sets:
+            probe = _probe([r for r in rows if r["dataset"] != d], c)
+            test = [r for r in rows if r["dataset"] == d]
+            p = 1 / (1 + np.exp(-np.clip(_probe_logits(probe, test), -30, 30)))
+            y = np.array([r["correct"] for r in test])
+            total -= float(np.sum(y * np.log(p + 1e-12) + (1 - y) * np.log(1 - p + 1e-12)))
+        losses.append(total)
+    return PROBE_CS[int(np.argmin(losses))]
+
+
+def auroc(conf: np.ndarray, y: np.ndarray) -> float | None:
+    return float(roc_auc_score(y, conf)) if 0 < y.sum() < len(y) else None
+
+
+def paired_auroc_diff(a: np.ndarray, b: np.ndarray, y: np.ndarray, seed: int = 7) -> tuple[float, float, float]:
+    """AUROC(a) - AUROC(b) on the same answers, with a paired bootstrap 95% interval."""
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(RESAMPLES):
+        i = rng.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):
+            diffs.append(roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i]))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(roc_auc_score(y, a) - roc_auc_score(y, b)), float(lo), float(hi)
+
+
+def auroc_ci(v: np.ndarray, y: np.ndarray, seed: int = 11) -> list[float]:
+    rng = np.random.default_rng(seed)
+    boots = [roc_auc_score(y[i], v[i]) for i in (rng.integers(0, len(y), len(y)) for _ in range(RESAMPLES))
+             if 0 < y[i].sum() < len(i)]
+    return [float(x) for x in np.percentile(boots, [2.5, 97.5])]
+
+
+def signal_alone(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """One signal's AUROC for telling right from wrong, over the answers that have it, with a bootstrap
+    interval; 'direction' says whether higher means more likely right."""
+    have = [r for r in rows if r["features"].get(name) is not None]
+    if not have:
+        return {"n": 0}
+    v = np.array([r["features"][name] for r in have], dtype=float)
+    y = np.array([r["correct"] for r in have])
+    a = auroc(v, y)
+    if a is None:
+        return {"n": len(have)}
+    sign = 1.0 if a >= 0.5 else -1.0
+    return {"n": len(have), "auroc": max(a, 1 - a), "ci": auroc_ci(sign * v, y),
+            "direction": "higher is right" if sign > 0 else "lower is right"}
+
+
+def analyse(path: Path, ship: bool, command: str, collect_minutes: float | None) -> dict[str, Any]:
+    started = time.time()
+    rows = load(path)
+    sets = sorted({r["dataset"] for r in rows})
+    with_state = all(r.get("state") for r in rows)
+    cluster = start_cluster()
+    try:
+        dsn = pgreflect_database(cluster)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            fitter = Fitter(conn)
+            report = _lodo(fitter, rows, sets, with_state)
+            doc = _ship_document(conn, rows, report, command) if ship else None
+    finally:
+        cluster.destroy()
+    report["analysis_minutes"] = (time.time() - started) / 60
+    report["collect_minutes"] = collect_minutes
+    if doc is not None:
+        target = shipped.HERE / f"{doc['gguf_sha256']}.json"
+        target.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {target}")
+    (HERE / "results" / "calibration-lodo.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_markdown(HERE / "results" / "calibration-lodo.md", report, command)
+    return report
+
+
+def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_state: bool) -> dict[str, Any]:
+    names = fitter.names
+    y_all = np.array([r["correct"] for r in rows])
+    oof: dict[str, np.ndarray] = {"full": np.zeros(len(rows))}
+    for g in GROUPS:
+        oof[f"-{g}"] = np.zeros(len(rows))
+    if with_state:
+        oof["probe alone"] = np.zeros(len(rows))
+        oof["full + probe"] = np.zeros(len(rows))
+    index = {id(r): i for i, r in enumerate(rows)}
+    per: dict[str, dict[str, Any]] = {}
+    probe_cs: dict[str, float] = {}
+    for held in sets:
+        train = [r for r in rows if r["dataset"] != held]
+        test = [r for r in rows if r["dataset"] == held]
+        at = [index[id(r)] for r in test]
+        y = [r["correct"] for r in test]
+        conf = fitter.score(fitter.fit(train, names), test, names)
+        oof["full"][at] = conf
+        per[held] = {"calibrated": fitter.metrics(conf, y),
+                     "default": fitter.metrics([r["features"]["p_true"] for r in test], y),
+                     "truncated_share": float(np.mean([r["features"].get("rule_failed", 0) > 0 for r in test]))}
+        for g, drop in GROUPS.items():
+            kept = [n for n in names if n not in drop]
+            oof[f"-{g}"][at] = fitter.score(fitter.fit(train, kept), test, kept)
+        if with_state:
+            c = probe_cs[held] = choose_c(train)
+            oof["probe alone"][at] = _probe_logits(_probe(train, c), test)
+            # The probe as one more calibrator feature: on each training answer, the logit of a probe that did
+            # not see that answer's dataset (nor the held-out one); on the held-out answers, a probe fitted on
+            # all the training datasets.
+            train_f = []
+            for d in sorted({r["dataset"] for r in train}):
+                inner = [r for r in train if r["dataset"] != d]
+                part = [r for r in train if r["dataset"] == d]
+                for r, z in zip(part, _probe_logits(_probe(inner, c), part), strict=True):
+                    train_f.append({**r, "features": {**r["features"], "probe": float(z)}})
+            test_f = [{**r, "features": {**r["features"], "probe": float(z)}}
+                      for r, z in zip(test, _probe_logits(_probe(train, c), test), strict=True)]
+            conf_p = fitter.score(fitter.fit(train_f, [*names, "probe"]), test_f, [*names, "probe"])
+            oof["full + probe"][at] = conf_p
+            per[held]["calibrated_with_probe"] = fitter.metrics(conf_p, y)
+        print(f"held out {held}: AUROC {per[held]['calibrated'].get('auroc')}", flush=True)
+    pooled = {k: fitter.metrics(v.tolist(), y_all.tolist()) for k, v in oof.items() if k in ("full", "full + probe")}
+    ablation = {k: paired_auroc_diff(oof["full"], v, y_all) for k, v in oof.items() if k.startswith("-")}
+    if with_state:
+        ablation["+probe"] = paired_auroc_diff(oof["full + probe"], oof["full"], y_all)
+    alone = {n: signal_alone(rows, n) for n in names}
+    if with_state:
+        z = oof["probe alone"]
+        alone["probe (leave-one-dataset-out)"] = {"n": len(rows), "auroc": auroc(z, y_all),
+                                                  "ci": auroc_ci(z, y_all), "direction": "higher is right"}
+    return {"model": DEFAULT_MODEL, "n": len(rows), "datasets": {d: sum(r["dataset"] == d for r in rows) for d in sets},
+            "per_dataset": per, "pooled": pooled, "ablation": ablation, "alone": alone, "probe_c": probe_cs,
+            "features": names}
+
+
+def _ship_document(conn: psycopg.Connection, rows: list[dict[str, Any]], report: dict[str, Any],
+                   command: str) -> dict[str, Any]:
+    """The calibrator fitted on every answer, as the document reflect.export_calibrator_v1 writes (set-up
+    installs it with reflect.install_calibrator_v1). Its held-out metrics are the leave-one-dataset-out ones:
+    numbers on answers the fit that produced them never saw."""
+    model = packaged_path(DEFAULT_MODEL)
+    fitter = Fitter(conn)
+    means, stds, weights = fitter.fit(rows, fitter.names)
+    conf = fitter.score((means, stds, weights), rows, fitter.names)
+    return {"format": "pgreflect-calibrator-1", "model_version": DEFAULT_MODEL,
+            "gguf_sha256": verified_sha256(model), "adapter_sha256": None, "method": "logistic_l2",
+            "features": fitter.names, "feature_means": means, "feature_stds": stds, "weights": weights,
+            "n_train": len(rows), "n_heldout": len(rows),
+            "heldout_metrics": {**report["pooled"]["full"], "kind": "leave-one-dataset-out, pooled"},
+            "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "fit": {"command": command, "n": len(rows), "datasets": report["datasets"],
+                    "in_sample": fitter.metrics(conf, [r["correct"] for r in rows]),
+                    "leave_one_dataset_out": {d: v["calibrated"] for d, v in report["per_dataset"].items()},
+                    "report": "bench/results/calibration-lodo.md"}}
+
+
+def _ci(m: dict[str, Any], key: str) -> str:
+    ci = m.get(f"{key}_ci")
+    if m.get(key) is None:
+        return "n/a"
+    return f"{m[key]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else f"{m[key]:.3f}"
+
+
+def _row(name: str, m: dict[str, Any], d: dict[str, Any] | None = None) -> str:
+    gap = m["ece"] - m["ece_floor"]
+    share = m.get("selective_gain_share")
+    cells = [name, str(m["n"]), _ci(m, "accuracy"), _ci(m, "auroc"), f"{m['ece']:.3f} ({m['ece_floor']:.3f}, "
+             f"{'+' if gap >= 0 else ''}{gap:.3f})", f"{m['brier']:.3f}", "n/a" if share is None else f"{share:.0%}"]
+    if d is not None:
+        cells += [_ci(d, "auroc"), f"{d['ece']:.3f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def write_markdown(path: Path, report: dict[str, Any], command: str) -> None:
+    per = report["per_dataset"]
+    lines = [f"# Leave-one-dataset-out calibration, {report['model']}", "",
+             f"Command: `.venv/bin/python {command}`; collection {report['collect_minutes'] or 0:.0f} min, "
+             f"analysis {report['analysis_minutes']:.0f} min, 2 cores. Greedy answers, memory and follow-ups off "
+             "(the per-answer signals only, as served traffic has them), every answer labelled with its ground "
+             f"truth: {report['n']} answers from {len(per)} datasets "
+             f"({', '.join(f'{d} {n}' for d, n in report['datasets'].items())}).", "",
+             "Each row: the calibrator fitted on the other datasets' answers, measured on this one's (never seen). "
+             "Intervals: bootstrap 95%. ECE (floor, gap): the ECE of these confidences, the mean ECE a perfectly "
+             "calibrated score would show at this n, and the difference (target: gap <= 0.02). Share: selective "
+             "gain at 80% coverage as a share of the oracle's (target >= 70%). 'default': the uncalibrated "
+             "confidence a fresh install had before (P(True)). Truncated: answers cut by the token budget (a rule "
+             "check flags them), where the model explained instead of answering.", "",
+             "| held out | n | accuracy | AUROC | ECE (floor, gap) | Brier | share of oracle gain | default AUROC "
+             "| default ECE |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in per.items():
+        lines.append(_row(f"{name} (truncated {r['truncated_share']:.0%})", r["calibrated"], r["default"]))
+    aucs = [r["calibrated"]["auroc"] for r in per.values() if r["calibrated"].get("auroc") is not None]
+    gaps = [r["calibrated"]["ece"] - r["calibrated"]["ece_floor"] for r in per.values()]
+    shares = [r["calibrated"]["selective_gain_share"] for r in per.values()
+              if r["calibrated"].get("selective_gain_share") is not None]
+    lines += ["", f"Averaged over the {len(per)} held-out datasets: AUROC {np.mean(aucs):.3f}, ECE gap "
+              f"{np.mean(gaps):+.3f}, share of oracle gain {np.mean(shares):.0%}. Pooled (every answer scored by "
+              "the calibrator that did not see its dataset):", "",
+              "| pooled | n | accuracy | AUROC | ECE (floor, gap) | Brier | share of oracle gain |",
+              "|---|---|---|---|---|---|---|"]
+    for name, m in report["pooled"].items():
+        lines.append(_row(name, m))
+    if any("calibrated_with_probe" in r for r in per.values()):
+        lines += ["", "With the hidden-state probe as one more feature (probe strength C per held-out dataset: "
+                  f"{json.dumps(report['probe_c'])}):", "",
+                  "| held out | n | accuracy | AUROC | ECE (floor, gap) | Brier | share of oracle gain |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in per.items():
+            lines.append(_row(name, r["calibrated_with_probe"]))
+    lines += ["", "Each signal alone, over the answers that have it (AUROC for telling right from wrong, oriented; "
+              "bootstrap 95%):", "", "| signal | n | AUROC | direction |", "|---|---|---|---|"]
+    for name, a in report["alone"].items():
+        if a.get("auroc") is not None:
+            lines.append(f"| {name} | {a['n']} | {a['auroc']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}] | "
+                         f"{a['direction']} |")
+    lines += ["", "Ablation, pooled leave-one-dataset-out AUROC: the full calibrator minus the calibrator without "
+              "the group (positive: the group helps), paired bootstrap 95%:", "", "| group | AUROC change | 95% |",
+              "|---|---|---|"]
+    for name, (d, lo, hi) in report["ablation"].items():
+        label = f"adding {name[1:]}" if name.startswith("+") else f"{name[1:]}"
+        lines.append(f"| {label} | {d:+.3f} | [{lo:+.3f}, {hi:+.3f}] |")
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
