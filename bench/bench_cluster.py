@@ -4,6 +4,7 @@ test cluster so that disk flushes do not dominate a 2-core machine)."""
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import signal
 import socket
@@ -72,3 +73,12 @@ def no_followups(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE reflect.settings SET value = '0' WHERE key IN ('critique_fraction', 'agreement_fraction')")
         conn.execute("UPDATE reflect.settings SET value = '0' WHERE key = 'memory_explore_share'")
+
+
+def cli_env(cluster: LocalCluster, dsn: str, ring: Keyring) -> dict[str, str]:
+    """The environment for `pgreflect` commands against a bench cluster: the administrator, app and worker
+    logins, one encryption key, warnings only."""
+    return {**os.environ, "PGREFLECT_DSN": dsn, "PGREFLECT_APP_DSN": cluster.dsn(user="pgreflect_app"),
+            "PGREFLECT_WORKER_DSN": cluster.dsn(user="pgreflect_worker"),
+            "PGREFLECT_KEY": ring.keys[ring.current], "PGREFLECT_KEY_ID": ring.current,
+            "PGREFLECT_LOG_LEVEL": "WARNING"}

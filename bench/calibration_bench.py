@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(HERE))
 from pgreflect.models import DEFAULT_MODEL, packaged_path, verified_sha256  # noqa: E402
 from pgreflect.sql import query  # noqa: E402
 
-from bench_cluster import keyring, no_followups, pgreflect_database, register, start_cluster  # noqa: E402
+from bench_cluster import cli_env, keyring, no_followups, pgreflect_database, register, start_cluster  # noqa: E402
 
 
 def main() -> None:
@@ -50,11 +49,7 @@ def main() -> None:
         register(dsn, DEFAULT_MODEL, str(model), verified_sha256(model))
         if args.followups == "off":
             no_followups(dsn)
-        ring = keyring()
-        env = {**os.environ, "PGREFLECT_DSN": dsn, "PGREFLECT_APP_DSN": cluster.dsn(user="pgreflect_app"),
-               "PGREFLECT_WORKER_DSN": cluster.dsn(user="pgreflect_worker"),
-               "PGREFLECT_KEY": ring.keys[ring.current], "PGREFLECT_KEY_ID": ring.current,
-               "PGREFLECT_LOG_LEVEL": "WARNING"}
+        env = cli_env(cluster, dsn, keyring())
 
         def cli(*a: str) -> str:
             done = subprocess.run([sys.executable, "-m", "pgreflect.cli", *a], env=env, capture_output=True,

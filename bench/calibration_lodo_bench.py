@@ -1,8 +1,8 @@
 """Leave-one-dataset-out calibration on the default model, and the calibrator pgreflect ships for it.
 
-    .venv/bin/python bench/calibration_lodo_bench.py [--ship]                # answer, label, analyse
-    .venv/bin/python bench/calibration_lodo_bench.py --collect-only          # answer and label only
-    .venv/bin/python bench/calibration_lodo_bench.py --answers FILE [--ship] # analyse a collected set again
+    .venv/bin/python bench/calibration_lodo_bench.py [--ship VARIANT]                # answer, label, analyse
+    .venv/bin/python bench/calibration_lodo_bench.py --collect-only                  # answer and label only
+    .venv/bin/python bench/calibration_lodo_bench.py --answers FILE [--ship VARIANT] # analyse collected answers
 
 1. Collect: answers each packaged dataset's questions through `pgreflect eval` (memory off, follow-ups off:
    the per-answer signals only, as served traffic has them), each answer labelled with its ground truth, and
@@ -10,14 +10,14 @@
    (~/.cache/pgreflect/bench/lodo-answers.jsonl, about 20 MB: hidden states are large).
 2. Analyse (see bench/lodo_analysis.py): per held-out dataset, a calibrator fitted on the other datasets'
    answers, measured on the held-out one; each signal alone and the calibrator without it (ablation); the
-   hidden-state probe; with --ship, the all-data fit written where set-up installs it.
+   hidden-state probe; the all-data fit with every signal and without P(True) written beside the answers as
+   candidate documents, and with --ship VARIANT the chosen one where set-up installs it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -32,7 +32,7 @@ from pgreflect import datasets  # noqa: E402
 from pgreflect.models import DEFAULT_MODEL, packaged_path, verified_sha256  # noqa: E402
 from pgreflect.paths import datasets_dir  # noqa: E402
 
-from bench_cluster import keyring, no_followups, pgreflect_database, register, start_cluster  # noqa: E402
+from bench_cluster import cli_env, keyring, no_followups, pgreflect_database, register, start_cluster  # noqa: E402
 
 # name -> (split, questions, max_tokens). Six sources, four kinds: multiple choice (MMLU, BIG-bench date
 # understanding), numbers (GSM8K worked solutions, two-digit products, counting), short factual text
@@ -62,11 +62,7 @@ def collect(names: list[str], scale: float) -> tuple[Path, float]:
         dsn = pgreflect_database(cluster)
         register(dsn, DEFAULT_MODEL, str(model), sha)
         no_followups(dsn)
-        ring = keyring()
-        env = {**os.environ, "PGREFLECT_DSN": dsn, "PGREFLECT_APP_DSN": cluster.dsn(user="pgreflect_app"),
-               "PGREFLECT_WORKER_DSN": cluster.dsn(user="pgreflect_worker"),
-               "PGREFLECT_KEY": ring.keys[ring.current], "PGREFLECT_KEY_ID": ring.current,
-               "PGREFLECT_LOG_LEVEL": "WARNING"}
+        env = cli_env(cluster, dsn, keyring())
         for name in names:
             split, n, max_tokens = DATASETS[name]
             tag = name.replace("-", "_")
@@ -104,7 +100,8 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="share of each dataset's question count")
     ap.add_argument("--collect-only", action="store_true")
     ap.add_argument("--answers", type=Path, help="analyse these collected answers instead of collecting")
-    ap.add_argument("--ship", action="store_true", help="write the all-data fit where set-up installs it")
+    ap.add_argument("--ship", choices=["all", "without-p-true"], default=None,
+                    help="write this variant of the all-data fit where set-up installs it")
     args = ap.parse_args()
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     minutes = None

@@ -47,7 +47,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--signals", default="on", choices=["on", "off"],
-                    help="off: no P(True) pass and no memory retrieval (the bare request loop)")
+                    help="off: no P(True) pass, no memory retrieval (the bare request loop)")
+    ap.add_argument("--p-true", default="worker", choices=["worker", "on", "off"],
+                    help="with --signals on: the P(True) pass as the worker's default has it, or forced")
     args = ap.parse_args()
     model = Path(args.model) if args.model else packaged_path(DEFAULT_MODEL)
 
@@ -61,6 +63,8 @@ def main() -> None:
                "PGREFLECT_KEY": ring.keys[ring.current], "PGREFLECT_KEY_ID": ring.current,
                "PGREFLECT_LOG_LEVEL": "WARNING"}
         extra = ["--p-true", "off", "--memory", "off"] if args.signals == "off" else ["--memory", "on"]
+        if args.signals == "on" and args.p_true != "worker":
+            extra += ["--p-true", args.p_true]
         no_followups(dsn)
         worker = subprocess.Popen([sys.executable, "-m", "pgreflect.cli", "worker", "--threads", str(args.threads),
                                    "--poll-interval", "2", *extra], env=env)
@@ -94,11 +98,13 @@ def main() -> None:
         cluster.destroy()
 
     d_tps, f_tps = d_tokens / d_time, f_tokens / f_time
+    on = ("on: every per-answer signal (log-probs, answer span, option distribution, kind, rule checks, hidden "
+          f"state), prompt embedding and memory retrieval, P(True) pass {p_true_state(args)}")
     text = "\n".join([
         f"Command: `.venv/bin/python bench/inference_overhead.py --rounds {args.rounds} "
-        f"--max-tokens {args.max_tokens} --signals {args.signals}` (model {model.name}, {args.threads} threads; "
-        f"signals {'on: P(True) pass, prompt embedding and memory retrieval' if args.signals == 'on' else 'off'}; "
-        "no follow-ups)  ",
+        f"--max-tokens {args.max_tokens} --signals {args.signals}"
+        f"{f' --p-true {args.p_true}' if args.p_true != 'worker' else ''}` (model {model.name}, {args.threads} "
+        f"threads; signals {on if args.signals == 'on' else 'off'}; no follow-ups)  ",
         f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(per_round)} prompt pairs, alternating.",
         "",
         "| path | tokens | seconds | tokens/s |",
@@ -110,7 +116,16 @@ def main() -> None:
         f"min {min(per_round):.3f}, max {max(per_round):.3f}).",
     ]) + "\n"
     print(text)
-    (HERE / "results" / f"inference-signals-{args.signals}.md").write_text(text)
+    suffix = f"-p-true-{args.p_true}" if args.signals == "on" and args.p_true != "worker" else ""
+    (HERE / "results" / f"inference-signals-{args.signals}{suffix}.md").write_text(text)
+
+
+def p_true_state(args: argparse.Namespace) -> str:
+    from pgreflect.worker import WorkerConfig
+
+    if args.p_true != "worker":
+        return args.p_true
+    return f"{'on' if WorkerConfig.p_true else 'off'} (the worker's default)"
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def signal_alone(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
             "direction": "higher is right" if sign > 0 else "lower is right"}
 
 
-def analyse(path: Path, ship: bool, command: str, collect_minutes: float | None) -> dict[str, Any]:
+def analyse(path: Path, ship: str | None, command: str, collect_minutes: float | None) -> dict[str, Any]:
     started = time.time()
     rows = load(path)
     sets = sorted({r["dataset"] for r in rows})
@@ -155,15 +155,19 @@ def analyse(path: Path, ship: bool, command: str, collect_minutes: float | None)
         with psycopg.connect(dsn, autocommit=True) as conn:
             fitter = Fitter(conn)
             report = _lodo(fitter, rows, sets, with_state)
-            doc = _ship_document(conn, rows, report, command) if ship else None
+            docs = {v: _ship_document(conn, rows, report, command, v) for v in VARIANTS}
     finally:
         cluster.destroy()
     report["analysis_minutes"] = (time.time() - started) / 60
     report["collect_minutes"] = collect_minutes
-    if doc is not None:
-        target = shipped.HERE / f"{doc['gguf_sha256']}.json"
-        target.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"wrote {target}")
+    for variant, doc in docs.items():
+        candidate = path.parent / f"calibrator-{variant}.json"
+        candidate.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"candidate calibrator ({variant}): {candidate}")
+    if ship is not None:
+        target = shipped.HERE / f"{docs[ship]['gguf_sha256']}.json"
+        target.write_text(json.dumps(docs[ship], indent=1) + "\n")
+        print(f"shipped the {ship} calibrator: {target}")
     (HERE / "results" / "calibration-lodo.json").write_text(json.dumps(report, indent=1) + "\n")
     write_markdown(HERE / "results" / "calibration-lodo.md", report, command)
     return report
@@ -194,6 +198,7 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
         for g, drop in GROUPS.items():
             kept = [n for n in names if n not in drop]
             oof[f"-{g}"][at] = fitter.score(fitter.fit(train, kept), test, kept)
+        per[held]["without_p_true"] = fitter.metrics(oof["-p_true"][at].tolist(), y)
         if with_state:
             c = probe_cs[held] = choose_c(train)
             oof["probe alone"][at] = _probe_logits(_probe(train, c), test)
@@ -212,7 +217,8 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
             oof["full + probe"][at] = conf_p
             per[held]["calibrated_with_probe"] = fitter.metrics(conf_p, y)
         print(f"held out {held}: AUROC {per[held]['calibrated'].get('auroc')}", flush=True)
-    pooled = {k: fitter.metrics(v.tolist(), y_all.tolist()) for k, v in oof.items() if k in ("full", "full + probe")}
+    pooled = {k: fitter.metrics(v.tolist(), y_all.tolist()) for k, v in oof.items()
+              if k in ("full", "-p_true", "full + probe")}
     ablation = {k: paired_auroc_diff(oof["full"], v, y_all) for k, v in oof.items() if k.startswith("-")}
     if with_state:
         ablation["+probe"] = paired_auroc_diff(oof["full + probe"], oof["full"], y_all)
@@ -226,24 +232,30 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
             "features": names}
 
 
-def _ship_document(conn: psycopg.Connection, rows: list[dict[str, Any]], report: dict[str, Any],
-                   command: str) -> dict[str, Any]:
+VARIANTS = {"all": [], "without-p-true": ["p_true"]}
+
+
+def _ship_document(conn: psycopg.Connection, rows: list[dict[str, Any]], report: dict[str, Any], command: str,
+                   variant: str) -> dict[str, Any]:
     """The calibrator fitted on every answer, as the document reflect.export_calibrator_v1 writes (set-up
     installs it with reflect.install_calibrator_v1). Its held-out metrics are the leave-one-dataset-out ones:
     numbers on answers the fit that produced them never saw."""
     model = packaged_path(DEFAULT_MODEL)
     fitter = Fitter(conn)
-    means, stds, weights = fitter.fit(rows, fitter.names)
-    conf = fitter.score((means, stds, weights), rows, fitter.names)
+    names = [n for n in fitter.names if n not in VARIANTS[variant]]
+    means, stds, weights = fitter.fit(rows, names)
+    conf = fitter.score((means, stds, weights), rows, names)
+    key = "calibrated" if variant == "all" else "without_p_true"
     return {"format": "pgreflect-calibrator-1", "model_version": DEFAULT_MODEL,
             "gguf_sha256": verified_sha256(model), "adapter_sha256": None, "method": "logistic_l2",
-            "features": fitter.names, "feature_means": means, "feature_stds": stds, "weights": weights,
+            "features": names, "feature_means": means, "feature_stds": stds, "weights": weights,
             "n_train": len(rows), "n_heldout": len(rows),
-            "heldout_metrics": {**report["pooled"]["full"], "kind": "leave-one-dataset-out, pooled"},
+            "heldout_metrics": {**report["pooled"]["full" if variant == "all" else "-p_true"],
+                                "kind": "leave-one-dataset-out, pooled"},
             "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "fit": {"command": command, "n": len(rows), "datasets": report["datasets"],
+            "fit": {"command": command, "variant": variant, "n": len(rows), "datasets": report["datasets"],
                     "in_sample": fitter.metrics(conf, [r["correct"] for r in rows]),
-                    "leave_one_dataset_out": {d: v["calibrated"] for d, v in report["per_dataset"].items()},
+                    "leave_one_dataset_out": {d: v[key] for d, v in report["per_dataset"].items()},
                     "report": "bench/results/calibration-lodo.md"}}
 
 
@@ -291,8 +303,14 @@ def write_markdown(path: Path, report: dict[str, Any], command: str) -> None:
               "the calibrator that did not see its dataset):", "",
               "| pooled | n | accuracy | AUROC | ECE (floor, gap) | Brier | share of oracle gain |",
               "|---|---|---|---|---|---|---|"]
+    labels = {"full": "every signal", "-p_true": "without P(True)", "full + probe": "every signal + probe"}
     for name, m in report["pooled"].items():
-        lines.append(_row(name, m))
+        lines.append(_row(labels[name], m))
+    lines += ["", "Without P(True) (the calibrator refitted without it, leave-one-dataset-out):", "",
+              "| held out | n | accuracy | AUROC | ECE (floor, gap) | Brier | share of oracle gain |",
+              "|---|---|---|---|---|---|---|"]
+    for name, r in per.items():
+        lines.append(_row(name, r["without_p_true"]))
     if any("calibrated_with_probe" in r for r in per.values()):
         lines += ["", "With the hidden-state probe as one more feature (probe strength C per held-out dataset: "
                   f"{json.dumps(report['probe_c'])}):", "",

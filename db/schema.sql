@@ -348,7 +348,7 @@ CREATE FUNCTION reflect._feature_values(p_logprob_mean double precision, p_logpr
   SELECT jsonb_build_object(
     'logprob_mean', greatest(coalesce(p_logprob_mean, -10), -10),
     'logprob_min', greatest(coalesce(p_logprob_min, -20), -20),
-    'p_true', coalesce((p_signals ->> 'p_true')::double precision, 0.5),
+    'p_true', (p_signals ->> 'p_true')::double precision,
     'rule_failed',
       coalesce((SELECT max(v::double precision) FROM jsonb_each_text(p_signals) e(k, v) WHERE k LIKE 'rule\_%'), 0),
     'log_tokens', ln(1 + p_completion_tokens))
@@ -3859,7 +3859,19 @@ CREATE VIEW reflect.labelled_answers AS
           WHERE ((s.request_id = a.request_id) AND (s.name = 'agreement'::text))) AS agreement,
     ( SELECT s.value
            FROM reflect.answer_signals s
-          WHERE ((s.request_id = a.request_id) AND (s.name = 'critique_verdict'::text))) AS critique_verdict
+          WHERE ((s.request_id = a.request_id) AND (s.name = 'critique_verdict'::text))) AS critique_verdict,
+    ( SELECT s.value
+           FROM reflect.answer_signals s
+          WHERE ((s.request_id = a.request_id) AND (s.name = 'option_max_prob'::text))) AS option_max_prob,
+    ( SELECT s.value
+           FROM reflect.answer_signals s
+          WHERE ((s.request_id = a.request_id) AND (s.name = 'option_margin'::text))) AS option_margin,
+    ( SELECT s.value
+           FROM reflect.answer_signals s
+          WHERE ((s.request_id = a.request_id) AND (s.name = 'option_entropy'::text))) AS option_entropy,
+    ( SELECT s.value
+           FROM reflect.answer_signals s
+          WHERE ((s.request_id = a.request_id) AND (s.name = 'probe'::text))) AS probe
    FROM (((reflect.answers a
      JOIN reflect.labels l ON ((l.request_id = a.request_id)))
      JOIN reflect.requests r ON ((r.id = a.request_id)))
@@ -4414,7 +4426,7 @@ CREATE VIEW reflect.signal_auroc AS
     count(s.score) AS n,
     reflect.auroc_v1(array_agg(s.score), array_agg((NOT la.is_correct))) AS auroc_wrong
    FROM (reflect.labelled_answers la
-     CROSS JOIN LATERAL ( VALUES ('confidence'::text,((1)::double precision - la.confidence)), ('logprob_mean'::text,(- la.logprob_mean)), ('logprob_min'::text,(- la.logprob_min)), ('logprob_norm'::text,(- la.logprob_norm)), ('p_true'::text,(- la.p_true)), ('p_answer'::text,(- la.p_answer)), ('rule_failed'::text,la.rule_failed), ('agreement'::text,(- la.agreement)), ('critique_verdict'::text,(- la.critique_verdict))) s(signal, score))
+     CROSS JOIN LATERAL ( VALUES ('confidence'::text,((1)::double precision - la.confidence)), ('logprob_mean'::text,(- la.logprob_mean)), ('logprob_min'::text,(- la.logprob_min)), ('logprob_norm'::text,(- la.logprob_norm)), ('p_true'::text,(- la.p_true)), ('p_answer'::text,(- la.p_answer)), ('rule_failed'::text,la.rule_failed), ('agreement'::text,(- la.agreement)), ('critique_verdict'::text,(- la.critique_verdict)), ('option_max_prob'::text,(- la.option_max_prob)), ('option_margin'::text,(- la.option_margin)), ('option_entropy'::text,la.option_entropy), ('probe'::text,(- la.probe))) s(signal, score))
   WHERE (s.score IS NOT NULL)
   GROUP BY la.model_version, s.signal;
 ALTER TABLE reflect.signal_auroc OWNER TO reflect_owner;

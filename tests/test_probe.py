@@ -85,6 +85,10 @@ def test_a_probe_learns_a_known_direction_and_the_database_applies_it(db: Databa
         features, w = conn.execute("SELECT features, weights FROM reflect.calibrators WHERE id = %s",
                                    (cal,)).fetchone()
         assert "probe" in features and w[1 + features.index("probe")] > 0.5
+        # analysts see how well it ranks wrong answers above right ones, beside the other signals
+        n, auroc_wrong = conn.execute("SELECT n, auroc_wrong FROM reflect.signal_auroc "
+                                      "WHERE model_version = 'tiny' AND signal = 'probe'").fetchone()
+        assert n == 300 and auroc_wrong > 0.85
     # a new answer gets the signal from its state when it completes, and a calibrated confidence that follows it
     fresh = np.array([[3.0] + [0.0] * (DIM - 1), [-3.0] + [0.0] * (DIM - 1)])
     right, wrong = _answered_with_states(db, keyring, fresh, None, "new")

@@ -87,3 +87,24 @@ def test_calibrate_export_and_install_from_the_cli(db: Database, keyring: Keyrin
     refused = cli("--model-version", "smollm2", "--install", str(out))
     assert refused.returncode != 0 and "fitted on other model bytes" in refused.stderr
     assert cli("--export", str(out)).returncode == 2  # needs --model-version
+
+
+def test_every_shipped_calibrator_installs_for_its_packaged_model(db: Database) -> None:
+    """Each document in the package is for a packaged model's exact bytes, uses features the database knows
+    and installs as that model's active calibrator; the default model has one."""
+    from pgreflect.models import DEFAULT_MODEL, PACKAGED
+
+    docs = {path.stem: json.loads(path.read_text()) for path in sorted(shipped.HERE.glob("*.json"))}
+    by_sha = {m.sha256: name for name, m in PACKAGED.items()}
+    assert PACKAGED[DEFAULT_MODEL].sha256 in docs
+    for sha, doc in docs.items():
+        assert doc["gguf_sha256"] == sha and sha in by_sha, f"{sha}: not a packaged model's calibrator"
+        assert doc["fit"]["report"] and doc["fit"]["leave_one_dataset_out"]  # the fit behind it is recorded
+        with db.admin() as conn:
+            conn.execute("INSERT INTO reflect.model_versions (name, gguf_path, source, sha256) "
+                         "VALUES (%s, '/nonexistent.gguf', 'test', %s)", (f"shipped-{sha[:8]}", sha))
+            cal = conn.execute(query("install_calibrator"), {"model_version": f"shipped-{sha[:8]}",
+                                                             "document": json.dumps(doc)}).fetchone()[0]
+            active, features = conn.execute("SELECT is_active, features FROM reflect.calibrators WHERE id = %s",
+                                            (cal,)).fetchone()
+        assert active and features == doc["features"]

@@ -33,9 +33,9 @@ AS $$
                'kind_choice', 'kind_number', 'kind_long', 'probe']
 $$;
 
--- Every feature of an answer by name, from its log-prob statistics and signals. Missing values get fixed
--- stand-ins: an empty answer has no log-probs (-10 / -20: as unlikely as it gets), an answer without a
--- P(True) measurement gets 0.5 (no opinion). p_answer exists only for answers with a short answer span, the
+-- Every feature of an answer by name, from its log-prob statistics and signals. Missing log-probs get fixed
+-- stand-ins: an empty answer has none (-10 / -20: as unlikely as it gets). P(True) is missing when the worker
+-- does not measure it (--p-true off). p_answer exists only for answers with a short answer span, the
 -- option features only for letter answers to prompts that list options, the kind only for answers recorded
 -- since the worker reports it; agreement and critique_verdict arrive later, for a share of the traffic. Those
 -- are NULL when missing, and a calibrator replaces NULL with its training mean, so a missing signal moves the
@@ -49,7 +49,7 @@ AS $$
   SELECT jsonb_build_object(
     'logprob_mean', greatest(coalesce(p_logprob_mean, -10), -10),
     'logprob_min', greatest(coalesce(p_logprob_min, -20), -20),
-    'p_true', coalesce((p_signals ->> 'p_true')::double precision, 0.5),
+    'p_true', (p_signals ->> 'p_true')::double precision,
     'rule_failed',
       coalesce((SELECT max(v::double precision) FROM jsonb_each_text(p_signals) e(k, v) WHERE k LIKE 'rule\_%'), 0),
     'log_tokens', ln(1 + p_completion_tokens))

@@ -97,7 +97,14 @@ SELECT
   (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'agreement')
     AS agreement,
   (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'critique_verdict')
-    AS critique_verdict
+    AS critique_verdict,
+  (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'option_max_prob')
+    AS option_max_prob,
+  (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'option_margin')
+    AS option_margin,
+  (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'option_entropy')
+    AS option_entropy,
+  (SELECT s.value FROM reflect.answer_signals s WHERE s.request_id = a.request_id AND s.name = 'probe') AS probe
 FROM reflect.answers a
 JOIN reflect.labels l ON l.request_id = a.request_id
 JOIN reflect.requests r ON r.id = a.request_id
@@ -145,7 +152,11 @@ CROSS JOIN LATERAL (VALUES
   ('p_answer', -la.p_answer),
   ('rule_failed', la.rule_failed),
   ('agreement', -la.agreement),
-  ('critique_verdict', -la.critique_verdict)) AS s(signal, score)
+  ('critique_verdict', -la.critique_verdict),
+  ('option_max_prob', -la.option_max_prob),
+  ('option_margin', -la.option_margin),
+  ('option_entropy', la.option_entropy),
+  ('probe', -la.probe)) AS s(signal, score)
 WHERE s.score IS NOT NULL
 GROUP BY la.model_version, s.signal;
 

@@ -25,7 +25,7 @@ from pgreflect.scoring import is_correct, kind_of
 from pgreflect.sql import query
 
 SIGNALS = ("logprob_mean", "logprob_min", "p_true", "p_answer", "option_max_prob", "option_margin", "option_entropy",
-           "rule_failed", "agreement", "critique_verdict")
+           "rule_failed", "agreement", "critique_verdict", "probe")
 HIGH_MEANS_WRONG = ("rule_failed", "option_entropy")
 
 
