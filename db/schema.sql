@@ -2732,6 +2732,21 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.probe_training_set_v1(p_model_version text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.purge_answer_states_v1() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_n integer;
+BEGIN
+  DELETE FROM reflect.answer_states s
+  WHERE s.created_at < now() - make_interval(days => reflect._setting_int('answer_state_retention_days'))
+    AND NOT EXISTS (SELECT FROM reflect.labels l WHERE l.request_id = s.request_id);
+  GET DIAGNOSTICS v_n = ROW_COUNT;
+  RETURN v_n;
+END
+$$;
+ALTER FUNCTION reflect.purge_answer_states_v1() OWNER TO reflect_owner;
 CREATE FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -5062,6 +5077,7 @@ REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_name
 GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_names text[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.optional_features_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.probe_training_set_v1(p_model_version text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.purge_answer_states_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.reap_expired_v1() FROM PUBLIC;

@@ -154,6 +154,7 @@ def test_pg_cron_job_requeues_expired_leases(cluster, keyring: Keyring, template
         assert jobs == [
             ("pgreflect-canary-step", "*/5 * * * *", "SELECT reflect.canary_step_v1()", "postgres"),
             ("pgreflect-finetune-when-ready", "*/15 * * * *", "SELECT reflect.finetune_when_ready_v1()", "postgres"),
+            ("pgreflect-purge-answer-states", "41 3 * * *", "SELECT reflect.purge_answer_states_v1()", "postgres"),
             ("pgreflect-reap-expired-leases", "* * * * *", "SELECT reflect.reap_expired_v1()", "postgres"),
             ("pgreflect-refit-calibrators", "*/5 * * * *", "SELECT reflect.refit_calibrators_v1()", "postgres"),
             ("pgreflect-tune-thresholds", "17 * * * *", "SELECT reflect.tune_when_ready_v1()", "postgres")]

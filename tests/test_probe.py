@@ -125,3 +125,19 @@ def test_too_few_labelled_states_is_a_clear_error(db: Database, keyring: Keyring
     _answered_with_states(db, keyring, _states(rng, labels), labels, "few")
     with db.admin() as conn, pytest.raises(InvalidInput, match="at least 20 of each"):
         probe.fit(conn, "tiny")
+
+
+def test_unlabelled_states_are_purged_after_the_retention(db: Database, keyring: Keyring) -> None:
+    rng = np.random.default_rng(12)
+    labels = np.array([True, False, True, False])
+    ids = _answered_with_states(db, keyring, _states(rng, labels), None, "old")
+    with connect(db.dsn("app"), keyring=keyring) as conn:
+        conn.execute(query("feedback"), {"request_id": ids[0], "is_correct": True, "rating": None,
+                                         "correction": None, "source": "human"})
+    with db.admin() as conn:
+        conn.execute("UPDATE reflect.answer_states SET created_at = now() - interval '31 days' "
+                     "WHERE request_id = ANY(%s)", (ids[:3],))
+        assert conn.execute("SELECT reflect.purge_answer_states_v1()").fetchone()[0] == 2
+        kept = {r for (r,) in conn.execute("SELECT request_id FROM reflect.answer_states WHERE request_id = ANY(%s)",
+                                           (ids,))}
+    assert kept == {ids[0], ids[3]}  # the labelled one, and the recent one (the schedule: test_lifecycle.py)

@@ -494,3 +494,22 @@ AS $$
   FROM reflect.state_probes p JOIN reflect.model_versions mv ON mv.id = p.model_version_id
   WHERE mv.name = p_model_version AND p.is_active
 $$;
+
+-- Run by pg_cron daily: deletes the hidden states of answers that are still unlabelled after
+-- answer_state_retention_days. Returns how many were deleted.
+CREATE OR REPLACE FUNCTION reflect.purge_answer_states_v1()
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_n integer;
+BEGIN
+  DELETE FROM reflect.answer_states s
+  WHERE s.created_at < now() - make_interval(days => reflect._setting_int('answer_state_retention_days'))
+    AND NOT EXISTS (SELECT FROM reflect.labels l WHERE l.request_id = s.request_id);
+  GET DIAGNOSTICS v_n = ROW_COUNT;
+  RETURN v_n;
+END
+$$;

@@ -13,6 +13,7 @@ BEGIN
     PERFORM cron.schedule('pgreflect-finetune-when-ready', '*/15 * * * *', 'SELECT reflect.finetune_when_ready_v1()');
     PERFORM cron.schedule('pgreflect-canary-step', '*/5 * * * *', 'SELECT reflect.canary_step_v1()');
     PERFORM cron.schedule('pgreflect-tune-thresholds', '17 * * * *', 'SELECT reflect.tune_when_ready_v1()');
+    PERFORM cron.schedule('pgreflect-purge-answer-states', '41 3 * * *', 'SELECT reflect.purge_answer_states_v1()');
   END IF;
 END
 $$;

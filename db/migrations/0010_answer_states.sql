@@ -28,3 +28,10 @@ CREATE TABLE reflect.state_probes (
 );
 CREATE UNIQUE INDEX state_probes_one_active ON reflect.state_probes (model_version_id) WHERE is_active;
 ALTER TABLE reflect.state_probes ENABLE ROW LEVEL SECURITY;
+
+-- A state is ~6 KB (1,536 floats for the default model): kept for labelled answers (the probe's training data),
+-- purged for answers still unlabelled after the retention below (a label usually comes within days, if at all).
+INSERT INTO reflect.settings (key, value, description) VALUES
+  ('answer_state_retention_days', '30',
+   'Days an unlabelled answer''s hidden state is kept (labelled answers keep theirs: the probe trains on them); '
+   'the pgreflect-purge-answer-states pg_cron job deletes older ones');
