@@ -44,6 +44,7 @@ DATASETS = {
     "bb-object-counting": ("all", 180, 16),
     "bb-wikidata": ("all", 220, 24),
     "bb-date-understanding": ("all", 180, 16),
+    "bb-plus-one-addition": ("all", 180, 16),
 }
 SEED = 21
 
@@ -52,7 +53,7 @@ def answers_file() -> Path:
     return datasets_dir().parent / "bench" / "lodo-answers.jsonl"
 
 
-def collect(names: list[str], scale: float) -> tuple[Path, float]:
+def collect(names: list[str], scale: float, out: Path) -> tuple[Path, float]:
     model = packaged_path(DEFAULT_MODEL)
     sha = verified_sha256(model)
     results = HERE / "results"
@@ -77,7 +78,6 @@ def collect(names: list[str], scale: float) -> tuple[Path, float]:
             if done.returncode != 0:
                 raise SystemExit(f"eval of {name} failed:\n{done.stderr[-3000:]}")
             print(f"{name}: {len(items)} answered in {(time.time() - t) / 60:.1f} min", flush=True)
-        out = answers_file()
         out.parent.mkdir(parents=True, exist_ok=True)
         with psycopg.connect(dsn, autocommit=True) as conn, out.open("w") as f:
             for row in conn.execute("""
@@ -99,20 +99,22 @@ def main() -> None:
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--scale", type=float, default=1.0, help="share of each dataset's question count")
     ap.add_argument("--collect-only", action="store_true")
-    ap.add_argument("--answers", type=Path, help="analyse these collected answers instead of collecting")
+    ap.add_argument("--out", type=Path, default=None, help=f"where to collect (default {answers_file()})")
+    ap.add_argument("--answers", type=Path, nargs="+", help="analyse these collected answers instead of collecting")
     ap.add_argument("--ship", choices=["all", "without-p-true"], default=None,
                     help="write this variant of the all-data fit where set-up installs it")
     args = ap.parse_args()
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     minutes = None
-    path = args.answers
-    if path is None:
-        path, minutes = collect(names, args.scale)
+    paths = args.answers
+    if paths is None:
+        path, minutes = collect(names, args.scale, args.out or answers_file())
         print(f"collected into {path} in {minutes:.0f} min", flush=True)
+        paths = [path]
     if not args.collect_only:
         from lodo_analysis import analyse
 
-        analyse(path, ship=args.ship, command=" ".join(["bench/calibration_lodo_bench.py", *sys.argv[1:]]),
+        analyse(paths, ship=args.ship, command=" ".join(["bench/calibration_lodo_bench.py", *sys.argv[1:]]),
                 collect_minutes=minutes)
 
 

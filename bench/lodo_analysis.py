@@ -144,9 +144,9 @@ def signal_alone(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
             "direction": "higher is right" if sign > 0 else "lower is right"}
 
 
-def analyse(path: Path, ship: str | None, command: str, collect_minutes: float | None) -> dict[str, Any]:
+def analyse(paths: list[Path], ship: str | None, command: str, collect_minutes: float | None) -> dict[str, Any]:
     started = time.time()
-    rows = load(path)
+    rows = [r for path in paths for r in load(path)]
     sets = sorted({r["dataset"] for r in rows})
     with_state = all(r.get("state") for r in rows)
     cluster = start_cluster()
@@ -161,7 +161,7 @@ def analyse(path: Path, ship: str | None, command: str, collect_minutes: float |
     report["analysis_minutes"] = (time.time() - started) / 60
     report["collect_minutes"] = collect_minutes
     for variant, doc in docs.items():
-        candidate = path.parent / f"calibrator-{variant}.json"
+        candidate = paths[0].parent / f"calibrator-{variant}.json"
         candidate.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"candidate calibrator ({variant}): {candidate}")
     if ship is not None:
@@ -294,13 +294,21 @@ def write_markdown(path: Path, report: dict[str, Any], command: str) -> None:
              "| default ECE |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in per.items():
         lines.append(_row(f"{name} (truncated {r['truncated_share']:.0%})", r["calibrated"], r["default"]))
-    aucs = [r["calibrated"]["auroc"] for r in per.values() if r["calibrated"].get("auroc") is not None]
-    gaps = [r["calibrated"]["ece"] - r["calibrated"]["ece_floor"] for r in per.values()]
-    shares = [r["calibrated"]["selective_gain_share"] for r in per.values()
-              if r["calibrated"].get("selective_gain_share") is not None]
-    lines += ["", f"Averaged over the {len(per)} held-out datasets: AUROC {np.mean(aucs):.3f}, ECE gap "
-              f"{np.mean(gaps):+.3f}, share of oracle gain {np.mean(shares):.0%}. Pooled (every answer scored by "
-              "the calibrator that did not see its dataset):", "",
+    # A dataset with fewer than 10 right or 10 wrong answers ranks nothing reliably: reported, not averaged.
+    def informative(m: dict[str, Any]) -> bool:
+        right = round(m["accuracy"] * m["n"])
+        return min(right, m["n"] - right) >= 10
+
+    for key, title in (("calibrated", "every signal"), ("without_p_true", "without P(True)")):
+        used = {d: r[key] for d, r in per.items() if informative(r[key])}
+        left = sorted(set(per) - set(used))
+        aucs = [m["auroc"] for m in used.values()]
+        gaps = [m["ece"] - m["ece_floor"] for m in used.values()]
+        shares = [m["selective_gain_share"] for m in used.values() if m.get("selective_gain_share") is not None]
+        lines += ["", f"Averaged over the {len(used)} held-out datasets with at least 10 right and 10 wrong answers "
+                  f"({title}{'; not averaged: ' + ', '.join(left) if left else ''}): AUROC {np.mean(aucs):.3f}, "
+                  f"ECE gap {np.mean(gaps):+.3f}, share of oracle gain {np.mean(shares):.0%}."]
+    lines += ["", "Pooled (every answer scored by the calibrator that did not see its dataset):", "",
               "| pooled | n | accuracy | AUROC | ECE (floor, gap) | Brier | share of oracle gain |",
               "|---|---|---|---|---|---|---|"]
     labels = {"full": "every signal", "-p_true": "without P(True)", "full + probe": "every signal + probe"}

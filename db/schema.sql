@@ -3769,6 +3769,22 @@ CREATE TABLE reflect.critiques (
     CONSTRAINT critiques_verdict_check CHECK ((verdict = ANY (ARRAY['correct'::text, 'partially_correct'::text, 'incorrect'::text, 'unsure'::text])))
 );
 ALTER TABLE reflect.critiques OWNER TO reflect_owner;
+CREATE TABLE reflect.feedback (
+    id bigint NOT NULL,
+    request_id bigint NOT NULL,
+    is_correct boolean,
+    rating smallint,
+    key_id text,
+    correction_enc bytea,
+    source text NOT NULL,
+    given_by name NOT NULL,
+    created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    CONSTRAINT correction_has_key CHECK (((correction_enc IS NULL) = (key_id IS NULL))),
+    CONSTRAINT feedback_rating_check CHECK (((rating >= 1) AND (rating <= 5))),
+    CONSTRAINT feedback_says_something CHECK (((is_correct IS NOT NULL) OR (rating IS NOT NULL) OR (correction_enc IS NOT NULL))),
+    CONSTRAINT feedback_source_check CHECK ((source ~ '^[a-z][a-z0-9_]{0,30}$'::text))
+);
+ALTER TABLE reflect.feedback OWNER TO reflect_owner;
 CREATE VIEW reflect.app_requests WITH (security_barrier='true') AS
  SELECT r.id,
     reflect._decrypt_or_null(r.prompt_enc, r.key_id) AS prompt,
@@ -3804,7 +3820,12 @@ CREATE VIEW reflect.app_requests WITH (security_barrier='true') AS
     c.rating AS critique_rating,
     ( SELECT count(*) AS count
            FROM reflect.jobs f
-          WHERE ((f.request_id = r.id) AND (f.kind = ANY (ARRAY['critique'::text, 'agreement'::text])) AND (f.state = ANY (ARRAY['queued'::reflect.request_state, 'running'::reflect.request_state])))) AS followups_pending
+          WHERE ((f.request_id = r.id) AND (f.kind = ANY (ARRAY['critique'::text, 'agreement'::text])) AND (f.state = ANY (ARRAY['queued'::reflect.request_state, 'running'::reflect.request_state])))) AS followups_pending,
+    ( SELECT f.is_correct
+           FROM reflect.feedback f
+          WHERE ((f.request_id = r.id) AND (f.is_correct IS NOT NULL))
+          ORDER BY f.id DESC
+         LIMIT 1) AS is_correct
    FROM (((reflect.requests r
      JOIN reflect.model_versions mv ON ((mv.id = r.model_version_id)))
      LEFT JOIN reflect.answers a ON ((a.request_id = r.id)))
@@ -3820,22 +3841,6 @@ CREATE TABLE reflect.apps (
     CONSTRAINT app_name_format CHECK ((name ~ '^[a-z][a-z0-9_]{0,40}$'::text))
 );
 ALTER TABLE reflect.apps OWNER TO reflect_owner;
-CREATE TABLE reflect.feedback (
-    id bigint NOT NULL,
-    request_id bigint NOT NULL,
-    is_correct boolean,
-    rating smallint,
-    key_id text,
-    correction_enc bytea,
-    source text NOT NULL,
-    given_by name NOT NULL,
-    created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
-    CONSTRAINT correction_has_key CHECK (((correction_enc IS NULL) = (key_id IS NULL))),
-    CONSTRAINT feedback_rating_check CHECK (((rating >= 1) AND (rating <= 5))),
-    CONSTRAINT feedback_says_something CHECK (((is_correct IS NOT NULL) OR (rating IS NOT NULL) OR (correction_enc IS NOT NULL))),
-    CONSTRAINT feedback_source_check CHECK ((source ~ '^[a-z][a-z0-9_]{0,30}$'::text))
-);
-ALTER TABLE reflect.feedback OWNER TO reflect_owner;
 CREATE VIEW reflect.labels AS
  SELECT DISTINCT ON (f.request_id) f.request_id,
     f.is_correct,

@@ -104,6 +104,10 @@ def test_eval_harness_end_to_end(db: Database, keyring: Keyring, tmp_path) -> No
         {"id": "d", "question": "No reference for this one."},
     ]) + "\n")
     out, report, plot = tmp_path / "r.jsonl", tmp_path / "report.md", tmp_path / "rel.png"
+    # A results file left by the same run label against another database (same request ids from 1) must not
+    # stop this one from labelling its answers: whether an answer is labelled is read from the database.
+    out.write_text("".join(json.dumps({"id": i, "run_label": "t1", "request_id": n, "correct": True}) + "\n"
+                           for n, i in enumerate("abc", 1)))
     args = ["eval", "--file", str(questions), "--out", str(out), "--report", str(report), "--plot", str(plot),
             "--model-version", "tiny", "--max-tokens", "8", "--run-label", "t1"]
     done = _cli(db, keyring, *args)
@@ -124,9 +128,10 @@ def test_eval_harness_end_to_end(db: Database, keyring: Keyring, tmp_path) -> No
         labels = conn.execute("SELECT count(*) FROM reflect.feedback WHERE source = 'ground_truth'").fetchone()[0]
         callers = conn.execute("SELECT DISTINCT caller, submitted_by FROM reflect.requests").fetchall()
     assert labels == 3 and callers == [("pgreflect-eval", "pgreflect_app")]  # the public path, no side door
-    # Re-running the same run label resumes: no new requests.
+    # Re-running the same run label resumes: no new requests, no second label.
     assert _cli(db, keyring, *args).returncode == 0
     assert db.scalar("SELECT count(*) FROM reflect.requests") == 4
+    assert db.scalar("SELECT count(*) FROM reflect.feedback WHERE source = 'ground_truth'") == 3
 
 
 def test_eval_rejects_a_bad_file(db: Database, keyring: Keyring, tmp_path) -> None:

@@ -262,7 +262,9 @@ SELECT
   c.rating AS critique_rating,
   (SELECT count(*) FROM reflect.jobs f
    WHERE f.request_id = r.id AND f.kind IN ('critique', 'agreement') AND f.state IN ('queued', 'running'))
-    AS followups_pending
+    AS followups_pending,
+  (SELECT f.is_correct FROM reflect.feedback f WHERE f.request_id = r.id AND f.is_correct IS NOT NULL
+   ORDER BY f.id DESC LIMIT 1) AS is_correct  -- its label (reflect.labels: the latest verdict)
 FROM reflect.requests r
 JOIN reflect.model_versions mv ON mv.id = r.model_version_id
 LEFT JOIN reflect.answers a ON a.request_id = r.id

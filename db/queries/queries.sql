@@ -83,7 +83,7 @@ RETURNING id, state;
 SELECT id, state, attempts, last_error, model_version, answer, finish_reason, tokens, tokens_per_s,
        logprob_mean, logprob_min, confidence, prompt_tokens, queue_wait_ms, prompt_eval_ms, generation_ms,
        created_at, finished_at, calibrated, action, memory_used, signals, critique, critique_verdict,
-       critique_rating, followups_pending
+       critique_rating, followups_pending, is_correct
 FROM reflect.app_requests WHERE id = %(id)s;
 
 -- name: register_model

@@ -9,7 +9,6 @@ scored against the reference with pgreflect.scoring, and each verdict is recorde
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -90,7 +89,6 @@ def run(cfg: EvalConfig, client: Client, progress: bool = True,
         if item.get("dataset"):
             client.conn.execute(query("tag_eval_request"), {"request_id": rid, "dataset": item["dataset"],
                                                              "item_id": item["id"], "run_label": cfg.run_label})
-    labelled = _labelled_before(cfg)
     results: list[dict[str, Any]] = []
     deadline = time.monotonic() + cfg.timeout
     stopped = None
@@ -101,7 +99,7 @@ def run(cfg: EvalConfig, client: Client, progress: bool = True,
             except TimeoutError as exc:
                 stopped = str(exc)
                 break
-            out = _result(client, cfg, item, ids[item["id"]], row, labelled)
+            out = _result(client, cfg, item, ids[item["id"]], row)
             results.append(out)
             f.write(json.dumps(out, default=str) + "\n")
             f.flush()
@@ -131,22 +129,7 @@ def _finished(client: Client, rid: int, deadline: float, abort: Callable[[], str
     return row
 
 
-def _labelled_before(cfg: EvalConfig) -> set[int]:
-    """Requests an earlier (interrupted) run with this label already labelled, read from its output file."""
-    if not cfg.out.exists():
-        return set()
-    done = set()
-    with cfg.out.open() as f:
-        for line in f:
-            with contextlib.suppress(ValueError):
-                row = json.loads(line)
-                if row.get("run_label") == cfg.run_label and "correct" in row:
-                    done.add(int(row["request_id"]))
-    return done
-
-
-def _result(client: Client, cfg: EvalConfig, item: dict[str, Any], rid: int, row: dict[str, Any],
-            labelled: set[int]) -> dict[str, Any]:
+def _result(client: Client, cfg: EvalConfig, item: dict[str, Any], rid: int, row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": item["id"], "dataset": item.get("dataset"), "run_label": cfg.run_label, "request_id": rid,
         "state": row["state"], "answer": row["answer"], "confidence": row["confidence"],
@@ -158,7 +141,7 @@ def _result(client: Client, cfg: EvalConfig, item: dict[str, Any], rid: int, row
         out["reference"] = item["answer"]
         out["correct"] = is_correct(row["answer"] or "", item["answer"], item.get("aliases", ()))
         out["scored_as"] = kind_of(item["answer"])
-        if rid not in labelled:
+        if row["is_correct"] is None:  # not labelled yet: a resumed run does not label twice
             client.conn.execute(query("feedback"), {"request_id": rid, "is_correct": out["correct"], "rating": None,
                                                     "correction": None, "source": "ground_truth"})
     return out
