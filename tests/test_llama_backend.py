@@ -86,8 +86,9 @@ def test_the_option_distribution_matches_an_independent_computation(smollm2: Lla
 
 def test_the_answer_state_is_the_final_hidden_state_after_the_answer(smollm2: LlamaBackend) -> None:
     """The state the probe reads: an independent instance in embeddings mode (no pooling) fed the prompt and
-    the answer (cut by its budget here, so its last token is known) gives the same final-layer vector at the
-    answer's last position; the position before it is clearly another vector, so the check can fail."""
+    the answer gives the same final-layer vector at the answer's last evaluated token (the budget cuts the
+    answer here: its last token is chosen, not evaluated); the position before is clearly another vector, so
+    the check can fail."""
     req = GenerationRequest("Name three colours of the rainbow.", None, {**PARAMS, "max_tokens": 6})
     gen = smollm2.generate(req, threading.Event())
     assert gen.finish_reason == "length" and gen.state is not None and len(gen.state) == smollm2.n_embd
@@ -100,8 +101,8 @@ def test_the_answer_state_is_the_final_hidden_state_after_the_answer(smollm2: Ll
         states.append(np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(ref.ctx, -1),
                                             shape=(smollm2.n_embd,)).copy())
     ours = np.array(gen.state)
-    assert np.allclose(ours, states[-1], atol=1e-3 * np.abs(states[-1]).max())
-    assert not np.allclose(ours, states[-2], atol=0.1 * np.abs(states[-1]).max())
+    assert np.allclose(ours, states[-2], atol=1e-3 * np.abs(states[-2]).max())
+    assert not np.allclose(ours, states[-3], atol=0.1 * np.abs(states[-2]).max())
     # the answer's log-probabilities are unchanged by the extra position (it comes after the last token)
     assert gen.token_logprobs == smollm2.generate(req, threading.Event()).token_logprobs
 

@@ -1,7 +1,7 @@
--- pgreflect 0010: the model's final-layer hidden state after each answer (issue 8: a hidden-state probe is
--- trained on labelled answers). Read with llama.cpp's embeddings output for one extra position after the
--- answer (its end-of-turn token): a single-token decode per answer. Derived from the conversation's text,
--- so it is internal like the embeddings: RLS on, no role but the owner reads it.
+-- pgreflect 0010: the model's final-layer hidden state at each answer's last token (issue 8: a hidden-state
+-- probe is trained on labelled answers). Read with llama.cpp's embeddings output during the answer's own
+-- single-token decodes: no extra computation. Derived from the conversation's text, so it is internal like
+-- the embeddings: RLS on, no role but the owner reads it.
 SET LOCAL ROLE reflect_owner;
 
 CREATE TABLE reflect.answer_states (

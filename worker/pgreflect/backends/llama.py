@@ -166,32 +166,38 @@ class LlamaBackend:
         finish = "length"
         text_bytes = b""
         stop_at: int | None = None
-        token = -1
-        for _ in range(budget):
-            if cancel.is_set():
-                raise Cancelled()
-            logits = self._last_logits()
-            token = choose_token(logits, temperature, top_k, top_p, rng)
-            if columns:
-                option_logits.append(logits[columns].astype(np.float64))
-            if self.is_end_of_generation(token):
-                finish = "stop"
-                break
-            out.append(token)
-            logprobs.append(token_logprob(logits, token))
-            if stops:
-                text_bytes += self.llm.detokenize([token], prev_tokens=out[:-1])
-                decoded = text_bytes.decode("utf-8", errors="ignore")
-                hits = [i for i in (decoded.find(s) for s in stops) if i >= 0]
-                if hits:
-                    stop_at = min(hits)
-                    finish = "stop_sequence"
+        # The generation's single-token decodes also output the final-layer hidden state (a copy of n_embd
+        # floats; nothing is recomputed), so the state after the answer's last evaluated token costs nothing. The
+        # prompt's batch was evaluated without it: with embeddings on, llama.cpp outputs every position of a batch.
+        evaluated = False
+        llama_cpp.llama_set_embeddings(self.llm.ctx, True)
+        try:
+            for _ in range(budget):
+                if cancel.is_set():
+                    raise Cancelled()
+                logits = self._last_logits()
+                token = choose_token(logits, temperature, top_k, top_p, rng)
+                if columns:
+                    option_logits.append(logits[columns].astype(np.float64))
+                if self.is_end_of_generation(token):
+                    finish = "stop"
                     break
-            if len(out) < budget:
-                self._eval_token(token)
-        # The last chosen token (end of turn, a stop sequence's last token, or the last one the budget allowed)
-        # is not evaluated yet: evaluating it reads the state that has seen the whole answer.
-        state = self._state_after(token) if token >= 0 else None
+                out.append(token)
+                logprobs.append(token_logprob(logits, token))
+                if stops:
+                    text_bytes += self.llm.detokenize([token], prev_tokens=out[:-1])
+                    decoded = text_bytes.decode("utf-8", errors="ignore")
+                    hits = [i for i in (decoded.find(s) for s in stops) if i >= 0]
+                    if hits:
+                        stop_at = min(hits)
+                        finish = "stop_sequence"
+                        break
+                if len(out) < budget:
+                    self._eval_token(token)
+                    evaluated = True
+            state = self._last_state() if evaluated else None
+        finally:
+            llama_cpp.llama_set_embeddings(self.llm.ctx, False)
         t2 = time.perf_counter()
 
         text = self.llm.detokenize(out).decode("utf-8", errors="replace")
@@ -212,17 +218,10 @@ class LlamaBackend:
             state=state,
         )
 
-    def _state_after(self, token: int) -> list[float] | None:
-        """Evaluates one token with llama.cpp's embeddings output switched on and returns the final-layer
-        hidden state (after the output norm) at it. Only for this one position: while embeddings are on,
-        llama.cpp outputs every position of a batch."""
-        llama_cpp.llama_set_embeddings(self.llm.ctx, True)
-        try:
-            self._eval_token(token)
-            ptr = llama_cpp.llama_get_embeddings_ith(self.llm.ctx, -1)
-            return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(float).tolist() if ptr else None
-        finally:
-            llama_cpp.llama_set_embeddings(self.llm.ctx, False)
+    def _last_state(self) -> list[float] | None:
+        """The final-layer hidden state (after the output norm) at the last evaluated position."""
+        ptr = llama_cpp.llama_get_embeddings_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(float).tolist() if ptr else None
 
     def _letter_ids(self) -> dict[str, list[int]]:
         """Each option letter's single-token spellings ("B", " B"): the tokens a letter answer starts with."""
