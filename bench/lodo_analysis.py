@@ -5,9 +5,10 @@ the fit fit_calibrator_v1 uses, at the calibration_l2 setting) is fitted on the 
 measured on D's with reflect.eval_metrics_v1: accuracy and AUROC with bootstrap intervals, ECE beside its
 perfect-calibration floor, Brier, selective gain at 80% coverage as a share of the oracle's. Beside it: the
 uncalibrated default (P(True)), each signal alone, the calibrator without each group of signals (ablation,
-paired bootstrap of the AUROC difference), and a hidden-state probe (L2 logistic regression on the final-layer
-state; its strength chosen by leave-one-dataset-out inside the training datasets; as a calibrator feature, its
-values on the training answers come from probes that did not see those answers' dataset).
+paired bootstrap of the AUROC difference), and a hidden-state probe (pgreflect.meta.probe's fit, as
+`pgreflect calibrate --probe` does it: its strength chosen by leave-one-dataset-out inside the training
+datasets; as a calibrator feature, its values on the training answers come from probes that did not see
+those answers' dataset).
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from pgreflect.meta import shipped  # noqa: E402
+from pgreflect.meta import probe, shipped  # noqa: E402
 from pgreflect.models import DEFAULT_MODEL, packaged_path, verified_sha256  # noqa: E402
 
 from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
@@ -45,7 +45,6 @@ GROUPS = {"p_true": ["p_true"], "log-probs": ["logprob_mean", "logprob_min"], "p
           "length": ["log_tokens"], "rule checks": ["rule_failed"],
           "option distribution": ["option_max_prob", "option_margin", "option_entropy"],
           "kind": ["kind_choice", "kind_number", "kind_long"]}
-PROBE_CS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 RESAMPLES = 1000
 
 
@@ -73,36 +72,22 @@ class Fitter:
         return self.conn.execute(METRICS, (conf, y)).fetchone()[0]
 
 
-def _probe(train: list[dict[str, Any]], c: float) -> tuple[np.ndarray, float]:
-    """An L2 logistic probe on the standardised state, folded back to raw-state weights and a bias (so that
-    serving it is one inner product)."""
-    x = np.array([r["state"] for r in train], dtype=np.float64)
-    y = np.array([r["correct"] for r in train])
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    model = LogisticRegression(C=c, max_iter=2000).fit((x - mu) / sd, y)
-    w = model.coef_[0] / sd
-    return w, float(model.intercept_[0] - np.dot(w, mu))
+def _xy(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([r["state"] for r in rows], dtype=np.float64), np.array([r["correct"] for r in rows])
 
 
-def _probe_logits(probe: tuple[np.ndarray, float], rows: list[dict[str, Any]]) -> np.ndarray:
-    w, b = probe
-    return np.array([r["state"] for r in rows], dtype=np.float64) @ w + b
+def _probe(train: list[dict[str, Any]], c: float) -> probe.Probe:
+    return probe.fit_logistic(*_xy(train), c)
+
+
+def _probe_logits(fitted: probe.Probe, rows: list[dict[str, Any]]) -> np.ndarray:
+    return fitted.logits(_xy(rows)[0])
 
 
 def choose_c(rows: list[dict[str, Any]]) -> float:
-    """The probe's strength by leave-one-dataset-out log-loss inside these rows (transfer, not fit)."""
+    """The probe's strength as pgreflect calibrate --probe chooses it: leave-one-dataset-out log-loss."""
     sets = sorted({r["dataset"] for r in rows})
-    losses = []
-    for c in PROBE_CS:
-        total = 0.0
-        for d in sets:
-            probe = _probe([r for r in rows if r["dataset"] != d], c)
-            test = [r for r in rows if r["dataset"] == d]
-            p = 1 / (1 + np.exp(-np.clip(_probe_logits(probe, test), -30, 30)))
-            y = np.array([r["correct"] for r in test])
-            total -= float(np.sum(y * np.log(p + 1e-12) + (1 - y) * np.log(1 - p + 1e-12)))
-        losses.append(total)
-    return PROBE_CS[int(np.argmin(losses))]
+    return probe.choose_strength(*_xy(rows), np.array([sets.index(r["dataset"]) for r in rows]))
 
 
 def auroc(conf: np.ndarray, y: np.ndarray) -> float | None:

@@ -10,6 +10,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from pgreflect.db import connect
+from pgreflect.embeddings import to_pgvector
 from pgreflect.errors import InvalidInput
 from pgreflect.keys import Keyring
 from pgreflect.meta import probe
@@ -53,7 +54,7 @@ def _answered_with_states(db: Database, keyring: Keyring, states: np.ndarray, la
         tokens = {r[0]: r[1] for r in claimed}
         for rid, s in zip(ids, states, strict=True):
             conn.execute(query("store_state"), {"request_id": rid, "lease_token": tokens[rid],
-                                                "state": "[" + ",".join(f"{v:.6g}" for v in s) + "]"})
+                                                "state": to_pgvector(s)})
             conn.execute(query("complete"), {
                 "request_id": rid, "lease_token": tokens[rid], "answer": "a", "finish_reason": "stop",
                 "prompt_tokens": 3, "token_logprobs": [-0.5], "prompt_eval_ms": 1.0, "generation_ms": 1.0,

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from pgreflect.embeddings import to_pgvector
 from pgreflect.errors import InvalidInput
 from pgreflect.sql import query
 
@@ -81,12 +82,13 @@ def auroc(p: np.ndarray, y: np.ndarray) -> float | None:
     return float(greater / (len(pos) * len(neg)))
 
 
-def folds(ids: np.ndarray, datasets: list[str | None]) -> np.ndarray:
-    """Fold of each answer: its evaluation dataset when >= 3 datasets are labelled, else one of five by hash."""
+def folds(ids: np.ndarray, datasets: list[str | None]) -> tuple[np.ndarray, str]:
+    """Fold of each answer: its evaluation dataset when >= 3 datasets are labelled, else one of five by hash;
+    and which of the two it is."""
     named = sorted({d for d in datasets if d})
     if len(named) >= 3 and all(datasets):
-        return np.array([named.index(d) for d in datasets])
-    return np.array([int(hashlib.sha256(str(i).encode()).hexdigest(), 16) % 5 for i in ids])
+        return np.array([named.index(d) for d in datasets]), "dataset"
+    return np.array([int(hashlib.sha256(str(i).encode()).hexdigest(), 16) % 5 for i in ids]), "hash"
 
 
 def choose_strength(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> float:
@@ -126,11 +128,11 @@ def fit(conn: psycopg.Connection, model_version: str) -> dict[str, Any]:
         raise InvalidInput(f"model version {model_version!r}: hidden states of different sizes")
     held = np.array([r[4] for r in rows], dtype=bool)
     train = ~held
-    fold = folds(ids[train], [r[3] for r, t in zip(rows, train, strict=True) if t])
+    fold, fold_kind = folds(ids[train], [r[3] for r, t in zip(rows, train, strict=True) if t])
     c = choose_strength(x[train], y[train], fold)
     probe = fit_logistic(x[train], y[train], c)
     p_held = _sigmoid(probe.logits(x[held]))
-    metrics: dict[str, Any] = {"c": c, "folds": "dataset" if len(np.unique(fold)) != 5 else "hash",
+    metrics: dict[str, Any] = {"c": c, "folds": fold_kind,
                                "n_train": int(train.sum()), "n_heldout": int(held.sum()),
                                "heldout": {"log_loss": log_loss(p_held, y[held]), "auroc": auroc(p_held, y[held])}}
     active = conn.execute(query("active_probe"), {"model_version": model_version}).fetchone()
@@ -142,7 +144,7 @@ def fit(conn: psycopg.Connection, model_version: str) -> dict[str, Any]:
             metrics["replaced"] = {"probe_id": active[0], "heldout_log_loss": log_loss(old, y[held])}
             activate = log_loss(old, y[held]) > metrics["heldout"]["log_loss"]
     pid = conn.execute(query("install_probe"), {
-        "model_version": model_version, "weights": "[" + ",".join(f"{v:.7g}" for v in probe.weights) + "]",
+        "model_version": model_version, "weights": to_pgvector(probe.weights),
         "bias": probe.bias, "n_train": int(train.sum()), "metrics": psycopg.types.json.Jsonb(metrics),
         "activate": activate}).fetchone()[0]
     if activate:
