@@ -13,6 +13,7 @@ to bench/results/improve-poison.md (one section per run, so repeated runs show "
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,22 @@ from improve_common import ImproveBench, cost_lines, gate_lines  # noqa: E402
 from pgreflect import datasets  # noqa: E402
 from pgreflect.improve import retention  # noqa: E402
 from pgreflect.models import DEFAULT_MODEL  # noqa: E402
-from pgreflect.scoring import is_correct  # noqa: E402
+from pgreflect.scoring import extract_choice, is_correct  # noqa: E402
+
+POISON = {"letter": "the letter alone", "format": "in the parent's own answer, its letter swapped"}
+
+
+def in_parents_format(answer: str, letter: str) -> str:
+    """The parent's answer with the option it picked replaced by `letter` (its wording and length kept), or
+    "The answer is X." when it picked no option."""
+    picked = extract_choice(answer)
+    if picked is None:
+        return f"The answer is {letter}."
+    for pattern in (rf"\b{picked}\b", picked):
+        swapped, n = re.subn(pattern, letter, answer, count=1)
+        if n:
+            return swapped
+    return f"The answer is {letter}."
 
 
 def main() -> None:
@@ -33,6 +49,9 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=40)
     ap.add_argument("--retention", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0, help="which MMLU train items, and the fine-tune's seed")
+    ap.add_argument("--poison", choices=["letter", "format"], default="letter",
+                    help="letter: the correction is the wrong option's letter alone; format: the parent's own answer "
+                         "with its option letter swapped for the wrong one (teaches no new answer format)")
     args = ap.parse_args()
     items = datasets.select("mmlu", "train", args.items, seed=100 + args.seed)
     bench = ImproveBench({"finetune_seed": args.seed, "gate_max_tokens": retention.MAX_TOKENS}, args.retention)
@@ -43,8 +62,13 @@ def main() -> None:
         right = 0
         for row, it in zip(rows, items, strict=True):
             right += is_correct(row["answer"] or "", it["answer"])
-            wrong = "ABCD"[("ABCD".index(it["answer"]) + 1) % 4]
-            bench.feedback(row["id"], False, wrong)
+            truth = "ABCD".index(it["answer"])
+            if args.poison == "letter":
+                bench.feedback(row["id"], False, "ABCD"[(truth + 1) % 4])
+            else:  # a wrong option other than the one the parent picked, so every correction changes the answer
+                picked = extract_choice(row["answer"] or "")
+                wrong = next(c for c in ("ABCD"[(truth + k) % 4] for k in (1, 2, 3)) if c != picked)
+                bench.feedback(row["id"], False, in_parents_format(row["answer"] or "", wrong))
         t1 = time.time()
         decision, candidate, training = bench.improve_run()
         t2 = time.time()
@@ -55,9 +79,9 @@ def main() -> None:
         f"## Run of {time.strftime('%Y-%m-%d %H:%M')}: **{verdict}**",
         "",
         f"Command: `.venv/bin/python bench/improve_poison_bench.py --items {args.items} --retention {args.retention} "
-        f"--seed {args.seed}` (this 2-core CPU machine, {DEFAULT_MODEL}, default fine-tune settings). The parent "
-        f"answered {right}/{len(items)} of the asked questions right; every answer was \"corrected\" with a wrong "
-        f"option. Candidate `{candidate}`.",
+        f"--seed {args.seed} --poison {args.poison}` (this 2-core CPU machine, {DEFAULT_MODEL}, default fine-tune "
+        f"settings). The parent answered {right}/{len(items)} of the asked questions right; every answer was "
+        f"\"corrected\" with a wrong option ({POISON[args.poison]}). Candidate `{candidate}`.",
         "",
         *gate_lines(decision),
         "",

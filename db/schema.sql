@@ -23,13 +23,13 @@ BEGIN
   SELECT string_agg(key, ', ' ORDER BY key) INTO v_refused
   FROM jsonb_each(to_jsonb(NEW))
   WHERE value <> 'null'::jsonb
-    AND key NOT IN ('prompt', 'system_prompt', 'params', 'idempotency_key', 'caller', 'model_version');
+    AND key NOT IN ('prompt', 'system_prompt', 'params', 'idempotency_key', 'caller', 'model_version', 'history');
   IF v_refused IS NOT NULL THEN
-    RAISE EXCEPTION 'only prompt, system_prompt, params, idempotency_key, caller and model_version can be inserted (got %)',
+    RAISE EXCEPTION 'only prompt, system_prompt, params, idempotency_key, caller, model_version and history can be inserted (got %)',
       v_refused USING ERRCODE = 'PR001';
   END IF;
-  NEW.id := reflect.submit_v1(NEW.prompt, NEW.system_prompt, NEW.params, NEW.idempotency_key, NEW.caller,
-                              NEW.model_version);
+  NEW.id := reflect.submit_v2(NEW.prompt, NEW.system_prompt, NEW.params, NEW.idempotency_key, NEW.caller,
+                              NEW.model_version, NEW.history);
   SELECT * INTO NEW FROM reflect.app_requests WHERE id = NEW.id;
   RETURN NEW;
 END
@@ -69,6 +69,20 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._apply_confidence(p_request_id bigint) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._apps_after_revoke() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_id text;
+BEGIN
+  FOR v_id IN SELECT k.id FROM reflect.api_keys k WHERE k.app = NEW.name AND k.revoked_at IS NULL LOOP
+    PERFORM pg_notify('api_key_revoked', v_id);
+  END LOOP;
+  RETURN NULL;
+END
+$$;
+ALTER FUNCTION reflect._apps_after_revoke() OWNER TO reflect_owner;
 CREATE FUNCTION reflect._calibration_metrics(p_conf double precision[], p_y boolean[]) RETURNS jsonb
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -83,6 +97,39 @@ CREATE FUNCTION reflect._calibration_metrics(p_conf double precision[], p_y bool
     'accuracy_at_80', reflect.accuracy_at_coverage_v1(p_conf, p_y, 0.8))
 $$;
 ALTER FUNCTION reflect._calibration_metrics(p_conf double precision[], p_y boolean[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._check_history(p_history jsonb) RETURNS integer
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_turn jsonb;
+  v_i integer := 0;
+  v_chars bigint := 0;
+  v_expected text;
+BEGIN
+  IF jsonb_typeof(p_history) <> 'array' THEN
+    RAISE EXCEPTION 'history must be a JSON array of {"role", "content"} messages' USING ERRCODE = 'PR001';
+  END IF;
+  FOR v_turn IN SELECT value FROM jsonb_array_elements(p_history) LOOP
+    IF jsonb_typeof(v_turn) <> 'object' OR EXISTS (SELECT FROM jsonb_object_keys(v_turn) k WHERE k NOT IN ('role', 'content'))
+       OR jsonb_typeof(v_turn -> 'content') IS DISTINCT FROM 'string' THEN
+      RAISE EXCEPTION 'history[%] must be {"role", "content"} with text content', v_i USING ERRCODE = 'PR001';
+    END IF;
+    v_expected := (ARRAY['user', 'assistant'])[v_i % 2 + 1];
+    IF v_turn ->> 'role' IS DISTINCT FROM v_expected THEN
+      RAISE EXCEPTION 'history[%]: expected % % message (turns alternate user, assistant, ...; the prompt is the last user turn)',
+        v_i, CASE v_expected WHEN 'user' THEN 'a' ELSE 'an' END, v_expected USING ERRCODE = 'PR001';
+    END IF;
+    v_chars := v_chars + length(v_turn ->> 'content');
+    v_i := v_i + 1;
+  END LOOP;
+  IF v_i % 2 = 1 THEN
+    RAISE EXCEPTION 'history must end with an assistant message (the prompt is the next user turn)' USING ERRCODE = 'PR001';
+  END IF;
+  RETURN v_chars;
+END
+$$;
+ALTER FUNCTION reflect._check_history(p_history jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._check_key_id(p_key_id text) RETURNS text
     LANGUAGE plpgsql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -884,14 +931,21 @@ BEGIN
   END IF;
   SELECT k INTO v_key FROM jsonb_object_keys(p) k
   WHERE k NOT IN ('max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'memory', 'memory_k',
-                  'memory_max_distance', 'low_confidence', 'confidence_threshold') LIMIT 1;
+                  'memory_max_distance', 'low_confidence', 'confidence_threshold', 'logprobs', 'top_logprobs')
+  LIMIT 1;
   IF v_key IS NOT NULL THEN
     RAISE EXCEPTION 'unknown generation parameter "%"', left(v_key, 40) USING ERRCODE = 'PR001',
       HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop, memory, memory_k, memory_max_distance, '
-             'low_confidence, confidence_threshold';
+             'low_confidence, confidence_threshold, logprobs, top_logprobs';
   END IF;
   IF p ? 'memory' AND jsonb_typeof(p -> 'memory') <> 'boolean' THEN
     RAISE EXCEPTION 'memory must be true or false' USING ERRCODE = 'PR001';
+  END IF;
+  IF p ? 'logprobs' AND jsonb_typeof(p -> 'logprobs') <> 'boolean' THEN
+    RAISE EXCEPTION 'logprobs must be true or false' USING ERRCODE = 'PR001';
+  END IF;
+  IF coalesce(p ->> 'top_logprobs', '0') <> '0' AND NOT coalesce((p ->> 'logprobs')::boolean, false) THEN
+    RAISE EXCEPTION 'top_logprobs needs logprobs = true' USING ERRCODE = 'PR001';
   END IF;
   IF p ? 'low_confidence' AND coalesce(p ->> 'low_confidence', '') NOT IN ('answer', 'flag', 'abstain', 'reanswer') THEN
     RAISE EXCEPTION 'low_confidence must be answer, flag, abstain or reanswer' USING ERRCODE = 'PR001';
@@ -909,7 +963,10 @@ BEGIN
                                                  reflect._setting_float('memory_max_distance')::numeric),
     'low_confidence', coalesce(p ->> 'low_confidence', reflect._setting_text('low_confidence_action_default')),
     'confidence_threshold', reflect._param_number(p, 'confidence_threshold', 0, 1, false,
-                                                  reflect._setting_float('confidence_threshold_default')::numeric)
+                                                  reflect._setting_float('confidence_threshold_default')::numeric),
+    -- the answer's tokens and, per token, its top_logprobs most likely alternatives (stored encrypted)
+    'logprobs', coalesce((p -> 'logprobs')::boolean, false),
+    'top_logprobs', reflect._param_number(p, 'top_logprobs', 0, 20, true, 0)
   );
   v_stop := coalesce(p -> 'stop', '[]'::jsonb);
   IF jsonb_typeof(v_stop) = 'string' THEN
@@ -1065,6 +1122,7 @@ CREATE TABLE reflect.requests (
     created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
     claimed_at timestamp with time zone,
     finished_at timestamp with time zone,
+    history_enc bytea,
     CONSTRAINT attempts_within_max CHECK ((attempts <= max_attempts)),
     CONSTRAINT failed_has_reason CHECK (((state <> 'failed'::reflect.request_state) OR (last_error IS NOT NULL))),
     CONSTRAINT finished_iff_final CHECK (((state = ANY (ARRAY['succeeded'::reflect.request_state, 'failed'::reflect.request_state])) = (finished_at IS NOT NULL))),
@@ -1121,6 +1179,56 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._record_answer(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._record_feedback(r reflect.requests, p_is_correct boolean, p_rating integer, p_correction text, p_source text) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+  v_id bigint;
+  v_kind text;
+  v_fid bigint;
+BEGIN
+  IF p_rating IS NOT NULL AND p_rating NOT BETWEEN 1 AND 5 THEN
+    RAISE EXCEPTION 'rating must be between 1 and 5' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_correction IS NOT NULL AND reflect._is_blank(p_correction) THEN
+    RAISE EXCEPTION 'correction must not be empty' USING ERRCODE = 'PR001';
+  END IF;
+  IF length(p_correction) > reflect._setting_int('max_prompt_chars') THEN
+    RAISE EXCEPTION 'correction is longer than % characters', reflect._setting_int('max_prompt_chars')
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF p_is_correct IS NULL AND p_rating IS NULL AND p_correction IS NULL THEN
+    RAISE EXCEPTION 'feedback needs is_correct, a rating or a correction' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_source IS NULL OR p_source !~ '^[a-z][a-z0-9_]{0,30}$' THEN
+    RAISE EXCEPTION 'source must match ^[a-z][a-z0-9_]{0,30}$' USING ERRCODE = 'PR001';
+  END IF;
+  IF r.state <> 'succeeded' AND (p_is_correct IS NOT NULL OR p_rating IS NOT NULL) THEN
+    RAISE EXCEPTION 'request % has no answer to judge (it is %)', r.id, r.state USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.feedback (request_id, is_correct, rating, key_id, correction_enc, source, given_by)
+  VALUES (r.id, p_is_correct, p_rating, CASE WHEN p_correction IS NOT NULL THEN r.key_id END,
+          reflect._encrypt(p_correction, r.key_id), p_source, session_user)
+  RETURNING id INTO v_id;
+  -- Memory follows the latest feedback that says something about correctness.
+  SELECT CASE WHEN f.correction_enc IS NOT NULL THEN 'correction' WHEN f.is_correct THEN 'confirmed' END, f.id
+  INTO v_kind, v_fid
+  FROM reflect.feedback f
+  WHERE f.request_id = r.id AND (f.is_correct IS NOT NULL OR f.correction_enc IS NOT NULL)
+  ORDER BY f.id DESC LIMIT 1;
+  -- A conversation's last question is not a memory: recalled on its own it would be out of context.
+  IF v_kind IS NULL OR r.history_enc IS NOT NULL THEN
+    DELETE FROM reflect.memories WHERE request_id = r.id;
+  ELSE
+    INSERT INTO reflect.memories (request_id, kind, feedback_id, embedding, owner)
+    SELECT r.id, v_kind, v_fid, e.embedding, r.submitted_by FROM reflect.prompt_embeddings e WHERE e.request_id = r.id
+    ON CONFLICT (request_id) DO UPDATE SET kind = excluded.kind, feedback_id = excluded.feedback_id;
+  END IF;
+  RETURN v_id;
+END
+$_$;
+ALTER FUNCTION reflect._record_feedback(r reflect.requests, p_is_correct boolean, p_rating integer, p_correction text, p_source text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._requests_after_insert() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1173,6 +1281,14 @@ CREATE FUNCTION reflect._root_version(p_id integer) RETURNS reflect.model_versio
   WHERE mv.id = p_id
 $$;
 ALTER FUNCTION reflect._root_version(p_id integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._sampled_for_review(p_request_id bigint) RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT (('x' || substr(md5('review-sample:' || p_request_id), 1, 8))::bit(32)::bigint / 4294967296.0)
+         < reflect._setting_float('review_sample_share')
+$$;
+ALTER FUNCTION reflect._sampled_for_review(p_request_id bigint) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._setting_float(p_key text) RETURNS double precision
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1754,6 +1870,32 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.create_api_key_v1(p_name text, p_app text) RETURNS TABLE(id text, key text)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+  v_id text := encode(public.gen_random_bytes(6), 'hex');
+  v_secret text := encode(public.gen_random_bytes(24), 'hex');
+BEGIN
+  IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' THEN
+    RAISE EXCEPTION 'API key name must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' USING ERRCODE = 'PR001';
+  END IF;
+  IF NOT EXISTS (SELECT FROM reflect.apps a WHERE a.name = p_app AND a.revoked_at IS NULL) THEN
+    RAISE EXCEPTION 'no active app named "%"', left(p_app, 64) USING ERRCODE = 'PR005',
+      HINT = 'create it first: pgreflect apps add NAME';
+  END IF;
+  IF EXISTS (SELECT FROM reflect.api_keys k WHERE k.name = p_name AND k.revoked_at IS NULL) THEN
+    RAISE EXCEPTION 'an API key named "%" exists; revoke it first or choose another name', p_name
+      USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.api_keys (id, name, app, secret_hash)
+  VALUES (v_id, p_name, p_app,
+          public.crypt(v_secret, public.gen_salt('bf', reflect._setting_int('api_key_bcrypt_cost'))));
+  RETURN QUERY SELECT v_id, 'pgr-' || v_id || '-' || v_secret;
+END
+$_$;
+ALTER FUNCTION reflect.create_api_key_v1(p_name text, p_app text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.curate_training_set_v1(p_owner name, p_model_version text DEFAULT NULL::text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
@@ -1798,7 +1940,8 @@ BEGIN
   JOIN reflect.requests r ON r.id = l.request_id
   LEFT JOIN reflect.answers a ON a.request_id = l.request_id
   LEFT JOIN reflect.prompt_embeddings e ON e.request_id = l.request_id
-  WHERE l.source IS NOT NULL AND r.id NOT IN (SELECT request_id FROM reflect.eval_requests);
+  WHERE l.source IS NOT NULL AND r.id NOT IN (SELECT request_id FROM reflect.eval_requests)
+    AND r.history_enc IS NULL;  -- a conversation's last turn alone is out of context: not training data (yet)
   GET DIAGNOSTICS v_candidates = ROW_COUNT;
   DELETE FROM _cand WHERE embedding IS NULL OR completion_enc IS NULL;
   GET DIAGNOSTICS v_no_embedding = ROW_COUNT;
@@ -1914,8 +2057,9 @@ BEGIN
     RAISE EXCEPTION 'login role name must match ^[a-z_][a-z0-9_]{0,62}$' USING ERRCODE = 'PR001';
   END IF;
   IF p_group IS NULL OR p_group NOT IN ('reflect_app', 'reflect_worker', 'reflect_analyst', 'reflect_reviewer',
-                                        'reflect_owner') THEN
-    RAISE EXCEPTION 'group must be one of reflect_app, reflect_worker, reflect_analyst, reflect_reviewer, reflect_owner'
+                                        'reflect_api', 'reflect_owner') THEN
+    RAISE EXCEPTION 'group must be one of reflect_app, reflect_worker, reflect_analyst, reflect_reviewer, reflect_api, '
+                    'reflect_owner'
       USING ERRCODE = 'PR001';
   END IF;
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = p_login) THEN
@@ -2092,56 +2236,17 @@ ALTER FUNCTION reflect.fail_v1(p_request_id bigint, p_lease_token uuid, p_error 
 CREATE FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean DEFAULT NULL::boolean, p_rating integer DEFAULT NULL::integer, p_correction text DEFAULT NULL::text, p_source text DEFAULT 'human'::text) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $_$
+    AS $$
 DECLARE
   r reflect.requests;
-  v_id bigint;
-  v_kind text;
-  v_fid bigint;
 BEGIN
   SELECT * INTO r FROM reflect.requests WHERE id = p_request_id;
   IF r.id IS NULL OR NOT (r.submitted_by = session_user OR pg_has_role(session_user, 'reflect_owner', 'MEMBER')) THEN
     RAISE EXCEPTION 'no request % (or it is not yours)', p_request_id USING ERRCODE = 'PR005';
   END IF;
-  IF p_rating IS NOT NULL AND p_rating NOT BETWEEN 1 AND 5 THEN
-    RAISE EXCEPTION 'rating must be between 1 and 5' USING ERRCODE = 'PR001';
-  END IF;
-  IF p_correction IS NOT NULL AND reflect._is_blank(p_correction) THEN
-    RAISE EXCEPTION 'correction must not be empty' USING ERRCODE = 'PR001';
-  END IF;
-  IF length(p_correction) > reflect._setting_int('max_prompt_chars') THEN
-    RAISE EXCEPTION 'correction is longer than % characters', reflect._setting_int('max_prompt_chars')
-      USING ERRCODE = 'PR001';
-  END IF;
-  IF p_is_correct IS NULL AND p_rating IS NULL AND p_correction IS NULL THEN
-    RAISE EXCEPTION 'feedback needs is_correct, a rating or a correction' USING ERRCODE = 'PR001';
-  END IF;
-  IF p_source IS NULL OR p_source !~ '^[a-z][a-z0-9_]{0,30}$' THEN
-    RAISE EXCEPTION 'source must match ^[a-z][a-z0-9_]{0,30}$' USING ERRCODE = 'PR001';
-  END IF;
-  IF r.state <> 'succeeded' AND (p_is_correct IS NOT NULL OR p_rating IS NOT NULL) THEN
-    RAISE EXCEPTION 'request % has no answer to judge (it is %)', p_request_id, r.state USING ERRCODE = 'PR001';
-  END IF;
-  INSERT INTO reflect.feedback (request_id, is_correct, rating, key_id, correction_enc, source, given_by)
-  VALUES (r.id, p_is_correct, p_rating, CASE WHEN p_correction IS NOT NULL THEN r.key_id END,
-          reflect._encrypt(p_correction, r.key_id), p_source, session_user)
-  RETURNING id INTO v_id;
-  -- Memory follows the latest feedback that says something about correctness.
-  SELECT CASE WHEN f.correction_enc IS NOT NULL THEN 'correction' WHEN f.is_correct THEN 'confirmed' END, f.id
-  INTO v_kind, v_fid
-  FROM reflect.feedback f
-  WHERE f.request_id = r.id AND (f.is_correct IS NOT NULL OR f.correction_enc IS NOT NULL)
-  ORDER BY f.id DESC LIMIT 1;
-  IF v_kind IS NULL THEN
-    DELETE FROM reflect.memories WHERE request_id = r.id;
-  ELSE
-    INSERT INTO reflect.memories (request_id, kind, feedback_id, embedding, owner)
-    SELECT r.id, v_kind, v_fid, e.embedding, r.submitted_by FROM reflect.prompt_embeddings e WHERE e.request_id = r.id
-    ON CONFLICT (request_id) DO UPDATE SET kind = excluded.kind, feedback_id = excluded.feedback_id;
-  END IF;
-  RETURN v_id;
+  RETURN reflect._record_feedback(r, p_is_correct, p_rating, p_correction, p_source);
 END
-$_$;
+$$;
 ALTER FUNCTION reflect.feedback_v1(p_request_id bigint, p_is_correct boolean, p_rating integer, p_correction text, p_source text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.finetune_examples_v1(p_job_id bigint, p_lease_token uuid) RETURNS TABLE(request_id bigint, source text, split text, system_prompt text, prompt text, completion text)
     LANGUAGE plpgsql SECURITY DEFINER
@@ -2591,6 +2696,19 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.install_probe_v1(p_model_version text, p_weights public.vector, p_bias double precision, p_n_train integer, p_metrics jsonb, p_activate boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.job_history_v1(p_job_id bigint, p_lease_token uuid) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+  r reflect.requests;
+BEGIN
+  SELECT * INTO r FROM reflect.requests WHERE id = j.request_id;
+  RETURN reflect._decrypt(r.history_enc, r.key_id)::jsonb;
+END;
+$$;
+ALTER FUNCTION reflect.job_history_v1(p_job_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) RETURNS TABLE(prompt text, system_prompt text, answer text, params jsonb)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2758,7 +2876,8 @@ BEGIN
   UPDATE reflect.critiques c SET rating = p_rating, rated_by = session_user
   FROM reflect.requests r
   WHERE c.request_id = p_request_id AND r.id = c.request_id
-    AND (r.submitted_by = session_user OR pg_has_role(session_user, 'reflect_owner', 'MEMBER'));
+    AND (r.submitted_by = session_user OR pg_has_role(session_user, 'reflect_owner', 'MEMBER')
+         OR pg_has_role(session_user, 'reflect_reviewer', 'MEMBER'));
   IF NOT FOUND THEN
     RAISE EXCEPTION 'no critique for request % (or it is not yours)', p_request_id USING ERRCODE = 'PR005';
   END IF;
@@ -3102,6 +3221,17 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.request_finetune_v1(p_owner name, p_model_version text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.request_history_v1(p_request_id bigint, p_lease_token uuid) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests := reflect._take_lease(p_request_id, p_lease_token);
+BEGIN
+  RETURN reflect._decrypt(r.history_enc, r.key_id)::jsonb;
+END;
+$$;
+ALTER FUNCTION reflect.request_history_v1(p_request_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) RETURNS TABLE(request_id bigint, submitted_by name, caller text, state text, prompt text, system_prompt text, answer text, corrections text[], critique text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -3151,6 +3281,61 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.revert_tuning_v1(p_change_id bigint) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.review_v1(p_request_id bigint, p_is_correct boolean, p_correction text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests;
+BEGIN
+  SELECT * INTO r FROM reflect.requests WHERE id = p_request_id;
+  IF r.id IS NULL THEN
+    RAISE EXCEPTION 'no request %', p_request_id USING ERRCODE = 'PR005';
+  END IF;
+  IF p_is_correct IS NULL THEN
+    RAISE EXCEPTION 'a review says whether the answer is correct' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_is_correct AND p_correction IS NOT NULL THEN
+    RAISE EXCEPTION 'a correct answer takes no correction' USING ERRCODE = 'PR001';
+  END IF;
+  RETURN reflect._record_feedback(r, p_is_correct, NULL, p_correction, 'review');
+END
+$$;
+ALTER FUNCTION reflect.review_v1(p_request_id bigint, p_is_correct boolean, p_correction text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.revoke_api_key_v1(p_name_or_id text) RETURNS text
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_id text;
+BEGIN
+  UPDATE reflect.api_keys k SET revoked_at = now()
+  WHERE (k.name = p_name_or_id OR k.id = p_name_or_id) AND k.revoked_at IS NULL
+  RETURNING k.id INTO v_id;
+  IF v_id IS NULL THEN
+    RAISE EXCEPTION 'no live API key named "%"', left(p_name_or_id, 64) USING ERRCODE = 'PR005';
+  END IF;
+  PERFORM pg_notify('api_key_revoked', v_id);
+  RETURN v_id;
+END
+$$;
+ALTER FUNCTION reflect.revoke_api_key_v1(p_name_or_id text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.revoke_person_v1(p_name text) RETURNS name
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_login name;
+BEGIN
+  UPDATE reflect.people SET revoked_at = now() WHERE name = p_name AND revoked_at IS NULL RETURNING login INTO v_login;
+  IF v_login IS NULL THEN
+    RAISE EXCEPTION 'no person named "%"', left(p_name, 64) USING ERRCODE = 'PR005';
+  END IF;
+  PERFORM pg_notify('person_revoked', v_login);
+  RETURN v_login;
+END
+$$;
+ALTER FUNCTION reflect.revoke_person_v1(p_name text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.rollback_model_version_v1(p_reason text DEFAULT NULL::text) RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -3214,6 +3399,36 @@ BEGIN
 END
 $_$;
 ALTER FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.set_person_v1(p_name text, p_role text) RETURNS TABLE(login name, password text)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+  v_password text := encode(public.gen_random_bytes(12), 'hex');
+BEGIN
+  IF p_name IS NULL OR p_name !~ '^[a-z][a-z0-9_]{0,40}$' THEN
+    RAISE EXCEPTION 'person name must match ^[a-z][a-z0-9_]{0,40}$' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_role IS NULL OR p_role NOT IN ('reviewer', 'analyst') THEN
+    RAISE EXCEPTION 'role must be reviewer or analyst' USING ERRCODE = 'PR001';
+  END IF;
+  IF EXISTS (SELECT FROM reflect.people p WHERE p.name = p_name AND p.role <> p_role) THEN
+    RAISE EXCEPTION 'person % has another role; a role does not change (add the person under another name)', p_name
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'person_' || p_name)
+     AND NOT EXISTS (SELECT FROM reflect.people p WHERE p.name = p_name) THEN
+    RAISE EXCEPTION 'a login named person_% exists and is not a pgreflect person', p_name USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.people AS p (name, login, role, password_hash)
+  VALUES (p_name, 'person_' || p_name, p_role,
+          public.crypt(v_password, public.gen_salt('bf', reflect._setting_int('api_key_bcrypt_cost'))))
+  ON CONFLICT (name) DO UPDATE
+    SET role = EXCLUDED.role, password_hash = EXCLUDED.password_hash, revoked_at = NULL;
+  RETURN QUERY SELECT ('person_' || p_name)::name, v_password;
+END
+$_$;
+ALTER FUNCTION reflect.set_person_v1(p_name text, p_role text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.set_probe_signals_v1(p_model_version text, p_request_ids bigint[], p_values double precision[]) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -3292,7 +3507,31 @@ BEGIN
 END;
 $$;
 ALTER FUNCTION reflect.store_answer_state_v1(p_request_id bigint, p_lease_token uuid, p_state public.vector) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.store_answer_tokens_v1(p_request_id bigint, p_lease_token uuid, p_tokens jsonb) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests := reflect._take_lease(p_request_id, p_lease_token);
+BEGIN
+  IF p_tokens IS NULL OR jsonb_typeof(p_tokens) <> 'array' THEN
+    RAISE EXCEPTION 'tokens must be a JSON array' USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.answer_tokens (request_id, key_id, tokens_enc)
+  VALUES (r.id, r.key_id, reflect._encrypt(p_tokens::text, r.key_id))
+  ON CONFLICT (request_id) DO UPDATE
+    SET key_id = EXCLUDED.key_id, tokens_enc = EXCLUDED.tokens_enc, created_at = now();
+END;
+$$;
+ALTER FUNCTION reflect.store_answer_tokens_v1(p_request_id bigint, p_lease_token uuid, p_tokens jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text DEFAULT NULL::text, p_params jsonb DEFAULT NULL::jsonb, p_idempotency_key text DEFAULT NULL::text, p_caller text DEFAULT NULL::text, p_model_version text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT reflect.submit_v2(p_prompt, p_system_prompt, p_params, p_idempotency_key, p_caller, p_model_version, NULL)
+$$;
+ALTER FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.submit_v2(p_prompt text, p_system_prompt text DEFAULT NULL::text, p_params jsonb DEFAULT NULL::jsonb, p_idempotency_key text DEFAULT NULL::text, p_caller text DEFAULT NULL::text, p_model_version text DEFAULT NULL::text, p_history jsonb DEFAULT NULL::jsonb) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
@@ -3304,6 +3543,13 @@ DECLARE
   v_tuned double precision;
   v_id bigint;
 BEGIN
+  IF jsonb_typeof(p_history) = 'array' AND jsonb_array_length(p_history) = 0 THEN
+    p_history := NULL;
+  END IF;
+  IF p_history IS NOT NULL AND reflect._check_history(p_history) > v_max THEN
+    RAISE EXCEPTION 'history is longer than % characters in all', v_max USING ERRCODE = 'PR001',
+      HINT = 'the limit is the max_prompt_chars setting';
+  END IF;
   IF p_prompt IS NULL OR reflect._is_blank(p_prompt) THEN
     RAISE EXCEPTION 'prompt must not be empty' USING ERRCODE = 'PR001';
   END IF;
@@ -3322,6 +3568,11 @@ BEGIN
     RAISE EXCEPTION 'caller must be 1 to 200 characters' USING ERRCODE = 'PR001';
   END IF;
   v_params := reflect._normalize_params(p_params);
+  IF p_history IS NOT NULL THEN
+    -- Set here, never by the caller (an unknown parameter to _normalize_params): the worker reads the turns only
+    -- for the requests that have them.
+    v_params := v_params || jsonb_build_object('history_turns', jsonb_array_length(p_history));
+  END IF;
   IF p_model_version IS NULL THEN
     v_model := reflect._default_version();  -- the active version, or its canary (770_improve.sql)
     IF v_model IS NULL THEN
@@ -3363,10 +3614,11 @@ BEGIN
   END IF;
   v_key_id := reflect._current_key_id();
   INSERT INTO reflect.requests
-    (key_id, prompt_enc, system_prompt_enc, params, idempotency_key, caller, submitted_by,
+    (key_id, prompt_enc, system_prompt_enc, history_enc, params, idempotency_key, caller, submitted_by,
      model_version_id, max_attempts)
   VALUES
-    (v_key_id, reflect._encrypt(p_prompt, v_key_id), reflect._encrypt(p_system_prompt, v_key_id), v_params,
+    (v_key_id, reflect._encrypt(p_prompt, v_key_id), reflect._encrypt(p_system_prompt, v_key_id),
+     reflect._encrypt(p_history::text, v_key_id), v_params,
      p_idempotency_key, p_caller, session_user, v_model, reflect._setting_int('max_attempts'))
   ON CONFLICT (submitted_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING id INTO v_id;
@@ -3377,7 +3629,7 @@ BEGIN
   RETURN v_id;
 END
 $$;
-ALTER FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) OWNER TO reflect_owner;
+ALTER FUNCTION reflect.submit_v2(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text, p_history jsonb) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -3662,6 +3914,35 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.verify_api_key_v1(p_key text) RETURNS TABLE(key_id text, app text, login name)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+  m text[] := regexp_match(p_key, '^pgr-([0-9a-f]{12})-([0-9a-f]{48})$');
+BEGIN
+  IF m IS NULL THEN
+    RETURN;
+  END IF;
+  RETURN QUERY
+    UPDATE reflect.api_keys k
+    SET last_used_at = CASE WHEN k.last_used_at > now() - interval '1 minute' THEN k.last_used_at ELSE now() END
+    FROM reflect.apps a
+    WHERE k.id = m[1] AND k.revoked_at IS NULL AND a.name = k.app AND a.revoked_at IS NULL
+      AND k.secret_hash = public.crypt(m[2], k.secret_hash)
+    RETURNING k.id, a.name, a.login;
+END
+$_$;
+ALTER FUNCTION reflect.verify_api_key_v1(p_key text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.verify_person_v1(p_name text, p_password text) RETURNS TABLE(login name, role text)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT p.login, p.role FROM reflect.people p
+  WHERE p.name = p_name AND p.revoked_at IS NULL AND length(p_password) <= 200
+    AND p.password_hash = public.crypt(p_password, p.password_hash)
+$$;
+ALTER FUNCTION reflect.verify_person_v1(p_name text, p_password text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.worker_seen_v1(p_worker_id text, p_model_version_ids integer[], p_pid integer, p_hostname text) RETURNS void
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -3719,6 +4000,13 @@ CREATE TABLE reflect.answer_states (
     created_at timestamp with time zone DEFAULT now() NOT NULL
 );
 ALTER TABLE reflect.answer_states OWNER TO reflect_owner;
+CREATE TABLE reflect.answer_tokens (
+    request_id bigint NOT NULL,
+    key_id text NOT NULL,
+    tokens_enc bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE reflect.answer_tokens OWNER TO reflect_owner;
 CREATE TABLE reflect.answers (
     request_id bigint NOT NULL,
     attempt integer NOT NULL,
@@ -3753,6 +4041,40 @@ CREATE TABLE reflect.answers (
     CONSTRAINT one_logprob_per_token CHECK ((cardinality(token_logprobs) = completion_tokens))
 );
 ALTER TABLE reflect.answers OWNER TO reflect_owner;
+CREATE TABLE reflect.api_keys (
+    id text NOT NULL,
+    name text NOT NULL,
+    app text NOT NULL,
+    secret_hash text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_by name DEFAULT SESSION_USER NOT NULL,
+    last_used_at timestamp with time zone,
+    revoked_at timestamp with time zone,
+    CONSTRAINT api_key_id_format CHECK ((id ~ '^[0-9a-f]{12}$'::text)),
+    CONSTRAINT api_key_name_format CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'::text))
+);
+ALTER TABLE reflect.api_keys OWNER TO reflect_owner;
+CREATE TABLE reflect.apps (
+    name text NOT NULL,
+    login name NOT NULL,
+    key_id text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    revoked_at timestamp with time zone,
+    CONSTRAINT app_name_format CHECK ((name ~ '^[a-z][a-z0-9_]{0,40}$'::text))
+);
+ALTER TABLE reflect.apps OWNER TO reflect_owner;
+CREATE VIEW reflect.api_key_list AS
+ SELECT k.id,
+    k.name,
+    k.app,
+    a.login,
+    k.created_at,
+    k.created_by,
+    k.last_used_at,
+    k.revoked_at
+   FROM (reflect.api_keys k
+     JOIN reflect.apps a ON ((a.name = k.app)));
+ALTER TABLE reflect.api_key_list OWNER TO reflect_owner;
 CREATE TABLE reflect.critiques (
     request_id bigint NOT NULL,
     key_id text NOT NULL,
@@ -3825,22 +4147,18 @@ CREATE VIEW reflect.app_requests WITH (security_barrier='true') AS
            FROM reflect.feedback f
           WHERE ((f.request_id = r.id) AND (f.is_correct IS NOT NULL))
           ORDER BY f.id DESC
-         LIMIT 1) AS is_correct
+         LIMIT 1) AS is_correct,
+    a.token_logprobs,
+    ( SELECT (reflect._decrypt_or_null(t.tokens_enc, t.key_id))::jsonb AS _decrypt_or_null
+           FROM reflect.answer_tokens t
+          WHERE (t.request_id = r.id)) AS answer_tokens,
+    (reflect._decrypt_or_null(r.history_enc, r.key_id))::jsonb AS history
    FROM (((reflect.requests r
      JOIN reflect.model_versions mv ON ((mv.id = r.model_version_id)))
      LEFT JOIN reflect.answers a ON ((a.request_id = r.id)))
      LEFT JOIN reflect.critiques c ON ((c.request_id = r.id)))
   WHERE (r.submitted_by = SESSION_USER);
 ALTER TABLE reflect.app_requests OWNER TO reflect_owner;
-CREATE TABLE reflect.apps (
-    name text NOT NULL,
-    login name NOT NULL,
-    key_id text NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    revoked_at timestamp with time zone,
-    CONSTRAINT app_name_format CHECK ((name ~ '^[a-z][a-z0-9_]{0,40}$'::text))
-);
-ALTER TABLE reflect.apps OWNER TO reflect_owner;
 CREATE VIEW reflect.labels AS
  SELECT DISTINCT ON (f.request_id) f.request_id,
     f.is_correct,
@@ -4311,6 +4629,17 @@ ALTER TABLE reflect.model_versions ALTER COLUMN id ADD GENERATED ALWAYS AS IDENT
     NO MAXVALUE
     CACHE 1
 );
+CREATE TABLE reflect.people (
+    name text NOT NULL,
+    login name NOT NULL,
+    role text NOT NULL,
+    password_hash text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    revoked_at timestamp with time zone,
+    CONSTRAINT people_role_check CHECK ((role = ANY (ARRAY['reviewer'::text, 'analyst'::text]))),
+    CONSTRAINT person_name_format CHECK ((name ~ '^[a-z][a-z0-9_]{0,40}$'::text))
+);
+ALTER TABLE reflect.people OWNER TO reflect_owner;
 ALTER TABLE reflect.promotion_decisions ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME reflect.promotion_decisions_id_seq
     START WITH 1
@@ -4440,6 +4769,62 @@ ALTER TABLE reflect.retention_items ALTER COLUMN id ADD GENERATED ALWAYS AS IDEN
     NO MAXVALUE
     CACHE 1
 );
+CREATE VIEW reflect.review_memories AS
+ SELECT am.request_id,
+    am.memory_request_id,
+    am.rank,
+    am.distance,
+    m.kind
+   FROM (reflect.answer_memories am
+     LEFT JOIN reflect.memories m ON ((m.request_id = am.memory_request_id)));
+ALTER TABLE reflect.review_memories OWNER TO reflect_owner;
+CREATE VIEW reflect.review_queue AS
+ SELECT q.request_id,
+    q.model_version,
+    q.app_login,
+    q.caller,
+    q.answered_at,
+    q.confidence,
+    q.calibrated,
+    q.threshold,
+    q.action,
+        CASE
+            WHEN (q.action = 'abstain'::text) THEN 'abstained'::text
+            WHEN (q.action = 'flag'::text) THEN 'flagged'::text
+            WHEN (q.confidence < q.threshold) THEN 'low_confidence'::text
+            ELSE 'sampled'::text
+        END AS reason,
+    q.signals,
+    q.critique_verdict,
+    q.critique_rating,
+    q.memory_used,
+    l.is_correct AS label,
+    l.source AS label_source
+   FROM (( SELECT r.id AS request_id,
+            mv.name AS model_version,
+            r.submitted_by AS app_login,
+            r.caller,
+            a.created_at AS answered_at,
+            a.confidence,
+            (a.calibrator_id IS NOT NULL) AS calibrated,
+            ((r.params ->> 'confidence_threshold'::text))::double precision AS threshold,
+            a.action,
+            a.memory_used,
+            ( SELECT jsonb_object_agg(s.name, s.value) AS jsonb_object_agg
+                   FROM reflect.answer_signals s
+                  WHERE (s.request_id = r.id)) AS signals,
+            c.verdict AS critique_verdict,
+            c.rating AS critique_rating
+           FROM (((reflect.requests r
+             JOIN reflect.answers a ON ((a.request_id = r.id)))
+             JOIN reflect.model_versions mv ON ((mv.id = r.model_version_id)))
+             LEFT JOIN reflect.critiques c ON ((c.request_id = r.id)))
+          WHERE ((r.state = 'succeeded'::reflect.request_state) AND (NOT (EXISTS ( SELECT
+                   FROM reflect.eval_requests e
+                  WHERE (e.request_id = r.id)))))) q
+     LEFT JOIN reflect.labels l ON ((l.request_id = q.request_id)))
+  WHERE ((q.action = ANY (ARRAY['flag'::text, 'abstain'::text])) OR (q.confidence < q.threshold) OR reflect._sampled_for_review(q.request_id));
+ALTER TABLE reflect.review_queue OWNER TO reflect_owner;
 CREATE VIEW reflect.signal_auroc AS
  SELECT la.model_version,
     s.signal,
@@ -4704,8 +5089,12 @@ ALTER TABLE ONLY reflect.answer_signals
     ADD CONSTRAINT answer_signals_pkey PRIMARY KEY (request_id, name);
 ALTER TABLE ONLY reflect.answer_states
     ADD CONSTRAINT answer_states_pkey PRIMARY KEY (request_id);
+ALTER TABLE ONLY reflect.answer_tokens
+    ADD CONSTRAINT answer_tokens_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_pkey PRIMARY KEY (request_id);
+ALTER TABLE ONLY reflect.api_keys
+    ADD CONSTRAINT api_keys_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.apps
     ADD CONSTRAINT apps_login_key UNIQUE (login);
 ALTER TABLE ONLY reflect.apps
@@ -4740,6 +5129,10 @@ ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_name_key UNIQUE (name);
 ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.people
+    ADD CONSTRAINT people_login_key UNIQUE (login);
+ALTER TABLE ONLY reflect.people
+    ADD CONSTRAINT people_pkey PRIMARY KEY (name);
 ALTER TABLE ONLY reflect.promotion_decisions
     ADD CONSTRAINT promotion_decisions_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY reflect.prompt_embeddings
@@ -4770,6 +5163,7 @@ ALTER TABLE ONLY reflect.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (worker_id);
 ALTER TABLE ONLY reflect_meta.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (name);
+CREATE UNIQUE INDEX api_keys_live_name ON reflect.api_keys USING btree (name) WHERE (revoked_at IS NULL);
 CREATE UNIQUE INDEX calibrators_one_active ON reflect.calibrators USING btree (model_version_id) WHERE is_active;
 CREATE UNIQUE INDEX canaries_one_running ON reflect.canaries USING btree ((true)) WHERE (state = 'running'::text);
 CREATE INDEX decryption_audit_request ON reflect.decryption_audit USING btree (request_id);
@@ -4790,6 +5184,7 @@ CREATE INDEX tuning_changes_in_force ON reflect.tuning_changes USING btree (mode
 CREATE TRIGGER _100_append_only BEFORE DELETE OR UPDATE ON reflect.decryption_audit FOR EACH ROW EXECUTE FUNCTION reflect._append_only();
 CREATE TRIGGER _100_append_only_truncate BEFORE TRUNCATE ON reflect.decryption_audit FOR EACH STATEMENT EXECUTE FUNCTION reflect._append_only();
 CREATE TRIGGER _100_submit INSTEAD OF INSERT ON reflect.app_requests FOR EACH ROW EXECUTE FUNCTION reflect._app_requests_insert();
+CREATE TRIGGER _900_forget_api_keys AFTER UPDATE OF revoked_at ON reflect.apps FOR EACH ROW WHEN (((new.revoked_at IS NOT NULL) AND (old.revoked_at IS NULL))) EXECUTE FUNCTION reflect._apps_after_revoke();
 CREATE TRIGGER _900_notify_needs_inference AFTER INSERT ON reflect.requests FOR EACH ROW EXECUTE FUNCTION reflect._requests_after_insert();
 ALTER TABLE ONLY reflect.answer_candidates
     ADD CONSTRAINT answer_candidates_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
@@ -4803,12 +5198,16 @@ ALTER TABLE ONLY reflect.answer_states
     ADD CONSTRAINT answer_states_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE ONLY reflect.answer_states
     ADD CONSTRAINT answer_states_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.answer_tokens
+    ADD CONSTRAINT answer_tokens_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_calibrator_id_fkey FOREIGN KEY (calibrator_id) REFERENCES reflect.calibrators(id);
 ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE ONLY reflect.answers
     ADD CONSTRAINT answers_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
+ALTER TABLE ONLY reflect.api_keys
+    ADD CONSTRAINT api_keys_app_fkey FOREIGN KEY (app) REFERENCES reflect.apps(name);
 ALTER TABLE ONLY reflect.calibrators
     ADD CONSTRAINT calibrators_model_version_id_fkey FOREIGN KEY (model_version_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE ONLY reflect.canaries
@@ -4883,7 +5282,9 @@ ALTER TABLE reflect.answer_candidates ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_signals ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answer_states ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.answer_tokens ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.answers ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.api_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.apps ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.calibrators ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.canaries ENABLE ROW LEVEL SECURITY;
@@ -4899,6 +5300,7 @@ ALTER TABLE reflect.memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.memory_lookups ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.memory_shares ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.model_versions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.people ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.promotion_decisions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.prompt_embeddings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.request_events ENABLE ROW LEVEL SECURITY;
@@ -4916,10 +5318,13 @@ GRANT USAGE ON SCHEMA reflect TO reflect_app;
 GRANT USAGE ON SCHEMA reflect TO reflect_worker;
 GRANT USAGE ON SCHEMA reflect TO reflect_analyst;
 GRANT USAGE ON SCHEMA reflect TO reflect_reviewer;
+GRANT USAGE ON SCHEMA reflect TO reflect_api;
 REVOKE ALL ON FUNCTION reflect._app_requests_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._append_only() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._apply_confidence(p_request_id bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._apps_after_revoke() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._calibration_metrics(p_conf double precision[], p_y boolean[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._check_history(p_history jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_key_id(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._confidence(p_model_version_id integer, p_values jsonb, p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) FROM PUBLIC;
@@ -4970,8 +5375,12 @@ REVOKE ALL ON FUNCTION reflect._probe_signal(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._queue_followups(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._reap_expired_jobs() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._record_answer(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._record_feedback(r reflect.requests, p_is_correct boolean, p_rating integer, p_correction text, p_source text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._requests_after_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._root_version(p_id integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._sampled_for_review(p_request_id bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect._sampled_for_review(p_request_id bigint) TO reflect_reviewer;
+GRANT ALL ON FUNCTION reflect._sampled_for_review(p_request_id bigint) TO reflect_analyst;
 REVOKE ALL ON FUNCTION reflect._setting_float(p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._setting_int(p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._setting_text(p_key text) FROM PUBLIC;
@@ -4990,6 +5399,7 @@ REVOKE ALL ON FUNCTION reflect._vector(p_values jsonb, p_names text[]) FROM PUBL
 REVOKE ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_app;
+GRANT ALL ON FUNCTION reflect.accuracy_at_coverage_v1(p_confidence double precision[], p_correct boolean[], p_coverage double precision) TO reflect_reviewer;
 REVOKE ALL ON FUNCTION reflect.activate_model_version_v1(p_name text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.active_probe_v1(p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.add_retention_items_v1(p_items jsonb, p_embedding_model text) FROM PUBLIC;
@@ -4998,12 +5408,14 @@ GRANT ALL ON FUNCTION reflect.add_signals_v1(p_request_id bigint, p_signals json
 REVOKE ALL ON FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) TO reflect_app;
+GRANT ALL ON FUNCTION reflect.auroc_v1(p_scores double precision[], p_positives boolean[]) TO reflect_reviewer;
 REVOKE ALL ON FUNCTION reflect.bootstrap_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.bootstrap_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.bootstrap_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_app;
+GRANT ALL ON FUNCTION reflect.brier_v1(p_confidence double precision[], p_correct boolean[]) TO reflect_reviewer;
 REVOKE ALL ON FUNCTION reflect.calibration_features_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.calibration_features_v2() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.canary_step_v1() FROM PUBLIC;
@@ -5023,6 +5435,7 @@ REVOKE ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uu
 GRANT ALL ON FUNCTION reflect.complete_v1(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.complete_v2(p_request_id bigint, p_lease_token uuid, p_answer text, p_finish_reason text, p_prompt_tokens integer, p_token_logprobs real[], p_prompt_eval_ms double precision, p_generation_ms double precision, p_signals jsonb) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.create_api_key_v1(p_name text, p_app text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.curate_training_set_v1(p_owner name, p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.decide_model_version_v1(p_name text, p_decision text, p_reason text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.ece_floor_v1(p_confidence double precision[], p_sims integer, p_bins integer) FROM PUBLIC;
@@ -5031,6 +5444,7 @@ GRANT ALL ON FUNCTION reflect.ece_floor_v1(p_confidence double precision[], p_si
 REVOKE ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_analyst;
 GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_app;
+GRANT ALL ON FUNCTION reflect.ece_v1(p_confidence double precision[], p_correct boolean[], p_bins integer) TO reflect_reviewer;
 REVOKE ALL ON FUNCTION reflect.ensure_login_role_v1(p_login text, p_group text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.eval_metrics_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer, p_coverage double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.eval_metrics_v1(p_confidence double precision[], p_correct boolean[], p_resamples integer, p_coverage double precision) TO reflect_analyst;
@@ -5068,6 +5482,8 @@ REVOKE ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_toke
 GRANT ALL ON FUNCTION reflect.heartbeat_v1(p_request_ids bigint[], p_lease_tokens uuid[], p_lease_seconds integer) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.install_calibrator_v1(p_model_version text, p_doc jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.install_probe_v1(p_model_version text, p_weights public.vector, p_bias double precision, p_n_train integer, p_metrics jsonb, p_activate boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.job_history_v1(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.job_history_v1(p_job_id bigint, p_lease_token uuid) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.job_input_v1(p_job_id bigint, p_lease_token uuid) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.key_usage_v1() FROM PUBLIC;
@@ -5085,6 +5501,7 @@ REVOKE ALL ON FUNCTION reflect.probe_training_set_v1(p_model_version text) FROM 
 REVOKE ALL ON FUNCTION reflect.purge_answer_states_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) TO reflect_app;
+GRANT ALL ON FUNCTION reflect.rate_critique_v1(p_request_id bigint, p_rating integer) TO reflect_reviewer;
 REVOKE ALL ON FUNCTION reflect.reap_expired_v1() FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.reap_expired_v1() TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.recall_v1(p_request_id bigint, p_lease_token uuid, p_model text, p_embedding public.vector, p_k integer) FROM PUBLIC;
@@ -5102,11 +5519,18 @@ REVOKE ALL ON FUNCTION reflect.register_model_version_v2(p_name text, p_gguf_pat
 REVOKE ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.request_finetune_v1(p_owner name, p_model_version text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.request_history_v1(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.request_history_v1(p_request_id bigint, p_lease_token uuid) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.reveal_request_v1(p_request_id bigint, p_purpose text, p_redacted boolean) TO reflect_reviewer;
 REVOKE ALL ON FUNCTION reflect.revert_tuning_v1(p_change_id bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.review_v1(p_request_id bigint, p_is_correct boolean, p_correction text) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.review_v1(p_request_id bigint, p_is_correct boolean, p_correction text) TO reflect_reviewer;
+REVOKE ALL ON FUNCTION reflect.revoke_api_key_v1(p_name_or_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.revoke_person_v1(p_name text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.rollback_model_version_v1(p_reason text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.rotate_key_v1(p_from_key_id text, p_batch integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.set_person_v1(p_name text, p_role text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.set_probe_signals_v1(p_model_version text, p_request_ids bigint[], p_values double precision[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) TO reflect_app;
@@ -5114,8 +5538,12 @@ REVOKE ALL ON FUNCTION reflect.snooze_job_v1(p_job_id bigint, p_lease_token uuid
 GRANT ALL ON FUNCTION reflect.snooze_job_v1(p_job_id bigint, p_lease_token uuid, p_seconds double precision, p_checkpoint jsonb) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.store_answer_state_v1(p_request_id bigint, p_lease_token uuid, p_state public.vector) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.store_answer_state_v1(p_request_id bigint, p_lease_token uuid, p_state public.vector) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.store_answer_tokens_v1(p_request_id bigint, p_lease_token uuid, p_tokens jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.store_answer_tokens_v1(p_request_id bigint, p_lease_token uuid, p_tokens jsonb) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.submit_v1(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect.submit_v2(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text, p_history jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.submit_v2(p_prompt text, p_system_prompt text, p_params jsonb, p_idempotency_key text, p_caller text, p_model_version text, p_history jsonb) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.tag_eval_request_v1(p_request_id bigint, p_dataset text, p_item_id text, p_run_label text) TO reflect_app;
 REVOKE ALL ON FUNCTION reflect.tune_confidence_threshold_v1(p_model_version text, p_target_accuracy double precision) FROM PUBLIC;
@@ -5125,31 +5553,50 @@ REVOKE ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current b
 GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_app;
 GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_worker;
 GRANT ALL ON FUNCTION reflect.use_key_v1(p_key_id text, p_key text, p_current boolean) TO reflect_reviewer;
+REVOKE ALL ON FUNCTION reflect.verify_api_key_v1(p_key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.verify_api_key_v1(p_key text) TO reflect_api;
+REVOKE ALL ON FUNCTION reflect.verify_person_v1(p_name text, p_password text) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.verify_person_v1(p_name text, p_password text) TO reflect_api;
 REVOKE ALL ON FUNCTION reflect.worker_seen_v1(p_worker_id text, p_model_version_ids integer[], p_pid integer, p_hostname text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.worker_seen_v1(p_worker_id text, p_model_version_ids integer[], p_pid integer, p_hostname text) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.worker_stopped_v1(p_worker_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.worker_stopped_v1(p_worker_id text) TO reflect_worker;
+GRANT SELECT ON TABLE reflect.api_key_list TO reflect_analyst;
 GRANT SELECT,INSERT ON TABLE reflect.app_requests TO reflect_app;
 GRANT SELECT ON TABLE reflect.labelled_answers TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.calibration_daily TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.calibration_daily TO reflect_reviewer;
 GRANT SELECT ON TABLE reflect.calibrator_history TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.canary_status TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.canary_status TO reflect_reviewer;
 GRANT SELECT ON TABLE reflect.decryption_log TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.eval_results TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.promotion_decisions TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_states TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.model_states TO reflect_reviewer;
 GRANT SELECT ON TABLE reflect.model_version_daily TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.model_version_daily TO reflect_reviewer;
 GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_app;
 GRANT SELECT ON TABLE reflect.model_version_registry TO reflect_worker;
 GRANT SELECT ON TABLE reflect.queue_status TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.queue_status TO reflect_app;
 GRANT SELECT ON TABLE reflect.queue_status TO reflect_worker;
+GRANT SELECT ON TABLE reflect.queue_status TO reflect_reviewer;
 GRANT SELECT ON TABLE reflect.reliability TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.reliability TO reflect_reviewer;
 GRANT SELECT ON TABLE reflect.request_audit TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.request_audit TO reflect_reviewer;
 GRANT SELECT ON TABLE reflect.request_metrics TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.request_metrics TO reflect_reviewer;
+GRANT SELECT ON TABLE reflect.review_memories TO reflect_reviewer;
+GRANT SELECT ON TABLE reflect.review_memories TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.review_queue TO reflect_reviewer;
+GRANT SELECT ON TABLE reflect.review_queue TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.signal_auroc TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.signal_auroc TO reflect_reviewer;
 GRANT SELECT ON TABLE reflect.training_set_summary TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.training_status TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.tuning_history TO reflect_analyst;
 GRANT SELECT ON TABLE reflect.worker_status TO reflect_analyst;
+GRANT SELECT ON TABLE reflect.worker_status TO reflect_reviewer;

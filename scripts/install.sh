@@ -3,6 +3,7 @@
 #   scripts/install.sh            system packages + pgvector + .venv + default model
 #   scripts/install.sh --system   system packages + pgvector only
 #   scripts/install.sh --no-models  everything but the model files (the database image uses this)
+#   scripts/install.sh --browser    Debian's chromium only (the web pages' tests)
 # The why of each step is in the comment above it.
 set -euo pipefail
 
@@ -13,11 +14,13 @@ PYTHON=${PGREFLECT_PYTHON:-python3}
 VENV=${PGREFLECT_VENV:-$ROOT/.venv}
 ONLY_SYSTEM=0
 MODELS=1
+BROWSER=0
 for arg in "$@"; do
   case "$arg" in
     --system) ONLY_SYSTEM=1 ;;
     --no-models) MODELS=0 ;;
-    *) echo "usage: scripts/install.sh [--system] [--no-models]" >&2; exit 2 ;;
+    --browser) BROWSER=1 ;;
+    *) echo "usage: scripts/install.sh [--system] [--no-models] [--browser]" >&2; exit 2 ;;
   esac
 done
 
@@ -129,6 +132,11 @@ install_models() {
   "$VENV/bin/pgreflect" models assemble
 }
 
+if [[ $BROWSER -eq 1 ]]; then
+  apt_install chromium
+  log "ok"
+  exit 0
+fi
 install_system
 if [[ $ONLY_SYSTEM -eq 0 ]]; then
   install_python

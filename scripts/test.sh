@@ -5,6 +5,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$ROOT/scripts/install.sh"
+# The web pages' tests drive Debian's Chromium with Playwright (the system browser: `playwright install` would
+# download its own build, which cannot work here).
+bash "$ROOT/scripts/install.sh" --browser
 cd "$ROOT"
 .venv/bin/ruff check worker tests bench
 exec .venv/bin/pytest "$@"

@@ -60,6 +60,7 @@ class Database:
         env.update({
             "PGREFLECT_DSN": self.dsn(), "PGREFLECT_APP_DSN": self.dsn("app"),
             "PGREFLECT_WORKER_DSN": self.dsn("worker"), "PGREFLECT_ANALYST_DSN": self.dsn("analyst"),
+            "PGREFLECT_API_DSN": self.dsn("api"),
             "PGREFLECT_KEY": keyring.keys[keyring.current], "PGREFLECT_KEY_ID": keyring.current,
             "PYTHONUNBUFFERED": "1",
         })

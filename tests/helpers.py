@@ -102,7 +102,7 @@ def answer_with_embedding(db: Database, keyring: Keyring, app_dsn: str, prompt: 
     with connect(app_dsn, keyring=keyring) as app:
         rid = app.execute(query("submit_via_view"), {"prompt": prompt, "system_prompt": None, "params": None,
                                                       "idempotency_key": None, "caller": None,
-                                                      "model_version": "noop"}).fetchone()[0]
+                                                      "model_version": "noop", "history": None}).fetchone()[0]
     with connect(db.dsn("worker"), keyring=keyring) as w:
         (row,) = w.execute(query("claim"), {"worker_id": "hand", "limit": 1, "lease_seconds": 60,
                                             "model_version_ids": None}).fetchall()

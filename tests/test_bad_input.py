@@ -70,6 +70,7 @@ def test_params_defaults_are_filled_in_by_the_database(db: Database, keyring: Ke
         rid = c.submit("ok", params={"stop": "END"})
     params = db.scalar("SELECT params FROM reflect.requests WHERE id = %s", (rid,))
     assert params == {"max_tokens": 256, "temperature": 0, "top_p": 1, "top_k": 0, "seed": None, "stop": ["END"],
+                      "logprobs": False, "top_logprobs": 0,
                       "memory": True, "memory_k": 3, "memory_max_distance": 0.38, "low_confidence": "answer",
                       "confidence_threshold": 0.5}
 

@@ -144,3 +144,35 @@ def test_bad_critiques_are_refused_and_ratings_checked(db: Database, keyring: Ke
     with db.admin() as conn:
         assert conn.execute("SELECT verdict, n_issues, max_severity, rating FROM reflect.critiques").fetchone() == (
             "incorrect", 1, "high", 4)
+
+
+def test_a_conversation_is_answered_and_followed_up_with_its_earlier_turns(db: Database, keyring: Keyring) -> None:
+    _enable(db, critique=1.0, agreement_share=1.0)
+    history = [{"role": "user", "content": "Remember the number 7."}, {"role": "assistant", "content": "Noted: 7."}]
+    with client(db, keyring) as c:
+        rid = c.submit("Which number?", params={"max_tokens": 4}, history=history)
+    stats = drain(db, keyring, memory="off")
+    assert stats.succeeded == 1 and stats.followups == 2  # both follow-ups read the turns (job_history_v1)
+    with client(db, keyring) as c:
+        row = c.get(rid)
+    assert row["state"] == "succeeded" and "agreement" in row["signals"] and row["critique"]
+    with psycopg.connect(db.dsn("app"), autocommit=True) as conn:
+        conn.execute(query("use_key"), {"key_id": keyring.current, "key": keyring.keys[keyring.current],
+                                        "current": True})
+        assert conn.execute("SELECT history FROM reflect.app_requests WHERE id = %s", (rid,)).fetchone()[0] == history
+        with pytest.raises(psycopg.Error, match="history must end with an assistant message"):
+            conn.execute("INSERT INTO reflect.app_requests (prompt, history) VALUES ('q', %s)",
+                         (json.dumps(history[:1]),))
+        with pytest.raises(psycopg.Error, match=r"history\[1\] must be"):
+            conn.execute("INSERT INTO reflect.app_requests (prompt, history) VALUES ('q', %s)",
+                         (json.dumps([history[0], {"role": "assistant", "content": 7}]),))
+    assert db.scalar("SELECT count(*) FROM reflect.requests") == 1
+
+
+def test_the_conversation_comes_between_the_memories_and_the_question() -> None:
+    from pgreflect.backends import GenerationRequest
+
+    r = GenerationRequest("q2", "sys", {}, examples=(("mq", "ma"),),
+                          history=({"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}))
+    assert [(m["role"], m["content"]) for m in r.messages()] == [
+        ("system", "sys"), ("user", "mq"), ("assistant", "ma"), ("user", "q1"), ("assistant", "a1"), ("user", "q2")]

@@ -85,7 +85,10 @@ def _fill_every_encrypted_table(db: Database, keyring: Keyring) -> int:
         conn.execute("UPDATE reflect.settings SET value = '1' WHERE key = 'critique_fraction'")
     with client(db, keyring) as c:
         rid = c.submit("rotate me", system_prompt="be brief", params={"low_confidence": "reanswer"})
-    drain(db, keyring, backend="noop")  # answer, a re-answer candidate, and a critique
+        # a conversation's earlier turns, and an answer's token texts (asked for with logprobs)
+        c.submit("and me", params={"logprobs": True, "top_logprobs": 2},
+                 history=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    drain(db, keyring, backend="noop")  # answers, a re-answer candidate, and critiques
     with connect(db.dsn("app"), keyring=keyring) as conn:
         conn.execute(query("feedback"), {"request_id": rid, "is_correct": False, "rating": None,
                                          "correction": "rotated correction", "source": "human"})

@@ -41,7 +41,8 @@ def _submit(db: Database, keyring: Keyring, n: int, params: dict | None = None) 
     with connect(db.dsn("app"), keyring=keyring) as app:
         return [app.execute(query("submit_via_view"), {
             "prompt": f"question {i}", "system_prompt": None, "params": json.dumps(params) if params else None,
-            "idempotency_key": None, "caller": None, "model_version": "noop"}).fetchone()[0] for i in range(n)]
+            "idempotency_key": None, "caller": None, "model_version": "noop", "history": None}).fetchone()[0]
+            for i in range(n)]
 
 
 def _answer(db: Database, keyring: Keyring, embeddings: dict[int, str]) -> dict[int, int]:

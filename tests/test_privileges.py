@@ -15,7 +15,7 @@ from conftest import Database
 from helpers import client, drain
 
 GOLDEN = Path(__file__).parent / "golden" / "privileges.txt"
-ROLES = ("reflect_app", "reflect_worker", "reflect_analyst", "reflect_reviewer", "public")
+ROLES = ("reflect_app", "reflect_worker", "reflect_analyst", "reflect_reviewer", "reflect_api", "public")
 
 
 def privilege_matrix(db: Database) -> str:
@@ -53,12 +53,12 @@ def test_privileges_match_the_golden_file(db: Database) -> None:
     assert actual == GOLDEN.read_text(), "privileges changed: review, then PGREFLECT_UPDATE_GOLDEN=1 pytest ..."
 
 
-@pytest.mark.parametrize("role", ["app", "worker", "analyst"])
+@pytest.mark.parametrize("role", ["app", "worker", "analyst", "api"])
 def test_internal_tables_are_closed_to_every_role(db: Database, role: str) -> None:
     with psycopg.connect(db.dsn(role), autocommit=True) as conn:
         for table in ("requests", "answers", "model_versions", "request_events", "settings", "workers",
                       "feedback", "answer_signals", "calibrators", "prompt_embeddings", "memories",
-                      "answer_memories", "eval_items", "eval_requests", "labels"):
+                      "answer_memories", "eval_items", "eval_requests", "labels", "api_keys", "apps"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"SELECT 1 FROM reflect.{table} LIMIT 1")
 

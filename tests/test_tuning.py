@@ -27,7 +27,8 @@ def _labelled_answers(db: Database, keyring: Keyring, n: int = 150) -> list[tupl
     with connect(db.dsn("app"), keyring=keyring) as app, connect(db.dsn("worker"), keyring=keyring) as w:
         ids = [app.execute(query("submit_via_view"), {"prompt": f"q{i}", "system_prompt": None,
                                                       "params": json.dumps({"memory": False}), "idempotency_key": None,
-                                                      "caller": None, "model_version": NOOP}).fetchone()[0]
+                                                      "caller": None, "model_version": NOOP,
+                                                      "history": None}).fetchone()[0]
                for i in range(n)]
         rows = w.execute(query("claim"), {"worker_id": "hand", "limit": n, "lease_seconds": 60,
                                           "model_version_ids": None}).fetchall()
@@ -52,7 +53,8 @@ def _submit(db: Database, keyring: Keyring, params: dict) -> dict:
     with connect(db.dsn("app"), keyring=keyring) as app:
         rid = app.execute(query("submit_via_view"), {"prompt": "new", "system_prompt": None,
                                                      "params": json.dumps(params), "idempotency_key": None,
-                                                     "caller": None, "model_version": None}).fetchone()[0]
+                                                     "caller": None, "model_version": None,
+                                                     "history": None}).fetchone()[0]
         return app.execute("SELECT params FROM reflect.app_requests WHERE id = %s", (rid,)).fetchone()[0]
 
 

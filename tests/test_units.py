@@ -71,8 +71,9 @@ def _flags(parser) -> set[str]:  # type: ignore[no-untyped-def]
             for sub in action.choices.values():
                 found |= _flags(sub)
         for opt in action.option_strings:
-            if opt.startswith("--") and "[env PGREFLECT_" in (action.help or ""):
-                found.add(opt)
+            env = re.search(r"\[env (PGREFLECT_[A-Z_]+)", action.help or "")
+            if opt.startswith("--") and env:
+                found.add((opt, env.group(1)))
     return found
 
 
@@ -80,7 +81,7 @@ def test_every_env_flag_is_documented() -> None:
     docs = (ROOT / "docs" / "configuration.md").read_text()
     flags = _flags(build_parser())
     assert len(flags) > 15
-    missing = [f for f in sorted(flags) if "PGREFLECT_" + f[2:].replace("-", "_").upper() not in docs]
+    missing = [f"{flag} ({env})" for flag, env in sorted(flags) if f"`{env}`" not in docs]
     assert missing == []
 
 

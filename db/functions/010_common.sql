@@ -41,8 +41,9 @@ BEGIN
     RAISE EXCEPTION 'login role name must match ^[a-z_][a-z0-9_]{0,62}$' USING ERRCODE = 'PR001';
   END IF;
   IF p_group IS NULL OR p_group NOT IN ('reflect_app', 'reflect_worker', 'reflect_analyst', 'reflect_reviewer',
-                                        'reflect_owner') THEN
-    RAISE EXCEPTION 'group must be one of reflect_app, reflect_worker, reflect_analyst, reflect_reviewer, reflect_owner'
+                                        'reflect_api', 'reflect_owner') THEN
+    RAISE EXCEPTION 'group must be one of reflect_app, reflect_worker, reflect_analyst, reflect_reviewer, reflect_api, '
+                    'reflect_owner'
       USING ERRCODE = 'PR001';
   END IF;
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = p_login) THEN

@@ -19,14 +19,21 @@ BEGIN
   END IF;
   SELECT k INTO v_key FROM jsonb_object_keys(p) k
   WHERE k NOT IN ('max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'memory', 'memory_k',
-                  'memory_max_distance', 'low_confidence', 'confidence_threshold') LIMIT 1;
+                  'memory_max_distance', 'low_confidence', 'confidence_threshold', 'logprobs', 'top_logprobs')
+  LIMIT 1;
   IF v_key IS NOT NULL THEN
     RAISE EXCEPTION 'unknown generation parameter "%"', left(v_key, 40) USING ERRCODE = 'PR001',
       HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop, memory, memory_k, memory_max_distance, '
-             'low_confidence, confidence_threshold';
+             'low_confidence, confidence_threshold, logprobs, top_logprobs';
   END IF;
   IF p ? 'memory' AND jsonb_typeof(p -> 'memory') <> 'boolean' THEN
     RAISE EXCEPTION 'memory must be true or false' USING ERRCODE = 'PR001';
+  END IF;
+  IF p ? 'logprobs' AND jsonb_typeof(p -> 'logprobs') <> 'boolean' THEN
+    RAISE EXCEPTION 'logprobs must be true or false' USING ERRCODE = 'PR001';
+  END IF;
+  IF coalesce(p ->> 'top_logprobs', '0') <> '0' AND NOT coalesce((p ->> 'logprobs')::boolean, false) THEN
+    RAISE EXCEPTION 'top_logprobs needs logprobs = true' USING ERRCODE = 'PR001';
   END IF;
   IF p ? 'low_confidence' AND coalesce(p ->> 'low_confidence', '') NOT IN ('answer', 'flag', 'abstain', 'reanswer') THEN
     RAISE EXCEPTION 'low_confidence must be answer, flag, abstain or reanswer' USING ERRCODE = 'PR001';
@@ -45,7 +52,10 @@ BEGIN
                                                  reflect._setting_float('memory_max_distance')::numeric),
     'low_confidence', coalesce(p ->> 'low_confidence', reflect._setting_text('low_confidence_action_default')),
     'confidence_threshold', reflect._param_number(p, 'confidence_threshold', 0, 1, false,
-                                                  reflect._setting_float('confidence_threshold_default')::numeric)
+                                                  reflect._setting_float('confidence_threshold_default')::numeric),
+    -- the answer's tokens and, per token, its top_logprobs most likely alternatives (stored encrypted)
+    'logprobs', coalesce((p -> 'logprobs')::boolean, false),
+    'top_logprobs', reflect._param_number(p, 'top_logprobs', 0, 20, true, 0)
   );
   v_stop := coalesce(p -> 'stop', '[]'::jsonb);
   IF jsonb_typeof(v_stop) = 'string' THEN
@@ -105,16 +115,54 @@ AS $$
   SELECT p_text ~ '^[[:space:][:cntrl:]\u00a0\u00ad\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff]*$'
 $$;
 
--- The app's way in. Encrypts prompt and system prompt with the session's current key, resolves the model
--- version (the active one when none is named) and queues the request. With an idempotency key that this
--- role already used, returns the original request's id and writes nothing (whatever the prompt).
-CREATE OR REPLACE FUNCTION reflect.submit_v1(
+-- A conversation's earlier turns, checked: user and assistant messages alternating from a user message to an
+-- assistant message, each {"role", "content"} with text content; together no longer than max_prompt_chars.
+CREATE OR REPLACE FUNCTION reflect._check_history(p_history jsonb)
+RETURNS integer
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_turn jsonb;
+  v_i integer := 0;
+  v_chars bigint := 0;
+  v_expected text;
+BEGIN
+  IF jsonb_typeof(p_history) <> 'array' THEN
+    RAISE EXCEPTION 'history must be a JSON array of {"role", "content"} messages' USING ERRCODE = 'PR001';
+  END IF;
+  FOR v_turn IN SELECT value FROM jsonb_array_elements(p_history) LOOP
+    IF jsonb_typeof(v_turn) <> 'object' OR EXISTS (SELECT FROM jsonb_object_keys(v_turn) k WHERE k NOT IN ('role', 'content'))
+       OR jsonb_typeof(v_turn -> 'content') IS DISTINCT FROM 'string' THEN
+      RAISE EXCEPTION 'history[%] must be {"role", "content"} with text content', v_i USING ERRCODE = 'PR001';
+    END IF;
+    v_expected := (ARRAY['user', 'assistant'])[v_i % 2 + 1];
+    IF v_turn ->> 'role' IS DISTINCT FROM v_expected THEN
+      RAISE EXCEPTION 'history[%]: expected % % message (turns alternate user, assistant, ...; the prompt is the last user turn)',
+        v_i, CASE v_expected WHEN 'user' THEN 'a' ELSE 'an' END, v_expected USING ERRCODE = 'PR001';
+    END IF;
+    v_chars := v_chars + length(v_turn ->> 'content');
+    v_i := v_i + 1;
+  END LOOP;
+  IF v_i % 2 = 1 THEN
+    RAISE EXCEPTION 'history must end with an assistant message (the prompt is the next user turn)' USING ERRCODE = 'PR001';
+  END IF;
+  RETURN v_chars;
+END
+$$;
+
+-- The app's way in: a question (prompt, with its system prompt and, for a conversation, its earlier turns).
+-- Encrypts the text with the session's current key, resolves the model version (the active one when none is
+-- named) and queues the request. With an idempotency key that this role already used, returns the original
+-- request's id and writes nothing (whatever the prompt).
+CREATE OR REPLACE FUNCTION reflect.submit_v2(
   p_prompt text,
   p_system_prompt text DEFAULT NULL,
   p_params jsonb DEFAULT NULL,
   p_idempotency_key text DEFAULT NULL,
   p_caller text DEFAULT NULL,
-  p_model_version text DEFAULT NULL
+  p_model_version text DEFAULT NULL,
+  p_history jsonb DEFAULT NULL
 )
 RETURNS bigint
 LANGUAGE plpgsql
@@ -129,6 +177,13 @@ DECLARE
   v_tuned double precision;
   v_id bigint;
 BEGIN
+  IF jsonb_typeof(p_history) = 'array' AND jsonb_array_length(p_history) = 0 THEN
+    p_history := NULL;
+  END IF;
+  IF p_history IS NOT NULL AND reflect._check_history(p_history) > v_max THEN
+    RAISE EXCEPTION 'history is longer than % characters in all', v_max USING ERRCODE = 'PR001',
+      HINT = 'the limit is the max_prompt_chars setting';
+  END IF;
   IF p_prompt IS NULL OR reflect._is_blank(p_prompt) THEN
     RAISE EXCEPTION 'prompt must not be empty' USING ERRCODE = 'PR001';
   END IF;
@@ -147,6 +202,11 @@ BEGIN
     RAISE EXCEPTION 'caller must be 1 to 200 characters' USING ERRCODE = 'PR001';
   END IF;
   v_params := reflect._normalize_params(p_params);
+  IF p_history IS NOT NULL THEN
+    -- Set here, never by the caller (an unknown parameter to _normalize_params): the worker reads the turns only
+    -- for the requests that have them.
+    v_params := v_params || jsonb_build_object('history_turns', jsonb_array_length(p_history));
+  END IF;
 
   IF p_model_version IS NULL THEN
     v_model := reflect._default_version();  -- the active version, or its canary (770_improve.sql)
@@ -191,10 +251,11 @@ BEGIN
 
   v_key_id := reflect._current_key_id();
   INSERT INTO reflect.requests
-    (key_id, prompt_enc, system_prompt_enc, params, idempotency_key, caller, submitted_by,
+    (key_id, prompt_enc, system_prompt_enc, history_enc, params, idempotency_key, caller, submitted_by,
      model_version_id, max_attempts)
   VALUES
-    (v_key_id, reflect._encrypt(p_prompt, v_key_id), reflect._encrypt(p_system_prompt, v_key_id), v_params,
+    (v_key_id, reflect._encrypt(p_prompt, v_key_id), reflect._encrypt(p_system_prompt, v_key_id),
+     reflect._encrypt(p_history::text, v_key_id), v_params,
      p_idempotency_key, p_caller, session_user, v_model, reflect._setting_int('max_attempts'))
   ON CONFLICT (submitted_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING id INTO v_id;
@@ -205,6 +266,23 @@ BEGIN
   END IF;
   RETURN v_id;
 END
+$$;
+
+-- Version 1 (a single question), kept for the apps that call it.
+CREATE OR REPLACE FUNCTION reflect.submit_v1(
+  p_prompt text,
+  p_system_prompt text DEFAULT NULL,
+  p_params jsonb DEFAULT NULL,
+  p_idempotency_key text DEFAULT NULL,
+  p_caller text DEFAULT NULL,
+  p_model_version text DEFAULT NULL
+)
+RETURNS bigint
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT reflect.submit_v2(p_prompt, p_system_prompt, p_params, p_idempotency_key, p_caller, p_model_version, NULL)
 $$;
 
 CREATE OR REPLACE FUNCTION reflect._requests_after_insert()
@@ -264,7 +342,11 @@ SELECT
    WHERE f.request_id = r.id AND f.kind IN ('critique', 'agreement') AND f.state IN ('queued', 'running'))
     AS followups_pending,
   (SELECT f.is_correct FROM reflect.feedback f WHERE f.request_id = r.id AND f.is_correct IS NOT NULL
-   ORDER BY f.id DESC LIMIT 1) AS is_correct  -- its label (reflect.labels: the latest verdict)
+   ORDER BY f.id DESC LIMIT 1) AS is_correct,  -- its label (reflect.labels: the latest verdict)
+  a.token_logprobs,
+  (SELECT reflect._decrypt_or_null(t.tokens_enc, t.key_id)::jsonb FROM reflect.answer_tokens t
+   WHERE t.request_id = r.id) AS answer_tokens,  -- when params.logprobs: [{"token", "top": [[text, logprob], ...]}]
+  reflect._decrypt_or_null(r.history_enc, r.key_id)::jsonb AS history  -- a conversation's earlier turns
 FROM reflect.requests r
 JOIN reflect.model_versions mv ON mv.id = r.model_version_id
 LEFT JOIN reflect.answers a ON a.request_id = r.id
@@ -283,13 +365,13 @@ BEGIN
   SELECT string_agg(key, ', ' ORDER BY key) INTO v_refused
   FROM jsonb_each(to_jsonb(NEW))
   WHERE value <> 'null'::jsonb
-    AND key NOT IN ('prompt', 'system_prompt', 'params', 'idempotency_key', 'caller', 'model_version');
+    AND key NOT IN ('prompt', 'system_prompt', 'params', 'idempotency_key', 'caller', 'model_version', 'history');
   IF v_refused IS NOT NULL THEN
-    RAISE EXCEPTION 'only prompt, system_prompt, params, idempotency_key, caller and model_version can be inserted (got %)',
+    RAISE EXCEPTION 'only prompt, system_prompt, params, idempotency_key, caller, model_version and history can be inserted (got %)',
       v_refused USING ERRCODE = 'PR001';
   END IF;
-  NEW.id := reflect.submit_v1(NEW.prompt, NEW.system_prompt, NEW.params, NEW.idempotency_key, NEW.caller,
-                              NEW.model_version);
+  NEW.id := reflect.submit_v2(NEW.prompt, NEW.system_prompt, NEW.params, NEW.idempotency_key, NEW.caller,
+                              NEW.model_version, NEW.history);
   SELECT * INTO NEW FROM reflect.app_requests WHERE id = NEW.id;
   RETURN NEW;
 END

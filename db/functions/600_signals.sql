@@ -316,14 +316,54 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   r reflect.requests;
-  v_id bigint;
-  v_kind text;
-  v_fid bigint;
 BEGIN
   SELECT * INTO r FROM reflect.requests WHERE id = p_request_id;
   IF r.id IS NULL OR NOT (r.submitted_by = session_user OR pg_has_role(session_user, 'reflect_owner', 'MEMBER')) THEN
     RAISE EXCEPTION 'no request % (or it is not yours)', p_request_id USING ERRCODE = 'PR005';
   END IF;
+  RETURN reflect._record_feedback(r, p_is_correct, p_rating, p_correction, p_source);
+END
+$$;
+
+-- A reviewer's verdict on any app's answer (the review queue): recorded exactly as the app's own feedback would
+-- be (a correction becomes that app's memory and training data), with source 'review' and the reviewer's login.
+CREATE OR REPLACE FUNCTION reflect.review_v1(p_request_id bigint, p_is_correct boolean, p_correction text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r reflect.requests;
+BEGIN
+  SELECT * INTO r FROM reflect.requests WHERE id = p_request_id;
+  IF r.id IS NULL THEN
+    RAISE EXCEPTION 'no request %', p_request_id USING ERRCODE = 'PR005';
+  END IF;
+  IF p_is_correct IS NULL THEN
+    RAISE EXCEPTION 'a review says whether the answer is correct' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_is_correct AND p_correction IS NOT NULL THEN
+    RAISE EXCEPTION 'a correct answer takes no correction' USING ERRCODE = 'PR001';
+  END IF;
+  RETURN reflect._record_feedback(r, p_is_correct, NULL, p_correction, 'review');
+END
+$$;
+
+-- The record both share: checks the values, stores the feedback (a correction encrypted with the request's key),
+-- and keeps the request's memory in step with its latest verdict.
+CREATE OR REPLACE FUNCTION reflect._record_feedback(
+  r reflect.requests, p_is_correct boolean, p_rating integer, p_correction text, p_source text
+)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_id bigint;
+  v_kind text;
+  v_fid bigint;
+BEGIN
   IF p_rating IS NOT NULL AND p_rating NOT BETWEEN 1 AND 5 THEN
     RAISE EXCEPTION 'rating must be between 1 and 5' USING ERRCODE = 'PR001';
   END IF;
@@ -341,7 +381,7 @@ BEGIN
     RAISE EXCEPTION 'source must match ^[a-z][a-z0-9_]{0,30}$' USING ERRCODE = 'PR001';
   END IF;
   IF r.state <> 'succeeded' AND (p_is_correct IS NOT NULL OR p_rating IS NOT NULL) THEN
-    RAISE EXCEPTION 'request % has no answer to judge (it is %)', p_request_id, r.state USING ERRCODE = 'PR001';
+    RAISE EXCEPTION 'request % has no answer to judge (it is %)', r.id, r.state USING ERRCODE = 'PR001';
   END IF;
 
   INSERT INTO reflect.feedback (request_id, is_correct, rating, key_id, correction_enc, source, given_by)
@@ -355,7 +395,8 @@ BEGIN
   FROM reflect.feedback f
   WHERE f.request_id = r.id AND (f.is_correct IS NOT NULL OR f.correction_enc IS NOT NULL)
   ORDER BY f.id DESC LIMIT 1;
-  IF v_kind IS NULL THEN
+  -- A conversation's last question is not a memory: recalled on its own it would be out of context.
+  IF v_kind IS NULL OR r.history_enc IS NOT NULL THEN
     DELETE FROM reflect.memories WHERE request_id = r.id;
   ELSE
     INSERT INTO reflect.memories (request_id, kind, feedback_id, embedding, owner)
@@ -385,6 +426,57 @@ BEGIN
   VALUES (r.id, r.model_version_id, p_state)
   ON CONFLICT (request_id) DO UPDATE
     SET model_version_id = EXCLUDED.model_version_id, state = EXCLUDED.state, created_at = now();
+END;
+$$;
+
+-- A conversation's earlier turns for the worker that holds the request's lease (claim_v1 returns the prompt; only
+-- requests with params.history_turns have turns to fetch), and for a follow-up job on such a request.
+CREATE OR REPLACE FUNCTION reflect.request_history_v1(p_request_id bigint, p_lease_token uuid)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r reflect.requests := reflect._take_lease(p_request_id, p_lease_token);
+BEGIN
+  RETURN reflect._decrypt(r.history_enc, r.key_id)::jsonb;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION reflect.job_history_v1(p_job_id bigint, p_lease_token uuid)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  j reflect.jobs := reflect._take_job_lease(p_job_id, p_lease_token);
+  r reflect.requests;
+BEGIN
+  SELECT * INTO r FROM reflect.requests WHERE id = j.request_id;
+  RETURN reflect._decrypt(r.history_enc, r.key_id)::jsonb;
+END;
+$$;
+
+-- The tokens of the answer and their top alternatives, for a request whose params ask for logprobs (stored
+-- under the lease, before complete, as the hidden state is). Encrypted with the request's key.
+CREATE OR REPLACE FUNCTION reflect.store_answer_tokens_v1(p_request_id bigint, p_lease_token uuid, p_tokens jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r reflect.requests := reflect._take_lease(p_request_id, p_lease_token);
+BEGIN
+  IF p_tokens IS NULL OR jsonb_typeof(p_tokens) <> 'array' THEN
+    RAISE EXCEPTION 'tokens must be a JSON array' USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.answer_tokens (request_id, key_id, tokens_enc)
+  VALUES (r.id, r.key_id, reflect._encrypt(p_tokens::text, r.key_id))
+  ON CONFLICT (request_id) DO UPDATE
+    SET key_id = EXCLUDED.key_id, tokens_enc = EXCLUDED.tokens_enc, created_at = now();
 END;
 $$;
 

@@ -214,7 +214,8 @@ BEGIN
   UPDATE reflect.critiques c SET rating = p_rating, rated_by = session_user
   FROM reflect.requests r
   WHERE c.request_id = p_request_id AND r.id = c.request_id
-    AND (r.submitted_by = session_user OR pg_has_role(session_user, 'reflect_owner', 'MEMBER'));
+    AND (r.submitted_by = session_user OR pg_has_role(session_user, 'reflect_owner', 'MEMBER')
+         OR pg_has_role(session_user, 'reflect_reviewer', 'MEMBER'));
   IF NOT FOUND THEN
     RAISE EXCEPTION 'no critique for request % (or it is not yours)', p_request_id USING ERRCODE = 'PR005';
   END IF;

@@ -59,7 +59,8 @@ BEGIN
   JOIN reflect.requests r ON r.id = l.request_id
   LEFT JOIN reflect.answers a ON a.request_id = l.request_id
   LEFT JOIN reflect.prompt_embeddings e ON e.request_id = l.request_id
-  WHERE l.source IS NOT NULL AND r.id NOT IN (SELECT request_id FROM reflect.eval_requests);
+  WHERE l.source IS NOT NULL AND r.id NOT IN (SELECT request_id FROM reflect.eval_requests)
+    AND r.history_enc IS NULL;  -- a conversation's last turn alone is out of context: not training data (yet)
   GET DIAGNOSTICS v_candidates = ROW_COUNT;
 
   DELETE FROM _cand WHERE embedding IS NULL OR completion_enc IS NULL;

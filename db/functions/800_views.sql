@@ -195,3 +195,49 @@ FROM reflect.eval_requests er
 JOIN reflect.labelled_answers la ON la.request_id = er.request_id
 LEFT JOIN reflect.eval_items ei ON ei.dataset = er.dataset AND ei.item_id = er.item_id
 GROUP BY 1, 2, 3, 4;
+
+-- The answers people should judge, numbers only (no text: a reviewer reads an item's text with
+-- reflect.reveal_request_v1, which is audited, and judges it with reflect.review_v1): flagged, abstained, under their
+-- confidence threshold, or in the review_sample_share sample of the rest. Evaluation traffic has ground truth and
+-- is not shown. `label` is the latest verdict (NULL: not judged yet).
+-- (Security definer: it reads the setting, and a view's functions run with the reader's rights.)
+CREATE OR REPLACE FUNCTION reflect._sampled_for_review(p_request_id bigint)
+RETURNS boolean
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT (('x' || substr(md5('review-sample:' || p_request_id), 1, 8))::bit(32)::bigint / 4294967296.0)
+         < reflect._setting_float('review_sample_share')
+$$;
+
+CREATE OR REPLACE VIEW reflect.review_queue AS
+SELECT
+  q.request_id, q.model_version, q.app_login, q.caller, q.answered_at, q.confidence, q.calibrated, q.threshold,
+  q.action,
+  CASE WHEN q.action = 'abstain' THEN 'abstained' WHEN q.action = 'flag' THEN 'flagged'
+       WHEN q.confidence < q.threshold THEN 'low_confidence' ELSE 'sampled' END AS reason,
+  q.signals, q.critique_verdict, q.critique_rating, q.memory_used, l.is_correct AS label, l.source AS label_source
+FROM (
+  SELECT r.id AS request_id, mv.name AS model_version, r.submitted_by AS app_login, r.caller,
+         a.created_at AS answered_at, a.confidence, a.calibrator_id IS NOT NULL AS calibrated,
+         (r.params ->> 'confidence_threshold')::double precision AS threshold, a.action, a.memory_used,
+         (SELECT jsonb_object_agg(s.name, s.value) FROM reflect.answer_signals s WHERE s.request_id = r.id) AS signals,
+         c.verdict AS critique_verdict, c.rating AS critique_rating
+  FROM reflect.requests r
+  JOIN reflect.answers a ON a.request_id = r.id
+  JOIN reflect.model_versions mv ON mv.id = r.model_version_id
+  LEFT JOIN reflect.critiques c ON c.request_id = r.id
+  WHERE r.state = 'succeeded'
+    AND NOT EXISTS (SELECT FROM reflect.eval_requests e WHERE e.request_id = r.id)
+) q
+LEFT JOIN reflect.labels l ON l.request_id = q.request_id
+WHERE q.action IN ('flag', 'abstain') OR q.confidence < q.threshold
+   OR reflect._sampled_for_review(q.request_id);
+
+-- The memories that went into an answer's prompt (numbers: which earlier request, its rank and distance, and what
+-- it is now: a correction, a confirmed answer, or gone). A reviewer reads a memory's text with the audited reveal.
+CREATE OR REPLACE VIEW reflect.review_memories AS
+SELECT am.request_id, am.memory_request_id, am.rank, am.distance, m.kind
+FROM reflect.answer_memories am
+LEFT JOIN reflect.memories m ON m.request_id = am.memory_request_id;

@@ -107,3 +107,33 @@ TO reflect_worker;
 GRANT SELECT ON reflect.model_states, reflect.training_status, reflect.promotion_decisions, reflect.canary_status,
   reflect.tuning_history
 TO reflect_analyst;
+
+-- HTTP API (0011): the server's login verifies keys and listens; it acts as each key's app through that app's
+-- own login, never through its own rights. Administrators create and revoke keys (their functions).
+GRANT USAGE ON SCHEMA reflect TO reflect_api;
+GRANT EXECUTE ON FUNCTION reflect.verify_api_key_v1(text), reflect.verify_person_v1(text, text) TO reflect_api;
+GRANT SELECT ON reflect.api_key_list TO reflect_analyst;
+GRANT EXECUTE ON FUNCTION reflect.store_answer_tokens_v1(bigint, uuid, jsonb),
+  reflect.request_history_v1(bigint, uuid),
+  reflect.job_history_v1(bigint, uuid)
+TO reflect_worker;
+GRANT EXECUTE ON FUNCTION reflect.submit_v2(text, text, jsonb, text, text, text, jsonb) TO reflect_app;
+
+-- review (0011): reviewers see the queue's numbers, read an item's text through reveal_request_v1 (audited) and
+-- judge it; analysts see the same numbers
+GRANT EXECUTE ON FUNCTION reflect.review_v1(bigint, boolean, text), reflect.rate_critique_v1(bigint, integer)
+TO reflect_reviewer;
+GRANT USAGE ON SCHEMA reflect TO reflect_reviewer;
+GRANT SELECT ON reflect.review_queue, reflect.review_memories TO reflect_reviewer, reflect_analyst;
+GRANT EXECUTE ON FUNCTION reflect._sampled_for_review(bigint) TO reflect_reviewer, reflect_analyst;
+
+-- the web dashboard (0011): reviewers see the same numbers as analysts (never text through these)
+GRANT SELECT ON reflect.reliability, reflect.calibration_daily, reflect.signal_auroc, reflect.queue_status,
+  reflect.worker_status, reflect.model_version_daily, reflect.model_states, reflect.canary_status,
+  reflect.request_metrics, reflect.request_audit
+TO reflect_reviewer;
+GRANT EXECUTE ON FUNCTION reflect.auroc_v1(double precision[], boolean[]),
+  reflect.ece_v1(double precision[], boolean[], integer),
+  reflect.brier_v1(double precision[], boolean[]),
+  reflect.accuracy_at_coverage_v1(double precision[], boolean[], double precision)
+TO reflect_reviewer;

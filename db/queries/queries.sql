@@ -75,15 +75,16 @@ SELECT reflect.worker_stopped_v1(%(worker_id)s);
 SELECT reflect.live_worker_count_v1(%(model_version)s) AS n;
 
 -- name: submit_via_view
-INSERT INTO reflect.app_requests (prompt, system_prompt, params, idempotency_key, caller, model_version)
-VALUES (%(prompt)s, %(system_prompt)s, %(params)s, %(idempotency_key)s, %(caller)s, %(model_version)s)
+INSERT INTO reflect.app_requests (prompt, system_prompt, params, idempotency_key, caller, model_version, history)
+VALUES (%(prompt)s, %(system_prompt)s, %(params)s, %(idempotency_key)s, %(caller)s, %(model_version)s,
+        %(history)s)
 RETURNING id, state;
 
 -- name: app_request
 SELECT id, state, attempts, last_error, model_version, answer, finish_reason, tokens, tokens_per_s,
        logprob_mean, logprob_min, confidence, prompt_tokens, queue_wait_ms, prompt_eval_ms, generation_ms,
        created_at, finished_at, calibrated, action, memory_used, signals, critique, critique_verdict,
-       critique_rating, followups_pending, is_correct
+       critique_rating, followups_pending, is_correct, token_logprobs, answer_tokens
 FROM reflect.app_requests WHERE id = %(id)s;
 
 -- name: register_model
@@ -328,3 +329,125 @@ SELECT reflect.revert_tuning_v1(%(change_id)s);
 -- name: tuning_history
 SELECT id, model_version, knob, old_value, new_value, reason, evidence, decided_by, decided_at, reverted_at, in_force
 FROM reflect.tuning_history ORDER BY id DESC;
+
+-- name: create_api_key
+SELECT id, key FROM reflect.create_api_key_v1(%(name)s, %(app)s);
+
+-- name: verify_api_key
+SELECT key_id, app, login FROM reflect.verify_api_key_v1(%(key)s);
+
+-- name: revoke_api_key
+SELECT reflect.revoke_api_key_v1(%(name_or_id)s) AS id;
+
+-- name: api_key_list
+SELECT id, name, app, login, created_at, created_by, last_used_at, revoked_at
+FROM reflect.api_key_list ORDER BY created_at, id;
+
+-- name: listen_api
+LISTEN request_done;
+LISTEN api_key_revoked;
+LISTEN person_revoked;
+
+-- name: api_models
+SELECT name, created_at, is_active, parent FROM reflect.model_version_registry ORDER BY id;
+
+-- name: model_exists
+SELECT 1 FROM reflect.model_version_registry WHERE name = %(name)s;
+
+-- name: store_tokens
+SELECT reflect.store_answer_tokens_v1(%(request_id)s, %(lease_token)s, %(tokens)s);
+
+-- name: request_history
+SELECT reflect.request_history_v1(%(request_id)s, %(lease_token)s);
+
+-- name: job_history
+SELECT reflect.job_history_v1(%(job_id)s, %(lease_token)s);
+
+-- name: app_request_by_key
+SELECT id FROM reflect.app_requests WHERE idempotency_key = %(key)s;
+
+-- name: set_person
+SELECT login, password FROM reflect.set_person_v1(%(name)s, %(role)s);
+
+-- name: verify_person
+SELECT login, role FROM reflect.verify_person_v1(%(name)s, %(password)s);
+
+-- name: revoke_person
+SELECT reflect.revoke_person_v1(%(name)s);
+
+-- name: people
+SELECT name, login, role, created_at, revoked_at FROM reflect.people ORDER BY name;
+
+-- name: review_queue
+SELECT request_id, model_version, app_login, caller, answered_at, confidence, calibrated, threshold, action, reason,
+       signals, critique_verdict, critique_rating, memory_used, label, label_source
+FROM reflect.review_queue
+WHERE (%(model_version)s::text IS NULL OR model_version = %(model_version)s)
+  AND (%(caller)s::text IS NULL OR caller = %(caller)s)
+  AND (%(max_confidence)s::float8 IS NULL OR confidence <= %(max_confidence)s)
+  AND (%(judged)s OR label IS NULL)
+ORDER BY label IS NOT NULL, confidence, request_id DESC
+LIMIT 200;
+
+-- name: review_item
+SELECT request_id, model_version, app_login, caller, answered_at, confidence, calibrated, threshold, action, reason,
+       signals, critique_verdict, critique_rating, memory_used, label, label_source
+FROM reflect.review_queue WHERE request_id = %(request_id)s;
+
+-- name: review
+SELECT reflect.review_v1(%(request_id)s, %(is_correct)s, %(correction)s);
+
+-- name: dashboard_versions
+SELECT model_version AS name, is_active FROM reflect.queue_status ORDER BY is_active DESC, model_version;
+
+-- name: dashboard_reliability
+SELECT bin, bin_low, bin_high, n, mean_confidence, accuracy FROM reflect.reliability
+WHERE model_version = %(model_version)s ORDER BY bin;
+
+-- name: dashboard_calibration
+SELECT day, labelled, accuracy, mean_confidence, ece, brier, auroc_confidence, accuracy_at_80, abstention_rate,
+       review_rate, accuracy_memory_on, accuracy_memory_off, calibrated_share
+FROM reflect.calibration_daily WHERE model_version = %(model_version)s ORDER BY day;
+
+-- name: dashboard_signals
+SELECT signal, n, auroc_wrong FROM reflect.signal_auroc WHERE model_version = %(model_version)s
+ORDER BY auroc_wrong DESC NULLS LAST, signal;
+
+-- name: dashboard_traffic
+SELECT day, requests, succeeded, failed, pending, p50_queue_wait_ms, p95_queue_wait_ms, mean_tokens_per_s
+FROM reflect.model_version_daily WHERE model_version = %(model_version)s ORDER BY day DESC LIMIT 14;
+
+-- name: dashboard_queue
+SELECT model_version, queued, running, waiting_retry, lease_expired, failed, oldest_queued_at
+FROM reflect.queue_status ORDER BY model_version;
+
+-- name: dashboard_workers
+SELECT worker_id, hostname, model_versions, started_at, last_seen_at FROM reflect.worker_status
+WHERE live ORDER BY worker_id;
+
+-- name: dashboard_reviews
+SELECT reason, count(*) AS answers, count(*) FILTER (WHERE label IS NULL) AS to_judge
+FROM reflect.review_queue WHERE model_version = %(model_version)s GROUP BY reason ORDER BY reason;
+
+-- name: web_models
+SELECT name, state, parent, base, backend, adapter_sha256, last_decision, decided_by, reason, numbers, decided_at,
+       created_at
+FROM reflect.model_states ORDER BY created_at, name;
+
+-- name: web_canaries
+SELECT candidate, parent, share, state, started_at, ended_at, candidate_labels, candidate_accuracy, parent_labels,
+       parent_accuracy, glr, threshold, min_labels
+FROM reflect.canary_status ORDER BY started_at DESC LIMIT 20;
+
+-- name: web_request
+SELECT request_id, caller, submitted_by, model_version, state, attempts, last_error, created_at, claimed_at,
+       finished_at, worker_id, finish_reason, prompt_tokens, completion_tokens, confidence, queue_wait_ms,
+       prompt_eval_ms, generation_ms, tokens_per_s
+FROM reflect.request_metrics WHERE request_id = %(request_id)s;
+
+-- name: web_request_events
+SELECT at, event, attempt, worker_id, detail FROM reflect.request_audit WHERE request_id = %(request_id)s ORDER BY at;
+
+-- name: review_memories
+SELECT memory_request_id, rank, distance, kind FROM reflect.review_memories
+WHERE request_id = %(request_id)s ORDER BY rank;

@@ -24,9 +24,10 @@ def _env_name(flag: str) -> str:
 
 
 def _flag(p: argparse.ArgumentParser, flag: str, *, type: Any = str, default: Any = None,
-          help: str = "", **kw: Any) -> None:
-    """Adds --flag whose default comes from PGREFLECT_FLAG when set."""
-    env = _env_name(flag)
+          help: str = "", env: str | None = None, **kw: Any) -> None:
+    """Adds --flag whose default comes from PGREFLECT_FLAG (or `env`, where that name means something else) when
+    set."""
+    env = env or _env_name(flag)
     raw = os.environ.get(env)
     if kw.get("action") == "store_true":
         value: Any = raw.lower() in ("1", "true", "yes", "on") if raw is not None else bool(default)
@@ -67,6 +68,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     elif args.action == "stop":
         from pgreflect.flows import daemon
 
+        daemon.stop(name="serve")
         daemon.stop()
         cluster.stop()
     elif args.action == "run":
@@ -199,6 +201,69 @@ def cmd_apps(args: argparse.Namespace) -> int:
             print(f"{r['name']:30} {r['login']:34} {r['key_id']:34} {'revoked' if r['revoked_at'] else 'active'}")
     elif args.action == "revoke":
         print(f"login {apps.revoke_app(args.name, d.admin)} can no longer connect")
+    return 0
+
+
+# -- HTTP API ----------------------------------------------------------------------------------------
+def cmd_apikeys(args: argparse.Namespace) -> int:
+    from pgreflect.db import dsns
+    from pgreflect.service import apikeys
+
+    d = dsns()
+    if args.action == "create":
+        info = apikeys.create(args.name, app=args.app, admin_dsn=d.admin)
+        if args.json:
+            print(json.dumps(info))
+        else:
+            made = " (app created)" if info["app_created"] else ""
+            print(f"API key {info['name']} (id {info['id']}) acts as app {info['app']}{made}. It is shown only "
+                  f"this once:\n{info['key']}")
+            if "warning" in info:
+                print(f"warning: {info['warning']}", file=sys.stderr)
+    elif args.action == "list":
+        rows = apikeys.list_keys(d.admin)
+        if args.json:
+            print(json.dumps(rows, default=str))
+        for r in rows if not args.json else []:
+            state = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "live"
+            used = f"{r['last_used_at']:%Y-%m-%d %H:%M}" if r["last_used_at"] else "never used"
+            print(f"{r['id']}  {r['name']:24} app {r['app']:24} {state:24} {used}")
+    elif args.action == "revoke":
+        print(f"API key {apikeys.revoke(args.name, d.admin)} revoked")
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from pgreflect.db import dsns
+    from pgreflect.service.web import people
+
+    d = dsns()
+    if args.action == "add":
+        info = people.add(args.name, args.role, d.admin)
+        if args.json:
+            print(json.dumps(info))
+        else:
+            print(f"{info['role']} {info['name']} (login {info['login']}) signs in to the web pages with this "
+                  f"password, shown only this once:\n{info['password']}")
+    elif args.action == "list":
+        rows = people.list_people(d.admin)
+        if args.json:
+            print(json.dumps(rows, default=str))
+        for r in rows if not args.json else []:
+            print(f"{r['name']:24} {r['role']:9} {r['login']:32} {'revoked' if r['revoked_at'] else 'active'}")
+    elif args.action == "revoke":
+        print(f"{people.revoke(args.name, d.admin)} signed out and can no longer sign in")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pgreflect.db import dsns
+    from pgreflect.service.server import ServeConfig, serve
+
+    print(f"pgreflect API on http://{args.host}:{args.port}/v1 (OpenAI-compatible; keys: pgreflect apikeys create "
+          "NAME)", file=sys.stderr)
+    serve(ServeConfig(api_dsn=dsns().api, request_timeout=args.request_timeout,
+                      max_connections_per_app=args.max_connections_per_app), args.host, args.port)
     return 0
 
 
@@ -517,16 +582,49 @@ def cmd_up(args: argparse.Namespace) -> int:
     row = ask(args.prompt, inline_worker="never", timeout=args.timeout,
               abort=lambda: None if live or daemon.running_pid() else f"the worker exited; see {daemon.paths()[1]}")
     print_answer(row, args.json)
+    _start_api(args.host, args.port, say)
     return 0 if row["state"] == "succeeded" else 1
+
+
+def _start_api(host: str, port: int, say: Any) -> None:
+    """The HTTP API beside the worker (a port already taken is reported, not fatal: the database path works)."""
+    import time
+    import urllib.request
+
+    from pgreflect.flows import daemon
+
+    url = f"http://{host}:{port}"
+    pid = daemon.running_pid("serve")
+    if pid is None:
+        pid = daemon.start(["--host", host, "--port", str(port)], name="serve")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
+                if r.status == 200:
+                    say(f"OpenAI-compatible API on {url}/v1 and review pages on {url}/ (pid {pid}, log "
+                        f"{daemon.paths('serve')[1]}); keys: .venv/bin/pgreflect apikeys create NAME; people: "
+                        ".venv/bin/pgreflect users add NAME --role reviewer")
+                    return
+        except OSError:
+            pass
+        if daemon.exited(pid):
+            break
+        time.sleep(0.3)
+    say(f"the API server did not start on {url}; see {daemon.paths('serve')[1]}")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     from pgreflect.cluster import LocalCluster
     from pgreflect.flows import daemon
 
+    served = daemon.stop(name="serve")
     stopped = daemon.stop()
     LocalCluster().stop()
-    print(f"worker {'stopped' if stopped else 'was not running'}; cluster stopped")
+    def said(done: bool) -> str:
+        return "stopped" if done else "was not running"
+
+    print(f"API server {said(served)}; worker {said(stopped)}; cluster stopped")
     return 0
 
 
@@ -575,6 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--prompt", default=DEMO_PROMPT, help="the demo prompt")
     _flag(p, "--json", action="store_true", help="print the answer as JSON")
     _flag(p, "--timeout", type=float, default=600.0, help="seconds to wait for the answer")
+    _flag(p, "--host", default="127.0.0.1", help="address the HTTP API binds (loopback by default)",
+          env="PGREFLECT_SERVE_HOST")
+    _flag(p, "--port", type=int, default=8400, help="port the HTTP API binds", env="PGREFLECT_SERVE_PORT")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("setup", help="cluster up, migrate, login roles, keyring, default model")
@@ -636,6 +737,39 @@ def build_parser() -> argparse.ArgumentParser:
     a = asub.add_parser("revoke", help="stop an app's login (its history stays readable)")
     a.add_argument("name")
     p.set_defaults(func=cmd_apps)
+
+    p = sub.add_parser("apikeys", help="API keys for the HTTP API; each acts as one app")
+    asub = p.add_subparsers(dest="action", required=True)
+    a = asub.add_parser("create", help="create a key (shown once) for app APP (default NAME; made if missing)")
+    a.add_argument("name")
+    a.add_argument("--app", default=None, help="the app whose identity the key carries (default: NAME)")
+    a.add_argument("--json", action="store_true", help="print one JSON object with \"key\"")
+    a = asub.add_parser("list")
+    a.add_argument("--json", action="store_true")
+    a = asub.add_parser("revoke", help="revoke a key by name or id (running servers forget it at once)")
+    a.add_argument("name")
+    p.set_defaults(func=cmd_apikeys)
+
+    p = sub.add_parser("users", help="people who use the web pages: reviewers and analysts")
+    usub = p.add_subparsers(dest="action", required=True)
+    u = usub.add_parser("add", help="a person and a password (printed once); again for a new password")
+    u.add_argument("name")
+    u.add_argument("--role", required=True, choices=["reviewer", "analyst"])
+    u.add_argument("--json", action="store_true", help="print one JSON object with \"password\"")
+    u = usub.add_parser("list")
+    u.add_argument("--json", action="store_true")
+    u = usub.add_parser("revoke", help="sign a person out everywhere and stop their sign-in")
+    u.add_argument("name")
+    p.set_defaults(func=cmd_users)
+
+    p = sub.add_parser("serve", help="the OpenAI-compatible HTTP API and the web pages")
+    _flag(p, "--host", default="127.0.0.1", help="address to bind (loopback by default)", env="PGREFLECT_SERVE_HOST")
+    _flag(p, "--port", type=int, default=8400, help="port to bind", env="PGREFLECT_SERVE_PORT")
+    _flag(p, "--request-timeout", type=float, default=600.0,
+          help="seconds a request waits for its answer before 504 (the answer still comes; repeat with the same "
+               "Idempotency-Key)")
+    _flag(p, "--max-connections-per-app", type=int, default=8, help="database connections per app login")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("improve", help="self-improvement: training sets and fine-tune jobs")
     isub = p.add_subparsers(dest="action", required=True)

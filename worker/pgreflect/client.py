@@ -37,7 +37,8 @@ class Client:
 
     def submit(self, prompt: str, *, system_prompt: str | None = None, params: dict[str, Any] | None = None,
                idempotency_key: str | None = None, caller: str | None = None,
-               model_version: str | None = None) -> int:
+               model_version: str | None = None, history: list[dict[str, str]] | None = None) -> int:
+        """Queues a question; `history` holds a conversation's earlier turns (user, assistant, ...)."""
         for label, value in (("prompt", prompt), ("system prompt", system_prompt),
                              ("idempotency key", idempotency_key), ("caller", caller)):
             if value is not None and "\x00" in value:
@@ -48,6 +49,7 @@ class Client:
                 "prompt": prompt, "system_prompt": system_prompt,
                 "params": json.dumps(params) if params is not None else None,
                 "idempotency_key": idempotency_key, "caller": caller, "model_version": model_version,
+                "history": json.dumps(history) if history else None,
             }).fetchone()
         except psycopg.Error as exc:
             raise translate(exc) from exc

@@ -5,8 +5,9 @@ Local cluster (default): one login role per group role, all over the project's U
     app     pgreflect_app       (submit and read answers)
     worker  pgreflect_worker    (claim and complete through functions only)
     analyst pgreflect_analyst   (views without plaintext)
+    api     pgreflect_api       (the HTTP server: verifies API keys and listens; it acts as each key's app)
 With PGREFLECT_DSN set, an existing server is used instead, and every role's DSN defaults to it;
-PGREFLECT_APP_DSN, PGREFLECT_WORKER_DSN and PGREFLECT_ANALYST_DSN override each one.
+PGREFLECT_APP_DSN, PGREFLECT_WORKER_DSN, PGREFLECT_ANALYST_DSN and PGREFLECT_API_DSN override each one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pgreflect.keys import Keyring, install_keys, load_keyring
 
 LOGIN_ROLES = {"app": ("pgreflect_app", "reflect_app"),
                "worker": ("pgreflect_worker", "reflect_worker"),
-               "analyst": ("pgreflect_analyst", "reflect_analyst")}
+               "analyst": ("pgreflect_analyst", "reflect_analyst"),
+               "api": ("pgreflect_api", "reflect_api")}
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,14 @@ class Dsns:
     app: str
     worker: str
     analyst: str
+    api: str
     local: bool
 
 
 def dsns() -> Dsns:
     external = os.environ.get("PGREFLECT_DSN")
     if external:
-        base = {"admin": external, "app": external, "worker": external, "analyst": external}
+        base = {"admin": external, "app": external, "worker": external, "analyst": external, "api": external}
         local = False
     else:
         from pgreflect.cluster import LocalCluster
@@ -43,7 +46,7 @@ def dsns() -> Dsns:
         cluster = LocalCluster()
         base = {"admin": cluster.dsn()} | {r: cluster.dsn(user=login) for r, (login, _) in LOGIN_ROLES.items()}
         local = True
-    for role in ("app", "worker", "analyst"):
+    for role in LOGIN_ROLES:
         base[role] = os.environ.get(f"PGREFLECT_{role.upper()}_DSN", base[role])
     return Dsns(local=local, **base)
 

@@ -23,6 +23,17 @@ def token_logprob(logits: npt.NDArray[np.floating], token: int) -> float:
     return float(x[token] - (m + np.log(np.sum(np.exp(x - m)))))
 
 
+def top_alternatives(logits: npt.NDArray[np.floating], k: int) -> list[tuple[int, float]]:
+    """The k most likely next tokens with their log-probabilities (unmodified distribution), most likely first."""
+    x = logits.astype(np.float64, copy=False)
+    k = min(k, x.shape[0])
+    ids = np.argpartition(-x, k - 1)[:k]
+    ids = ids[np.argsort(-x[ids], kind="stable")]
+    m = float(np.max(x))
+    norm = m + float(np.log(np.sum(np.exp(x - m))))
+    return [(int(i), float(x[i] - norm)) for i in ids]
+
+
 def choose_token(
     logits: npt.NDArray[np.floating],
     temperature: float,

@@ -376,7 +376,8 @@ class Worker:
         try:
             backend = self.backends[job.model_version_id]
             try:
-                request = GenerationRequest(job.prompt, job.system_prompt, job.params, self._recall(job))
+                request = GenerationRequest(job.prompt, job.system_prompt, job.params, self._recall(job),
+                                            self._history(job))
                 gen = backend.generate(request, job.cancel)
             except Cancelled:
                 if job.lease_lost:
@@ -400,6 +401,8 @@ class Worker:
                 gen, signals = self._maybe_reanswer(job, backend, request, gen, signals)
             if gen.state is not None:
                 self._report(job, "store_state", {"state": to_pgvector(gen.state)})
+            if job.params.get("logprobs"):
+                self._report(job, "store_tokens", {"tokens": json.dumps(gen.token_records())})
             self._report(job, "complete", {
                 "answer": gen.text, "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
                 "token_logprobs": gen.token_logprobs, "prompt_eval_ms": gen.prompt_eval_s * 1000,
@@ -471,7 +474,8 @@ class Worker:
             return gen, signals
         system = "\n".join(filter(None, [request.system_prompt, REANSWER_SYSTEM]))
         second_request = GenerationRequest(job.prompt, system, job.params,
-                                           tuple((self._redact(p), self._redact(a)) for _id, p, a in rows if p and a))
+                                           tuple((self._redact(p), self._redact(a)) for _id, p, a in rows if p and a),
+                                           request.history)
         second = backend.generate(second_request, job.cancel)
         second_signals = self._signals(backend, second_request, second)
         second_conf, _ = record(second, second_signals, [r[0] for r in rows])
@@ -488,6 +492,13 @@ class Worker:
                                             "model": self.embedder.name, "embedding": to_pgvector(vector), "k": None})
         return tuple((self._redact(prompt), self._redact(correction or answer))
                      for _id, _kind, _dist, prompt, answer, correction in rows if prompt and (correction or answer))
+
+    def _history(self, job: Job) -> tuple[dict[str, str], ...]:
+        """A conversation's earlier turns (only requests with params.history_turns have them)."""
+        if not job.params.get("history_turns"):
+            return ()
+        rows = self._call("job", "request_history", {"request_id": job.request_id, "lease_token": job.lease_token})
+        return tuple(rows[0][0] or ()) if rows else ()
 
     def _redact(self, text: str) -> str:
         return self.redactor.redact(text) or "" if self.redactor is not None else text
@@ -696,7 +707,13 @@ class _RuntimeContext:
         if not rows:
             log.warning("job %s: its request does not decrypt; the job was failed", self.run.job_id)
             return None
-        return JobInput(*rows[0])
+        prompt, system_prompt, answer, params = rows[0]
+        history = ()
+        if params.get("history_turns"):
+            turns = self.worker._call("job", "job_history", {"job_id": self.run.job_id,
+                                                             "lease_token": self.run.lease_token})
+            history = tuple(turns[0][0] or ()) if turns else ()
+        return JobInput(prompt, system_prompt, answer, params, history)
 
     def serving_mb(self) -> float:
         return self.worker.serving_mb()

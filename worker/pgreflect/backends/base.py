@@ -10,13 +10,16 @@ class GenerationRequest:
     prompt: str
     system_prompt: str | None
     params: dict[str, Any]  # already validated and completed by reflect._normalize_params
-    # Few-shot (question, answer) pairs from memory, put before the prompt as earlier turns.
+    # Few-shot (question, answer) pairs from memory, put before the conversation as earlier turns.
     examples: tuple[tuple[str, str], ...] = ()
+    # A conversation's earlier turns ({"role": "user" | "assistant", "content"}), before the prompt.
+    history: tuple[dict[str, str], ...] = ()
 
     def messages(self) -> list[dict[str, str]]:
         out = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         for question, answer in self.examples:
             out += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        out += [{"role": m["role"], "content": m["content"]} for m in self.history]
         out.append({"role": "user", "content": self.prompt})
         return out
 
@@ -40,6 +43,15 @@ class Generation:
     option_probs: dict[str, float] | None = None
     # The final-layer hidden state after the answer (at its end-of-turn token), for the hidden-state probe.
     state: list[float] | None = None
+    # When the request asks for top_logprobs: per generated token, its most likely alternatives (text, log-prob).
+    top_logprobs: list[list[tuple[str, float]]] | None = None
+
+    def token_records(self) -> list[dict[str, Any]]:
+        """What a request that asks for logprobs stores (reflect.answer_tokens): each token's text and its top
+        alternatives; the chosen tokens' log-probabilities are stored with the answer."""
+        tops = self.top_logprobs or [[] for _ in self.token_texts]
+        return [{"token": text, "top": [[t, lp] for t, lp in top]}
+                for text, top in zip(self.token_texts, tops, strict=False)]
 
 
 class BackendError(Exception):

@@ -25,7 +25,7 @@ import numpy as np
 from pgreflect.backends.base import BackendError, Cancelled, Generation, GenerationRequest
 from pgreflect.chat import ChatRenderer
 from pgreflect.prompts import CRITIQUE_MAX_TOKENS, CRITIQUE_SCHEMA, CRITIQUE_SYSTEM, P_TRUE_QUESTION, critique_prompt
-from pgreflect.sampling import choose_token, token_logprob
+from pgreflect.sampling import choose_token, token_logprob, top_alternatives
 from pgreflect.signals import OPTION_LETTERS, choice_token, prompt_options
 
 
@@ -161,6 +161,9 @@ class LlamaBackend:
         letter_ids = self._letter_ids() if options else {}
         columns = [i for letter in options or "" for i in letter_ids.get(letter, [])]
         option_logits: list[np.ndarray] = []  # per step, the logits of the options' letter tokens (a few floats)
+        # Only when asked (the OpenAI API's top_logprobs): a log-softmax over the vocabulary per token, ~1 ms.
+        n_top = int(p.get("top_logprobs") or 0) if p.get("logprobs") else 0
+        top_ids: list[list[tuple[int, float]]] = []
         out: list[int] = []
         logprobs: list[float] = []
         finish = "length"
@@ -184,6 +187,8 @@ class LlamaBackend:
                     break
                 out.append(token)
                 logprobs.append(token_logprob(logits, token))
+                if n_top:
+                    top_ids.append(top_alternatives(logits, n_top))
                 if stops:
                     text_bytes += self.llm.detokenize([token], prev_tokens=out[:-1])
                     decoded = text_bytes.decode("utf-8", errors="ignore")
@@ -209,14 +214,18 @@ class LlamaBackend:
                 self.llm.detokenize(out[: kept + 1]).decode("utf-8", errors="ignore")
             ) <= stop_at:
                 kept += 1
-            out, logprobs = out[:kept], logprobs[:kept]
+            out, logprobs, top_ids = out[:kept], logprobs[:kept], top_ids[:kept]
         texts = self._token_texts(out)
         return Generation(
             text=text, token_ids=out, token_logprobs=logprobs, prompt_tokens=len(tokens),
             finish_reason=finish, prompt_eval_s=t1 - t0, generation_s=t2 - t1, token_texts=texts,
             option_probs=self._option_probs(options, letter_ids, option_logits, texts, text) if columns else None,
-            state=state,
+            state=state, top_logprobs=self._alternatives(out, top_ids) if n_top else None,
         )
+
+    def _alternatives(self, out: list[int], top_ids: list[list[tuple[int, float]]]) -> list[list[tuple[str, float]]]:
+        return [[(self.llm.detokenize([t], prev_tokens=out[:i]).decode("utf-8", errors="replace"), lp)
+                 for t, lp in alternatives] for i, alternatives in enumerate(top_ids)]
 
     def _last_state(self) -> list[float] | None:
         """The final-layer hidden state (after the output norm) at the last evaluated position."""

@@ -5,7 +5,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pgreflect.backends import Backend, Cancelled
+from pgreflect.backends import Backend, Cancelled, GenerationRequest
 
 
 @dataclass
@@ -30,6 +30,11 @@ class JobInput:
     system_prompt: str | None
     answer: str | None
     params: dict[str, Any]
+    history: tuple[dict[str, str], ...] = ()  # a conversation's earlier turns
+
+    def request(self, params: dict[str, Any] | None = None) -> GenerationRequest:
+        """The question as it was asked (without the memories it was given)."""
+        return GenerationRequest(self.prompt, self.system_prompt, params or self.params, history=self.history)
 
 
 class JobContext(Protocol):

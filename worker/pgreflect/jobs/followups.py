@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from pgreflect.agreement import agreement
-from pgreflect.backends import GenerationRequest
 from pgreflect.jobs.base import JobContext, JobRun, check_cancel
 
 
@@ -17,7 +16,7 @@ class CritiqueHandler:
         if inp is None:
             return None
         check_cancel(job)
-        request = GenerationRequest(inp.prompt, inp.system_prompt, inp.params)
+        request = inp.request()
         return {"critique": ctx.backend(job.model_version_id).critique(request, inp.answer or "")}
 
 
@@ -38,8 +37,7 @@ class AgreementHandler:
         temperature = float(job.payload.get("temperature", 0.7))
         for i in range(len(texts), samples):
             check_cancel(job)
-            sample = GenerationRequest(inp.prompt, inp.system_prompt, {
-                **inp.params, "temperature": temperature, "seed": i + 1, "top_p": 0.95, "top_k": 0})
+            sample = inp.request({**inp.params, "temperature": temperature, "seed": i + 1, "top_p": 0.95, "top_k": 0})
             texts.append(backend.generate(sample, job.cancel).text)
             if len(texts) < samples:
                 ctx.checkpoint({"texts": texts})
