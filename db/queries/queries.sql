@@ -397,9 +397,6 @@ FROM reflect.review_queue WHERE request_id = %(request_id)s;
 -- name: review
 SELECT reflect.review_v1(%(request_id)s, %(is_correct)s, %(correction)s);
 
--- name: dashboard_versions
-SELECT model_version AS name, is_active FROM reflect.queue_status ORDER BY is_active DESC, model_version;
-
 -- name: dashboard_reliability
 SELECT bin, bin_low, bin_high, n, mean_confidence, accuracy FROM reflect.reliability
 WHERE model_version = %(model_version)s ORDER BY bin;
@@ -418,8 +415,8 @@ SELECT day, requests, succeeded, failed, pending, p50_queue_wait_ms, p95_queue_w
 FROM reflect.model_version_daily WHERE model_version = %(model_version)s ORDER BY day DESC LIMIT 14;
 
 -- name: dashboard_queue
-SELECT model_version, queued, running, waiting_retry, lease_expired, failed, oldest_queued_at
-FROM reflect.queue_status ORDER BY model_version;
+SELECT model_version, is_active, queued, running, waiting_retry, lease_expired, failed, oldest_queued_at
+FROM reflect.queue_status ORDER BY is_active DESC, model_version;
 
 -- name: dashboard_workers
 SELECT worker_id, hostname, model_versions, started_at, last_seen_at FROM reflect.worker_status

@@ -119,11 +119,11 @@ def unsafe_logging(settings: dict[str, str]) -> list[str]:
             if settings.get(name, safe) != safe]
 
 
-def check_server_logging(conn: psycopg.Connection) -> None:
-    """Refuses to send keys to a server that would write bind parameter values to its log."""
+def refuse_unsafe_logging(settings: dict[str, str]) -> None:
+    """Refuses to send keys to a server whose settings (from the logging_settings query) would write bind
+    parameter values to its log, unless PGREFLECT_ALLOW_PARAMETER_LOGGING=1."""
     if os.environ.get("PGREFLECT_ALLOW_PARAMETER_LOGGING") == "1":
         return
-    settings = dict(conn.execute(query("logging_settings")).fetchall())
     bad = unsafe_logging(settings)
     if bad:
         raise UnsafeLogging(
@@ -132,6 +132,10 @@ def check_server_logging(conn: psycopg.Connection) -> None:
             "log_parameter_max_length_on_error to 0 and the debug_print_* settings off (pgreflect's own cluster "
             "does), or set PGREFLECT_ALLOW_PARAMETER_LOGGING=1 to accept the risk"
         )
+
+
+def check_server_logging(conn: psycopg.Connection) -> None:
+    refuse_unsafe_logging(dict(conn.execute(query("logging_settings")).fetchall()))
 
 
 def install_keys(conn: psycopg.Connection, ring: Keyring) -> None:

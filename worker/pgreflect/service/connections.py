@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from pgreflect import apps
-from pgreflect.errors import PgreflectError, UnsafeLogging
-from pgreflect.keys import unsafe_logging
+from pgreflect.errors import PgreflectError
+from pgreflect.keys import refuse_unsafe_logging
 from pgreflect.sql import query
 
 
@@ -24,13 +23,8 @@ class AppUnavailable(PgreflectError):
 
 async def check_logging(conn: psycopg.AsyncConnection) -> None:
     """The async twin of keys.check_server_logging: keys go to a server only when it will not log them."""
-    if os.environ.get("PGREFLECT_ALLOW_PARAMETER_LOGGING") == "1":
-        return
     cur = await conn.execute(query("logging_settings"))
-    bad = unsafe_logging(dict(await cur.fetchall()))
-    if bad:
-        raise UnsafeLogging(f"the server could write bind parameter values to its log ({', '.join(bad)}); "
-                            "API keys and app keys are not sent to it (see docs/security.md)")
+    refuse_unsafe_logging(dict(await cur.fetchall()))
 
 
 class Connections:

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from pgreflect.errors import InvalidInput, NotFound, UnknownModel, translate
 from pgreflect.service import openai_shape as shape
 from pgreflect.service.auth import ApiKeys, FailedAttempts, Identity
 from pgreflect.service.connections import AppUnavailable, Connections
@@ -49,20 +50,21 @@ class ServeConfig:
 
 
 def _sqlstate_error(exc: psycopg.Error) -> ApiError:
+    """The HTTP answer to a database error: pgreflect's own errors (errors.translate) by their kind, bad values
+    (SQLSTATE classes 22, 23) as 400, an unreachable database as 503, anything else 500 without its text."""
     if isinstance(exc, psycopg.OperationalError) and not exc.sqlstate:
         log.error("database unreachable: %s", type(exc).__name__)
         return ApiError(503, "the database is unreachable; retry", code="database_unavailable")
-    diag = exc.diag
-    message = diag.message_primary or str(exc)
-    if diag.message_hint:
-        message += f" (hint: {diag.message_hint})"
+    ours = translate(exc)
+    if isinstance(ours, InvalidInput):
+        return ApiError(400, str(ours), code="invalid_request")
+    if isinstance(ours, UnknownModel):
+        return ApiError(404, str(ours), code="model_not_found", param="model")
+    if isinstance(ours, NotFound):
+        return ApiError(404, str(ours), code="not_found")
     state = exc.sqlstate or ""
-    if state == "PR001" or state.startswith("22") or state.startswith("23"):
-        return ApiError(400, message, code="invalid_request")
-    if state == "PR003":
-        return ApiError(404, message, code="model_not_found", param="model")
-    if state == "PR005":
-        return ApiError(404, message, code="not_found")
+    if state[:2] in ("22", "23"):
+        return ApiError(400, exc.diag.message_primary or str(exc), code="invalid_request")
     log.error("database error %s: %s", state, type(exc).__name__)
     return ApiError(500, f"database error (SQLSTATE {state})", code="database_error")
 

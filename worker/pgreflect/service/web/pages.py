@@ -138,15 +138,15 @@ class Pages:
         if session is None:
             return self.to_login()
         async with session.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            versions = await (await cur.execute(query("dashboard_versions"))).fetchall()
-            names = [v["name"] for v in versions]
+            queue = await (await cur.execute(query("dashboard_queue"))).fetchall()  # every version, active first
+            names = [q["model_version"] for q in queue]
             chosen = request.query_params.get("model") or (names[0] if names else None)
             if chosen not in names:
                 return self.render("message.html", 404, session=session, message="No such model version.")
             which = {"model_version": chosen}
             data = {name: await (await cur.execute(query(f"dashboard_{name}"), which)).fetchall()
                     for name in ("reliability", "calibration", "signals", "traffic", "reviews")}
-            data["queue"] = await (await cur.execute(query("dashboard_queue"))).fetchall()
+            data["queue"] = queue
             data["workers"] = await (await cur.execute(query("dashboard_workers"))).fetchall()
         days = [r["day"].strftime("%m-%d") for r in data["calibration"]]
         pictures = {
@@ -163,7 +163,7 @@ class Pages:
             "signals": charts.bars([(r["signal"], r["auroc_wrong"]) for r in data["signals"]],
                                    "AUROC of each signal for wrong answers"),
         }
-        return self.render("dashboard.html", session=session, versions=versions, chosen=chosen, data=data,
+        return self.render("dashboard.html", session=session, chosen=chosen, data=data,
                            pictures=pictures)
 
     # -- models and requests ---------------------------------------------------------------------------------
