@@ -49,6 +49,8 @@ class Pgreflect:
         self.dsn = pgreflect_database(cluster, "bench_pgreflect")
         register(self.dsn, "noop", "noop", "0" * 64, backend="noop")
         no_followups(self.dsn)  # the queue alone
+        with psycopg.connect(self.dsn, autocommit=True) as conn:  # the drain queues all its jobs before a worker
+            conn.execute("UPDATE reflect.settings SET value = '0' WHERE key = 'max_queued_per_version'")
         self.cluster, self.concurrency, self.ring = cluster, concurrency, keyring()
         self.client = Client(cluster.dsn(user="pgreflect_app", dbname="bench_pgreflect"), keyring=self.ring)
 

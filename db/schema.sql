@@ -560,8 +560,9 @@ DECLARE
   v_z double precision := reflect._setting_float('gate_z');
   v_rule jsonb := jsonb_build_object('z', v_z, 'heldout_margin', reflect._setting_float('gate_heldout_margin'),
                                      'retention_margin', reflect._setting_float('gate_retention_margin'),
-                                     'calibration_margin', reflect._setting_float('gate_calibration_margin'));
-  a jsonb; b jsonb; c jsonb; cal jsonb;
+                                     'calibration_margin', reflect._setting_float('gate_calibration_margin'),
+                                     'rephrase_min', reflect._setting_int('gate_rephrase_min'));
+  a jsonb; r jsonb; b jsonb; c jsonb; cal jsonb;
   v_reasons text[] := '{}';
   v_decision text;
   v_missing integer;
@@ -576,6 +577,7 @@ BEGIN
   SELECT count(*) INTO v_missing FROM reflect.gate_items
   WHERE job_id = j.id AND (candidate_correct IS NULL OR parent_correct IS NULL);
   a := reflect._paired_parts(j.id, ARRAY['a', 'r'], v_z);
+  r := reflect._paired(j.id, 'r', v_z);
   b := reflect._paired(j.id, 'b', v_z);
   c := reflect._paired(j.id, 'c', v_z);
   cal := reflect._gate_calibration(j.id);
@@ -584,6 +586,12 @@ BEGIN
   ELSIF (a ->> 'lower_bound')::float8 <= 0 THEN
     v_reasons := v_reasons || format('corrected prompts and their rewordings: gain %s, lower bound %s is not above 0',
                                      round((a ->> 'difference')::numeric, 3), round((a ->> 'lower_bound')::numeric, 3));
+  END IF;
+  IF (r ->> 'n')::int >= (v_rule ->> 'rephrase_min')::int AND (r ->> 'lower_bound')::float8 <= 0 THEN
+    v_reasons := v_reasons || format('rewordings of the corrected prompts: gain %s on %s, lower bound %s is not '
+                                     'above 0 (learned the wording, not the answer)',
+                                     round((r ->> 'difference')::numeric, 3), r ->> 'n',
+                                     round((r ->> 'lower_bound')::numeric, 3));
   END IF;
   IF (b ->> 'n')::int > 0 AND (b ->> 'difference')::float8 < -(v_rule ->> 'heldout_margin')::float8 THEN
     v_reasons := v_reasons || format('held-out accuracy dropped by %s (margin %s)',
@@ -612,7 +620,9 @@ BEGIN
     CASE WHEN v_decision = 'reject' THEN array_to_string(v_reasons, '; ')
          ELSE 'better on the corrected prompts, no worse on held-out, retention and calibration' END,
     jsonb_build_object('learned', a, 'corrected', reflect._paired(j.id, 'a', v_z),
-                       'rephrased', reflect._paired(j.id, 'r', v_z), 'heldout', b, 'retention', c,
+                       'rephrased', r || jsonb_build_object('rule_applied',
+                                                            (r ->> 'n')::int >= (v_rule ->> 'rephrase_min')::int),
+                       'heldout', b, 'retention', c,
                        'calibration', cal, 'unscored', v_missing),
     v_rule, j.id);
   RETURN jsonb_build_object('decision', v_decision, 'candidate_id', v_candidate, 'parent_id', v_parent);
@@ -931,15 +941,19 @@ BEGIN
   END IF;
   SELECT k INTO v_key FROM jsonb_object_keys(p) k
   WHERE k NOT IN ('max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'memory', 'memory_k',
-                  'memory_max_distance', 'low_confidence', 'confidence_threshold', 'logprobs', 'top_logprobs')
+                  'memory_max_distance', 'low_confidence', 'confidence_threshold', 'logprobs', 'top_logprobs',
+                  'stream')
   LIMIT 1;
   IF v_key IS NOT NULL THEN
     RAISE EXCEPTION 'unknown generation parameter "%"', left(v_key, 40) USING ERRCODE = 'PR001',
       HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop, memory, memory_k, memory_max_distance, '
-             'low_confidence, confidence_threshold, logprobs, top_logprobs';
+             'low_confidence, confidence_threshold, logprobs, top_logprobs, stream';
   END IF;
   IF p ? 'memory' AND jsonb_typeof(p -> 'memory') <> 'boolean' THEN
     RAISE EXCEPTION 'memory must be true or false' USING ERRCODE = 'PR001';
+  END IF;
+  IF p ? 'stream' AND jsonb_typeof(p -> 'stream') <> 'boolean' THEN
+    RAISE EXCEPTION 'stream must be true or false' USING ERRCODE = 'PR001';
   END IF;
   IF p ? 'logprobs' AND jsonb_typeof(p -> 'logprobs') <> 'boolean' THEN
     RAISE EXCEPTION 'logprobs must be true or false' USING ERRCODE = 'PR001';
@@ -966,7 +980,9 @@ BEGIN
                                                   reflect._setting_float('confidence_threshold_default')::numeric),
     -- the answer's tokens and, per token, its top_logprobs most likely alternatives (stored encrypted)
     'logprobs', coalesce((p -> 'logprobs')::boolean, false),
-    'top_logprobs', reflect._param_number(p, 'top_logprobs', 0, 20, true, 0)
+    'top_logprobs', reflect._param_number(p, 'top_logprobs', 0, 20, true, 0),
+    -- the text so far is published while it is generated (reflect.partial_answers), when the action shows it
+    'stream', coalesce((p -> 'stream')::boolean, false)
   );
   v_stop := coalesce(p -> 'stop', '[]'::jsonb);
   IF jsonb_typeof(v_stop) = 'string' THEN
@@ -1173,6 +1189,7 @@ BEGIN
   SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
       last_error = NULL
   WHERE id = r.id;
+  DELETE FROM reflect.partial_answers WHERE request_id = r.id;
   INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
   VALUES (r.id, 'succeeded', r.attempts, r.worker_id);
   RETURN r;
@@ -1245,9 +1262,9 @@ ALTER FUNCTION reflect._requests_after_insert() OWNER TO reflect_owner;
 CREATE TABLE reflect.model_versions (
     id integer NOT NULL,
     name text NOT NULL,
-    gguf_path text NOT NULL,
+    gguf_path text,
     source text NOT NULL,
-    sha256 text NOT NULL,
+    sha256 text,
     parent_id integer,
     n_ctx integer DEFAULT 4096 NOT NULL,
     is_active boolean DEFAULT false NOT NULL,
@@ -1261,14 +1278,23 @@ CREATE TABLE reflect.model_versions (
     finetune_job_id bigint,
     hyperparameters jsonb,
     training_metrics jsonb,
+    base_url text,
+    remote_model text,
     CONSTRAINT adapter_complete CHECK ((((adapter_path IS NULL) = (adapter_sha256 IS NULL)) AND ((adapter_path IS NULL) = (base_model_version_id IS NULL)))),
-    CONSTRAINT model_version_backend CHECK ((backend = ANY (ARRAY['llama'::text, 'noop'::text]))),
+    CONSTRAINT base_url_format CHECK ((base_url ~ '^https?://[^/@[:space:]]+(/[^[:space:]]*)?$'::text)),
+    CONSTRAINT model_version_backend CHECK ((backend = ANY (ARRAY['llama'::text, 'noop'::text, 'openai'::text]))),
+    CONSTRAINT model_version_location CHECK (
+CASE
+    WHEN (backend = 'openai'::text) THEN ((base_url IS NOT NULL) AND (remote_model IS NOT NULL) AND (gguf_path IS NULL) AND (sha256 IS NULL))
+    ELSE ((gguf_path IS NOT NULL) AND (sha256 IS NOT NULL) AND (base_url IS NULL) AND (remote_model IS NULL))
+END),
     CONSTRAINT model_version_name_format CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'::text)),
     CONSTRAINT model_versions_adapter_sha256_check CHECK ((adapter_sha256 ~ '^[0-9a-f]{64}$'::text)),
     CONSTRAINT model_versions_gguf_path_check CHECK ((gguf_path <> ''::text)),
     CONSTRAINT model_versions_n_ctx_check CHECK (((n_ctx >= 256) AND (n_ctx <= 131072))),
     CONSTRAINT model_versions_source_check CHECK ((source <> ''::text)),
     CONSTRAINT model_versions_stage_check CHECK ((stage = ANY (ARRAY['registered'::text, 'candidate'::text, 'canary'::text, 'rejected'::text, 'retired'::text, 'promoted'::text]))),
+    CONSTRAINT remote_model_format CHECK ((remote_model ~ '^[^[:space:][:cntrl:]]{1,200}$'::text)),
     CONSTRAINT sha256_hex CHECK ((sha256 ~ '^[0-9a-f]{64}$'::text))
 );
 ALTER TABLE reflect.model_versions OWNER TO reflect_owner;
@@ -2209,6 +2235,7 @@ DECLARE
   v_backoff double precision;
 BEGIN
   r := reflect._take_lease(p_request_id, p_lease_token);
+  DELETE FROM reflect.partial_answers WHERE request_id = r.id;  -- a next attempt starts over
   IF coalesce(p_retryable, true) AND r.attempts < r.max_attempts THEN
     v_backoff := least(reflect._setting_int('retry_max_s'),
                        reflect._setting_int('retry_base_s') * 2 ^ (r.attempts - 1));
@@ -2822,6 +2849,15 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_names text[]) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.model_versions_to_serve_v4(p_backend text, p_names text[] DEFAULT NULL::text[]) RETURNS TABLE(id integer, name text, gguf_path text, sha256 text, n_ctx integer, is_active boolean, base_model_version_id integer, adapter_path text, adapter_sha256 text, base_url text, remote_model text)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT s.*, (SELECT mv.base_url FROM reflect.model_versions mv WHERE mv.id = s.id),
+         (SELECT mv.remote_model FROM reflect.model_versions mv WHERE mv.id = s.id)
+  FROM reflect.model_versions_to_serve_v3(p_backend, p_names) s  -- in its order: bases first
+$$;
+ALTER FUNCTION reflect.model_versions_to_serve_v4(p_backend text, p_names text[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.optional_features_v1() RETURNS text[]
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2913,6 +2949,8 @@ BEGIN
   ), logged AS (
     INSERT INTO reflect.request_events (request_id, event, attempt, worker_id, detail)
     SELECT id, 'lease_expired', attempts, worker_id, state::text FROM moved
+  ), cleared AS (
+    DELETE FROM reflect.partial_answers p USING moved WHERE p.request_id = moved.id
   )
   SELECT count(pg_notify(CASE WHEN state = 'queued' THEN 'needs_inference' ELSE 'request_done' END,
                          id::text))
@@ -3143,7 +3181,8 @@ DECLARE
   v_backend text;
 BEGIN
   IF p_backend IS NULL OR p_backend NOT IN ('llama', 'noop') THEN
-    RAISE EXCEPTION 'backend must be llama or noop' USING ERRCODE = 'PR001';
+    RAISE EXCEPTION 'backend must be llama or noop (a version on an OpenAI-compatible server: '
+                    'register_remote_model_version_v1)' USING ERRCODE = 'PR001';
   END IF;
   IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
     RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'
@@ -3186,6 +3225,57 @@ BEGIN
 END
 $_$;
 ALTER FUNCTION reflect.register_model_version_v2(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean, p_backend text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.register_remote_model_version_v1(p_name text, p_base_url text, p_remote_model text, p_n_ctx integer DEFAULT 4096, p_parent text DEFAULT NULL::text, p_activate boolean DEFAULT false) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+  v reflect.model_versions;
+  v_parent integer;
+  v_url text := regexp_replace(coalesce(p_base_url, ''), '/+$', '');
+BEGIN
+  IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
+    RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' USING ERRCODE = 'PR001';
+  END IF;
+  IF v_url !~ '^https?://[^/@[:space:]]+(/[^[:space:]]*)?$' THEN
+    RAISE EXCEPTION 'base URL must be http(s)://host[:port][/path] without credentials (got %)',
+      left(regexp_replace(v_url, '//[^/]*@', '//…@'), 200)
+      USING ERRCODE = 'PR001', HINT = 'the worker reads the API key from PGREFLECT_OPENAI_API_KEY';
+  END IF;
+  IF p_remote_model IS NULL OR p_remote_model !~ '^[^[:space:][:cntrl:]]{1,200}$' THEN
+    RAISE EXCEPTION 'remote model must be the server''s model name (1 to 200 characters, no spaces)'
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF p_parent IS NOT NULL THEN
+    SELECT id INTO v_parent FROM reflect.model_versions WHERE name = p_parent;
+    IF v_parent IS NULL THEN
+      RAISE EXCEPTION 'unknown parent model version "%"', p_parent USING ERRCODE = 'PR003';
+    END IF;
+  END IF;
+  SELECT * INTO v FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
+  IF v.id IS NOT NULL AND (v.backend <> 'openai' OR v.remote_model <> p_remote_model) THEN
+    RAISE EXCEPTION 'model version "%" is already registered for another model (% backend)', p_name, v.backend
+      USING ERRCODE = 'PR001', HINT = 'register it under a new name';
+  END IF;
+  IF v.id IS NULL THEN
+    INSERT INTO reflect.model_versions (name, source, n_ctx, parent_id, backend, base_url, remote_model)
+    VALUES (p_name, 'remote', coalesce(p_n_ctx, 4096), v_parent, 'openai', v_url, p_remote_model)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING * INTO v;
+    IF v.id IS NULL THEN  -- a concurrent registration of the same name won the race
+      RETURN reflect.register_remote_model_version_v1(p_name, p_base_url, p_remote_model, p_n_ctx, p_parent,
+                                                       p_activate);
+    END IF;
+  ELSE
+    UPDATE reflect.model_versions SET base_url = v_url WHERE id = v.id;
+  END IF;
+  IF p_activate OR NOT EXISTS (SELECT FROM reflect.model_versions WHERE is_active) THEN
+    PERFORM reflect.activate_model_version_v1(p_name);
+  END IF;
+  RETURN v.id;
+END
+$_$;
+ALTER FUNCTION reflect.register_remote_model_version_v1(p_name text, p_base_url text, p_remote_model text, p_n_ctx integer, p_parent text, p_activate boolean) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -3194,6 +3284,7 @@ DECLARE
   r reflect.requests;
 BEGIN
   r := reflect._take_lease(p_request_id, p_lease_token);
+  DELETE FROM reflect.partial_answers WHERE request_id = r.id;
   UPDATE reflect.requests
   SET state = 'queued', lease_token = NULL, lease_expires_at = NULL, run_after = clock_timestamp(),
       attempts = greatest(r.attempts - 1, 0)
@@ -3204,14 +3295,46 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.report_partial_v1(p_request_id bigint, p_lease_token uuid, p_text text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  r reflect.requests := reflect._take_lease(p_request_id, p_lease_token);
+BEGIN
+  IF NOT coalesce((r.params ->> 'stream')::boolean, false)
+     OR coalesce(r.params ->> 'low_confidence', '') NOT IN ('answer', 'flag') THEN
+    RAISE EXCEPTION 'request % publishes no partial answer (it needs params.stream and a low-confidence action '
+                    'of answer or flag)', r.id USING ERRCODE = 'PR001';
+  END IF;
+  IF p_text IS NULL THEN
+    RAISE EXCEPTION 'a partial answer must not be NULL' USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.partial_answers (request_id, attempt, key_id, text_enc)
+  VALUES (r.id, r.attempts, r.key_id, reflect._encrypt(p_text, r.key_id))
+  ON CONFLICT (request_id) DO UPDATE
+    SET attempt = EXCLUDED.attempt, key_id = EXCLUDED.key_id, text_enc = EXCLUDED.text_enc,
+        updated_at = clock_timestamp();
+  PERFORM pg_notify('request_progress', r.id::text);
+END
+$$;
+ALTER FUNCTION reflect.report_partial_v1(p_request_id bigint, p_lease_token uuid, p_text text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect.request_finetune_v1(p_owner name, p_model_version text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-  v_set integer := reflect.curate_training_set_v1(p_owner, p_model_version);
+  v_remote text;
+  v_set integer;
   s reflect.training_sets;
 BEGIN
+  SELECT name INTO v_remote FROM reflect.model_versions
+  WHERE backend = 'openai' AND (name = p_model_version OR (p_model_version IS NULL AND is_active));
+  IF v_remote IS NOT NULL THEN
+    RAISE EXCEPTION 'model version "%" is served by an OpenAI-compatible server: only a version whose GGUF is here '
+                    'can be fine-tuned', v_remote USING ERRCODE = 'PR001';
+  END IF;
+  v_set := reflect.curate_training_set_v1(p_owner, p_model_version);
   SELECT * INTO s FROM reflect.training_sets WHERE id = v_set;
   -- work_id names the job's folder of checkpoints on the workers (job ids repeat across databases)
   RETURN reflect._enqueue_job('finetune', jsonb_build_object('training_set_id', s.id, 'owner', s.owner,
@@ -3542,6 +3665,7 @@ DECLARE
   v_params jsonb;
   v_tuned double precision;
   v_id bigint;
+  v_limit integer;
 BEGIN
   IF jsonb_typeof(p_history) = 'array' AND jsonb_array_length(p_history) = 0 THEN
     p_history := NULL;
@@ -3591,6 +3715,15 @@ BEGIN
     IF v_id IS NOT NULL THEN
       RETURN v_id;
     END IF;
+  END IF;
+  -- Back-pressure: counting stops at the limit, so the check costs at most max_queued_per_version index entries.
+  v_limit := reflect._setting_int('max_queued_per_version');
+  IF v_limit > 0 AND (SELECT count(*) FROM (SELECT FROM reflect.requests
+                                            WHERE state = 'queued' AND model_version_id = v_model LIMIT v_limit) q)
+                     >= v_limit THEN
+    RAISE EXCEPTION 'model version "%" already has % requests waiting, its limit: retry later',
+      (SELECT name FROM reflect.model_versions WHERE id = v_model), v_limit
+      USING ERRCODE = 'PR007', HINT = 'the limit is the max_queued_per_version setting (0: none)';
   END IF;
   -- A threshold tuned for this version (780_tuning.sql) replaces the global default, not a request's own.
   IF NOT coalesce(p_params ? 'confidence_threshold', false) THEN
@@ -4107,6 +4240,14 @@ CREATE TABLE reflect.feedback (
     CONSTRAINT feedback_source_check CHECK ((source ~ '^[a-z][a-z0-9_]{0,30}$'::text))
 );
 ALTER TABLE reflect.feedback OWNER TO reflect_owner;
+CREATE TABLE reflect.partial_answers (
+    request_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    key_id text NOT NULL,
+    text_enc bytea NOT NULL,
+    updated_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL
+);
+ALTER TABLE reflect.partial_answers OWNER TO reflect_owner;
 CREATE VIEW reflect.app_requests WITH (security_barrier='true') AS
  SELECT r.id,
     reflect._decrypt_or_null(r.prompt_enc, r.key_id) AS prompt,
@@ -4152,7 +4293,10 @@ CREATE VIEW reflect.app_requests WITH (security_barrier='true') AS
     ( SELECT (reflect._decrypt_or_null(t.tokens_enc, t.key_id))::jsonb AS _decrypt_or_null
            FROM reflect.answer_tokens t
           WHERE (t.request_id = r.id)) AS answer_tokens,
-    (reflect._decrypt_or_null(r.history_enc, r.key_id))::jsonb AS history
+    (reflect._decrypt_or_null(r.history_enc, r.key_id))::jsonb AS history,
+    ( SELECT reflect._decrypt_or_null(p.text_enc, p.key_id) AS _decrypt_or_null
+           FROM reflect.partial_answers p
+          WHERE (p.request_id = r.id)) AS partial_answer
    FROM (((reflect.requests r
      JOIN reflect.model_versions mv ON ((mv.id = r.model_version_id)))
      LEFT JOIN reflect.answers a ON ((a.request_id = r.id)))
@@ -4617,7 +4761,9 @@ CREATE VIEW reflect.model_version_registry AS
     mv.n_ctx,
     mv.is_active,
     mv.created_at,
-    mv.backend
+    mv.backend,
+    mv.base_url,
+    mv.remote_model
    FROM (reflect.model_versions mv
      LEFT JOIN reflect.model_versions p ON ((p.id = mv.parent_id)));
 ALTER TABLE reflect.model_version_registry OWNER TO reflect_owner;
@@ -4663,7 +4809,16 @@ CREATE VIEW reflect.queue_status AS
     count(r.id) FILTER (WHERE ((r.state = 'running'::reflect.request_state) AND (r.lease_expires_at < now()))) AS lease_expired,
     count(r.id) FILTER (WHERE (r.state = 'succeeded'::reflect.request_state)) AS succeeded,
     count(r.id) FILTER (WHERE (r.state = 'failed'::reflect.request_state)) AS failed,
-    min(r.created_at) FILTER (WHERE (r.state = 'queued'::reflect.request_state)) AS oldest_queued_at
+    min(r.created_at) FILTER (WHERE (r.state = 'queued'::reflect.request_state)) AS oldest_queued_at,
+    ( SELECT ((s.value #>> '{}'::text[]))::integer AS int4
+           FROM reflect.settings s
+          WHERE (s.key = 'max_queued_per_version'::text)) AS queue_limit,
+    ( SELECT percentile_cont((0.5)::double precision) WITHIN GROUP (ORDER BY a.queue_wait_ms) AS percentile_cont
+           FROM reflect.answers a
+          WHERE ((a.model_version_id = mv.id) AND (a.created_at > (now() - '01:00:00'::interval)))) AS p50_wait_ms_last_hour,
+    ( SELECT percentile_cont((0.95)::double precision) WITHIN GROUP (ORDER BY a.queue_wait_ms) AS percentile_cont
+           FROM reflect.answers a
+          WHERE ((a.model_version_id = mv.id) AND (a.created_at > (now() - '01:00:00'::interval)))) AS p95_wait_ms_last_hour
    FROM (reflect.model_versions mv
      LEFT JOIN reflect.requests r ON ((r.model_version_id = mv.id)))
   GROUP BY mv.id, mv.name, mv.is_active;
@@ -5129,6 +5284,8 @@ ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_name_key UNIQUE (name);
 ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY reflect.partial_answers
+    ADD CONSTRAINT partial_answers_pkey PRIMARY KEY (request_id);
 ALTER TABLE ONLY reflect.people
     ADD CONSTRAINT people_login_key UNIQUE (login);
 ALTER TABLE ONLY reflect.people
@@ -5250,6 +5407,8 @@ ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_parent_id_fkey FOREIGN KEY (parent_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE ONLY reflect.model_versions
     ADD CONSTRAINT model_versions_training_set_id_fkey FOREIGN KEY (training_set_id) REFERENCES reflect.training_sets(id);
+ALTER TABLE ONLY reflect.partial_answers
+    ADD CONSTRAINT partial_answers_request_id_fkey FOREIGN KEY (request_id) REFERENCES reflect.requests(id);
 ALTER TABLE ONLY reflect.promotion_decisions
     ADD CONSTRAINT promotion_decisions_candidate_id_fkey FOREIGN KEY (candidate_id) REFERENCES reflect.model_versions(id);
 ALTER TABLE ONLY reflect.promotion_decisions
@@ -5300,6 +5459,7 @@ ALTER TABLE reflect.memories ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.memory_lookups ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.memory_shares ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.model_versions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reflect.partial_answers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.people ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.promotion_decisions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reflect.prompt_embeddings ENABLE ROW LEVEL SECURITY;
@@ -5496,6 +5656,8 @@ REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v2(p_backend text, p_name
 GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v2(p_backend text, p_names text[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_names text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v3(p_backend text, p_names text[]) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.model_versions_to_serve_v4(p_backend text, p_names text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.model_versions_to_serve_v4(p_backend text, p_names text[]) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.optional_features_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.probe_training_set_v1(p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.purge_answer_states_v1() FROM PUBLIC;
@@ -5516,8 +5678,11 @@ REVOKE ALL ON FUNCTION reflect.refit_calibrators_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.register_eval_items_v1(p_dataset text, p_item_ids text[], p_splits text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.register_model_version_v1(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.register_model_version_v2(p_name text, p_gguf_path text, p_sha256 text, p_source text, p_n_ctx integer, p_parent text, p_activate boolean, p_backend text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect.register_remote_model_version_v1(p_name text, p_base_url text, p_remote_model text, p_n_ctx integer, p_parent text, p_activate boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid) TO reflect_worker;
+REVOKE ALL ON FUNCTION reflect.report_partial_v1(p_request_id bigint, p_lease_token uuid, p_text text) FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.report_partial_v1(p_request_id bigint, p_lease_token uuid, p_text text) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.request_finetune_v1(p_owner name, p_model_version text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.request_history_v1(p_request_id bigint, p_lease_token uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.request_history_v1(p_request_id bigint, p_lease_token uuid) TO reflect_worker;

@@ -107,7 +107,11 @@ install_converter() {
   [[ -f "$dest/convert_lora_to_gguf.py" ]] && return 0
   log "extracting llama.cpp's LoRA converter from the llama-cpp-python $version source distribution"
   work=$(mktemp -d)
-  pip_q download --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$version"
+  if [[ -f "${PIP_FIND_LINKS:-}/llama_cpp_python-$version.tar.gz" ]]; then  # an offline image build's wheelhouse
+    cp "$PIP_FIND_LINKS/llama_cpp_python-$version.tar.gz" "$work/"
+  else
+    pip_q download --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$version"
+  fi
   tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work" --wildcards --no-wildcards-match-slash \
     '*/vendor/llama.cpp/convert_lora_to_gguf.py' '*/vendor/llama.cpp/convert_hf_to_gguf.py' \
     '*/vendor/llama.cpp/LICENSE'

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import openai
@@ -46,10 +47,10 @@ class Served:
 
 
 @contextlib.contextmanager
-def live_worker(db: Database, keyring: Keyring, home: str) -> Iterator[BackgroundWorker]:
+def live_worker(db: Database, keyring: Keyring, home: str, **config: Any) -> Iterator[BackgroundWorker]:
     """A worker for the tiny model that holds each app's key (as the keyring file has them after `apps add`),
     started and seen live, as `pgreflect serve` checks before it queues anything."""
-    with BackgroundWorker(worker(db, _app_keyring(Path(home), keyring))) as started:
+    with BackgroundWorker(worker(db, _app_keyring(Path(home), keyring), **config)) as started:
         wait_for(lambda: db.scalar("SELECT reflect.live_worker_count_v1('tiny')"), what="a live worker")
         yield started
 

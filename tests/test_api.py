@@ -74,6 +74,29 @@ def test_the_openai_client_asks_streams_and_gets_pgreflects_extension(db: Databa
     assert key not in server_log and key.split("-")[2] not in db.cluster.log_file.read_text(errors="replace")
 
 
+def test_a_streamed_answer_arrives_as_it_is_generated(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    """stream=true: the worker publishes the text so far (here after every token) and the server sends each new
+    part as it comes, so the answer arrives in several events that add up to the same text as unstreamed. With
+    low_confidence=abstain nothing is published (the text could still be withheld): it arrives whole."""
+    ask = {"model": "tiny", "max_tokens": 48, "temperature": 0,
+           "messages": [{"role": "user", "content": "Tell me a long story about a dragon"}]}
+    with served(db, keyring, tmp_path) as s:
+        client = s.client(s.key("demo"))
+        with live_worker(db, keyring, s.env["PGREFLECT_HOME"], stream_interval_s=0.0):
+            whole = client.chat.completions.create(**ask)  # type: ignore[call-overload]
+            parts = [c.choices[0].delta.content for c in client.chat.completions.create(**ask, stream=True)
+                     if c.choices and c.choices[0].delta.content]
+            held = [c for c in client.chat.completions.create(**ask, stream=True, extra_body={
+                "pgreflect": {"low_confidence": "abstain", "confidence_threshold": 0}}) if c.choices]
+    assert whole.usage.completion_tokens >= 8, whole  # enough tokens to publish several times
+    assert "".join(parts) == whole.choices[0].message.content
+    assert len(parts) >= 2, parts
+    assert [c.choices[0].delta.content for c in held if c.choices[0].delta.content] == \
+        [whole.choices[0].message.content]
+    assert db.scalar("SELECT count(*) FROM reflect.partial_answers") == 0
+    assert db.scalar("SELECT count(*) FILTER (WHERE (params ->> 'stream')::boolean) FROM reflect.requests") == 2
+
+
 def test_errors_come_in_the_openai_format_and_a_refused_request_writes_nothing(db: Database, keyring: Keyring,
                                                                                 tmp_path: Path) -> None:
     with served(db, keyring, tmp_path) as s:
@@ -200,6 +223,23 @@ def test_a_slow_answer_times_out_with_504_and_the_same_idempotency_key_fetches_i
         assert s.requests() == 1 and got.choices[0].message.content is not None
         with pytest.raises(openai.InternalServerError, match="no live worker"):
             client.chat.completions.create(**{**ask, "extra_headers": {"Idempotency-Key": "slow-2"}})  # type: ignore[arg-type]
+        assert s.requests() == 1
+
+
+def test_a_full_queue_answers_429_and_writes_nothing(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    with served(db, keyring, tmp_path, timeout=1) as s:
+        client = s.client(s.key("demo"))
+        with psycopg.connect(db.dsn(), autocommit=True) as conn:  # a worker that looks live but takes nothing
+            conn.execute("INSERT INTO reflect.workers (worker_id, hostname, pid, model_version_ids) "
+                         "SELECT 'fake', 'nowhere', 1, ARRAY[id] FROM reflect.model_versions WHERE name = 'tiny'")
+            conn.execute("UPDATE reflect.settings SET value = '1' WHERE key = 'max_queued_per_version'")
+        ask = {"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(**ask)  # type: ignore[arg-type]
+        assert e.value.status_code == 504  # queued, not answered: the queue is now full
+        with pytest.raises(openai.RateLimitError) as e:
+            client.chat.completions.create(**ask)  # type: ignore[arg-type]
+        assert e.value.code == "queue_full" and "its limit: retry later" in e.value.message
         assert s.requests() == 1
 
 

@@ -41,6 +41,7 @@ def _counts(db: Database) -> tuple[int, int, int]:
     ({"prompt": "ok", "params": {"stop": [""]}}, InvalidInput, "stop must be"),
     ({"prompt": "ok", "params": {"stop": [1]}}, InvalidInput, "stop must be"),
     ({"prompt": "ok", "params": {"memory": "yes"}}, InvalidInput, "memory must be true or false"),
+    ({"prompt": "ok", "params": {"stream": 1}}, InvalidInput, "stream must be true or false"),
     ({"prompt": "ok", "params": {"low_confidence": "panic"}}, InvalidInput, "low_confidence must be answer, flag"),
     ({"prompt": "ok", "params": {"confidence_threshold": 1.5}}, InvalidInput, "confidence_threshold must be between"),
     ({"prompt": "ok", "model_version": "no-such-model"}, UnknownModel, 'unknown model version "no-such-model"'),
@@ -70,7 +71,7 @@ def test_params_defaults_are_filled_in_by_the_database(db: Database, keyring: Ke
         rid = c.submit("ok", params={"stop": "END"})
     params = db.scalar("SELECT params FROM reflect.requests WHERE id = %s", (rid,))
     assert params == {"max_tokens": 256, "temperature": 0, "top_p": 1, "top_k": 0, "seed": None, "stop": ["END"],
-                      "logprobs": False, "top_logprobs": 0,
+                      "logprobs": False, "top_logprobs": 0, "stream": False,
                       "memory": True, "memory_k": 3, "memory_max_distance": 0.38, "low_confidence": "answer",
                       "confidence_threshold": 0.5}
 

@@ -96,6 +96,12 @@ def _fill_every_encrypted_table(db: Database, keyring: Keyring) -> int:
         conn.execute("INSERT INTO reflect.prompt_embeddings (request_id, model, embedding) VALUES (%s, 'test', %s)",
                      (rid, unit_vector(5)))
         conn.execute("SELECT reflect.curate_training_set_v1('pgreflect_app', 'noop')")
+    with client(db, keyring) as c:  # a streamed answer still being generated: its text so far
+        streamed = c.submit("stream me", params={"stream": True})
+    with connect(db.dsn("worker"), keyring=keyring) as w:
+        (row,) = w.execute(query("claim"), {"worker_id": "w", "limit": 1, "lease_seconds": 600,
+                                            "model_version_ids": None}).fetchall()
+        w.execute(query("report_partial"), {"request_id": streamed, "lease_token": row[1], "text": "so far"})
     return rid
 
 

@@ -221,9 +221,10 @@ def _hand_gate(db: Database, w: psycopg.Connection, retention: list[dict], adapt
     return {"job_id": gate[0], "lease_token": gate[1], "finetune_job_id": job}
 
 
-def _gate_by_hand(db: Database, keyring: Keyring, retention_drop: bool) -> dict:
+def _gate_by_hand(db: Database, keyring: Keyring, retention_drop: bool, rewordings_learned: bool | None = None) -> dict:
     """A candidate from a fine-tune finished by hand (a real adapter file is not needed for the rule), its gate
-    claimed and scored by hand: the decision rule on exact numbers."""
+    claimed and scored by hand: the decision rule on exact numbers. With `rewordings_learned` set, every
+    corrected prompt is also asked reworded (part r), and the candidate gets the rewordings right or not."""
     _settings(db, curation_heldout_share=0.0)
     _corrected_history(db, keyring, FACTS, seed=500)
     items = [{"dataset": "test", "id": f"r{i}", "question": q, "answer": a, "embedding": unit_vector(950 + i)}
@@ -231,15 +232,26 @@ def _gate_by_hand(db: Database, keyring: Keyring, retention_drop: bool) -> dict:
     with connect(db.dsn("worker"), keyring=keyring) as w:
         lease = _hand_gate(db, w, items, "a")
         job, gate = lease.pop("finetune_job_id"), (lease["job_id"], lease["lease_token"])
+        rephrasings = []
+        if rewordings_learned is not None:
+            with db.admin() as conn:
+                examples = conn.execute(
+                    "SELECT t.request_id FROM reflect.training_examples t JOIN reflect.jobs j "
+                    "ON t.training_set_id = (j.payload ->> 'training_set_id')::integer "
+                    "WHERE j.id = %s AND t.source = 'correction'", (gate[0],)).fetchall()
+            rephrasings = [{"example_request_id": e, "prompt": f"In other words, question {e}?"} for (e,) in examples]
         assert w.execute(query("gate_submit"), {"job_id": gate[0], "lease_token": gate[1],
-                                                "rephrasings": "[]"}).fetchone()[0] == \
-            len(FACTS) + len(RETENTION)
+                                                "rephrasings": json.dumps(rephrasings)}).fetchone()[0] == \
+            len(FACTS) + len(rephrasings) + len(RETENTION)
         answers = w.execute(query("gate_answers"), {"job_id": gate[0], "lease_token": gate[1]}).fetchall()
         scores = []
         for i, (cid, part, reference, *_rest) in enumerate(answers):
             assert reference  # corrections and retention references come back decrypted
             if part == "a":
                 scores.append({"candidate_request_id": cid, "candidate_correct": True, "parent_correct": False})
+            elif part == "r":
+                scores.append({"candidate_request_id": cid, "candidate_correct": bool(rewordings_learned),
+                               "parent_correct": False})
             else:
                 drop = retention_drop and i % 2 == 0
                 scores.append({"candidate_request_id": cid, "candidate_correct": not drop, "parent_correct": True})
@@ -276,6 +288,31 @@ def test_gate_rule_rejects_forgetting(db: Database, keyring: Keyring) -> None:
     assert "retention accuracy dropped" in decision["reason"]
     with db.admin() as conn:
         assert conn.execute("SELECT name FROM reflect.model_versions WHERE is_active").fetchone()[0] == "tiny"
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_gate_rule_needs_the_lesson_to_carry_over_to_rewordings(db: Database, keyring: Keyring, learned: bool) -> None:
+    """A candidate that gets every corrected prompt right verbatim but none of their rewordings learned the
+    wording (what poisoned corrections did in bench/results/improve-poison.md): rejected, although the verbatim
+    and reworded prompts together still gain. Below gate_rephrase_min rewordings the check is not applied."""
+    _settings(db, canary_share=0, gate_rephrase_min=len(FACTS))
+    decision = _gate_by_hand(db, keyring, retention_drop=False, rewordings_learned=learned)
+    rephrased = decision["numbers"]["rephrased"]
+    assert (rephrased["n"], rephrased["rule_applied"], decision["rule"]["rephrase_min"]) == \
+        (len(FACTS), True, len(FACTS))
+    assert decision["numbers"]["learned"]["lower_bound"] > 0
+    if learned:
+        assert decision["decision"] == "promote", decision["reason"]
+    else:
+        assert decision["decision"] == "reject"
+        assert decision["reason"].startswith("rewordings of the corrected prompts: gain 0.000 on 3"), decision["reason"]
+
+
+def test_gate_rule_does_not_judge_too_few_rewordings(db: Database, keyring: Keyring) -> None:
+    _settings(db, canary_share=0, gate_rephrase_min=len(FACTS) + 1)
+    decision = _gate_by_hand(db, keyring, retention_drop=False, rewordings_learned=False)
+    assert decision["decision"] == "promote", decision["reason"]
+    assert decision["numbers"]["rephrased"]["rule_applied"] is False
 
 
 @pytest.mark.parametrize("informative", ["candidate", "parent"])

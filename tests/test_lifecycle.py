@@ -3,6 +3,7 @@ heartbeats, graceful shutdown."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -10,6 +11,7 @@ import psycopg
 import pytest
 
 from pgreflect.db import connect
+from pgreflect.errors import InvalidInput, StaleLease, translate
 from pgreflect.keys import Keyring
 from pgreflect.migrate import migrate
 from pgreflect.sql import query
@@ -173,3 +175,48 @@ def test_pg_cron_job_requeues_expired_leases(cluster, keyring: Keyring, template
         ok = conn.execute("SELECT count(*) FROM cron.job_run_details WHERE command LIKE '%reap_expired_v1%'"
                           " AND status = 'succeeded'").fetchone()[0]
     assert ok >= 1
+
+
+def test_a_streamed_request_publishes_its_text_so_far_under_its_lease(db: Database, keyring: Keyring) -> None:
+    """params.stream: the worker's text so far, encrypted, readable by the app in app_requests.partial_answer
+    with NOTIFY request_progress (the id only); refused under a stale lease, for a request that did not ask, and
+    for one whose low-confidence action could still withhold or replace the text; gone when the attempt ends."""
+    with client(db, keyring) as c:
+        streamed = c.submit("tell me a story", params={"stream": True})
+        retried = c.submit("tell me another", params={"stream": True, "low_confidence": "flag"})
+        withheld = c.submit("tell me a story", params={"stream": True, "low_confidence": "abstain"})
+        plain = c.submit("tell me a story")
+    with connect(db.dsn("worker"), keyring=keyring) as w, connect(db.dsn("app"), keyring=keyring) as app:
+        app.execute("LISTEN request_progress")
+        leases = {r[0]: r[1] for r in _claim(w)}
+
+        def publish(rid: int, text: str, token: object = None) -> None:
+            try:
+                w.execute(query("report_partial"), {"request_id": rid, "lease_token": token or leases[rid],
+                                                    "text": text})
+            except psycopg.Error as exc:
+                raise translate(exc) from exc
+
+        publish(streamed, "Once upon")
+        publish(streamed, "Once upon a time")
+        publish(retried, "There was")
+        assert [n.payload for n in app.notifies(timeout=5, stop_after=3)] == [str(streamed)] * 2 + [str(retried)]
+        assert app.execute(query("app_request_progress"), {"id": streamed}).fetchone() == \
+            ("running", "Once upon a time")
+        assert b"Once upon" not in bytes(db.scalar(
+            "SELECT text_enc FROM reflect.partial_answers WHERE request_id = %s", (streamed,)))
+        with pytest.raises(StaleLease):
+            publish(streamed, "Once upon a time there", "00000000-0000-0000-0000-000000000000")
+        for rid in (withheld, plain):
+            with pytest.raises(InvalidInput, match="publishes no partial answer"):
+                publish(rid, "Once")
+
+        w.execute(query("complete"), {
+            "request_id": streamed, "lease_token": leases[streamed], "answer": "Once upon a time.",
+            "finish_reason": "stop", "prompt_tokens": 3, "token_logprobs": [-0.1], "prompt_eval_ms": 1.0,
+            "generation_ms": 1.0, "signals": json.dumps({})})
+        assert w.execute(query("fail"), {"request_id": retried, "lease_token": leases[retried],
+                                         "error": "model exploded", "retryable": True}).fetchone()[0] == "queued"
+        assert app.execute(query("app_request_progress"), {"id": streamed}).fetchone() == ("succeeded", None)
+        assert app.execute(query("app_request_progress"), {"id": retried}).fetchone() == ("queued", None)
+    assert db.scalar("SELECT count(*) FROM reflect.partial_answers") == 0

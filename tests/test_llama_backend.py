@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import llama_cpp
@@ -128,6 +129,24 @@ def test_stop_sequence_trims_text_and_logprobs(smollm2: LlamaBackend) -> None:
     assert stopped.text == base.text[: base.text.index("5")]
     assert len(stopped.token_logprobs) == len(stopped.token_ids) <= len(base.token_ids)
     assert stopped.token_logprobs == base.token_logprobs[: len(stopped.token_logprobs)]
+
+
+@pytest.mark.parametrize("stop", [[], [", 5", "5"]])
+def test_the_text_so_far_grows_towards_the_answer_and_never_shows_a_stop_sequence(smollm2: LlamaBackend,
+                                                                                  stop: list[str]) -> None:
+    """on_text (a streamed request): called as the text grows, every call a prefix of the final text, so a
+    reader never sees what the answer will not contain, a stop sequence included."""
+    seen: list[str] = []
+    req = GenerationRequest("Count from 1 to 10, separated by commas.", None, {**PARAMS, "stop": stop},
+                            on_text=seen.append)
+    gen = smollm2.generate(req, threading.Event())
+    assert len(seen) >= 5 and all(gen.text.startswith(t) for t in seen), (seen, gen.text)
+    assert all(len(a) <= len(b) for a, b in itertools.pairwise(seen))
+    if stop:  # held back: ", 5" could have begun at the last two characters of any text so far
+        assert gen.finish_reason == "stop_sequence" and "5" not in seen[-1]
+    else:
+        assert seen[-1] == gen.text
+    assert smollm2.generate(GenerationRequest(req.prompt, None, req.params), threading.Event()).text == gen.text
 
 
 def test_sampling_is_reproducible_with_a_seed(smollm2: LlamaBackend) -> None:

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_dockerfile_uses_install_script_and_valid_commands() -> None:
     text = (ROOT / "docker" / "Dockerfile").read_text()
-    installs = re.findall(r"RUN scripts/install\.sh([^&\n]*)", text)
+    installs = re.findall(r"(?:^RUN |; +|^ +)scripts/install\.sh([^&\n]*)", text, re.M)  # also continued lines
+    assert len(installs) == 2, installs
     assert installs, "the images must be built by scripts/install.sh"
     usage = (ROOT / "scripts" / "install.sh").read_text()
     for flags in installs:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import psycopg
+import pytest
 
 from pgreflect.backends import GenerationRequest
 from pgreflect.backends.llama import LlamaBackend
@@ -146,3 +147,26 @@ def test_key_and_prompt_are_not_in_pg_stat_activity(db: Database, keyring: Keyri
     assert "reflect.use_key_v1($1, $2, $3)" in after_key
     for key in keyring.keys.values():
         assert key not in after_key
+
+
+def test_a_version_with_a_full_queue_refuses_more_until_it_drains(db: Database, keyring: Keyring) -> None:
+    """max_queued_per_version: the request past the limit is refused with QueueFull and nothing is written;
+    another version is not affected; once one is claimed there is room again; analysts see depth and limit."""
+    from pgreflect.errors import QueueFull
+
+    with db.admin() as conn:
+        conn.execute("UPDATE reflect.settings SET value = '3' WHERE key = 'max_queued_per_version'")
+    with client(db, keyring) as c:
+        for i in range(3):
+            c.submit(f"question {i}")
+        with pytest.raises(QueueFull, match=r'^model version "tiny" already has 3 requests waiting, its limit: retry'):
+            c.submit("one too many")
+        assert db.scalar("SELECT count(*) FROM reflect.requests") == 3
+        c.submit("for another version", model_version="noop")
+        with connect(db.dsn("worker"), keyring=keyring) as w:
+            w.execute(query("claim"), {"worker_id": "w", "limit": 1, "lease_seconds": 60,
+                                       "model_version_ids": None}).fetchall()
+        c.submit("room again")
+    with psycopg.connect(db.dsn("analyst")) as conn:
+        assert conn.execute("SELECT queued, running, queue_limit FROM reflect.queue_status "
+                            "WHERE model_version = 'tiny'").fetchone() == (3, 1, 3)

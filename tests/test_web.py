@@ -145,7 +145,13 @@ def test_a_reviewer_corrects_an_answer_and_an_analyst_sees_only_numbers(db: Data
         row = _table(page, "#calibration")[0]
         assert row[:2] == [day.strftime("%Y-%m-%d"), str(labelled)] and labelled == 3
         assert [row[2], row[4], row[5], row[9]] == [f"{float(v):.3f}" for v in (accuracy, ece, brier, flagged)]
-        assert page.locator("svg.chart").count() == 4
+        with psycopg.connect(db.dsn("analyst")) as conn:  # every version's calibration, beside the chosen one's
+            every = conn.execute("SELECT day, model_version, labelled, ece, brier, auroc_confidence "
+                                 "FROM reflect.calibration_daily ORDER BY day DESC, model_version DESC").fetchall()
+        assert _table(page, "#versions") == [
+            [d.strftime("%Y-%m-%d"), v, str(n), *("–" if x is None else f"{float(x):.3f}" for x in (e, b, a))]
+            for d, v, n, e, b, a in every] and every
+        assert page.locator("svg.chart").count() == 6
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
         # The models page shows each version's state and the gate's numbers; a request's timeline its events.

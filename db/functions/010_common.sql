@@ -7,6 +7,7 @@ SET LOCAL ROLE reflect_owner;
 --   PR004 missing_key          no encryption key loaded in this session for the key id needed
 --   PR005 not_found            no such request (or not yours)
 --   PR006 append_only          an audit table refuses UPDATE, DELETE and TRUNCATE
+--   PR007 queue_full           the model version has max_queued_per_version requests waiting; retry later
 
 CREATE OR REPLACE FUNCTION reflect._setting_int(p_key text)
 RETURNS integer

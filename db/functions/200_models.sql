@@ -46,7 +46,8 @@ DECLARE
   v_backend text;
 BEGIN
   IF p_backend IS NULL OR p_backend NOT IN ('llama', 'noop') THEN
-    RAISE EXCEPTION 'backend must be llama or noop' USING ERRCODE = 'PR001';
+    RAISE EXCEPTION 'backend must be llama or noop (a version on an OpenAI-compatible server: '
+                    'register_remote_model_version_v1)' USING ERRCODE = 'PR001';
   END IF;
   IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
     RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'
@@ -87,6 +88,69 @@ BEGIN
     PERFORM reflect.activate_model_version_v1(p_name);
   END IF;
   RETURN v_id;
+END
+$$;
+
+-- Registers a version served by an OpenAI-compatible server (backend 'openai'): its base URL (…/v1) and the
+-- model name the server knows it by. Idempotent on (name, remote_model); the URL may change (the server moved),
+-- the model may not (versions are immutable: register another name).
+CREATE OR REPLACE FUNCTION reflect.register_remote_model_version_v1(
+  p_name text,
+  p_base_url text,
+  p_remote_model text,
+  p_n_ctx integer DEFAULT 4096,
+  p_parent text DEFAULT NULL,
+  p_activate boolean DEFAULT false
+)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v reflect.model_versions;
+  v_parent integer;
+  v_url text := regexp_replace(coalesce(p_base_url, ''), '/+$', '');
+BEGIN
+  IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
+    RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' USING ERRCODE = 'PR001';
+  END IF;
+  IF v_url !~ '^https?://[^/@[:space:]]+(/[^[:space:]]*)?$' THEN
+    RAISE EXCEPTION 'base URL must be http(s)://host[:port][/path] without credentials (got %)',
+      left(regexp_replace(v_url, '//[^/]*@', '//…@'), 200)
+      USING ERRCODE = 'PR001', HINT = 'the worker reads the API key from PGREFLECT_OPENAI_API_KEY';
+  END IF;
+  IF p_remote_model IS NULL OR p_remote_model !~ '^[^[:space:][:cntrl:]]{1,200}$' THEN
+    RAISE EXCEPTION 'remote model must be the server''s model name (1 to 200 characters, no spaces)'
+      USING ERRCODE = 'PR001';
+  END IF;
+  IF p_parent IS NOT NULL THEN
+    SELECT id INTO v_parent FROM reflect.model_versions WHERE name = p_parent;
+    IF v_parent IS NULL THEN
+      RAISE EXCEPTION 'unknown parent model version "%"', p_parent USING ERRCODE = 'PR003';
+    END IF;
+  END IF;
+  SELECT * INTO v FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
+  IF v.id IS NOT NULL AND (v.backend <> 'openai' OR v.remote_model <> p_remote_model) THEN
+    RAISE EXCEPTION 'model version "%" is already registered for another model (% backend)', p_name, v.backend
+      USING ERRCODE = 'PR001', HINT = 'register it under a new name';
+  END IF;
+  IF v.id IS NULL THEN
+    INSERT INTO reflect.model_versions (name, source, n_ctx, parent_id, backend, base_url, remote_model)
+    VALUES (p_name, 'remote', coalesce(p_n_ctx, 4096), v_parent, 'openai', v_url, p_remote_model)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING * INTO v;
+    IF v.id IS NULL THEN  -- a concurrent registration of the same name won the race
+      RETURN reflect.register_remote_model_version_v1(p_name, p_base_url, p_remote_model, p_n_ctx, p_parent,
+                                                       p_activate);
+    END IF;
+  ELSE
+    UPDATE reflect.model_versions SET base_url = v_url WHERE id = v.id;
+  END IF;
+  IF p_activate OR NOT EXISTS (SELECT FROM reflect.model_versions WHERE is_active) THEN
+    PERFORM reflect.activate_model_version_v1(p_name);
+  END IF;
+  RETURN v.id;
 END
 $$;
 
@@ -176,4 +240,18 @@ BEGIN
          OR mv.id IN (SELECT a.base_model_version_id FROM reflect.model_versions a WHERE a.name = ANY (p_names)))
   ORDER BY mv.base_model_version_id NULLS FIRST, mv.is_active DESC, mv.id;
 END
+$$;
+
+-- v4: also where a remote version is served (backend 'openai': base URL and the server's model name).
+CREATE OR REPLACE FUNCTION reflect.model_versions_to_serve_v4(p_backend text, p_names text[] DEFAULT NULL)
+RETURNS TABLE (id integer, name text, gguf_path text, sha256 text, n_ctx integer, is_active boolean,
+               base_model_version_id integer, adapter_path text, adapter_sha256 text, base_url text,
+               remote_model text)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT s.*, (SELECT mv.base_url FROM reflect.model_versions mv WHERE mv.id = s.id),
+         (SELECT mv.remote_model FROM reflect.model_versions mv WHERE mv.id = s.id)
+  FROM reflect.model_versions_to_serve_v3(p_backend, p_names) s  -- in its order: bases first
 $$;

@@ -19,15 +19,19 @@ BEGIN
   END IF;
   SELECT k INTO v_key FROM jsonb_object_keys(p) k
   WHERE k NOT IN ('max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'memory', 'memory_k',
-                  'memory_max_distance', 'low_confidence', 'confidence_threshold', 'logprobs', 'top_logprobs')
+                  'memory_max_distance', 'low_confidence', 'confidence_threshold', 'logprobs', 'top_logprobs',
+                  'stream')
   LIMIT 1;
   IF v_key IS NOT NULL THEN
     RAISE EXCEPTION 'unknown generation parameter "%"', left(v_key, 40) USING ERRCODE = 'PR001',
       HINT = 'allowed: max_tokens, temperature, top_p, top_k, seed, stop, memory, memory_k, memory_max_distance, '
-             'low_confidence, confidence_threshold, logprobs, top_logprobs';
+             'low_confidence, confidence_threshold, logprobs, top_logprobs, stream';
   END IF;
   IF p ? 'memory' AND jsonb_typeof(p -> 'memory') <> 'boolean' THEN
     RAISE EXCEPTION 'memory must be true or false' USING ERRCODE = 'PR001';
+  END IF;
+  IF p ? 'stream' AND jsonb_typeof(p -> 'stream') <> 'boolean' THEN
+    RAISE EXCEPTION 'stream must be true or false' USING ERRCODE = 'PR001';
   END IF;
   IF p ? 'logprobs' AND jsonb_typeof(p -> 'logprobs') <> 'boolean' THEN
     RAISE EXCEPTION 'logprobs must be true or false' USING ERRCODE = 'PR001';
@@ -55,7 +59,9 @@ BEGIN
                                                   reflect._setting_float('confidence_threshold_default')::numeric),
     -- the answer's tokens and, per token, its top_logprobs most likely alternatives (stored encrypted)
     'logprobs', coalesce((p -> 'logprobs')::boolean, false),
-    'top_logprobs', reflect._param_number(p, 'top_logprobs', 0, 20, true, 0)
+    'top_logprobs', reflect._param_number(p, 'top_logprobs', 0, 20, true, 0),
+    -- the text so far is published while it is generated (reflect.partial_answers), when the action shows it
+    'stream', coalesce((p -> 'stream')::boolean, false)
   );
   v_stop := coalesce(p -> 'stop', '[]'::jsonb);
   IF jsonb_typeof(v_stop) = 'string' THEN
@@ -176,6 +182,7 @@ DECLARE
   v_params jsonb;
   v_tuned double precision;
   v_id bigint;
+  v_limit integer;
 BEGIN
   IF jsonb_typeof(p_history) = 'array' AND jsonb_array_length(p_history) = 0 THEN
     p_history := NULL;
@@ -227,6 +234,15 @@ BEGIN
     IF v_id IS NOT NULL THEN
       RETURN v_id;
     END IF;
+  END IF;
+  -- Back-pressure: counting stops at the limit, so the check costs at most max_queued_per_version index entries.
+  v_limit := reflect._setting_int('max_queued_per_version');
+  IF v_limit > 0 AND (SELECT count(*) FROM (SELECT FROM reflect.requests
+                                            WHERE state = 'queued' AND model_version_id = v_model LIMIT v_limit) q)
+                     >= v_limit THEN
+    RAISE EXCEPTION 'model version "%" already has % requests waiting, its limit: retry later',
+      (SELECT name FROM reflect.model_versions WHERE id = v_model), v_limit
+      USING ERRCODE = 'PR007', HINT = 'the limit is the max_queued_per_version setting (0: none)';
   END IF;
   -- A threshold tuned for this version (780_tuning.sql) replaces the global default, not a request's own.
   IF NOT coalesce(p_params ? 'confidence_threshold', false) THEN
@@ -346,7 +362,9 @@ SELECT
   a.token_logprobs,
   (SELECT reflect._decrypt_or_null(t.tokens_enc, t.key_id)::jsonb FROM reflect.answer_tokens t
    WHERE t.request_id = r.id) AS answer_tokens,  -- when params.logprobs: [{"token", "top": [[text, logprob], ...]}]
-  reflect._decrypt_or_null(r.history_enc, r.key_id)::jsonb AS history  -- a conversation's earlier turns
+  reflect._decrypt_or_null(r.history_enc, r.key_id)::jsonb AS history,  -- a conversation's earlier turns
+  (SELECT reflect._decrypt_or_null(p.text_enc, p.key_id) FROM reflect.partial_answers p
+   WHERE p.request_id = r.id) AS partial_answer  -- params.stream: the text so far, while it is generated
 FROM reflect.requests r
 JOIN reflect.model_versions mv ON mv.id = r.model_version_id
 LEFT JOIN reflect.answers a ON a.request_id = r.id

@@ -245,6 +245,7 @@ BEGIN
   SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL, finished_at = clock_timestamp(),
       last_error = NULL
   WHERE id = r.id;
+  DELETE FROM reflect.partial_answers WHERE request_id = r.id;
 
   INSERT INTO reflect.request_events (request_id, event, attempt, worker_id)
   VALUES (r.id, 'succeeded', r.attempts, r.worker_id);
@@ -329,6 +330,7 @@ DECLARE
   v_backoff double precision;
 BEGIN
   r := reflect._take_lease(p_request_id, p_lease_token);
+  DELETE FROM reflect.partial_answers WHERE request_id = r.id;  -- a next attempt starts over
   IF coalesce(p_retryable, true) AND r.attempts < r.max_attempts THEN
     v_backoff := least(reflect._setting_int('retry_max_s'),
                        reflect._setting_int('retry_base_s') * 2 ^ (r.attempts - 1));
@@ -353,6 +355,36 @@ BEGIN
 END
 $$;
 
+-- The text generated so far for a streamed request (params.stream; pgreflect serve sends it on as it grows),
+-- overwritten in place, then NOTIFY request_progress (id only; the text is read back by the request's own app
+-- through app_requests.partial_answer). Refused for a request whose low-confidence action could still withhold
+-- or replace the text (abstain, reanswer): a reader must never see what it will not be given.
+CREATE OR REPLACE FUNCTION reflect.report_partial_v1(p_request_id bigint, p_lease_token uuid, p_text text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r reflect.requests := reflect._take_lease(p_request_id, p_lease_token);
+BEGIN
+  IF NOT coalesce((r.params ->> 'stream')::boolean, false)
+     OR coalesce(r.params ->> 'low_confidence', '') NOT IN ('answer', 'flag') THEN
+    RAISE EXCEPTION 'request % publishes no partial answer (it needs params.stream and a low-confidence action '
+                    'of answer or flag)', r.id USING ERRCODE = 'PR001';
+  END IF;
+  IF p_text IS NULL THEN
+    RAISE EXCEPTION 'a partial answer must not be NULL' USING ERRCODE = 'PR001';
+  END IF;
+  INSERT INTO reflect.partial_answers (request_id, attempt, key_id, text_enc)
+  VALUES (r.id, r.attempts, r.key_id, reflect._encrypt(p_text, r.key_id))
+  ON CONFLICT (request_id) DO UPDATE
+    SET attempt = EXCLUDED.attempt, key_id = EXCLUDED.key_id, text_enc = EXCLUDED.text_enc,
+        updated_at = clock_timestamp();
+  PERFORM pg_notify('request_progress', r.id::text);
+END
+$$;
+
 -- Gives a claimed request back untouched (graceful shutdown): queued at once, and the attempt that was
 -- interrupted does not count.
 CREATE OR REPLACE FUNCTION reflect.release_v1(p_request_id bigint, p_lease_token uuid)
@@ -365,6 +397,7 @@ DECLARE
   r reflect.requests;
 BEGIN
   r := reflect._take_lease(p_request_id, p_lease_token);
+  DELETE FROM reflect.partial_answers WHERE request_id = r.id;
   UPDATE reflect.requests
   SET state = 'queued', lease_token = NULL, lease_expires_at = NULL, run_after = clock_timestamp(),
       attempts = greatest(r.attempts - 1, 0)
@@ -408,6 +441,8 @@ BEGIN
   ), logged AS (
     INSERT INTO reflect.request_events (request_id, event, attempt, worker_id, detail)
     SELECT id, 'lease_expired', attempts, worker_id, state::text FROM moved
+  ), cleared AS (
+    DELETE FROM reflect.partial_answers p USING moved WHERE p.request_id = moved.id
   )
   SELECT count(pg_notify(CASE WHEN state = 'queued' THEN 'needs_inference' ELSE 'request_done' END,
                          id::text))

@@ -134,9 +134,17 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  v_set integer := reflect.curate_training_set_v1(p_owner, p_model_version);
+  v_remote text;
+  v_set integer;
   s reflect.training_sets;
 BEGIN
+  SELECT name INTO v_remote FROM reflect.model_versions
+  WHERE backend = 'openai' AND (name = p_model_version OR (p_model_version IS NULL AND is_active));
+  IF v_remote IS NOT NULL THEN
+    RAISE EXCEPTION 'model version "%" is served by an OpenAI-compatible server: only a version whose GGUF is here '
+                    'can be fine-tuned', v_remote USING ERRCODE = 'PR001';
+  END IF;
+  v_set := reflect.curate_training_set_v1(p_owner, p_model_version);
   SELECT * INTO s FROM reflect.training_sets WHERE id = v_set;
   -- work_id names the job's folder of checkpoints on the workers (job ids repeat across databases)
   RETURN reflect._enqueue_job('finetune', jsonb_build_object('training_set_id', s.id, 'owner', s.owner,

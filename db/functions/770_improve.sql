@@ -592,7 +592,8 @@ $$;
 -- A finished gate (result: {"scores": [{"candidate_request_id", "candidate_correct", "parent_correct"}, ...]}):
 -- stores the scores, applies the decision rule, records the decision with every number, and promotes or
 -- rejects the candidate. The rule (docs/improve.md):
---   promote only if  (a) the lower bound of the paired gain on the corrected prompts is > 0
+--   promote only if  (a) the lower bound of the paired gain on the corrected prompts is > 0, and on their
+--                        rewordings alone too once there are gate_rephrase_min of them
 --                    (b) the held-out accuracy does not drop by more than gate_heldout_margin (if any held out)
 --                    (c) the retention accuracy does not drop by more than gate_retention_margin (items needed)
 --                    (d) calibration is not measurably worse: with each version calibrated on its own gate
@@ -609,8 +610,9 @@ DECLARE
   v_z double precision := reflect._setting_float('gate_z');
   v_rule jsonb := jsonb_build_object('z', v_z, 'heldout_margin', reflect._setting_float('gate_heldout_margin'),
                                      'retention_margin', reflect._setting_float('gate_retention_margin'),
-                                     'calibration_margin', reflect._setting_float('gate_calibration_margin'));
-  a jsonb; b jsonb; c jsonb; cal jsonb;
+                                     'calibration_margin', reflect._setting_float('gate_calibration_margin'),
+                                     'rephrase_min', reflect._setting_int('gate_rephrase_min'));
+  a jsonb; r jsonb; b jsonb; c jsonb; cal jsonb;
   v_reasons text[] := '{}';
   v_decision text;
   v_missing integer;
@@ -626,6 +628,7 @@ BEGIN
   WHERE job_id = j.id AND (candidate_correct IS NULL OR parent_correct IS NULL);
 
   a := reflect._paired_parts(j.id, ARRAY['a', 'r'], v_z);
+  r := reflect._paired(j.id, 'r', v_z);
   b := reflect._paired(j.id, 'b', v_z);
   c := reflect._paired(j.id, 'c', v_z);
   cal := reflect._gate_calibration(j.id);
@@ -635,6 +638,12 @@ BEGIN
   ELSIF (a ->> 'lower_bound')::float8 <= 0 THEN
     v_reasons := v_reasons || format('corrected prompts and their rewordings: gain %s, lower bound %s is not above 0',
                                      round((a ->> 'difference')::numeric, 3), round((a ->> 'lower_bound')::numeric, 3));
+  END IF;
+  IF (r ->> 'n')::int >= (v_rule ->> 'rephrase_min')::int AND (r ->> 'lower_bound')::float8 <= 0 THEN
+    v_reasons := v_reasons || format('rewordings of the corrected prompts: gain %s on %s, lower bound %s is not '
+                                     'above 0 (learned the wording, not the answer)',
+                                     round((r ->> 'difference')::numeric, 3), r ->> 'n',
+                                     round((r ->> 'lower_bound')::numeric, 3));
   END IF;
   IF (b ->> 'n')::int > 0 AND (b ->> 'difference')::float8 < -(v_rule ->> 'heldout_margin')::float8 THEN
     v_reasons := v_reasons || format('held-out accuracy dropped by %s (margin %s)',
@@ -664,7 +673,9 @@ BEGIN
     CASE WHEN v_decision = 'reject' THEN array_to_string(v_reasons, '; ')
          ELSE 'better on the corrected prompts, no worse on held-out, retention and calibration' END,
     jsonb_build_object('learned', a, 'corrected', reflect._paired(j.id, 'a', v_z),
-                       'rephrased', reflect._paired(j.id, 'r', v_z), 'heldout', b, 'retention', c,
+                       'rephrased', r || jsonb_build_object('rule_applied',
+                                                            (r ->> 'n')::int >= (v_rule ->> 'rephrase_min')::int),
+                       'heldout', b, 'retention', c,
                        'calibration', cal, 'unscored', v_missing),
     v_rule, j.id);
   RETURN jsonb_build_object('decision', v_decision, 'candidate_id', v_candidate, 'parent_id', v_parent);

@@ -58,13 +58,21 @@ SELECT
   count(r.id) FILTER (WHERE r.state = 'running' AND r.lease_expires_at < now()) AS lease_expired,
   count(r.id) FILTER (WHERE r.state = 'succeeded') AS succeeded,
   count(r.id) FILTER (WHERE r.state = 'failed') AS failed,
-  min(r.created_at) FILTER (WHERE r.state = 'queued') AS oldest_queued_at
+  min(r.created_at) FILTER (WHERE r.state = 'queued') AS oldest_queued_at,
+  -- submit refuses beyond it (0: none); read from the table: a view's function calls need the reader's rights
+  (SELECT (s.value #>> '{}')::integer FROM reflect.settings s WHERE s.key = 'max_queued_per_version') AS queue_limit,
+  -- time from submit to claim of the answers of the last hour
+  (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY a.queue_wait_ms) FROM reflect.answers a
+   WHERE a.model_version_id = mv.id AND a.created_at > now() - interval '1 hour') AS p50_wait_ms_last_hour,
+  (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY a.queue_wait_ms) FROM reflect.answers a
+   WHERE a.model_version_id = mv.id AND a.created_at > now() - interval '1 hour') AS p95_wait_ms_last_hour
 FROM reflect.model_versions mv
 LEFT JOIN reflect.requests r ON r.model_version_id = mv.id
 GROUP BY mv.id, mv.name, mv.is_active;
 
 CREATE OR REPLACE VIEW reflect.model_version_registry AS
-SELECT mv.id, mv.name, mv.source, mv.sha256, p.name AS parent, mv.n_ctx, mv.is_active, mv.created_at, mv.backend
+SELECT mv.id, mv.name, mv.source, mv.sha256, p.name AS parent, mv.n_ctx, mv.is_active, mv.created_at, mv.backend,
+       mv.base_url, mv.remote_model  -- backend openai: where it is served, and the server's name for it
 FROM reflect.model_versions mv
 LEFT JOIN reflect.model_versions p ON p.id = mv.parent_id;
 

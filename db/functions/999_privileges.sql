@@ -114,6 +114,7 @@ GRANT USAGE ON SCHEMA reflect TO reflect_api;
 GRANT EXECUTE ON FUNCTION reflect.verify_api_key_v1(text), reflect.verify_person_v1(text, text) TO reflect_api;
 GRANT SELECT ON reflect.api_key_list TO reflect_analyst;
 GRANT EXECUTE ON FUNCTION reflect.store_answer_tokens_v1(bigint, uuid, jsonb),
+  reflect.report_partial_v1(bigint, uuid, text),
   reflect.request_history_v1(bigint, uuid),
   reflect.job_history_v1(bigint, uuid)
 TO reflect_worker;
@@ -137,3 +138,6 @@ GRANT EXECUTE ON FUNCTION reflect.auroc_v1(double precision[], boolean[]),
   reflect.brier_v1(double precision[], boolean[]),
   reflect.accuracy_at_coverage_v1(double precision[], boolean[], double precision)
 TO reflect_reviewer;
+
+-- remote backends (0014): a worker reads where a remote version is served; administrators register them
+GRANT EXECUTE ON FUNCTION reflect.model_versions_to_serve_v4(text, text[]) TO reflect_worker;

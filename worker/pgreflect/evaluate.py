@@ -19,13 +19,14 @@ from typing import Any
 from tqdm import tqdm
 
 from pgreflect.client import Client
-from pgreflect.errors import InvalidInput
+from pgreflect.errors import InvalidInput, QueueFull
 from pgreflect.scoring import is_correct, kind_of
 from pgreflect.sql import query
 
 SIGNALS = ("logprob_mean", "logprob_min", "p_true", "p_answer", "option_max_prob", "option_margin", "option_entropy",
            "rule_failed", "agreement", "critique_verdict", "probe")
 HIGH_MEANS_WRONG = ("rule_failed", "option_entropy")
+QUEUE_FULL_WAIT_S = 2.0  # between submissions refused because the version's queue is at its limit
 
 
 @dataclass
@@ -83,8 +84,15 @@ def run(cfg: EvalConfig, client: Client, progress: bool = True,
     params = {"max_tokens": cfg.max_tokens, "temperature": 0, "memory": cfg.memory}
     ids: dict[str, int] = {}
     for item in tqdm(items, desc="submitting", disable=not progress, unit="q"):
-        rid = client.submit(item["question"], params=params, idempotency_key=f"{cfg.run_label}:{item['id']}",
-                            caller="pgreflect-eval", model_version=cfg.model_version)
+        while True:  # a run longer than the version's queue limit (max_queued_per_version) feeds it as it drains
+            try:
+                rid = client.submit(item["question"], params=params, idempotency_key=f"{cfg.run_label}:{item['id']}",
+                                    caller="pgreflect-eval", model_version=cfg.model_version)
+                break
+            except QueueFull:
+                if abort is not None and (why := abort()):
+                    raise RuntimeError(why) from None
+                time.sleep(QUEUE_FULL_WAIT_S)
         ids[item["id"]] = rid
         if item.get("dataset"):
             client.conn.execute(query("tag_eval_request"), {"request_id": rid, "dataset": item["dataset"],

@@ -28,7 +28,7 @@ import psycopg
 from pgreflect.backends import Backend, BackendError, Cancelled, GenerationRequest
 from pgreflect.db import connect
 from pgreflect.embeddings import to_pgvector
-from pgreflect.errors import StaleLease, translate
+from pgreflect.errors import PgreflectError, StaleLease, translate
 from pgreflect.jobs import FOLLOWUP_KINDS, HANDLERS, TRAIN_KINDS
 from pgreflect.jobs.base import JobInput, JobRun
 from pgreflect.keys import Keyring, KeyringWatcher, install_keys, load_keyring
@@ -54,8 +54,9 @@ class WorkerConfig:
     """Defaults are documented in docs/configuration.md; each has a CLI flag and an env twin."""
 
     worker_id: str = field(default_factory=default_worker_id)
-    backend: str = "llama"  # llama | noop
-    concurrency: int = 1  # requests in flight; one llama model runs one request at a time
+    backend: str = "llama"  # llama | openai (a model on an OpenAI-compatible server) | noop
+    # requests in flight; one llama model runs one request at a time, a server batches (the CLI's default: 4)
+    concurrency: int = 1
     poll_interval: float = 2.0  # seconds between claims when no notification arrives
     lease_seconds: int = 60  # lease per claim, extended by the heartbeat
     heartbeat_interval: float | None = None  # default lease_seconds / 4
@@ -73,6 +74,12 @@ class WorkerConfig:
     # PII kinds redacted from memories before they go into another prompt ("none": off); see pgreflect.privacy
     redact: str = "email,phone,card,iban,ip,secret"
     report_retry_s: float = 600.0  # keep re-sending a finished result this long while the database is away
+    remote_timeout_s: float = 600.0  # openai backend: seconds one call to the server may take
+    remote_retries: int = 4  # openai backend: more tries after a connection error, timeout, 408/409/429 or 5xx
+    # A streamed request's text so far is published at most this often (seconds; 0: after every token). The
+    # default model makes ~10 tokens/s on a 2-core CPU, so at 0.1 s a reader gets about every token, for one
+    # small encrypted upsert + NOTIFY each; a fast GPU server's tokens arrive a few at a time.
+    stream_interval_s: float = 0.1
 
 
 @dataclass
@@ -188,7 +195,7 @@ class Worker:
         from pgreflect.embeddings import Embedder, embedding_available
 
         mode = self.config.memory
-        if mode == "off" or (mode == "auto" and self.config.backend != "llama"):
+        if mode == "off" or (mode == "auto" and self.config.backend == "noop"):
             return
         if not embedding_available():
             if mode == "on":
@@ -207,13 +214,21 @@ class Worker:
         if not rows:
             raise RuntimeError(f"no model versions registered for the {self.config.backend} backend: run "
                                "`pgreflect models install-default` (or register one with --backend)")
-        for mv_id, name, path, sha256, n_ctx, _active, base_id, adapter_path, adapter_sha256 in rows:
+        for mv_id, name, path, sha256, n_ctx, _active, base_id, adapter_path, adapter_sha256, url, remote in rows:
             if mv_id in self.backends:
                 continue
             if self.config.backend == "noop":
                 from pgreflect.backends.noop import NoopBackend
 
                 self.backends[mv_id] = NoopBackend(self.config.noop_delay_s)
+                continue
+            if self.config.backend == "openai":
+                from pgreflect.backends.openai_server import OpenAIServerBackend
+
+                self.backends[mv_id] = OpenAIServerBackend(
+                    url, remote, api_key=os.environ.get("PGREFLECT_OPENAI_API_KEY"),
+                    timeout_s=self.config.remote_timeout_s, retries=self.config.remote_retries)
+                log.info("serving model version %s (%s on %s)", name, remote, url)
                 continue
             from pgreflect.backends.llama import LlamaBackend
 
@@ -377,7 +392,7 @@ class Worker:
             backend = self.backends[job.model_version_id]
             try:
                 request = GenerationRequest(job.prompt, job.system_prompt, job.params, self._recall(job),
-                                            self._history(job))
+                                            self._history(job), on_text=self._publisher(job))
                 gen = backend.generate(request, job.cancel)
             except Cancelled:
                 if job.lease_lost:
@@ -537,6 +552,30 @@ class Worker:
                 log.warning("request %s: could not report (%s); retrying in %.1f s", job.request_id, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _publisher(self, job: Job) -> Callable[[str], None] | None:
+        """For a streamed request whose answer will be shown whatever its confidence (reflect.report_partial_v1
+        says which): publishes the text so far, at most every stream_interval_s. A publish that fails is
+        skipped, never the answer: the reader then gets the text with the next publish or with the answer."""
+        if not job.params.get("stream") or job.params.get("low_confidence") not in ("answer", "flag"):
+            return None
+        last = {"at": float("-inf"), "text": ""}
+
+        def publish(text: str) -> None:
+            now = time.monotonic()
+            if text == last["text"] or now - last["at"] < self.config.stream_interval_s:
+                return
+            last["at"], last["text"] = now, text
+            try:
+                self._call("job", "report_partial", {"request_id": job.request_id, "lease_token": job.lease_token,
+                                                     "text": text}, attempts=1)
+            except StaleLease:
+                job.cancel.set()  # the request is someone else's now; the generation stops at its next token
+                job.lease_lost = True
+            except (psycopg.Error, PgreflectError) as exc:
+                log.debug("request %s: partial answer not published (%s)", job.request_id, type(exc).__name__)
+
+        return publish
 
     def _fail(self, job: Job, error: str, retryable: bool) -> None:
         state = self._report(job, "fail", {"error": error, "retryable": retryable})[0][0]

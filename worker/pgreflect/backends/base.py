@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,6 +15,9 @@ class GenerationRequest:
     examples: tuple[tuple[str, str], ...] = ()
     # A conversation's earlier turns ({"role": "user" | "assistant", "content"}), before the prompt.
     history: tuple[dict[str, str], ...] = ()
+    # Called with the answer's text so far as it grows (a streamed request): every character of it is in the
+    # final text, in order (text that may yet turn out to be a stop sequence is held back).
+    on_text: Callable[[str], None] | None = field(default=None, compare=False)
 
     def messages(self) -> list[dict[str, str]]:
         out = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []

@@ -11,6 +11,7 @@ pass, so a shift by one position fails the test.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import json
 import os
@@ -169,6 +170,11 @@ class LlamaBackend:
         finish = "length"
         text_bytes = b""
         stop_at: int | None = None
+        # A streamed request's text so far: decoded as the final text is (invalid bytes replaced; an incomplete
+        # character waits for its next byte), less the characters that could still begin a stop sequence.
+        streamed = ""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace") if request.on_text else None
+        hold = max((len(s) for s in stops), default=1) - 1
         # The generation's single-token decodes also output the final-layer hidden state (a copy of n_embd
         # floats; nothing is recomputed), so the state after the answer's last evaluated token costs nothing. The
         # prompt's batch was evaluated without it: with embeddings on, llama.cpp outputs every position of a batch.
@@ -189,14 +195,20 @@ class LlamaBackend:
                 logprobs.append(token_logprob(logits, token))
                 if n_top:
                     top_ids.append(top_alternatives(logits, n_top))
+                if stops or decoder:
+                    piece = self.llm.detokenize([token], prev_tokens=out[:-1])
                 if stops:
-                    text_bytes += self.llm.detokenize([token], prev_tokens=out[:-1])
+                    text_bytes += piece
                     decoded = text_bytes.decode("utf-8", errors="ignore")
                     hits = [i for i in (decoded.find(s) for s in stops) if i >= 0]
                     if hits:
                         stop_at = min(hits)
                         finish = "stop_sequence"
                         break
+                if decoder and request.on_text:
+                    streamed += decoder.decode(piece)
+                    if len(streamed) > hold:
+                        request.on_text(streamed[:len(streamed) - hold])
                 if len(out) < budget:
                     self._eval_token(token)
                     evaluated = True

@@ -1,5 +1,6 @@
 """One LISTEN connection for the whole server: `request_done` wakes the HTTP requests waiting for those ids
-(no polling, and no connection held per waiting request), `api_key_revoked` makes the server forget a key at
+(no polling, and no connection held per waiting request), `request_progress` wakes the streams reading a
+request's text so far, `api_key_revoked` makes the server forget a key at
 once, `person_revoked` signs a person out. After a lost connection every waiter is woken to re-read its request,
 so no completion is missed."""
 
@@ -25,6 +26,7 @@ class Notices:
         self.on_key_revoked = on_key_revoked
         self.on_person_revoked = on_person_revoked
         self._waiters: dict[int, set[asyncio.Event]] = defaultdict(set)
+        self._readers: dict[int, set[asyncio.Event]] = defaultdict(set)  # streams: woken by progress too
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
 
@@ -39,19 +41,28 @@ class Notices:
                 await self._task
 
     @contextlib.contextmanager
-    def waiting_for(self, request_id: int) -> Iterator[asyncio.Event]:
-        """An event set whenever request `request_id` may have finished. Register before reading the
-        request's state: a completion after the registration sets it, one before shows in the state."""
+    def waiting_for(self, request_id: int, progress: bool = False) -> Iterator[asyncio.Event]:
+        """An event set whenever request `request_id` may have finished (with `progress`, also whenever its
+        text so far changed). Register before reading the request's state: a change after the registration
+        sets it, one before shows in what is read."""
         event = asyncio.Event()
-        self._waiters[request_id].add(event)
+        registries = (self._waiters, self._readers) if progress else (self._waiters,)
+        for registry in registries:
+            registry[request_id].add(event)
         try:
             yield event
         finally:
-            waiters = self._waiters.get(request_id)
-            if waiters is not None:
-                waiters.discard(event)
-                if not waiters:
-                    del self._waiters[request_id]
+            for registry in registries:
+                events = registry.get(request_id)
+                if events is not None:
+                    events.discard(event)
+                    if not events:
+                        del registry[request_id]
+
+    def _wake(self, registry: dict[int, set[asyncio.Event]], payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            for event in registry.get(int(payload), ()):
+                event.set()
 
     def _wake_all(self) -> None:
         for events in self._waiters.values():
@@ -70,9 +81,9 @@ class Notices:
                     delay = 0.5
                     async for note in conn.notifies():
                         if note.channel == "request_done":
-                            with contextlib.suppress(ValueError):
-                                for event in self._waiters.get(int(note.payload), ()):
-                                    event.set()
+                            self._wake(self._waiters, note.payload)
+                        elif note.channel == "request_progress":
+                            self._wake(self._readers, note.payload)
                         elif note.channel == "api_key_revoked":
                             self.on_key_revoked(note.payload)
                         elif note.channel == "person_revoked":

@@ -144,6 +144,8 @@ def parse_chat(body: Any) -> ChatRequest:
         raise bad_request("top_logprobs needs logprobs=true", "top_logprobs")
     if logprobs:
         params.update(logprobs=True, top_logprobs=top)
+    if stream:
+        params["stream"] = True  # the worker publishes the text as it grows (reflect.report_partial_v1)
     return ChatRequest(model=model, prompt=turns[-1]["content"], history=turns[:-1],
                        system_prompt="\n\n".join(system) if system else None,
                        params=params, stream=stream, include_usage=bool(options.get("include_usage")),

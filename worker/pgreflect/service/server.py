@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from pgreflect.errors import InvalidInput, NotFound, UnknownModel, translate
+from pgreflect.errors import InvalidInput, NotFound, QueueFull, UnknownModel, translate
 from pgreflect.service import openai_shape as shape
 from pgreflect.service.auth import ApiKeys, FailedAttempts, Identity
 from pgreflect.service.connections import AppUnavailable, Connections
@@ -40,6 +40,9 @@ FINAL = ("succeeded", "failed")
 PING_S = 10.0  # an SSE comment while a streamed answer is still being generated (keeps proxies from timing out)
 # The model name that pins no version: the active one serves it, or its canary for canary_share of the requests.
 DEFAULT_MODEL = "default"
+# A version seen served by a live worker is taken as served for this long without asking again: one round trip
+# less per request (the live-worker check is itself `worker_live_s` stale). "None live" is never remembered.
+LIVE_REMEMBER_S = 1.0
 
 
 @dataclass
@@ -62,6 +65,8 @@ def _sqlstate_error(exc: psycopg.Error) -> ApiError:
         return ApiError(404, str(ours), code="model_not_found", param="model")
     if isinstance(ours, NotFound):
         return ApiError(404, str(ours), code="not_found")
+    if isinstance(ours, QueueFull):  # the OpenAI client retries a 429 after a pause
+        return ApiError(429, str(ours), code="queue_full", type_="rate_limit_error")
     state = exc.sqlstate or ""
     if state[:2] in ("22", "23"):
         return ApiError(400, exc.diag.message_primary or str(exc), code="invalid_request")
@@ -77,6 +82,7 @@ class Api:
         self.failures = FailedAttempts()
         self.sessions = Sessions(config.api_dsn)
         self.notices = Notices(config.api_dsn, self._key_revoked, self._person_revoked)
+        self._served_until: dict[str | None, float] = {}  # pinned version (None: the default) -> monotonic time
 
     def _key_revoked(self, key_id: str) -> None:
         if self.keys is not None:
@@ -173,8 +179,12 @@ class Api:
         pinned = None if chat.model == DEFAULT_MODEL else chat.model
         async with pool.connection() as conn:
             try:
-                cur = await conn.execute(query("live_workers"), {"model_version": pinned})
-                (live,) = await cur.fetchone()
+                live = self._served_until.get(pinned, 0.0) > time.monotonic()
+                if not live:
+                    cur = await conn.execute(query("live_workers"), {"model_version": pinned})
+                    (live,) = await cur.fetchone()
+                    if live:
+                        self._served_until[pinned] = time.monotonic() + LIVE_REMEMBER_S
                 if not live:
                     if pinned is not None:
                         cur = await conn.execute(query("model_exists"), {"name": pinned})
@@ -205,59 +215,94 @@ class Api:
         row["id"] = request_id
         return row
 
-    async def _wait(self, pool: Any, request_id: int, deadline: float | None = None) -> dict[str, Any]:
+    async def _wait(self, pool: Any, request_id: int) -> dict[str, Any]:
         """The finished request; woken by NOTIFY request_done (no polling), re-read after every wake-up."""
-        deadline = deadline or time.monotonic() + self.config.request_timeout
+        deadline = time.monotonic() + self.config.request_timeout
         with self.notices.waiting_for(request_id) as done:
             while True:
                 row = await self._read(pool, request_id)
                 if row["state"] in FINAL:
-                    break
+                    return self._answered(row)
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ApiError(504, f"request {request_id} is still {row['state']} after "
-                                        f"{self.config.request_timeout:.0f} s; it will still be answered: repeat the "
-                                        "call with the same Idempotency-Key to get it", code="timeout",
-                                   extra={"request_id": request_id, "state": row["state"]})
+                    raise self._timed_out(request_id, row["state"])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), timeout=left)
                 done.clear()
+
+    async def _progress(self, pool: Any, request_id: int) -> AsyncIterator[str | None]:
+        """A streamed request's text so far, each time NOTIFY request_progress or request_done wakes it (None
+        after PING_S without news), until the request is final. Raises ApiError 504 at the request timeout."""
+        deadline = time.monotonic() + self.config.request_timeout
+        with self.notices.waiting_for(request_id, progress=True) as woke:
+            while True:
+                async with pool.connection() as conn:
+                    row = await (await conn.execute(query("app_request_progress"), {"id": request_id})).fetchone()
+                if row is None:
+                    raise ApiError(404, f"request {request_id} is not yours", code="not_found")
+                state, partial = row
+                if state in FINAL:
+                    return
+                if partial:
+                    yield partial
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._timed_out(request_id, state)
+                try:
+                    await asyncio.wait_for(woke.wait(), timeout=min(left, PING_S))
+                except TimeoutError:
+                    yield None
+                woke.clear()
+
+    def _timed_out(self, request_id: int, state: str) -> ApiError:
+        return ApiError(504, f"request {request_id} is still {state} after {self.config.request_timeout:.0f} s; it "
+                             "will still be answered: repeat the call with the same Idempotency-Key to get it",
+                        code="timeout", extra={"request_id": request_id, "state": state})
+
+    @staticmethod
+    def _answered(row: dict[str, Any]) -> dict[str, Any]:
         if row["state"] == "failed":
-            raise ApiError(500, f"request {request_id} failed: {row.get('last_error') or 'no reason recorded'}",
-                           code="generation_failed", extra={"request_id": request_id})
+            raise ApiError(500, f"request {row['id']} failed: {row.get('last_error') or 'no reason recorded'}",
+                           code="generation_failed", extra={"request_id": row["id"]})
         return row
 
     async def _stream(self, pool: Any, chat: ChatRequest, request_id: int) -> AsyncIterator[str]:
-        """Server-sent events in the OpenAI client's format. The worker reports an answer whole, so the content
-        arrives as one delta when it is ready; the stream opens at once and pings while it waits."""
+        """Server-sent events in the OpenAI client's format. The text arrives as the worker publishes it
+        (params.stream), each event the part not sent yet; the last content event carries the rest of the answer
+        (and its logprobs), then the finish event pgreflect's extension. Pings while nothing new comes."""
         created = int(time.time())
 
         def event(obj: dict[str, Any]) -> str:
             return f"data: {json.dumps(obj, default=str)}\n\n"
 
         yield event(shape.chunk(request_id, created, chat.model, {"role": "assistant", "content": ""}))
-        deadline = time.monotonic() + self.config.request_timeout
-        task = asyncio.create_task(self._wait(pool, request_id, deadline))
+        sent = ""
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=PING_S)
-                if done:
-                    break
-                yield ": waiting for the answer\n\n"
-            try:
-                row = task.result()
-            except ApiError as exc:
-                yield event(exc.body())
-                return
-            except Exception as exc:  # the status line is sent: the error goes in the stream
-                log.error("stream of request %s failed: %s", request_id, type(exc).__name__)
-                yield event(ApiError(500, "internal error", code="internal_error").body())
-                return
-        finally:
-            if not task.done():
-                task.cancel()
+            async for text in self._progress(pool, request_id):
+                if text is None:
+                    yield ": waiting for the answer\n\n"
+                elif len(text) > len(sent) and text.startswith(sent):  # else a retry restarted: wait for more
+                    yield event(shape.chunk(request_id, created, chat.model, {"content": text[len(sent):]}))
+                    sent = text
+            row = self._answered(await self._read(pool, request_id))
+        except ApiError as exc:
+            yield event(exc.body())
+            return
+        except Exception as exc:  # the status line is sent: the error goes in the stream
+            log.error("stream of request %s failed: %s", request_id, type(exc).__name__)
+            yield event(ApiError(500, "internal error", code="internal_error").body())
+            return
         msg = shape.message(row)
-        delta = {"content": msg["content"]} if msg["content"] is not None else {"refusal": msg["refusal"]}
+        if msg["content"] is None:
+            delta = {"refusal": msg["refusal"]}
+        elif msg["content"].startswith(sent):
+            delta = {"content": msg["content"][len(sent):]}
+        else:  # only after a failed attempt whose text was sent, answered differently by the next one
+            yield event(ApiError(500, f"request {request_id} was answered again after a failed attempt, and the "
+                                      "answer differs from the text already sent: fetch it whole (stream=false) "
+                                      "with the same Idempotency-Key", code="stream_restarted",
+                                 extra={"request_id": request_id}).body())
+            return
         yield event(shape.chunk(request_id, created, row["model_version"], delta,
                                 logprobs=shape.logprobs(row) if chat.logprobs else None))
         ext = shape.extension(row)

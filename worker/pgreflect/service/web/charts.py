@@ -19,8 +19,8 @@ def _frame(title: str, body: str, width: int = W, height: int = H) -> Markup:
                   f'<title>{escape(title)}</title>{body}</svg>')
 
 
-def _axes(width: int = W, height: int = H) -> str:
-    x0, y0, x1, y1 = PAD, height - PAD, width - 12, 12
+def _axes(width: int = W, height: int = H, top: float = 12) -> str:
+    x0, y0, x1, y1 = PAD, height - PAD, width - 12, top
     ticks = "".join(f'<line x1="{x0}" x2="{x1}" y1="{y0 - (y0 - y1) * t}" y2="{y0 - (y0 - y1) * t}" stroke="#eee"/>'
                     f'<text x="{x0 - 4}" y="{y0 - (y0 - y1) * t + 4}" text-anchor="end" font-size="10">{t:.1f}</text>'
                     for t in (0, 0.25, 0.5, 0.75, 1.0))
@@ -48,20 +48,34 @@ def reliability(rows: Sequence[dict[str, Any]]) -> Markup:
     return _frame("Reliability diagram", "".join(parts))
 
 
+def _legend(names: Sequence[str], x0: float, x1: float) -> tuple[str, float]:
+    """The series' names in their colours, wrapped into rows across the chart; returns the SVG and its height."""
+    parts, x, y = [], x0 + 8, 14.0
+    for i, name in enumerate(names):
+        width = 6.5 * len(name) + 14  # ~6.5 px per character at font-size 11
+        if x + width > x1 and x > x0 + 8:
+            x, y = x0 + 8, y + 14
+        parts.append(f'<text x="{x:.0f}" y="{y:.0f}" font-size="11" fill="{COLORS[i % len(COLORS)]}">'
+                     f'{escape(name)}</text>')
+        x += width
+    return "".join(parts), y
+
+
 def lines(days: Sequence[str], series: dict[str, Sequence[float | None]], title: str) -> Markup:
     """Values in [0, 1] over days, one line per series, with a legend."""
-    x0, y0, x1, y1 = PAD, H - PAD, W - 12, 24
+    legend, legend_bottom = _legend(list(series), PAD, W - 12)
+    x0, y0, x1, y1 = PAD, H - PAD, W - 12, legend_bottom + 10  # 1.0 just below the legend
     n = max(len(days), 1)
     step = (x1 - x0) / max(n - 1, 1)
-    parts = [_axes()]
+    parts = [_axes(top=y1), legend]
     for i, (name, values) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
         points = [(x0 + step * k, y0 - (y0 - y1) * float(v)) for k, v in enumerate(values) if v is not None]
         if len(points) > 1:
             parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
                          + " ".join(f"{x:.1f},{y:.1f}" for x, y in points) + '"/>')
-        parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"/>' for x, y in points]
-        parts.append(f'<text x="{x0 + 8 + 80 * i}" y="14" font-size="11" fill="{color}">{escape(name)}</text>')
+        parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"><title>{escape(name)}: {v:.3f}'
+                  '</title></circle>' for (x, y), v in zip(points, (v for v in values if v is not None), strict=True)]
     if days:
         parts.append(f'<text x="{x0}" y="{H - 6}" font-size="10">{escape(days[0])}</text>')
         parts.append(f'<text x="{x1}" y="{H - 6}" font-size="10" text-anchor="end">{escape(days[-1])}</text>')

@@ -148,7 +148,18 @@ class Pages:
                     for name in ("reliability", "calibration", "signals", "traffic", "reviews")}
             data["queue"] = queue
             data["workers"] = await (await cur.execute(query("dashboard_workers"))).fetchall()
+            data["versions"] = await (await cur.execute(query("dashboard_versions"))).fetchall()
         days = [r["day"].strftime("%m-%d") for r in data["calibration"]]
+        every_day = sorted({r["day"] for r in data["versions"]})
+        per_version: dict[str, dict[Any, dict[str, Any]]] = {}
+        for r in data["versions"]:
+            per_version.setdefault(r["model_version"], {})[r["day"]] = r
+
+        def across_versions(metric: str, title: str) -> Any:
+            return charts.lines([d.strftime("%m-%d") for d in every_day],
+                                {v: [(by_day.get(d) or {}).get(metric) for d in every_day]
+                                 for v, by_day in per_version.items()}, title)
+
         pictures = {
             "reliability": charts.reliability(data["reliability"]),
             "calibration": charts.lines(days, {"ECE": [r["ece"] for r in data["calibration"]],
@@ -162,6 +173,8 @@ class Pages:
                                   "Accuracy and review rate per day"),
             "signals": charts.bars([(r["signal"], r["auroc_wrong"]) for r in data["signals"]],
                                    "AUROC of each signal for wrong answers"),
+            "versions_ece": across_versions("ece", "ECE per day, every model version"),
+            "versions_auroc": across_versions("auroc_confidence", "AUROC per day, every model version"),
         }
         return self.render("dashboard.html", session=session, chosen=chosen, data=data,
                            pictures=pictures)
