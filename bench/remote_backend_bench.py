@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -188,6 +189,7 @@ def main() -> None:
     old = out.read_text()[len(head):] if out.exists() else ""
     out.write_text(head + "\n".join(lines) + "\n\n" + old)
     print("\n".join(lines))
+    shutil.rmtree(work, ignore_errors=True)  # the server's and workers' logs (kept when the run fails)
 
 
 if __name__ == "__main__":
