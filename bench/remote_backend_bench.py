@@ -51,11 +51,16 @@ def smollm2() -> str:
     return str(package_file(m.modules[0], m.relative_paths[0]))
 
 
-def start_server(model: str, port: int, log: Path) -> subprocess.Popen:
+def start_server(model: str, port: int, log: Path, llama_server: str | None) -> subprocess.Popen:
+    """llama-cpp-python's llama_cpp.server, or llama.cpp's own C++ `llama-server` when its path is given."""
     out = open(log, "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", "m",
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-                             "--interrupt_requests", "False"], stdout=out, stderr=subprocess.STDOUT)
+    if llama_server:
+        cmd = [llama_server, "-m", model, "--alias", "m", "--host", "127.0.0.1", "--port", str(port), "-c", "8192",
+               "-np", "4"]
+    else:
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", "m", "--host",
+               "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--interrupt_requests", "False"]
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -121,6 +126,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,8")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--p-true", default="off", choices=["on", "off"])
+    ap.add_argument("--llama-server", default=None,
+                    help="path of llama.cpp's C++ llama-server (4 slots, continuous batching), not llama_cpp.server")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
     prompts = (PROMPTS * (args.requests // len(PROMPTS) + 1))[: args.requests]
@@ -128,7 +135,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pgr-remote-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    server = start_server(model, port, work / "server.log")
+    server = start_server(model, port, work / "server.log", args.llama_server)
+    server_name = "llama.cpp's llama-server (4 slots)" if args.llama_server else "llama_cpp.server"
     cluster = start_cluster()
     try:
         dsn = pgreflect_database(cluster, "bench")
@@ -165,8 +173,9 @@ def main() -> None:
 
     lines = [f"## Run of {time.strftime('%Y-%m-%d %H:%M')} UTC", "",
              f"Command: `.venv/bin/python bench/remote_backend_bench.py --requests {args.requests} --max-tokens "
-             f"{args.max_tokens} --concurrency {args.concurrency} --rounds {args.rounds} --p-true {args.p_true}` "
-             f"(this 2-core CPU machine; server: llama_cpp.server with `{Path(model).name}` on loopback; "
+             f"{args.max_tokens} --concurrency {args.concurrency} --rounds {args.rounds} --p-true {args.p_true}"
+             f"{' --llama-server PATH' if args.llama_server else ''}` "
+             f"(this 2-core CPU machine; server: {server_name} with `{Path(model).name}` on loopback; "
              f"{args.requests} prompts per round and path, greedy; rounds alternate which path goes first).", "",
              "Paths: **direct** = the plain call a user makes (no log-probabilities); **direct+logprobs** = the "
              f"call the openai backend makes (streamed, `logprobs`, {TOP_K} alternatives per token); **pgreflect** = "
