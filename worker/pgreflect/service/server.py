@@ -211,7 +211,7 @@ class Api:
         async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             row = await (await cur.execute(query("app_request"), {"id": request_id})).fetchone()
         if row is None:
-            raise ApiError(404, f"request {request_id} is not yours", code="not_found")
+            raise self._not_yours(request_id)
         row["id"] = request_id
         return row
 
@@ -239,7 +239,7 @@ class Api:
                 async with pool.connection() as conn:
                     row = await (await conn.execute(query("app_request_progress"), {"id": request_id})).fetchone()
                 if row is None:
-                    raise ApiError(404, f"request {request_id} is not yours", code="not_found")
+                    raise self._not_yours(request_id)
                 state, partial = row
                 if state in FINAL:
                     return
@@ -253,6 +253,10 @@ class Api:
                 except TimeoutError:
                     yield None
                 woke.clear()
+
+    @staticmethod
+    def _not_yours(request_id: int) -> ApiError:
+        return ApiError(404, f"request {request_id} is not yours", code="not_found")
 
     def _timed_out(self, request_id: int, state: str) -> ApiError:
         return ApiError(504, f"request {request_id} is still {state} after {self.config.request_timeout:.0f} s; it "
