@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 
 from pgreflect.cli import build_parser
+from pgreflect.cluster import pg_bin
 
 from conftest import free_port
 from helpers import wait_for
@@ -40,28 +41,42 @@ def test_dockerfile_uses_install_script_and_valid_commands() -> None:
 
 
 def test_cluster_run_is_a_working_container_entrypoint() -> None:
+    """`cluster run` becomes postgres itself (a runuser parent would SIGKILL it 2 s after a stop signal), and
+    the image's stop signal, SIGINT to that process alone, shuts it down cleanly with a client connected."""
     root = Path(tempfile.mkdtemp(prefix="pgrc-", dir="/tmp"))
     root.chmod(0o755)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGREFLECT_")}
     env.update({"PGREFLECT_CLUSTER_DIR": str(root / "pg"), "PGREFLECT_PORT": str(port),
                 "PGREFLECT_HOME": str(root / "home")})
+    log = (root / "out.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "pgreflect.cli", "cluster", "run"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     dsn = f"host={root / 'pg' / 'run'} port={port} dbname=pgreflect user=pgreflect_worker"
 
-    def ready() -> bool:
+    def serving_in_foreground() -> bool:  # not the server setup starts and stops before
+        pid_file = root / "pg" / "data" / "postmaster.pid"
         try:
+            if int(pid_file.read_text().split()[0]) != proc.pid:
+                return False
             with psycopg.connect(dsn, connect_timeout=1) as conn:
                 return conn.execute("SELECT count(*) FROM reflect.queue_status").fetchone() is not None
-        except psycopg.Error:
+        except (OSError, IndexError, ValueError, psycopg.Error):
             return False
 
     try:
-        wait_for(ready, timeout=60, interval=0.2, what="the container entry point to serve")
-        assert proc.poll() is None
+        wait_for(serving_in_foreground, timeout=60, interval=0.2, what="the container entry point to serve")
         assert not (root / "home" / "keyring.json").exists()  # database hosts hold no keys
+        with psycopg.connect(dsn):  # a connected worker must not hold the shutdown up
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 0, (root / "out.log").read_text()[-2000:]
+        as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        control = subprocess.run([*as_owner, pg_bin("pg_controldata"), str(root / "pg" / "data")],
+                                 capture_output=True, text=True, check=True).stdout
+        assert re.search(r"Database cluster state:\s+shut down$", control, re.M), control
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        log.close()
         subprocess.run(["rm", "-rf", str(root)], check=False)

@@ -73,12 +73,18 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         cluster.stop()
     elif args.action == "run":
         # Container entry point: set the database up, then hand the process over to postgres in the foreground.
+        # A stop signal during setup stops the server setup started instead of leaving it behind.
         from pgreflect.flows.setup import setup
 
-        setup(_say("setup"), model=False, keyring=False)
-        cluster.stop()
-        cmd = cluster.foreground_command()
-        os.execvp(cmd[0], cmd)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            setup(_say("setup"), model=False, keyring=False)
+        except KeyboardInterrupt:
+            print("stopped during setup", file=sys.stderr)
+            return 130
+        finally:
+            cluster.stop()
+        cluster.exec_foreground()
     running = cluster.running()
     print(json.dumps({"directory": str(cluster.directory), "socket_dir": str(cluster.socket_dir),
                       "port": cluster.port, "database": cluster.dbname, "running": running,

@@ -19,6 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from pgreflect.paths import home
 
@@ -227,8 +228,18 @@ class LocalCluster:
             raise ClusterError(f"pg_ctl start failed: {result.stderr.strip()}\n{tail}")
         return True
 
-    def foreground_command(self) -> list[str]:
-        return _as_server_user([pg_bin("postgres"), "-D", str(self.data_dir)])
+    def exec_foreground(self) -> NoReturn:
+        """Replaces this process with postgres, so that a container's stop signal reaches postgres itself (as
+        in PostgreSQL's own image). Not through runuser: runuser answers SIGTERM by passing it on and then
+        SIGKILLing postgres two seconds later, a crash on every stop."""
+        argv = [pg_bin("postgres"), "-D", str(self.data_dir)]
+        if _is_root():
+            server = pwd.getpwnam("postgres")
+            os.initgroups(server.pw_name, server.pw_gid)
+            os.setgid(server.pw_gid)
+            os.setuid(server.pw_uid)
+            os.environ.update(HOME=server.pw_dir, USER=server.pw_name, LOGNAME=server.pw_name)
+        os.execv(argv[0], argv)
 
     def stop(self, mode: str = "fast") -> bool:
         if not self.running():
