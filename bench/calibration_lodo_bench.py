@@ -34,9 +34,9 @@ from pgreflect.paths import datasets_dir  # noqa: E402
 
 from bench_cluster import cli_env, keyring, no_followups, pgreflect_database, register, start_cluster  # noqa: E402
 
-# name -> (split, questions, max_tokens). Six sources, four kinds: multiple choice (MMLU, BIG-bench date
-# understanding), numbers (GSM8K worked solutions, two-digit products, counting), short factual text
-# (Wikidata statements). GSM8K needs room to reason (~25 s an answer here), so it gets fewer questions.
+# name -> (split, questions, max_tokens). Nine sources, four kinds: multiple choice (MMLU, BIG-bench date
+# understanding, Social IQa), numbers (GSM8K worked solutions, two-digit products, counting, "plus one"
+# addition), short factual text (Wikidata statements, chemical elements). GSM8K needs room to reason (~25 s an answer here), so it gets fewer questions.
 DATASETS = {
     "mmlu": ("heldout", 200, 16),
     "gsm8k": ("all", 40, 256),
@@ -45,6 +45,8 @@ DATASETS = {
     "bb-wikidata": ("all", 220, 24),
     "bb-date-understanding": ("all", 180, 16),
     "bb-plus-one-addition": ("all", 180, 16),
+    "bb-periodic-elements": ("all", 180, 16),
+    "bb-social-iqa": ("all", 180, 16),
 }
 SEED = 21
 

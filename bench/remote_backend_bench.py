@@ -32,7 +32,7 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from pgreflect.backends.openai_server import TOP_K  # noqa: E402
+from pgreflect.backends.openai_server import alternatives_asked  # noqa: E402
 from pgreflect.client import Client  # noqa: E402
 from pgreflect.sql import query  # noqa: E402
 
@@ -88,7 +88,8 @@ def direct(url: str, prompts: list[str], concurrency: int, max_tokens: int,
             if logprobs:
                 n = 0
                 for chunk in c.chat.completions.create(model="m", messages=messages, max_tokens=max_tokens,
-                                                       temperature=0, stream=True, logprobs=True, top_logprobs=TOP_K):
+                                                       temperature=0, stream=True, logprobs=True,
+                                                       top_logprobs=alternatives_asked(prompt)):
                     if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
                         n += len(chunk.choices[0].logprobs.content)
             else:
@@ -178,7 +179,8 @@ def main() -> None:
              f"(this 2-core CPU machine; server: {server_name} with `{Path(model).name}` on loopback; "
              f"{args.requests} prompts per round and path, greedy; rounds alternate which path goes first).", "",
              "Paths: **direct** = the plain call a user makes (no log-probabilities); **direct+logprobs** = the "
-             f"call the openai backend makes (streamed, `logprobs`, {TOP_K} alternatives per token); **pgreflect** = "
+             "call the openai backend makes (streamed, `logprobs`, with as many alternatives per token as it asks for "
+             f"these prompts: {alternatives_asked(PROMPTS[0])}); **pgreflect** = "
              "INSERT -> answer through a worker. Ratios are of tokens/s (requests/s in brackets).", "",
              "| concurrency | direct tok/s | direct+logprobs tok/s | pgreflect tok/s | pgreflect / direct | "
              "pgreflect / direct+logprobs | per round (pgreflect / direct) |", "|---|---|---|---|---|---|---|"]

@@ -15,7 +15,7 @@ import pytest
 
 from pgreflect.backends import GenerationRequest
 from pgreflect.backends.llama import LlamaBackend
-from pgreflect.backends.openai_server import OpenAIServerBackend
+from pgreflect.backends.openai_server import TOP_K, OpenAIServerBackend, alternatives_asked
 from pgreflect.errors import InvalidInput, translate
 from pgreflect.keys import Keyring
 from pgreflect.sql import query
@@ -87,6 +87,19 @@ def test_log_probabilities_match_the_local_backend(server: str, local: LlamaBack
     assert p_local is not None and p_remote == pytest.approx(p_local, abs=0.05)
     critique = json.loads(remote.critique(req, theirs.text))
     assert critique["verdict"] in ("correct", "partially_correct", "incorrect", "unsure")
+
+
+def test_alternatives_are_asked_only_where_a_signal_reads_them(server: str, local: LlamaBackend) -> None:
+    """A plain prompt asks for one alternative per token (the least for which llama.cpp's server still sends a
+    token's own log-probability), a multiple-choice prompt for TOP_K: its option distribution reads them."""
+    assert (alternatives_asked(PROMPT), alternatives_asked(CHOICE), alternatives_asked(PROMPT, 5)) == (1, TOP_K, 5)
+    remote = OpenAIServerBackend(server, "smol")
+    plain = GenerationRequest(PROMPT, None, PARAMS)
+    theirs, mine = remote.generate(plain, threading.Event()), local.generate(plain, threading.Event())
+    assert theirs.top_logprobs is None and len(theirs.token_logprobs) == len(mine.token_logprobs) > 0
+    assert max(abs(a - b) for a, b in zip(theirs.token_logprobs, mine.token_logprobs, strict=True)) < 0.25
+    choice = remote.generate(GenerationRequest(CHOICE, None, PARAMS), threading.Event())
+    assert choice.option_probs is not None and sum(choice.option_probs.values()) == pytest.approx(1.0)
 
 
 def _register(db: Database, name: str, url: str, model: str = "smol") -> None:

@@ -38,6 +38,8 @@ BIGBENCH_TASKS = {
     "bb-object-counting": "object_counting",
     "bb-wikidata": "qa_wikidata",
     "bb-date-understanding": "date_understanding",
+    "bb-periodic-elements": "periodic_elements/subtask_1",
+    "bb-social-iqa": "social_iqa",
 }
 
 

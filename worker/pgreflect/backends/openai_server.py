@@ -7,7 +7,7 @@ What a remote server cannot give, and what follows:
 - the hidden state after the answer: no `probe` signal (the calibrator imputes a missing feature with its
   training mean, so the confidence then rests on the other signals);
 - the option distribution of a multiple-choice answer only over the alternatives the server returns at the
-  letter's token (TOP_K): an option outside them counts as 0;
+  letter's token (TOP_K, asked only when the prompt lists options): an option outside them counts as 0;
 - P(True) from the top 20 alternatives of one token (yes/no are always among them when the model answers
   yes or no).
 Per-token numbers are the server's own: llama.cpp and vLLM report log-softmax of the logits they sampled from.
@@ -28,10 +28,18 @@ from pgreflect.backends.base import BackendError, Cancelled, Generation, Generat
 from pgreflect.prompts import CRITIQUE_MAX_TOKENS, CRITIQUE_SCHEMA, CRITIQUE_SYSTEM, P_TRUE_QUESTION, critique_prompt
 from pgreflect.signals import choice_token, prompt_options
 
-TOP_K = 10  # alternatives asked per token: enough for option letters; servers cap top_logprobs at 20
+TOP_K = 10  # alternatives asked per token of a multiple-choice answer: enough for option letters (servers cap at 20)
 FINISH = {"stop": "stop", "length": "length"}  # anything else (content_filter, tool_calls) ends like a stop
 LOGPROB_FLOOR = -100.0  # some servers send -inf or -9999 for impossible tokens; the database takes finite values
 T = TypeVar("T")
+
+
+def alternatives_asked(prompt: str, asked_top: int = 0) -> int:
+    """Alternatives per token the backend asks for: TOP_K when the prompt lists options (the option signals read
+    them), else 1, the least for which llama.cpp's server still sends a token's own log-probability (with 0 it
+    sends none). Every alternative is serialised, streamed and parsed for every token (bench/results/remote.md
+    measures the call with and without them)."""
+    return max(TOP_K if prompt_options(prompt) else 1, asked_top)
 
 
 class OpenAIServerBackend:
@@ -78,7 +86,7 @@ class OpenAIServerBackend:
         kwargs: dict[str, Any] = {
             "model": self.model, "messages": request.messages(), "max_tokens": int(p["max_tokens"]),
             "temperature": float(p.get("temperature") or 0.0), "top_p": float(p.get("top_p") or 1.0),
-            "logprobs": True, "top_logprobs": max(TOP_K, asked_top), "stream": True,
+            "logprobs": True, "top_logprobs": alternatives_asked(request.prompt, asked_top), "stream": True,
             "stream_options": {"include_usage": True},
         }
         if p.get("seed") is not None:
