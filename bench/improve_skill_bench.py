@@ -35,7 +35,7 @@ from pgreflect.improve import retention  # noqa: E402
 from pgreflect.models import DEFAULT_MODEL  # noqa: E402
 from pgreflect.scoring import is_correct  # noqa: E402
 
-TASKS = list(datasets.BIGBENCH_TASKS)
+TASKS = ["bb-multiply-2digit", "bb-plus-one-addition"]  # run 2 as recorded: other tasks were added for issue 8
 MAX_TOKENS = 12  # a number; a model that starts explaining instead is wrong, as an app would see it
 
 
