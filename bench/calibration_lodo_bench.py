@@ -36,7 +36,8 @@ from bench_cluster import cli_env, keyring, no_followups, pgreflect_database, re
 
 # name -> (split, questions, max_tokens). Nine sources, four kinds: multiple choice (MMLU, BIG-bench date
 # understanding, Social IQa), numbers (GSM8K worked solutions, two-digit products, counting, "plus one"
-# addition), short factual text (Wikidata statements, chemical elements). GSM8K needs room to reason (~25 s an answer here), so it gets fewer questions.
+# addition), short factual text (Wikidata statements, chemical elements). GSM8K needs room to reason (~25 s an
+# answer here), so it gets fewer questions.
 DATASETS = {
     "mmlu": ("heldout", 200, 16),
     "gsm8k": ("all", 40, 256),
