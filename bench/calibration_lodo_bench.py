@@ -7,7 +7,9 @@
 1. Collect: answers each packaged dataset's questions through `pgreflect eval` (memory off, follow-ups off:
    the per-answer signals only, as served traffic has them), each answer labelled with its ground truth, and
    keeps every answer's features, label and final-layer hidden state in a file outside the repository
-   (~/.cache/pgreflect/bench/lodo-answers.jsonl, about 20 MB: hidden states are large).
+   (~/.cache/pgreflect/bench/lodo-answers.jsonl, about 20 MB: hidden states are large), and the same answers
+   without their hidden states in the repository (bench/results/lodo-answers/<name>.jsonl.gz, ~100 KB), so
+   that a refit or a new analysis of the signals never needs the hours of answering again.
 2. Analyse (see bench/lodo_analysis.py): per held-out dataset, a calibrator fitted on the other datasets'
    answers, measured on the held-out one; each signal alone and the calibrator without it (ablation); the
    hidden-state probe; the all-data fit with every signal and without P(True) written beside the answers as
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import subprocess
 import sys
@@ -92,9 +95,23 @@ def collect(names: list[str], scale: float, out: Path) -> tuple[Path, float]:
                     WHERE er.run_label = 'lodo' ORDER BY er.request_id"""):
                 f.write(json.dumps({"dataset": row[0], "id": row[1], "correct": row[2], "features": row[3],
                                     "state": row[4]}) + "\n")
+        print(f"signals kept in {keep_signals(out)}", flush=True)
     finally:
         cluster.destroy()
     return out, (time.time() - started) / 60
+
+
+def keep_signals(answers: Path) -> Path:
+    """The collected answers without their hidden states, compressed, where the repository keeps them."""
+    target = HERE / "results" / "lodo-answers" / f"{answers.stem}.jsonl.gz"
+    target.parent.mkdir(exist_ok=True)
+    with answers.open() as src, gzip.open(target, "wt") as dst:
+        for line in src:
+            if line.strip():
+                row = json.loads(line)
+                row.pop("state", None)
+                dst.write(json.dumps(row, sort_keys=True) + "\n")
+    return target
 
 
 def main() -> None:

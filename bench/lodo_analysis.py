@@ -13,6 +13,7 @@ those answers' dataset).
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 import time
@@ -28,6 +29,7 @@ sys.path.insert(0, str(HERE))
 
 from pgreflect.meta import probe, shipped  # noqa: E402
 from pgreflect.models import DEFAULT_MODEL, packaged_path, verified_sha256  # noqa: E402
+from pgreflect.paths import datasets_dir  # noqa: E402
 
 from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
 
@@ -49,7 +51,9 @@ RESAMPLES = 1000
 
 
 def load(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Collected answers: the full file (with hidden states) or the repository's compressed copy (without)."""
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 class Fitter:
@@ -146,7 +150,7 @@ def analyse(paths: list[Path], ship: str | None, command: str, collect_minutes: 
     report["analysis_minutes"] = (time.time() - started) / 60
     report["collect_minutes"] = collect_minutes
     for variant, doc in docs.items():
-        candidate = paths[0].parent / f"calibrator-{variant}.json"
+        candidate = datasets_dir().parent / "bench" / f"calibrator-{variant}.json"
         candidate.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"candidate calibrator ({variant}): {candidate}")
     if ship is not None:

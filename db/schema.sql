@@ -154,6 +154,26 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._checked_parent(p_name text, p_parent text) RETURNS integer
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+  v_parent integer;
+BEGIN
+  IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
+    RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_parent IS NOT NULL THEN
+    SELECT id INTO v_parent FROM reflect.model_versions WHERE name = p_parent;
+    IF v_parent IS NULL THEN
+      RAISE EXCEPTION 'unknown parent model version "%"', p_parent USING ERRCODE = 'PR003';
+    END IF;
+  END IF;
+  RETURN v_parent;
+END
+$_$;
+ALTER FUNCTION reflect._checked_parent(p_name text, p_parent text) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._confidence(p_model_version_id integer, p_values jsonb, p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) RETURNS record
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -689,39 +709,67 @@ CREATE FUNCTION reflect._fit_logistic(x double precision[], y boolean[], p_l2 do
 DECLARE
   n integer := coalesce(cardinality(y), 0);
   d integer := coalesce(array_length(x, 2), 0);
-  g double precision[];
-  h double precision[];
-  xi double precision[];
-  delta double precision[];
-  z double precision;
-  p double precision;
-  wt double precision;
 BEGIN
   SELECT array_agg(coalesce(mean, 0) ORDER BY j), array_agg(sd ORDER BY j) INTO means, stds
   FROM (SELECT j, avg(x[i][j]) AS mean, coalesce(nullif(stddev_pop(x[i][j]), 0), 1) AS sd
         FROM generate_series(1, d) j, generate_series(1, n) i GROUP BY j) st;
   means := coalesce(means, '{}'); stds := coalesce(stds, '{}');
-  weights := array_fill(0::double precision, ARRAY[d + 1]);
+  SELECT f.weights, f.iterations INTO weights, iterations
+  FROM reflect._fit_logistic_around(x, y, means, stds, array_fill(0::double precision, ARRAY[d + 1]), p_l2, 0) f;
+END
+$$;
+ALTER FUNCTION reflect._fit_logistic(x double precision[], y boolean[], p_l2 double precision, OUT means double precision[], OUT stds double precision[], OUT weights double precision[], OUT iterations integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_l2 double precision, p_l2_intercept double precision, OUT weights double precision[], OUT iterations integer) RETURNS record
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  n integer := coalesce(cardinality(y), 0);
+  d integer := cardinality(p_means);
+  zx double precision[] := '{}';  -- the standardised rows, a leading 1 for the intercept
+  pen double precision[];
+  g double precision[];
+  h double precision[];
+  xi double precision[];
+  delta double precision[];
+  trial double precision[];
+  z double precision;
+  p double precision;
+  wt double precision;
+  loss double precision;
+  trial_loss double precision;
+  step double precision;
+BEGIN
+  IF cardinality(p_anchor) <> d + 1 OR cardinality(p_stds) <> d OR (n > 0 AND array_length(x, 2) <> d) THEN
+    RAISE EXCEPTION 'logistic fit: % features, % deviations, % anchor weights, % columns', d, cardinality(p_stds),
+      cardinality(p_anchor), array_length(x, 2) USING ERRCODE = 'PR001';
+  END IF;
+  FOR i IN 1..n LOOP
+    xi := ARRAY[1::double precision];
+    FOR j IN 1..d LOOP
+      xi := xi || (coalesce(x[i][j], p_means[j]) - p_means[j]) / p_stds[j];
+    END LOOP;
+    zx := zx || ARRAY[xi];
+  END LOOP;
+  pen := p_l2_intercept || array_fill(p_l2, ARRAY[d]);
+  weights := p_anchor;
+  loss := reflect._penalised_log_loss(zx, y, weights, p_anchor, pen);
   iterations := 0;
   LOOP
     iterations := iterations + 1;
     g := array_fill(0::double precision, ARRAY[d + 1]);
     h := array_fill(0::double precision, ARRAY[d + 1, d + 1]);
     FOR i IN 1..n LOOP
-      xi := ARRAY[1::double precision];
-      FOR j IN 1..d LOOP
-        xi := xi || (coalesce(x[i][j], means[j]) - means[j]) / stds[j];
-      END LOOP;
       z := 0;
       FOR j IN 1..d + 1 LOOP
-        z := z + weights[j] * xi[j];
+        z := z + weights[j] * zx[i][j];
       END LOOP;
       p := reflect._sigmoid(z);
       wt := greatest(p * (1 - p), 1e-9);
       FOR j IN 1..d + 1 LOOP
-        g[j] := g[j] + (y[i]::int - p) * xi[j];
+        g[j] := g[j] + (y[i]::int - p) * zx[i][j];
         FOR k IN j..d + 1 LOOP
-          h[j][k] := h[j][k] + wt * xi[j] * xi[k];
+          h[j][k] := h[j][k] + wt * zx[i][j] * zx[i][k];
         END LOOP;
       END LOOP;
     END LOOP;
@@ -729,20 +777,24 @@ BEGIN
       FOR k IN 1..j - 1 LOOP
         h[j][k] := h[k][j];
       END LOOP;
-      IF j > 1 THEN  -- no penalty on the intercept
-        g[j] := g[j] - p_l2 * weights[j];
-        h[j][j] := h[j][j] + p_l2;
-      END IF;
+      g[j] := g[j] - pen[j] * (weights[j] - p_anchor[j]);
+      h[j][j] := h[j][j] + pen[j];
     END LOOP;
     delta := reflect._solve(h, g);
-    FOR j IN 1..d + 1 LOOP
-      weights[j] := weights[j] + delta[j];
+    step := 1;
+    LOOP
+      trial := ARRAY(SELECT weights[j] + step * delta[j] FROM generate_series(1, d + 1) j);
+      trial_loss := reflect._penalised_log_loss(zx, y, trial, p_anchor, pen);
+      EXIT WHEN trial_loss <= loss + 1e-12 OR step < 1e-6;
+      step := step / 2;
     END LOOP;
-    EXIT WHEN iterations >= 50 OR (SELECT max(abs(v)) FROM unnest(delta) v) < 1e-8;
+    weights := trial;
+    loss := trial_loss;
+    EXIT WHEN iterations >= 50 OR step * (SELECT max(abs(v)) FROM unnest(delta) v) < 1e-8;
   END LOOP;
 END
 $$;
-ALTER FUNCTION reflect._fit_logistic(x double precision[], y boolean[], p_l2 double precision, OUT means double precision[], OUT stds double precision[], OUT weights double precision[], OUT iterations integer) OWNER TO reflect_owner;
+ALTER FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_l2 double precision, p_l2_intercept double precision, OUT weights double precision[], OUT iterations integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._gate_calibration(p_job_id bigint) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1054,6 +1106,16 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._penalised_log_loss(zx double precision[], y boolean[], w double precision[], p_anchor double precision[], pen double precision[]) RETURNS double precision
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT coalesce((SELECT sum(greatest(z, 0) + ln(1 + exp(-abs(z))) - CASE WHEN y[i] THEN z ELSE 0 END)
+                   FROM (SELECT i, (SELECT sum(w[j] * zx[i][j]) FROM generate_series(1, cardinality(w)) j) AS z
+                         FROM generate_series(1, coalesce(cardinality(y), 0)) i) r), 0)
+         + 0.5 * (SELECT sum(pen[j] * (w[j] - p_anchor[j]) ^ 2) FROM generate_series(1, cardinality(w)) j)
+$$;
+ALTER FUNCTION reflect._penalised_log_loss(zx double precision[], y boolean[], w double precision[], p_anchor double precision[], pen double precision[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._probe_signal(p_request_id bigint) RETURNS jsonb
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
@@ -2365,6 +2427,8 @@ DECLARE
   v_labels integer;
   f record;
   old reflect.calibrators;
+  anchor reflect.calibrators;
+  v_prefix text := 'calibration_';
   v_new jsonb;
   v_old jsonb;
   v_keep boolean := false;
@@ -2386,15 +2450,28 @@ BEGIN
   INTO v_labels, tv, ty, hv, hy
   FROM reflect.labels l JOIN reflect.answers a ON a.request_id = l.request_id
   WHERE a.model_version_id = v_mv;
-  IF v_labels < reflect._setting_int('calibration_min_labels')
-     OR (SELECT count(*) FILTER (WHERE y) FROM unnest(ty) y) < reflect._setting_int('calibration_min_per_class')
-     OR (SELECT count(*) FILTER (WHERE NOT y) FROM unnest(ty) y) < reflect._setting_int('calibration_min_per_class') THEN
+  SELECT * INTO anchor FROM reflect.calibrators
+  WHERE model_version_id = v_mv AND heldout_metrics ->> 'source' = 'installed' AND features = v_names
+  ORDER BY id DESC LIMIT 1;
+  IF anchor.id IS NOT NULL THEN
+    v_prefix := 'calibration_anchor_';
+  END IF;
+  IF v_labels < reflect._setting_int(v_prefix || 'min_labels') OR ty IS NULL
+     OR (SELECT count(*) FILTER (WHERE y) FROM unnest(ty) y) < reflect._setting_int(v_prefix || 'min_per_class')
+     OR (SELECT count(*) FILTER (WHERE NOT y) FROM unnest(ty) y) < reflect._setting_int(v_prefix || 'min_per_class') THEN
     RAISE NOTICE 'model version %: % labels, not enough to fit a calibrator', p_model_version, v_labels;
     RETURN NULL;
   END IF;
   tx := reflect._matrix(tv, v_names);
   hx := reflect._matrix(hv, v_names);
-  f := reflect._fit_logistic(tx, ty, reflect._setting_float('calibration_l2'));
+  IF anchor.id IS NULL THEN
+    f := reflect._fit_logistic(tx, ty, reflect._setting_float('calibration_l2'));
+  ELSE
+    SELECT anchor.feature_means AS means, anchor.feature_stds AS stds, a.weights, a.iterations INTO f
+    FROM reflect._fit_logistic_around(tx, ty, anchor.feature_means, anchor.feature_stds, anchor.weights,
+                                      reflect._setting_float('calibration_anchor_l2'),
+                                      reflect._setting_float('calibration_anchor_intercept_l2')) a;
+  END IF;
   v_new := reflect._calibration_metrics(reflect._logistic_rows(hx, f.means, f.stds, f.weights), hy);
   SELECT * INTO old FROM reflect.calibrators WHERE model_version_id = v_mv AND is_active;
   IF old.id IS NOT NULL AND hy IS NOT NULL THEN
@@ -2410,7 +2487,7 @@ BEGIN
   VALUES (v_mv, 'logistic_l2', v_names, f.means, f.stds, f.weights, cardinality(ty),
           coalesce(cardinality(hy), 0),
           jsonb_build_object(
-            'iterations', f.iterations,
+            'iterations', f.iterations, 'anchored_on', anchor.id,
             'heldout', v_new,
             'train', reflect._calibration_metrics(reflect._logistic_rows(tx, f.means, f.stds, f.weights), ty)
                      - 'accuracy_at_80' - 'mean_confidence')
@@ -3184,18 +3261,9 @@ BEGIN
     RAISE EXCEPTION 'backend must be llama or noop (a version on an OpenAI-compatible server: '
                     'register_remote_model_version_v1)' USING ERRCODE = 'PR001';
   END IF;
-  IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
-    RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'
-      USING ERRCODE = 'PR001';
-  END IF;
+  v_parent := reflect._checked_parent(p_name, p_parent);
   IF p_sha256 IS NULL OR p_sha256 !~ '^[0-9a-f]{64}$' THEN
     RAISE EXCEPTION 'sha256 must be 64 lowercase hex digits' USING ERRCODE = 'PR001';
-  END IF;
-  IF p_parent IS NOT NULL THEN
-    SELECT id INTO v_parent FROM reflect.model_versions WHERE name = p_parent;
-    IF v_parent IS NULL THEN
-      RAISE EXCEPTION 'unknown parent model version "%"', p_parent USING ERRCODE = 'PR003';
-    END IF;
   END IF;
   SELECT id, sha256, backend INTO v_id, v_sha, v_backend FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
   IF v_id IS NOT NULL AND v_sha <> p_sha256 THEN
@@ -3234,9 +3302,7 @@ DECLARE
   v_parent integer;
   v_url text := regexp_replace(coalesce(p_base_url, ''), '/+$', '');
 BEGIN
-  IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
-    RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' USING ERRCODE = 'PR001';
-  END IF;
+  v_parent := reflect._checked_parent(p_name, p_parent);
   IF v_url !~ '^https?://[^/@[:space:]]+(/[^[:space:]]*)?$' THEN
     RAISE EXCEPTION 'base URL must be http(s)://host[:port][/path] without credentials (got %)',
       left(regexp_replace(v_url, '//[^/]*@', '//…@'), 200)
@@ -3245,12 +3311,6 @@ BEGIN
   IF p_remote_model IS NULL OR p_remote_model !~ '^[^[:space:][:cntrl:]]{1,200}$' THEN
     RAISE EXCEPTION 'remote model must be the server''s model name (1 to 200 characters, no spaces)'
       USING ERRCODE = 'PR001';
-  END IF;
-  IF p_parent IS NOT NULL THEN
-    SELECT id INTO v_parent FROM reflect.model_versions WHERE name = p_parent;
-    IF v_parent IS NULL THEN
-      RAISE EXCEPTION 'unknown parent model version "%"', p_parent USING ERRCODE = 'PR003';
-    END IF;
   END IF;
   SELECT * INTO v FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
   IF v.id IS NOT NULL AND (v.backend <> 'openai' OR v.remote_model <> p_remote_model) THEN
@@ -5487,6 +5547,7 @@ REVOKE ALL ON FUNCTION reflect._calibration_metrics(p_conf double precision[], p
 REVOKE ALL ON FUNCTION reflect._check_history(p_history jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_key_id(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._check_lease_seconds(p_lease_seconds integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._checked_parent(p_name text, p_parent text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._confidence(p_model_version_id integer, p_values jsonb, p_signals jsonb, p_logprob_norm double precision, OUT confidence double precision, OUT calibrator_id integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._cross_fitted(p_request_ids bigint[], p_correct boolean[], p_folds integer[], OUT confidence double precision[], OUT correct boolean[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._current_key_id() FROM PUBLIC;
@@ -5512,6 +5573,7 @@ REVOKE ALL ON FUNCTION reflect._finish_gate(j reflect.jobs, p_result jsonb) FROM
 REVOKE ALL ON FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._fit_gate_calibrator(p_job_id bigint, p_version integer, p_metrics jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._fit_logistic(x double precision[], y boolean[], p_l2 double precision, OUT means double precision[], OUT stds double precision[], OUT weights double precision[], OUT iterations integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_l2 double precision, p_l2_intercept double precision, OUT weights double precision[], OUT iterations integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._gate_calibration(p_job_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._heldout(p_request_id bigint, p_share double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._is_blank(p_text text) FROM PUBLIC;
@@ -5531,6 +5593,7 @@ REVOKE ALL ON FUNCTION reflect._normalize_params(p jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._paired(p_job_id bigint, p_part text, p_z double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._paired_parts(p_job_id bigint, p_parts text[], p_z double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._param_number(p jsonb, p_name text, p_min numeric, p_max numeric, p_integer boolean, p_default numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._penalised_log_loss(zx double precision[], y boolean[], w double precision[], p_anchor double precision[], pen double precision[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._probe_signal(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._queue_followups(p_request_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._reap_expired_jobs() FROM PUBLIC;

@@ -117,13 +117,13 @@ def answer_with_embedding(db: Database, keyring: Keyring, app_dsn: str, prompt: 
 
 
 def synthetic_labelled_answers(db: Database, keyring: Keyring, n: int, seed: int, slope: float = 3.0,
-                                training_side_only: bool = False) -> np.ndarray:
-    """n answers whose only informative signal is the log-prob: P(correct) = sigmoid(slope (x + 1.5)).
+                                training_side_only: bool = False, shift: float = 0.0) -> np.ndarray:
+    """n answers whose only informative signal is the log-prob: P(correct) = sigmoid(slope (x + 1.5) + shift).
     p_true is noise. training_side_only: label only the answers the calibrator fit trains on (request id
     hash not 0 mod 5), leaving its held-out answers as they were. Returns the true probabilities."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-3, 0, size=n)
-    truth = 1 / (1 + np.exp(-slope * (x + 1.5)))
+    truth = 1 / (1 + np.exp(-(slope * (x + 1.5) + shift)))
     labels = rng.uniform(size=n) < truth
     with client(db, keyring) as c:
         ids = [c.submit(f"synthetic question {seed}-{i}") for i in range(n)]

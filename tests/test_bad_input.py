@@ -177,3 +177,22 @@ def test_complete_v1_still_works_for_older_workers(db: Database, keyring: Keyrin
         got = c.get(rid)
     assert got["state"] == "succeeded" and got["calibrated"] is False
     assert got["confidence"] == pytest.approx(math.exp(-0.5))
+
+
+@pytest.mark.parametrize("register", [
+    "SELECT reflect.register_model_version_v2(%(name)s, '/m.gguf', repeat('a', 64), 'path', 4096, %(parent)s)",
+    "SELECT reflect.register_remote_model_version_v1(%(name)s, 'http://127.0.0.1:1/v1', 'm', 4096, %(parent)s)",
+])
+def test_registering_a_version_checks_its_name_and_parent_whatever_serves_it(db: Database, register: str) -> None:
+    with db.admin() as conn:
+        before = conn.execute("SELECT count(*) FROM reflect.model_versions").fetchone()[0]
+        for name, parent, sqlstate, message in [("bad name", None, "PR001", "model version name must match"),
+                                                ("", None, "PR001", "model version name must match"),
+                                                ("fine", "no-such-version", "PR003", 'unknown parent model version')]:
+            with pytest.raises(psycopg.Error, match=message) as err:
+                conn.execute(register, {"name": name, "parent": parent})
+            assert err.value.sqlstate == sqlstate
+        assert conn.execute("SELECT count(*) FROM reflect.model_versions").fetchone()[0] == before
+        conn.execute(register, {"name": "child-of-tiny", "parent": "tiny"})
+        assert conn.execute("SELECT p.name FROM reflect.model_versions c JOIN reflect.model_versions p "
+                            "ON p.id = c.parent_id WHERE c.name = 'child-of-tiny'").fetchone()[0] == "tiny"

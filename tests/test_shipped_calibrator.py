@@ -1,6 +1,6 @@
 """A calibrator travels as a document tied to the model's bytes: exported, shipped for a packaged model's
 sha256 and installed by set-up (pgreflect.meta.shipped), used from the first answer, refused for other
-bytes, and refined by the version's own labels only when they calibrate better."""
+bytes, and refined by the version's own labels (a fit anchored on it) only when they calibrate better."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
+from scipy.optimize import minimize
 
 from pgreflect.keys import Keyring
 from pgreflect.meta import shipped
@@ -108,3 +110,83 @@ def test_every_shipped_calibrator_installs_for_its_packaged_model(db: Database) 
             active, features = conn.execute("SELECT is_active, features FROM reflect.calibrators WHERE id = %s",
                                             (cal,)).fetchone()
         assert active and features == doc["features"]
+
+
+def _penalised_fit_reference(z: np.ndarray, y: np.ndarray, anchor: np.ndarray, l2: float, l2_intercept: float
+                             ) -> np.ndarray:
+    """The anchored fit's optimum by a general-purpose minimiser (scipy), for comparison with the SQL."""
+    penalty = np.array([l2_intercept] + [l2] * (len(anchor) - 1))
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        s = z @ w
+        p = 1 / (1 + np.exp(-s))
+        nll = float(np.sum(np.logaddexp(0, s) - y * s) + 0.5 * np.sum(penalty * (w - anchor) ** 2))
+        return nll, z.T @ (p - y) + penalty * (w - anchor)
+
+    return minimize(loss, anchor, jac=True, method="L-BFGS-B",
+                    options={"gtol": 1e-10, "ftol": 1e-15, "maxiter": 5000}).x
+
+
+def test_the_anchored_fit_finds_the_penalised_optimum_around_its_anchor(db: Database) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 3))
+    x[rng.uniform(size=x.shape) < 0.1] = np.nan  # unmeasured signals take the given mean
+    means, sds = np.array([0.1, -0.2, 0.0]), np.array([1.0, 2.0, 0.5])
+    z = np.hstack([np.ones((60, 1)), (np.where(np.isnan(x), means, x) - means) / sds])
+    y = (rng.uniform(size=60) < 1 / (1 + np.exp(-(z @ np.array([-1.0, 2.0, 0.0, -0.5]))))).astype(float)
+    anchor = np.array([0.5, 1.0, 0.3, 0.0])
+    rows = [[None if np.isnan(v) else float(v) for v in r] for r in x]
+    with db.admin() as conn:
+        def fit(l2: float, l2_intercept: float, centre: np.ndarray = anchor) -> np.ndarray:
+            return np.array(conn.execute(
+                "SELECT weights FROM reflect._fit_logistic_around(%s::float8[], %s, %s, %s, %s, %s, %s)",
+                (rows, [bool(v) for v in y], means.tolist(), sds.tolist(), centre.tolist(), l2, l2_intercept)
+            ).fetchone()[0])
+
+        for l2, l2_intercept in [(1.0, 0.1), (10.0, 1.0), (0.5, 0.0)]:
+            # (L-BFGS stops a little before Newton-Raphson's 1e-8 steps)
+            np.testing.assert_allclose(fit(l2, l2_intercept), _penalised_fit_reference(z, y, anchor, l2, l2_intercept),
+                                       atol=1e-4)
+        # Started far from the labels (confidences near 0 where about half are right: almost no curvature), a
+        # full Newton step overshoots; the halved steps still reach the optimum.
+        far = np.array([-9.0, 6.0, -4.0, 3.0])
+        np.testing.assert_allclose(fit(0.3, 0.03, far), _penalised_fit_reference(z, y, far, 0.3, 0.03), atol=1e-4)
+        np.testing.assert_allclose(fit(1e9, 1e9), anchor, atol=1e-6)  # a prior that certain does not move
+        # With a free intercept and the weights held at the anchor's, only the base rate is refitted: the mean
+        # confidence equals the labels' accuracy.
+        held = fit(1e9, 0.0)
+        np.testing.assert_allclose(held[1:], anchor[1:], atol=1e-6)
+        assert np.mean(1 / (1 + np.exp(-(z @ held)))) == pytest.approx(y.mean(), abs=1e-6)
+        # The plain fit is the same fit around zero with its own standardisation.
+        plain = conn.execute("SELECT means, stds, weights FROM reflect._fit_logistic(%s::float8[], %s, 1.0)",
+                             (rows, [bool(v) for v in y])).fetchone()
+        around_zero = conn.execute(
+            "SELECT weights FROM reflect._fit_logistic_around(%s::float8[], %s, %s, %s, %s, 1.0, 0.0)",
+            (rows, [bool(v) for v in y], plain[0], plain[1], [0.0] * 4)).fetchone()[0]
+        np.testing.assert_allclose(plain[2], around_zero, atol=1e-9)
+        with pytest.raises(psycopg.Error, match="anchor weights") as err:
+            fit(1.0, 1.0, anchor[:3])
+        assert err.value.sqlstate == "PR001"
+
+
+def test_a_few_labels_refine_the_installed_calibrator_around_it(db: Database, keyring: Keyring) -> None:
+    """A user whose traffic is harder than what the shipped calibrator saw (same signal, lower base rate):
+    25 labels are too few for a fit of their own (calibration_min_labels 50) but enough to move the installed
+    calibrator's intercept, with the signal's weight kept near the installed one."""
+    doc = _fitted_document(db, keyring)
+    with db.admin() as conn:
+        installed = conn.execute(query("install_calibrator"), {"model_version": "tiny",
+                                                               "document": json.dumps(doc)}).fetchone()[0]
+    truth = synthetic_labelled_answers(db, keyring, 25, seed=21, shift=-2.5)
+    with db.admin() as conn:
+        assert conn.execute(query("refit_calibrators")).fetchone()[0] == 1
+        features, weights, metrics = conn.execute(
+            "SELECT features, weights, heldout_metrics FROM reflect.calibrators WHERE id <> %s "
+            "ORDER BY id DESC LIMIT 1", (installed,)).fetchone()
+    assert metrics["anchored_on"] == installed
+    anchor = dict(zip(["intercept", *doc["features"]], doc["weights"], strict=True))
+    got = dict(zip(["intercept", *features], weights, strict=True))
+    assert got["intercept"] < anchor["intercept"] - 0.5  # the base rate moved down
+    slope = got["logprob_mean"] + got["logprob_min"]
+    assert slope > 0.5 * (anchor["logprob_mean"] + anchor["logprob_min"])  # the signal kept its meaning
+    assert truth.mean() < 0.35

@@ -1,5 +1,29 @@
 SET LOCAL ROLE reflect_owner;
 
+-- Checks a new version's name and returns its parent's id (NULL without a parent): the checks every
+-- registration makes, whichever backend serves the version.
+CREATE OR REPLACE FUNCTION reflect._checked_parent(p_name text, p_parent text)
+RETURNS integer
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_parent integer;
+BEGIN
+  IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
+    RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' USING ERRCODE = 'PR001';
+  END IF;
+  IF p_parent IS NOT NULL THEN
+    SELECT id INTO v_parent FROM reflect.model_versions WHERE name = p_parent;
+    IF v_parent IS NULL THEN
+      RAISE EXCEPTION 'unknown parent model version "%"', p_parent USING ERRCODE = 'PR003';
+    END IF;
+  END IF;
+  RETURN v_parent;
+END
+$$;
+
 -- Registers a GGUF the worker may serve. Idempotent on (name, sha256): re-registering the same file under
 -- the same name returns its id; the same name with another hash is an error (versions are immutable).
 CREATE OR REPLACE FUNCTION reflect.register_model_version_v1(
@@ -49,18 +73,9 @@ BEGIN
     RAISE EXCEPTION 'backend must be llama or noop (a version on an OpenAI-compatible server: '
                     'register_remote_model_version_v1)' USING ERRCODE = 'PR001';
   END IF;
-  IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
-    RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$'
-      USING ERRCODE = 'PR001';
-  END IF;
+  v_parent := reflect._checked_parent(p_name, p_parent);
   IF p_sha256 IS NULL OR p_sha256 !~ '^[0-9a-f]{64}$' THEN
     RAISE EXCEPTION 'sha256 must be 64 lowercase hex digits' USING ERRCODE = 'PR001';
-  END IF;
-  IF p_parent IS NOT NULL THEN
-    SELECT id INTO v_parent FROM reflect.model_versions WHERE name = p_parent;
-    IF v_parent IS NULL THEN
-      RAISE EXCEPTION 'unknown parent model version "%"', p_parent USING ERRCODE = 'PR003';
-    END IF;
   END IF;
 
   SELECT id, sha256, backend INTO v_id, v_sha, v_backend FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
@@ -112,9 +127,7 @@ DECLARE
   v_parent integer;
   v_url text := regexp_replace(coalesce(p_base_url, ''), '/+$', '');
 BEGIN
-  IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
-    RAISE EXCEPTION 'model version name must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' USING ERRCODE = 'PR001';
-  END IF;
+  v_parent := reflect._checked_parent(p_name, p_parent);
   IF v_url !~ '^https?://[^/@[:space:]]+(/[^[:space:]]*)?$' THEN
     RAISE EXCEPTION 'base URL must be http(s)://host[:port][/path] without credentials (got %)',
       left(regexp_replace(v_url, '//[^/]*@', '//…@'), 200)
@@ -123,12 +136,6 @@ BEGIN
   IF p_remote_model IS NULL OR p_remote_model !~ '^[^[:space:][:cntrl:]]{1,200}$' THEN
     RAISE EXCEPTION 'remote model must be the server''s model name (1 to 200 characters, no spaces)'
       USING ERRCODE = 'PR001';
-  END IF;
-  IF p_parent IS NOT NULL THEN
-    SELECT id INTO v_parent FROM reflect.model_versions WHERE name = p_parent;
-    IF v_parent IS NULL THEN
-      RAISE EXCEPTION 'unknown parent model version "%"', p_parent USING ERRCODE = 'PR003';
-    END IF;
   END IF;
   SELECT * INTO v FROM reflect.model_versions WHERE name = p_name FOR UPDATE;
   IF v.id IS NOT NULL AND (v.backend <> 'openai' OR v.remote_model <> p_remote_model) THEN

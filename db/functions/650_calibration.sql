@@ -14,39 +14,79 @@ AS $$
 DECLARE
   n integer := coalesce(cardinality(y), 0);
   d integer := coalesce(array_length(x, 2), 0);
-  g double precision[];
-  h double precision[];
-  xi double precision[];
-  delta double precision[];
-  z double precision;
-  p double precision;
-  wt double precision;
 BEGIN
   SELECT array_agg(coalesce(mean, 0) ORDER BY j), array_agg(sd ORDER BY j) INTO means, stds
   FROM (SELECT j, avg(x[i][j]) AS mean, coalesce(nullif(stddev_pop(x[i][j]), 0), 1) AS sd
         FROM generate_series(1, d) j, generate_series(1, n) i GROUP BY j) st;
   means := coalesce(means, '{}'); stds := coalesce(stds, '{}');
-  weights := array_fill(0::double precision, ARRAY[d + 1]);
+  SELECT f.weights, f.iterations INTO weights, iterations
+  FROM reflect._fit_logistic_around(x, y, means, stds, array_fill(0::double precision, ARRAY[d + 1]), p_l2, 0) f;
+END
+$$;
+
+-- The same fit on features standardised with given means and deviations, its penalty pulling the weights
+-- towards p_anchor instead of zero (p_l2 on the features' weights, p_l2_intercept on the intercept): a
+-- maximum a posteriori fit with the anchor as the prior's centre. With the anchor a calibrator fitted on
+-- many answers elsewhere (the one pgreflect ships), a few of a user's own labels move it where their
+-- traffic differs (mostly its base rate: the intercept) without the noise of a fit on those labels alone.
+-- Newton steps are halved until the penalised log-loss falls: started from an anchor far from the labels
+-- (confidences near 0 or 1, so almost no curvature), a full step overshoots and the fit diverged (seen on
+-- 100 Wikidata labels around a calibrator that put them at 0.21 where 64% were right).
+CREATE OR REPLACE FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[],
+                                                        p_means double precision[], p_stds double precision[],
+                                                        p_anchor double precision[], p_l2 double precision,
+                                                        p_l2_intercept double precision,
+                                                        OUT weights double precision[], OUT iterations integer)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  n integer := coalesce(cardinality(y), 0);
+  d integer := cardinality(p_means);
+  zx double precision[] := '{}';  -- the standardised rows, a leading 1 for the intercept
+  pen double precision[];
+  g double precision[];
+  h double precision[];
+  xi double precision[];
+  delta double precision[];
+  trial double precision[];
+  z double precision;
+  p double precision;
+  wt double precision;
+  loss double precision;
+  trial_loss double precision;
+  step double precision;
+BEGIN
+  IF cardinality(p_anchor) <> d + 1 OR cardinality(p_stds) <> d OR (n > 0 AND array_length(x, 2) <> d) THEN
+    RAISE EXCEPTION 'logistic fit: % features, % deviations, % anchor weights, % columns', d, cardinality(p_stds),
+      cardinality(p_anchor), array_length(x, 2) USING ERRCODE = 'PR001';
+  END IF;
+  FOR i IN 1..n LOOP
+    xi := ARRAY[1::double precision];
+    FOR j IN 1..d LOOP
+      xi := xi || (coalesce(x[i][j], p_means[j]) - p_means[j]) / p_stds[j];
+    END LOOP;
+    zx := zx || ARRAY[xi];
+  END LOOP;
+  pen := p_l2_intercept || array_fill(p_l2, ARRAY[d]);
+  weights := p_anchor;
+  loss := reflect._penalised_log_loss(zx, y, weights, p_anchor, pen);
   iterations := 0;
   LOOP
     iterations := iterations + 1;
     g := array_fill(0::double precision, ARRAY[d + 1]);
     h := array_fill(0::double precision, ARRAY[d + 1, d + 1]);
     FOR i IN 1..n LOOP
-      xi := ARRAY[1::double precision];
-      FOR j IN 1..d LOOP
-        xi := xi || (coalesce(x[i][j], means[j]) - means[j]) / stds[j];
-      END LOOP;
       z := 0;
       FOR j IN 1..d + 1 LOOP
-        z := z + weights[j] * xi[j];
+        z := z + weights[j] * zx[i][j];
       END LOOP;
       p := reflect._sigmoid(z);
       wt := greatest(p * (1 - p), 1e-9);
       FOR j IN 1..d + 1 LOOP
-        g[j] := g[j] + (y[i]::int - p) * xi[j];
+        g[j] := g[j] + (y[i]::int - p) * zx[i][j];
         FOR k IN j..d + 1 LOOP
-          h[j][k] := h[j][k] + wt * xi[j] * xi[k];
+          h[j][k] := h[j][k] + wt * zx[i][j] * zx[i][k];
         END LOOP;
       END LOOP;
     END LOOP;
@@ -54,18 +94,35 @@ BEGIN
       FOR k IN 1..j - 1 LOOP
         h[j][k] := h[k][j];
       END LOOP;
-      IF j > 1 THEN  -- no penalty on the intercept
-        g[j] := g[j] - p_l2 * weights[j];
-        h[j][j] := h[j][j] + p_l2;
-      END IF;
+      g[j] := g[j] - pen[j] * (weights[j] - p_anchor[j]);
+      h[j][j] := h[j][j] + pen[j];
     END LOOP;
     delta := reflect._solve(h, g);
-    FOR j IN 1..d + 1 LOOP
-      weights[j] := weights[j] + delta[j];
+    step := 1;
+    LOOP
+      trial := ARRAY(SELECT weights[j] + step * delta[j] FROM generate_series(1, d + 1) j);
+      trial_loss := reflect._penalised_log_loss(zx, y, trial, p_anchor, pen);
+      EXIT WHEN trial_loss <= loss + 1e-12 OR step < 1e-6;
+      step := step / 2;
     END LOOP;
-    EXIT WHEN iterations >= 50 OR (SELECT max(abs(v)) FROM unnest(delta) v) < 1e-8;
+    weights := trial;
+    loss := trial_loss;
+    EXIT WHEN iterations >= 50 OR step * (SELECT max(abs(v)) FROM unnest(delta) v) < 1e-8;
   END LOOP;
 END
+$$;
+
+-- The log-loss of weights w on standardised rows zx (leading 1) plus the penalty towards p_anchor.
+CREATE OR REPLACE FUNCTION reflect._penalised_log_loss(zx double precision[], y boolean[], w double precision[],
+                                                       p_anchor double precision[], pen double precision[])
+RETURNS double precision
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce((SELECT sum(greatest(z, 0) + ln(1 + exp(-abs(z))) - CASE WHEN y[i] THEN z ELSE 0 END)
+                   FROM (SELECT i, (SELECT sum(w[j] * zx[i][j]) FROM generate_series(1, cardinality(w)) j) AS z
+                         FROM generate_series(1, coalesce(cardinality(y), 0)) i) r), 0)
+         + 0.5 * (SELECT sum(pen[j] * (w[j] - p_anchor[j]) ^ 2) FROM generate_series(1, cardinality(w)) j)
 $$;
 
 -- The probability of a fitted logistic model for one feature vector (a missing feature takes its mean).
@@ -113,6 +170,11 @@ $$;
 -- side as labels accumulate); the held-out metrics are stored with the fit. A refit never makes held-out
 -- calibration worse: the active calibrator is scored on the same held-out answers (with its own features),
 -- and when its Brier score is lower the new fit is stored inactive, with both numbers and the reason.
+-- When the version has an installed calibrator with the same features (the one pgreflect ships for its
+-- default model), the fit is anchored on it (_fit_logistic_around, calibration_anchor_* settings) and needs
+-- fewer labels: the user's labels correct it where their traffic differs instead of replacing it with a fit
+-- on a few dozen answers (bench/results/calibration-few-labels.md measures both). Always the installed one, not
+-- the last refit: a refit's labels are all counted again in the next one.
 -- Returns the new calibrator's id, or NULL when there are not enough labels.
 CREATE OR REPLACE FUNCTION reflect.fit_calibrator_v1(p_model_version text)
 RETURNS integer
@@ -132,6 +194,8 @@ DECLARE
   v_labels integer;
   f record;
   old reflect.calibrators;
+  anchor reflect.calibrators;
+  v_prefix text := 'calibration_';
   v_new jsonb;
   v_old jsonb;
   v_keep boolean := false;
@@ -155,16 +219,29 @@ BEGIN
   FROM reflect.labels l JOIN reflect.answers a ON a.request_id = l.request_id
   WHERE a.model_version_id = v_mv;
 
-  IF v_labels < reflect._setting_int('calibration_min_labels')
-     OR (SELECT count(*) FILTER (WHERE y) FROM unnest(ty) y) < reflect._setting_int('calibration_min_per_class')
-     OR (SELECT count(*) FILTER (WHERE NOT y) FROM unnest(ty) y) < reflect._setting_int('calibration_min_per_class') THEN
+  SELECT * INTO anchor FROM reflect.calibrators
+  WHERE model_version_id = v_mv AND heldout_metrics ->> 'source' = 'installed' AND features = v_names
+  ORDER BY id DESC LIMIT 1;
+  IF anchor.id IS NOT NULL THEN
+    v_prefix := 'calibration_anchor_';
+  END IF;
+  IF v_labels < reflect._setting_int(v_prefix || 'min_labels') OR ty IS NULL
+     OR (SELECT count(*) FILTER (WHERE y) FROM unnest(ty) y) < reflect._setting_int(v_prefix || 'min_per_class')
+     OR (SELECT count(*) FILTER (WHERE NOT y) FROM unnest(ty) y) < reflect._setting_int(v_prefix || 'min_per_class') THEN
     RAISE NOTICE 'model version %: % labels, not enough to fit a calibrator', p_model_version, v_labels;
     RETURN NULL;
   END IF;
 
   tx := reflect._matrix(tv, v_names);
   hx := reflect._matrix(hv, v_names);
-  f := reflect._fit_logistic(tx, ty, reflect._setting_float('calibration_l2'));
+  IF anchor.id IS NULL THEN
+    f := reflect._fit_logistic(tx, ty, reflect._setting_float('calibration_l2'));
+  ELSE
+    SELECT anchor.feature_means AS means, anchor.feature_stds AS stds, a.weights, a.iterations INTO f
+    FROM reflect._fit_logistic_around(tx, ty, anchor.feature_means, anchor.feature_stds, anchor.weights,
+                                      reflect._setting_float('calibration_anchor_l2'),
+                                      reflect._setting_float('calibration_anchor_intercept_l2')) a;
+  END IF;
   v_new := reflect._calibration_metrics(reflect._logistic_rows(hx, f.means, f.stds, f.weights), hy);
   SELECT * INTO old FROM reflect.calibrators WHERE model_version_id = v_mv AND is_active;
   IF old.id IS NOT NULL AND hy IS NOT NULL THEN
@@ -180,7 +257,7 @@ BEGIN
   VALUES (v_mv, 'logistic_l2', v_names, f.means, f.stds, f.weights, cardinality(ty),
           coalesce(cardinality(hy), 0),
           jsonb_build_object(
-            'iterations', f.iterations,
+            'iterations', f.iterations, 'anchored_on', anchor.id,
             'heldout', v_new,
             'train', reflect._calibration_metrics(reflect._logistic_rows(tx, f.means, f.stds, f.weights), ty)
                      - 'accuracy_at_80' - 'mean_confidence')

@@ -536,7 +536,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f"on {fitted['n_heldout']}")
     for name, fit in calibrate(args.model_version).items():
         if fit is None:
-            print(f"{name}: not enough labels yet (see reflect.settings calibration_min_*)")
+            print(f"{name}: not enough labels yet (reflect.settings calibration_min_*, calibration_anchor_min_*)")
         else:
             print(f"{name}: calibrator {fit['calibrator']}: {json.dumps(fit['metrics'])}")
     return 0
