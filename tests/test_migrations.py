@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -158,3 +159,21 @@ def test_upgrade_carries_follow_ups_and_their_states_into_the_job_runtime(empty_
         new_id = conn.execute("SELECT reflect._enqueue_job('critique', '{}', 1, 1)").fetchone()[0]
     assert after == before == view
     assert new_id > max(r[0] for r in after)  # the identity continues after the copied ids
+
+
+def test_every_setting_is_documented_with_its_default(empty_db: Database) -> None:
+    """docs/configuration.md has every reflect.settings key with the default a fresh install gets (a row may
+    document several: `| `a`, `b` | `1`, `2` | ... |`)."""
+    migrate(empty_db.dsn())
+    documented: dict[str, str] = {}
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    for keys, values in re.findall(r"^\| (`[a-z0-9_]+`(?:, `[a-z0-9_]+`)*) \| (`[^|]*`) \|", text, re.M):
+        names, defaults = re.findall(r"`([^`]+)`", keys), re.findall(r"`([^`]*)`", values)
+        if len(names) == len(defaults):
+            documented.update(zip(names, defaults, strict=True))
+    with empty_db.admin() as conn:
+        settings = conn.execute("SELECT key, value #>> '{}' FROM reflect.settings ORDER BY key").fetchall()
+    assert len(settings) > 20
+    wrong = [f"{key}: {value} (documented: {documented.get(key)})" for key, value in settings
+             if documented.get(key, "").lower() != value.lower()]
+    assert wrong == [], "\n".join(wrong)
