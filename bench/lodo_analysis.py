@@ -151,6 +151,7 @@ def analyse(paths: list[Path], ship: str | None, command: str, collect_minutes: 
     report["collect_minutes"] = collect_minutes
     for variant, doc in docs.items():
         candidate = datasets_dir().parent / "bench" / f"calibrator-{variant}.json"
+        candidate.parent.mkdir(parents=True, exist_ok=True)
         candidate.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"candidate calibrator ({variant}): {candidate}")
     if ship is not None:
