@@ -72,6 +72,15 @@ class Fitter:
         return self.conn.execute(SCORE, {"values": [json.dumps(r["features"]) for r in rows], "names": names,
                                          "means": means, "stds": stds, "weights": weights}).fetchone()[0]
 
+    def held_out(self, rows: list[dict[str, Any]], names: list[str]) -> np.ndarray:
+        """Each answer's confidence from the fit on the other datasets' answers (leave-one-dataset-out)."""
+        conf = np.zeros(len(rows))
+        for held in sorted({r["dataset"] for r in rows}):
+            at = [i for i, r in enumerate(rows) if r["dataset"] == held]
+            conf[at] = self.score(self.fit([r for r in rows if r["dataset"] != held], names), [rows[i] for i in at],
+                                  names)
+        return conf
+
     def metrics(self, conf: list[float], y: list[bool]) -> dict[str, Any]:
         return self.conn.execute(METRICS, (conf, y)).fetchone()[0]
 

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from sklearn.metrics import roc_auc_score
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from lodo_analysis import Fitter, auroc, load  # noqa: E402
 
 from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
 
@@ -118,20 +119,6 @@ def brier(conf: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((conf - y) ** 2))
 
 
-def auroc(conf: np.ndarray, y: np.ndarray) -> float | None:
-    return float(roc_auc_score(y, conf)) if 0 < y.sum() < len(y) else None
-
-
-def sql_fit(conn: psycopg.Connection, rows: list[dict[str, Any]], names: list[str], l2: float) -> tuple:
-    """The stand-in for the shipped calibrator: the product's own SQL fit."""
-    from lodo_analysis import FIT
-
-    means, sds, weights = conn.execute(FIT, {"values": [json.dumps(r["features"]) for r in rows],
-                                             "correct": [r["correct"] for r in rows], "names": names,
-                                             "l2": l2}).fetchone()
-    return np.array(means), np.array(sds), np.array(weights)
-
-
 def check_against_sql(conn: psycopg.Connection, x: np.ndarray, y: np.ndarray, means: np.ndarray, sds: np.ndarray,
                       anchor: np.ndarray, pair: tuple[float, float]) -> None:
     rows = [[None if np.isnan(v) else float(v) for v in r] for r in x]
@@ -144,9 +131,10 @@ def check_against_sql(conn: psycopg.Connection, x: np.ndarray, y: np.ndarray, me
 
 def experiment(conn: psycopg.Connection, rows: list[dict[str, Any]], repeats: int = REPEATS, seed: int = 5
                ) -> dict[str, Any]:
-    names: list[str] = conn.execute("SELECT reflect.calibration_features_v2()").fetchone()[0]
+    fitter = Fitter(conn)
+    names = fitter.names
     settings = dict(conn.execute("SELECT key, value FROM reflect.settings WHERE key LIKE 'calibration_%'").fetchall())
-    l2 = float(settings["calibration_l2"])
+    l2 = fitter.l2
     min_labels, min_class = int(settings["calibration_min_labels"]), int(settings["calibration_min_per_class"])
     product = (float(settings["calibration_anchor_l2"]), float(settings["calibration_anchor_intercept_l2"]))
     anchor_min_labels = int(settings["calibration_anchor_min_labels"])
@@ -159,7 +147,7 @@ def experiment(conn: psycopg.Connection, rows: list[dict[str, Any]], repeats: in
     for held in sets:
         train = [r for r in rows if r["dataset"] != held]
         test = [r for r in rows if r["dataset"] == held]
-        means, sds, w0 = sql_fit(conn, train, names, l2)
+        means, sds, w0 = (np.array(v) for v in fitter.fit(train, names))  # the shipped fit's stand-in
         x, y = matrix(test, names), np.array([r["correct"] for r in test], dtype=float)
         raw[held] = {}
         for k in KS:
@@ -290,8 +278,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "calibration-few-labels.json")
     args = ap.parse_args()
     started = time.time()
-    from lodo_analysis import load
-
     rows = [r for p in args.answers for r in load(p)]
     cluster = start_cluster()
     try:

@@ -107,20 +107,13 @@ def analyse(rows: list[dict[str, Any]], values: dict[tuple[str, str], float]) ->
     v = np.array([r["features"][FEATURE] for r in have])
     y = np.array([r["correct"] for r in have])
     out: dict[str, Any] = {"alone": {"n": len(have), "auroc": auroc(v, y), "ci": auroc_ci(v, y)}}
-    sets = sorted({r["dataset"] for r in rows})
     y_all = np.array([r["correct"] for r in rows])
     cluster = start_cluster()
     try:
         with psycopg.connect(pgreflect_database(cluster), autocommit=True) as conn:
             fitter = Fitter(conn)
-            base, plus = np.zeros(len(rows)), np.zeros(len(rows))
-            for held in sets:
-                at = [i for i, r in enumerate(rows) if r["dataset"] == held]
-                train = [r for r in rows if r["dataset"] != held]
-                test = [rows[i] for i in at]
-                base[at] = fitter.score(fitter.fit(train, fitter.names), test, fitter.names)
-                names = [*fitter.names, FEATURE]
-                plus[at] = fitter.score(fitter.fit(train, names), test, names)
+            base = fitter.held_out(rows, fitter.names)
+            plus = fitter.held_out(rows, [*fitter.names, FEATURE])
     finally:
         cluster.destroy()
     out["pooled"] = {"without": auroc(base, y_all), "with": auroc(plus, y_all),

@@ -82,15 +82,6 @@ def measure(per_dataset: int) -> tuple[dict[tuple[str, str], dict[str, float]], 
                     "standard_s": float(np.mean(standard_s)), "in_turn_s": float(np.mean(in_turn_s))}
 
 
-def _lodo(fitter: Fitter, rows: list[dict[str, Any]], names: list[str]) -> np.ndarray:
-    conf = np.zeros(len(rows))
-    for held in sorted({r["dataset"] for r in rows}):
-        at = [i for i, r in enumerate(rows) if r["dataset"] == held]
-        conf[at] = fitter.score(fitter.fit([r for r in rows if r["dataset"] != held], names),
-                                [rows[i] for i in at], names)
-    return conf
-
-
 def analyse(rows: list[dict[str, Any]], values: dict[tuple[str, str], dict[str, float]]) -> dict[str, Any]:
     rows = [r for r in rows if (r["dataset"], r["id"]) in values]
     collected = np.array([r["features"]["p_true"] for r in rows])
@@ -106,11 +97,11 @@ def analyse(rows: list[dict[str, Any]], values: dict[tuple[str, str], dict[str, 
     try:
         with psycopg.connect(pgreflect_database(cluster), autocommit=True) as conn:
             fitter = Fitter(conn)
-            standard = _lodo(fitter, rows, fitter.names)
+            standard = fitter.held_out(rows, fitter.names)
             swapped_rows = [{**r, "features": {**r["features"], "p_true": r["features"]["p_true_in_turn"]}}
                             for r in rows]
-            variant = _lodo(fitter, swapped_rows, fitter.names)
-            without = _lodo(fitter, rows, [n for n in fitter.names if n != "p_true"])
+            variant = fitter.held_out(swapped_rows, fitter.names)
+            without = fitter.held_out(rows, [n for n in fitter.names if n != "p_true"])
             for key, conf in (("standard", standard), ("in_turn", variant), ("without", without)):
                 m = fitter.metrics(conf.tolist(), y.tolist())
                 per = {}

@@ -32,4 +32,3 @@ def test_migrations_produce_the_canonical_schema(db: Database) -> None:
     if os.environ.get("PGREFLECT_UPDATE_GOLDEN") == "1":
         CANONICAL.write_text(actual)
     assert actual == CANONICAL.read_text(), "schema drifted from db/schema.sql: regenerate it and review the diff"
-
