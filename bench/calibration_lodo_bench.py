@@ -37,10 +37,10 @@ from pgreflect.paths import datasets_dir  # noqa: E402
 
 from bench_cluster import cli_env, keyring, no_followups, pgreflect_database, register, start_cluster  # noqa: E402
 
-# name -> (split, questions, max_tokens). Nine sources, four kinds: multiple choice (MMLU, BIG-bench date
+# name -> (split, questions, max_tokens). Twelve sources, four kinds: multiple choice (MMLU, BIG-bench date
 # understanding, Social IQa), numbers (GSM8K worked solutions, two-digit products, counting, "plus one"
-# addition), short factual text (Wikidata statements, chemical elements). GSM8K needs room to reason (~25 s an
-# answer here), so it gets fewer questions.
+# addition), short text (Wikidata statements, chemical elements, plurals, colour names, answers from a
+# counterfactual context). GSM8K needs room to reason (~25 s an answer here), so it gets fewer questions.
 DATASETS = {
     "mmlu": ("heldout", 200, 16),
     "gsm8k": ("all", 40, 256),
@@ -51,6 +51,9 @@ DATASETS = {
     "bb-plus-one-addition": ("all", 180, 16),
     "bb-periodic-elements": ("all", 180, 16),
     "bb-social-iqa": ("all", 180, 16),
+    "bb-plural": ("all", 180, 16),
+    "bb-color-rgb": ("all", 180, 48),  # the model restates the question first: at 16 tokens all 180 were cut off
+    "bb-context-qa": ("all", 180, 24),
 }
 SEED = 21
 

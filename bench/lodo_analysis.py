@@ -144,7 +144,7 @@ def signal_alone(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 def analyse(paths: list[Path], ship: str | None, command: str, collect_minutes: float | None) -> dict[str, Any]:
     started = time.time()
-    rows = [r for path in paths for r in load(path)]
+    rows = [{**r, "file": path.name} for path in paths for r in load(path)]
     sets = sorted({r["dataset"] for r in rows})
     with_state = all(r.get("state") for r in rows)
     cluster = start_cluster()
@@ -218,6 +218,11 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
         print(f"held out {held}: AUROC {per[held]['calibrated'].get('auroc')}", flush=True)
     pooled = {k: fitter.metrics(v.tolist(), y_all.tolist()) for k, v in oof.items()
               if k in ("full", "-p_true", "full + probe")}
+    files = sorted({r["file"] for r in rows})
+    if len(files) > 1:  # each file's answers apart: an earlier collection, scored by fits that also saw the later
+        for name in files:
+            at = np.array([r["file"] == name for r in rows])
+            pooled[f"full, {name}"] = fitter.metrics(oof["full"][at].tolist(), y_all[at].tolist())
     ablation = {k: paired_auroc_diff(oof["full"], v, y_all) for k, v in oof.items() if k.startswith("-")}
     if with_state:
         ablation["+probe"] = paired_auroc_diff(oof["full + probe"], oof["full"], y_all)
@@ -312,7 +317,7 @@ def write_markdown(path: Path, report: dict[str, Any], command: str) -> None:
               "|---|---|---|---|---|---|---|"]
     labels = {"full": "every signal", "-p_true": "without P(True)", "full + probe": "every signal + probe"}
     for name, m in report["pooled"].items():
-        lines.append(_row(labels[name], m))
+        lines.append(_row(labels.get(name, name.replace("full, ", "every signal, the answers of ")), m))
     lines += ["", "Without P(True) (the calibrator refitted without it, leave-one-dataset-out):", "",
               "| held out | n | accuracy | AUROC | ECE (floor, gap) | Brier | share of oracle gain |",
               "|---|---|---|---|---|---|---|"]

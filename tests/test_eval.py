@@ -75,6 +75,11 @@ def test_bigbench_examples_become_items_of_each_kind() -> None:
     assert text["answer"] == "comedy" and text["aliases"] == ["parody"]
     assert is_correct("It is a parody.", text["answer"], text["aliases"])
     assert not is_correct("It is rock.", text["answer"], text["aliases"])
+    # a task whose input is no question alone becomes one through its template (the input's own whitespace dropped)
+    plural = datasets._bigbench_item("p", {"input": " ability\n", "target": "abilities"},
+                                     datasets.BIGBENCH_TEMPLATES["bb-plural"])
+    assert plural["question"] == 'What is the plural of "ability"?\n' + datasets.COMPLETE_INSTRUCTION
+    assert plural["answer"] == "abilities" and is_correct("There are two abilities.", plural["answer"])
 
 
 def test_eval_items_may_carry_aliases(tmp_path) -> None:

@@ -40,6 +40,17 @@ BIGBENCH_TASKS = {
     "bb-date-understanding": "date_understanding",
     "bb-periodic-elements": "periodic_elements/subtask_1",
     "bb-social-iqa": "social_iqa",
+    "bb-plural": "linguistic_mappings/plural_json",
+    "bb-color-rgb": "color/rgb",
+    "bb-context-qa": "contextual_parametric_knowledge_conflicts",
+}
+# How an example's input becomes a question where the input alone is not one. The plural task's own framing,
+# a statement to complete ("This is a friend. Now there is another one. There are two"), is for base models:
+# asked that way the default model repeated the statement (27 of 180 right), so it is asked as a person would.
+# The reading-comprehension contexts contradict what the model knows, and the task says to trust them.
+BIGBENCH_TEMPLATES = {
+    "bb-plural": 'What is the plural of "{input}"?',
+    "bb-context-qa": "What is the answer to the question, assuming the context is true.\n{input}",
 }
 
 
@@ -95,11 +106,11 @@ def _targets(row: dict[str, Any]) -> list[str]:
     return [str(t).strip() for t in (target if isinstance(target, list) else [target])]
 
 
-def _bigbench_item(item_id: str, row: dict[str, Any]) -> dict[str, Any]:
+def _bigbench_item(item_id: str, row: dict[str, Any], template: str = "{input}") -> dict[str, Any]:
     """One BIG-bench example as an item: multiple choice (target_scores) with its options shuffled by a hash
     of the id (the files list the right option first); numeric targets answered with the number alone (a
     number spelled out is an alias); other targets as short text, every target an accepted answer."""
-    text = row["input"].rstrip()
+    text = template.format(input=row["input"].strip()) if template != "{input}" else row["input"].rstrip()
     if "target" not in row:
         options = list(row["target_scores"].items())
         options.sort(key=lambda kv: hashlib.sha256(f"{item_id}:{kv[0]}".encode()).hexdigest())
@@ -117,8 +128,9 @@ def _bigbench_item(item_id: str, row: dict[str, Any]) -> dict[str, Any]:
 
 def _bigbench(name: str) -> Iterator[dict[str, Any]]:
     examples = json.loads(bigbench_file(name).read_text())["examples"]
+    template = BIGBENCH_TEMPLATES.get(name, "{input}")
     for i, row in enumerate(examples):
-        yield _bigbench_item(f"{name}-{i:05d}" if len(examples) > 9999 else f"{name}-{i:04d}", row)
+        yield _bigbench_item(f"{name}-{i:05d}" if len(examples) > 9999 else f"{name}-{i:04d}", row, template)
 
 
 def split_of(dataset: str, item_id: str) -> str:
