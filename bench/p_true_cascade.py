@@ -1,0 +1,120 @@
+"""P(True) only where it pays? A cascade measured on the repository's leave-one-dataset-out answers.
+
+P(True) is what keeps the full path below 0.95x of direct llama-cpp-python (0.880x with it, 0.995x without:
+bench/results/inference-signals-on*.md). The cascade: score each answer first without P(True); ask P(True)
+only when that preliminary confidence falls inside a band [lo, hi], and keep the preliminary confidence
+otherwise. Two preliminary scores: the full calibrator with P(True) missing (the SQL scoring gives a missing
+feature its training mean: one calibrator to ship) and a calibrator fitted without P(True) (two to ship).
+Every row of the grid is reported (nothing is chosen on these answers), leave-one-dataset-out as in
+bench/lodo_analysis.py: averaged over the datasets with at least 10 right and 10 wrong answers, and pooled.
+The speed column is derived, not measured: per-token time interpolated between the two measured runs
+(1 / (share / 0.880 + (1 - share) / 0.995)).
+
+    .venv/bin/python bench/p_true_cascade.py     # ~5 min; writes bench/results/p-true-cascade.{md,json}
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from lodo_analysis import Fitter, load  # noqa: E402
+
+from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
+
+ANSWERS = [HERE / "results" / "lodo-answers" / f"{name}.jsonl.gz" for name in ("lodo-answers", "lodo-answers-short")]
+BANDS = [(0.05, 0.95), (0.1, 0.9), (0.15, 0.85), (0.2, 0.8), (0.2, 1.0), (0.3, 1.0), (0.0, 0.5)]
+MEASURED = {"on": 0.880, "off": 0.995}  # full path / direct, with and without P(True), same run of prompts
+
+
+def without_p_true(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "features": {k: v for k, v in r["features"].items() if k != "p_true"}} for r in rows]
+
+
+def summary(fitter: Fitter, conf: np.ndarray, y: np.ndarray, ds: np.ndarray) -> dict[str, Any]:
+    per = []
+    for d in sorted(set(ds)):
+        at = ds == d
+        if min(y[at].sum(), (~y[at]).sum()) >= 10:
+            per.append(fitter.metrics(conf[at].tolist(), y[at].tolist()))
+    pooled = fitter.metrics(conf.tolist(), y.tolist())
+    return {"datasets": len(per), "auroc": float(np.mean([m["auroc"] for m in per])),
+            "ece_gap": float(np.mean([m["ece"] - m["ece_floor"] for m in per])),
+            "share": float(np.mean([m["selective_gain_share"] for m in per])),
+            "pooled_auroc": pooled["auroc"], "pooled_ece": pooled["ece"], "pooled_floor": pooled["ece_floor"]}
+
+
+def speed(share: float) -> float:
+    return 1 / (share / MEASURED["on"] + (1 - share) / MEASURED["off"])
+
+
+def main() -> None:
+    started = time.time()
+    rows = [r for path in ANSWERS for r in load(path)]
+    y = np.array([r["correct"] for r in rows])
+    ds = np.array([r["dataset"] for r in rows])
+    cluster = start_cluster()
+    try:
+        with psycopg.connect(pgreflect_database(cluster), autocommit=True) as conn:
+            fitter = Fitter(conn)
+            names = fitter.names
+            kept = [n for n in names if n != "p_true"]
+            full, imputed, refitted = (np.zeros(len(rows)) for _ in range(3))
+            for held in sorted(set(ds)):
+                at = np.flatnonzero(ds == held)
+                train = [rows[i] for i in np.flatnonzero(ds != held)]
+                test = [rows[i] for i in at]
+                model = fitter.fit(train, names)
+                full[at] = fitter.score(model, test, names)
+                imputed[at] = fitter.score(model, without_p_true(test), names)
+                refitted[at] = fitter.score(fitter.fit(train, kept), test, kept)
+            report: dict[str, Any] = {"n": len(rows), "measured_speed": MEASURED,
+                                      "always": summary(fitter, full, y, ds),
+                                      "never (P(True) missing)": summary(fitter, imputed, y, ds),
+                                      "never (fitted without)": summary(fitter, refitted, y, ds), "bands": []}
+            for first, conf0 in (("P(True) missing", imputed), ("fitted without", refitted)):
+                for lo, hi in BANDS:
+                    run = (conf0 >= lo) & (conf0 <= hi)
+                    report["bands"].append({"preliminary": first, "band": [lo, hi], "share_asked": float(run.mean()),
+                                            **summary(fitter, np.where(run, full, conf0), y, ds)})
+    finally:
+        cluster.destroy()
+    report["minutes"] = (time.time() - started) / 60
+    (HERE / "results" / "p-true-cascade.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_markdown(report)
+
+
+def write_markdown(report: dict[str, Any]) -> None:
+    def row(label: str, share: float, m: dict[str, Any]) -> str:
+        return (f"| {label} | {share:.0%} | {speed(share):.3f} | {m['auroc']:.3f} | {m['ece_gap']:+.3f} | "
+                f"{m['share']:.0%} | {m['pooled_auroc']:.3f} | {m['pooled_ece']:.3f} ({m['pooled_floor']:.3f}) |")
+
+    lines = ["# P(True) only where it pays: a cascade, leave-one-dataset-out", "",
+             f"Command: `.venv/bin/python bench/p_true_cascade.py` ({report['minutes']:.0f} min, 2 cores), on the "
+             f"{report['n']} answers kept in bench/results/lodo-answers/. Averages over the "
+             f"{report['always']['datasets']} held-out datasets with at least 10 right and 10 wrong answers; "
+             "speed: derived from the measured full path / direct ratios with P(True) on every answer "
+             f"({MEASURED['on']}) and on none ({MEASURED['off']}), not measured.", "",
+             "| P(True) asked | share asked | speed (derived) | avg AUROC | avg ECE gap | avg share of oracle | "
+             "pooled AUROC | pooled ECE (floor) |", "|---|---|---|---|---|---|---|---|",
+             row("always", 1.0, report["always"]),
+             row("never, the calibrator with P(True) missing", 0.0, report["never (P(True) missing)"]),
+             row("never, a calibrator fitted without it", 0.0, report["never (fitted without)"])]
+    for b in report["bands"]:
+        lo, hi = b["band"]
+        lines.append(row(f"preliminary ({b['preliminary']}) in [{lo}, {hi}]", b["share_asked"], b))
+    (HERE / "results" / "p-true-cascade.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
