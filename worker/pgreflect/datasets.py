@@ -110,7 +110,7 @@ def _bigbench_item(item_id: str, row: dict[str, Any], template: str = "{input}")
     """One BIG-bench example as an item: multiple choice (target_scores) with its options shuffled by a hash
     of the id (the files list the right option first); numeric targets answered with the number alone (a
     number spelled out is an alias); other targets as short text, every target an accepted answer."""
-    text = template.format(input=row["input"].strip()) if template != "{input}" else row["input"].rstrip()
+    text = template.format(input=row["input"].strip())
     if "target" not in row:
         options = list(row["target_scores"].items())
         options.sort(key=lambda kv: hashlib.sha256(f"{item_id}:{kv[0]}".encode()).hexdigest())
