@@ -84,6 +84,25 @@ class Fitter:
     def metrics(self, conf: list[float], y: list[bool]) -> dict[str, Any]:
         return self.conn.execute(METRICS, (conf, y)).fetchone()[0]
 
+    def per_dataset(self, conf: np.ndarray, y: np.ndarray, datasets: np.ndarray) -> dict[str, dict[str, Any]]:
+        return {d: self.metrics(conf[datasets == d].tolist(), y[datasets == d].tolist()) for d in sorted(set(datasets))}
+
+
+def informative(m: dict[str, Any]) -> bool:
+    """A dataset with fewer than 10 right or 10 wrong answers ranks nothing reliably: reported, not averaged."""
+    right = round(m["accuracy"] * m["n"])
+    return min(right, m["n"] - right) >= 10
+
+
+def averaged(per: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The targets' averages over the informative datasets' metrics (AUROC, ECE above its floor, share of the
+    oracle's selective gain)."""
+    used = {d: m for d, m in per.items() if informative(m)}
+    return {"averaged_over": sorted(used), "auroc": float(np.mean([m["auroc"] for m in used.values()])),
+            "ece_gap": float(np.mean([m["ece"] - m["ece_floor"] for m in used.values()])),
+            "share": float(np.mean([m["selective_gain_share"] for m in used.values()
+                                    if m.get("selective_gain_share") is not None]))}
+
 
 def _xy(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([r["state"] for r in rows], dtype=np.float64), np.array([r["correct"] for r in rows])
@@ -298,20 +317,12 @@ def write_markdown(path: Path, report: dict[str, Any], command: str) -> None:
              "| default ECE |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in per.items():
         lines.append(_row(f"{name} (truncated {r['truncated_share']:.0%})", r["calibrated"], r["default"]))
-    # A dataset with fewer than 10 right or 10 wrong answers ranks nothing reliably: reported, not averaged.
-    def informative(m: dict[str, Any]) -> bool:
-        right = round(m["accuracy"] * m["n"])
-        return min(right, m["n"] - right) >= 10
-
     for key, title in (("calibrated", "every signal"), ("without_p_true", "without P(True)")):
-        used = {d: r[key] for d, r in per.items() if informative(r[key])}
-        left = sorted(set(per) - set(used))
-        aucs = [m["auroc"] for m in used.values()]
-        gaps = [m["ece"] - m["ece_floor"] for m in used.values()]
-        shares = [m["selective_gain_share"] for m in used.values() if m.get("selective_gain_share") is not None]
-        lines += ["", f"Averaged over the {len(used)} held-out datasets with at least 10 right and 10 wrong answers "
-                  f"({title}{'; not averaged: ' + ', '.join(left) if left else ''}): AUROC {np.mean(aucs):.3f}, "
-                  f"ECE gap {np.mean(gaps):+.3f}, share of oracle gain {np.mean(shares):.0%}."]
+        avg = averaged({d: r[key] for d, r in per.items()})
+        left = sorted(set(per) - set(avg["averaged_over"]))
+        lines += ["", f"Averaged over the {len(avg['averaged_over'])} held-out datasets with at least 10 right and 10 "
+                  f"wrong answers ({title}{'; not averaged: ' + ', '.join(left) if left else ''}): AUROC "
+                  f"{avg['auroc']:.3f}, ECE gap {avg['ece_gap']:+.3f}, share of oracle gain {avg['share']:.0%}."]
     lines += ["", "Pooled (every answer scored by the calibrator that did not see its dataset):", "",
               "| pooled | n | accuracy | AUROC | ECE (floor, gap) | Brier | share of oracle gain |",
               "|---|---|---|---|---|---|---|"]

@@ -27,7 +27,7 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from lodo_analysis import Fitter, load  # noqa: E402
+from lodo_analysis import Fitter, averaged, load  # noqa: E402
 
 from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
 
@@ -41,16 +41,9 @@ def without_p_true(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def summary(fitter: Fitter, conf: np.ndarray, y: np.ndarray, ds: np.ndarray) -> dict[str, Any]:
-    per = []
-    for d in sorted(set(ds)):
-        at = ds == d
-        if min(y[at].sum(), (~y[at]).sum()) >= 10:
-            per.append(fitter.metrics(conf[at].tolist(), y[at].tolist()))
     pooled = fitter.metrics(conf.tolist(), y.tolist())
-    return {"datasets": len(per), "auroc": float(np.mean([m["auroc"] for m in per])),
-            "ece_gap": float(np.mean([m["ece"] - m["ece_floor"] for m in per])),
-            "share": float(np.mean([m["selective_gain_share"] for m in per])),
-            "pooled_auroc": pooled["auroc"], "pooled_ece": pooled["ece"], "pooled_floor": pooled["ece_floor"]}
+    return {**averaged(fitter.per_dataset(conf, y, ds)), "pooled_auroc": pooled["auroc"],
+            "pooled_ece": pooled["ece"], "pooled_floor": pooled["ece_floor"]}
 
 
 def speed(share: float) -> float:
@@ -101,7 +94,7 @@ def write_markdown(report: dict[str, Any]) -> None:
     lines = ["# P(True) only where it pays: a cascade, leave-one-dataset-out", "",
              f"Command: `.venv/bin/python bench/p_true_cascade.py` ({report['minutes']:.0f} min, 2 cores), on the "
              f"{report['n']} answers kept in bench/results/lodo-answers/. Averages over the "
-             f"{report['always']['datasets']} held-out datasets with at least 10 right and 10 wrong answers; "
+             f"{len(report['always']['averaged_over'])} held-out datasets with at least 10 right and 10 wrong answers; "
              "speed: derived from the measured full path / direct ratios with P(True) on every answer "
              f"({MEASURED['on']}) and on none ({MEASURED['off']}), not measured.", "",
              "| P(True) asked | share asked | speed (derived) | avg AUROC | avg ECE gap | avg share of oracle | "

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from calibration_lodo_bench import DATASETS
-from lodo_analysis import Fitter, auroc, auroc_ci, load, paired_auroc_diff
+from lodo_analysis import Fitter, auroc, auroc_ci, averaged, load, paired_auroc_diff
 
 from pgreflect.backends.base import GenerationRequest
 from pgreflect.backends.llama import LlamaBackend
@@ -102,19 +102,10 @@ def analyse(rows: list[dict[str, Any]], values: dict[tuple[str, str], dict[str, 
                             for r in rows]
             variant = fitter.held_out(swapped_rows, fitter.names)
             without = fitter.held_out(rows, [n for n in fitter.names if n != "p_true"])
+            ds = np.array([r["dataset"] for r in rows])
             for key, conf in (("standard", standard), ("in_turn", variant), ("without", without)):
-                m = fitter.metrics(conf.tolist(), y.tolist())
-                per = {}
-                for d in sorted({r["dataset"] for r in rows}):
-                    i = np.array([r["dataset"] == d for r in rows])
-                    right = int(y[i].sum())
-                    if min(right, int(i.sum()) - right) >= 10:
-                        per[d] = fitter.metrics(conf[i].tolist(), y[i].tolist())
-                out["calibrated"][key] = {
-                    "pooled": m, "averaged_over": sorted(per),
-                    "auroc": float(np.mean([p["auroc"] for p in per.values()])),
-                    "ece_gap": float(np.mean([p["ece"] - p["ece_floor"] for p in per.values()])),
-                    "share": float(np.mean([p["selective_gain_share"] for p in per.values()]))}
+                out["calibrated"][key] = {"pooled": fitter.metrics(conf.tolist(), y.tolist()),
+                                          **averaged(fitter.per_dataset(conf, y, ds))}
             out["in_turn_minus_standard"] = paired_auroc_diff(variant, standard, y)
     finally:
         cluster.destroy()
