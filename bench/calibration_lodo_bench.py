@@ -126,6 +126,9 @@ def main() -> None:
     ap.add_argument("--answers", type=Path, nargs="+", help="analyse these collected answers instead of collecting")
     ap.add_argument("--ship", choices=["all", "without-p-true"], default=None,
                     help="write this variant of the all-data fit where set-up installs it")
+    ap.add_argument("--p-true-from", metavar="FILE:KEY", default=None,
+                    help="analyse with the answers' P(True) replaced by KEY from FILE (bench/p_true_questions.py's "
+                         "values, when the served question changed after the answers were collected)")
     args = ap.parse_args()
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     minutes = None
@@ -137,8 +140,12 @@ def main() -> None:
     if not args.collect_only:
         from lodo_analysis import analyse
 
+        p_true_from = None
+        if args.p_true_from:
+            file, _, key = args.p_true_from.rpartition(":")
+            p_true_from = (Path(file), key)
         analyse(paths, ship=args.ship, command=" ".join(["bench/calibration_lodo_bench.py", *sys.argv[1:]]),
-                collect_minutes=minutes)
+                collect_minutes=minutes, p_true_from=p_true_from)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,21 @@ def paired_auroc_diff(a: np.ndarray, b: np.ndarray, y: np.ndarray, seed: int = 7
     return float(roc_auc_score(y, a) - roc_auc_score(y, b)), float(lo), float(hi)
 
 
+def ece(conf: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """reflect.ece_v1's definition: equal-width bins, |sum of confidences - sum of right answers| summed over
+    the bins, over n."""
+    b = np.minimum(np.floor(conf * bins).astype(int), bins - 1)
+    return float(sum(abs(conf[b == k].sum() - y[b == k].sum()) for k in range(bins)) / len(y))
+
+
+def paired_ece_diff(a: np.ndarray, b: np.ndarray, y: np.ndarray, seed: int = 7) -> tuple[float, float, float]:
+    """ECE(a) - ECE(b) on the same answers, with a paired bootstrap 95% interval."""
+    rng = np.random.default_rng(seed)
+    diffs = [ece(a[i], y[i]) - ece(b[i], y[i]) for i in (rng.integers(0, len(y), len(y)) for _ in range(RESAMPLES))]
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return ece(a, y) - ece(b, y), float(lo), float(hi)
+
+
 def auroc_ci(v: np.ndarray, y: np.ndarray, seed: int = 11) -> list[float]:
     rng = np.random.default_rng(seed)
     boots = [roc_auc_score(y[i], v[i]) for i in (rng.integers(0, len(y), len(y)) for _ in range(RESAMPLES))
@@ -161,9 +176,57 @@ def signal_alone(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
             "direction": "higher is right" if sign > 0 else "lower is right"}
 
 
-def analyse(paths: list[Path], ship: str | None, command: str, collect_minutes: float | None) -> dict[str, Any]:
+def with_p_true(rows: list[dict[str, Any]], path: Path, key: str) -> list[dict[str, Any]]:
+    """The answers with their P(True) replaced by another measurement of it (`key` in `path`, by dataset and id:
+    bench/p_true_questions.py writes them), for every answer or an error."""
+    values = {(v["dataset"], v["id"]): v[key] for v in load(path)}
+    missing = [(r["dataset"], r["id"]) for r in rows if (r["dataset"], r["id"]) not in values]
+    if missing:
+        raise SystemExit(f"{path} has no {key} for {len(missing)} answers, e.g. {missing[0]}")
+    return [{**r, "features": {**r["features"], "p_true": values[(r["dataset"], r["id"])]}} for r in rows]
+
+
+def compare_p_true(rows: list[dict[str, Any]], values: dict[tuple[str, str], dict[str, float]],
+                   variants: dict[str, str], against: str) -> dict[str, Any]:
+    """Other measurements of P(True) on the same answers (`values`, by dataset and id) in the calibrator's place:
+    each one's AUROC alone, the leave-one-dataset-out calibrator with it as its P(True) (pooled and averaged
+    metrics; `variants` maps a report key to a value's name), the calibrator without P(True) ("without"), and
+    each variant's pooled AUROC and ECE minus `against`'s with paired bootstrap intervals. The answers are those
+    that have values; the collected P(True) is compared with the recomputed one ("p_true" in values)."""
+    rows = [{**r, "features": {**r["features"], **values[(r["dataset"], r["id"])]},
+             "collected": r["features"]["p_true"]} for r in rows if (r["dataset"], r["id"]) in values]
+    y = np.array([r["correct"] for r in rows])
+    ds = np.array([r["dataset"] for r in rows])
+    out: dict[str, Any] = {"n": len(rows), "recomputed_vs_collected_max_abs": float(np.max(np.abs(
+        np.array([r["collected"] - r["features"]["p_true"] for r in rows])))), "alone": {}, "calibrated": {}}
+    for name in variants.values():
+        v = np.array([r["features"][name] for r in rows])
+        out["alone"][name] = {"auroc": auroc(v, y), "ci": auroc_ci(v, y)}
+    cluster = start_cluster()
+    try:
+        with psycopg.connect(pgreflect_database(cluster), autocommit=True) as conn:
+            fitter = Fitter(conn)
+            conf = {key: fitter.held_out([{**r, "features": {**r["features"], "p_true": r["features"][name]}}
+                                          for r in rows], fitter.names) for key, name in variants.items()}
+            conf["without"] = fitter.held_out(rows, [n for n in fitter.names if n != "p_true"])
+            for key, c in conf.items():
+                out["calibrated"][key] = {"pooled": fitter.metrics(c.tolist(), y.tolist()),
+                                          **averaged(fitter.per_dataset(c, y, ds))}
+            for key in variants:
+                if key != against:
+                    out[f"{key}_minus_{against}"] = paired_auroc_diff(conf[key], conf[against], y)
+                    out[f"{key}_minus_{against}_ece"] = paired_ece_diff(conf[key], conf[against], y)
+    finally:
+        cluster.destroy()
+    return out
+
+
+def analyse(paths: list[Path], ship: str | None, command: str, collect_minutes: float | None,
+            p_true_from: tuple[Path, str] | None = None) -> dict[str, Any]:
     started = time.time()
     rows = [{**r, "file": path.name} for path in paths for r in load(path)]
+    if p_true_from is not None:
+        rows = with_p_true(rows, *p_true_from)
     sets = sorted({r["dataset"] for r in rows})
     with_state = all(r.get("state") for r in rows)
     cluster = start_cluster()

@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 from calibration_lodo_bench import DATASETS
-from lodo_analysis import Fitter, auroc, auroc_ci, averaged, load, paired_auroc_diff
+from lodo_analysis import compare_p_true, load
 
 from pgreflect.backends.base import GenerationRequest
 from pgreflect.backends.llama import LlamaBackend
@@ -36,8 +35,6 @@ from pgreflect.models import DEFAULT_MODEL, packaged_path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-
-from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
 
 IN_TURN = "\nCorrect? Yes or no:"
 
@@ -82,36 +79,6 @@ def measure(per_dataset: int) -> tuple[dict[tuple[str, str], dict[str, float]], 
                     "standard_s": float(np.mean(standard_s)), "in_turn_s": float(np.mean(in_turn_s))}
 
 
-def analyse(rows: list[dict[str, Any]], values: dict[tuple[str, str], dict[str, float]]) -> dict[str, Any]:
-    rows = [r for r in rows if (r["dataset"], r["id"]) in values]
-    collected = np.array([r["features"]["p_true"] for r in rows])
-    for r in rows:
-        r["features"] = {**r["features"], **values[(r["dataset"], r["id"])]}
-    y = np.array([r["correct"] for r in rows])
-    out: dict[str, Any] = {"n": len(rows), "recomputed_vs_collected_max_abs": float(np.max(np.abs(
-        collected - np.array([r["features"]["p_true"] for r in rows])))), "alone": {}, "calibrated": {}}
-    for name in ("p_true", "p_true_in_turn"):
-        v = np.array([r["features"][name] for r in rows])
-        out["alone"][name] = {"auroc": auroc(v, y), "ci": auroc_ci(v, y)}
-    cluster = start_cluster()
-    try:
-        with psycopg.connect(pgreflect_database(cluster), autocommit=True) as conn:
-            fitter = Fitter(conn)
-            standard = fitter.held_out(rows, fitter.names)
-            swapped_rows = [{**r, "features": {**r["features"], "p_true": r["features"]["p_true_in_turn"]}}
-                            for r in rows]
-            variant = fitter.held_out(swapped_rows, fitter.names)
-            without = fitter.held_out(rows, [n for n in fitter.names if n != "p_true"])
-            ds = np.array([r["dataset"] for r in rows])
-            for key, conf in (("standard", standard), ("in_turn", variant), ("without", without)):
-                out["calibrated"][key] = {"pooled": fitter.metrics(conf.tolist(), y.tolist()),
-                                          **averaged(fitter.per_dataset(conf, y, ds))}
-            out["in_turn_minus_standard"] = paired_auroc_diff(variant, standard, y)
-    finally:
-        cluster.destroy()
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--answers", type=Path, default=HERE / "results" / "lodo-answers" / "lodo-answers.jsonl.gz")
@@ -123,7 +90,8 @@ def main() -> None:
     with gzip.open(HERE / "results" / "lodo-answers" / "p-true-variants.jsonl.gz", "wt") as f:
         for (dataset, item), v in values.items():
             f.write(json.dumps({"dataset": dataset, "id": item, **v}, sort_keys=True) + "\n")
-    report = {"cost": cost, **analyse(load(args.answers), values)}
+    variants = {"standard": "p_true", "in_turn": "p_true_in_turn"}
+    report = {"cost": cost, **compare_p_true(load(args.answers), values, variants, against="standard")}
     (HERE / "results" / "p-true-variants.json").write_text(json.dumps(report, indent=1) + "\n")
     c, a, cal = report["cost"], report["alone"], report["calibrated"]
     lines = [

@@ -26,6 +26,9 @@ from helpers import client
     ("(C) because", "C", True),
     ("The correct answer is D.", "D", True),
     ("A. Paris", "B", False),
+    ("1. Subtract one day: 11/12/2002\n\nTherefore, the correct answer is \\boxed{C}.", "C", True),
+    ("At first \\boxed{A}, but checking again: \\boxed{(B)}", "B", True),  # the last box is the answer
+    ("The answer is: **B**", "B", True),
     ("Paris", "paris", True),
     ("The capital is Paris.", "Paris", True),
     ("Lyon", "Paris", False),

@@ -1,7 +1,8 @@
 """Scoring an answer against a reference, with one normaliser per kind of reference:
 
 - a number (e.g. "18", "-3.5", "1,000"): the last number in the answer, compared numerically (GSM8K style);
-- a single option letter A-J: the option the answer picks ("B", "(B)", "B.", "The answer is B", "B) ...");
+- a single option letter A-J: the option the answer picks ("B", "(B)", "B.", "The answer is B", "B) ...", and the
+  last LaTeX box, "\\boxed{B}", which reasoning answers end with);
 - anything else, short text: lower-cased, punctuation, articles and extra spaces removed; correct when the
   normalised reference equals the normalised answer or appears in it as whole words.
 """
@@ -13,8 +14,9 @@ import string
 from collections.abc import Sequence
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_BOXED_LETTER = re.compile(r"\\boxed\{\s*\(?([A-J])\)?\s*\}")
 _LETTER_PATTERNS = [
-    re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE),
+    re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*:?\s*\**\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE),
     re.compile(r"\b([A-J])\s*(?:is correct|is the correct)", re.IGNORECASE),
     # a leading letter counts only when set apart ("B", "B.", "(B)", "B) ..."), not "I think" or "A good"
     re.compile(r"^\s*\(?([A-J])(?:\)|\.|:|\s*$|\s*\n)"),
@@ -44,6 +46,9 @@ def extract_number(answer: str) -> float | None:
 
 
 def extract_choice(answer: str) -> str | None:
+    boxed = _BOXED_LETTER.findall(answer)
+    if boxed:
+        return boxed[-1].upper()
     for pattern in _LETTER_PATTERNS:
         m = pattern.search(answer)
         if m:

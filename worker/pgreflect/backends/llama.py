@@ -285,12 +285,13 @@ class LlamaBackend:
                 texts.append("")
         return texts
 
-    def p_true(self, request: GenerationRequest, generation: Generation, adapter: str | None = None) -> float | None:
+    def p_true(self, request: GenerationRequest, generation: Generation, adapter: str | None = None,
+               question: str = P_TRUE_QUESTION) -> float | None:
         """Asks the model, in the same conversation, whether its answer is correct, and reads P(yes) against
         P(no) from the next-token distribution: one forward pass over the question (the conversation so far
-        is still in the KV cache), no free-text judging."""
+        is still in the KV cache), no free-text judging. `question` is for benchmarks of other wordings."""
         messages = [*request.messages(), {"role": "assistant", "content": generation.text},
-                    {"role": "user", "content": P_TRUE_QUESTION}]
+                    {"role": "user", "content": question}]
         with self._lock:
             try:
                 self._select(adapter)
