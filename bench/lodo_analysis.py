@@ -48,6 +48,8 @@ GROUPS = {"p_true": ["p_true"], "log-probs": ["logprob_mean", "logprob_min"], "p
           "option distribution": ["option_max_prob", "option_margin", "option_entropy"],
           "kind": ["kind_choice", "kind_number", "kind_long"]}
 RESAMPLES = 1000
+# The collected answers kept in the repository (bench/calibration_lodo_bench.py --collect-only writes them).
+ANSWERS = [HERE / "results" / "lodo-answers" / f"{name}.jsonl.gz" for name in ("lodo-answers", "lodo-answers-short")]
 
 
 def load(path: Path) -> list[dict[str, Any]]:

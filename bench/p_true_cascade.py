@@ -27,11 +27,10 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from lodo_analysis import Fitter, averaged, load  # noqa: E402
+from lodo_analysis import ANSWERS, Fitter, averaged, load  # noqa: E402
 
 from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
 
-ANSWERS = [HERE / "results" / "lodo-answers" / f"{name}.jsonl.gz" for name in ("lodo-answers", "lodo-answers-short")]
 BANDS = [(0.05, 0.95), (0.1, 0.9), (0.15, 0.85), (0.2, 0.8), (0.2, 1.0), (0.3, 1.0), (0.0, 0.5)]
 MEASURED = {"on": 0.880, "off": 0.995}  # full path / direct, with and without P(True), same run of prompts
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 from calibration_lodo_bench import DATASETS
-from lodo_analysis import compare_p_true, load
+from lodo_analysis import ANSWERS, compare_p_true, load
 
 from pgreflect.backends.base import GenerationRequest
 from pgreflect.backends.llama import LlamaBackend
@@ -49,6 +49,11 @@ def measured() -> dict[tuple[str, str], dict[str, Any]]:
     return {(r["dataset"], r["id"]): r for r in load(VALUES)} if VALUES.exists() else {}
 
 
+def selected(name: str, per_dataset: int) -> list[dict[str, Any]]:
+    """The dataset's first per_dataset answered questions, as collected (with their text)."""
+    return [a for a in load(HERE / "results" / f"lodo-{name}.jsonl") if a["state"] == "succeeded"][:per_dataset]
+
+
 def measure(per_dataset: int) -> None:
     """Appends the missing answers' values, tokens read and seconds per question to VALUES."""
     done = measured()
@@ -56,8 +61,7 @@ def measure(per_dataset: int) -> None:
     try:
         for name in DATASETS:
             questions = {q["id"]: q["question"] for q in load(HERE / "results" / f"lodo-{name}.questions.jsonl")}
-            answers = [a for a in load(HERE / "results" / f"lodo-{name}.jsonl")
-                       if a["state"] == "succeeded"][:per_dataset]
+            answers = selected(name, per_dataset)
             todo = [a for a in answers if (a["dataset"], a["id"]) not in done]
             for a in todo:
                 row = measure_answer(backend, questions[a["id"]], a["answer"] or "")
@@ -90,17 +94,13 @@ def measure_answer(backend: LlamaBackend, question: str, answer: str) -> dict[st
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--answers", type=Path, nargs="+", default=[HERE / "results" / "lodo-answers" / f
-                                                                 for f in ("lodo-answers.jsonl.gz",
-                                                                           "lodo-answers-short.jsonl.gz")])
+    ap.add_argument("--answers", type=Path, nargs="+", default=ANSWERS)
     ap.add_argument("--per-dataset", type=int, default=100)
     args = ap.parse_args()
     started = time.time()
     measure(args.per_dataset)
     minutes = (time.time() - started) / 60
-    wanted = {(a["dataset"], a["id"]) for name in DATASETS
-              for a in [a for a in load(HERE / "results" / f"lodo-{name}.jsonl")
-                        if a["state"] == "succeeded"][:args.per_dataset]}
+    wanted = {(a["dataset"], a["id"]) for name in DATASETS for a in selected(name, args.per_dataset)}
     rows = measured()
     values = {k: {q: rows[k][q] for q in QUESTIONS} for k in wanted if k in rows}
     answers = [r for path in args.answers for r in load(path)]
