@@ -42,12 +42,12 @@ from bench_cluster import cli_env, keyring, no_followups, pgreflect_database, re
 # addition), short text (Wikidata statements, chemical elements, plurals, colour names, answers from a
 # counterfactual context). GSM8K needs room to reason (~25 s an answer here), so it gets fewer questions.
 DATASETS = {
-    "mmlu": ("heldout", 200, 16),
-    "gsm8k": ("all", 40, 256),
+    "mmlu": ("heldout", 200, 256),  # 16 tokens cut off the 30% of answers the model reasons out first
+    "gsm8k": ("all", 40, 512),  # 256 tokens cut off 55% of the worked solutions
     "bb-multiply-2digit": ("all", 180, 16),
     "bb-object-counting": ("all", 180, 16),
     "bb-wikidata": ("all", 220, 24),
-    "bb-date-understanding": ("all", 180, 16),
+    "bb-date-understanding": ("all", 180, 512),  # reasons, then \boxed{X}: 16 tokens cut off 177 of 180, 256 about half
     "bb-plus-one-addition": ("all", 180, 16),
     "bb-periodic-elements": ("all", 180, 16),
     "bb-social-iqa": ("all", 180, 16),
@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--collect-only", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help=f"where to collect (default {answers_file()})")
     ap.add_argument("--answers", type=Path, nargs="+", help="analyse these collected answers instead of collecting")
-    ap.add_argument("--ship", choices=["all", "without-p-true"], default=None,
+    ap.add_argument("--ship", choices=["all", "without-p-true", "without-span-options"], default=None,
                     help="write this variant of the all-data fit where set-up installs it")
     ap.add_argument("--p-true-from", metavar="FILE:KEY", default=None,
                     help="analyse with the answers' P(True) replaced by KEY from FILE (bench/p_true_questions.py's "

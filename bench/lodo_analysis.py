@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from pgreflect.meta import probe, shipped  # noqa: E402
-from pgreflect.models import DEFAULT_MODEL, packaged_path, verified_sha256  # noqa: E402
+from pgreflect.models import DEFAULT_MODEL, PACKAGED, packaged_path, verified_sha256  # noqa: E402
 from pgreflect.paths import datasets_dir  # noqa: E402
 
 from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
@@ -47,15 +47,40 @@ GROUPS = {"p_true": ["p_true"], "log-probs": ["logprob_mean", "logprob_min"], "p
           "length": ["log_tokens"], "rule checks": ["rule_failed"],
           "option distribution": ["option_max_prob", "option_margin", "option_entropy"],
           "kind": ["kind_choice", "kind_number", "kind_long"]}
+# Calibrators on fewer signals, fitted and reported like the full one: variant name -> (report key, key of its
+# held-out confidences, title, signals left out).
+REDUCED = {"without-p-true": ("without_p_true", "-p_true", "without P(True)", GROUPS["p_true"]),
+           "without-span-options": ("without_span_options", "-p_answer, option distribution",
+                                    "without the answer span's probability and the option distribution",
+                                    GROUPS["p_answer"] + GROUPS["option distribution"])}
+# The all-data fits written as candidate documents (--ship picks one): name -> (report key, key of its held-out
+# confidences, signals left out).
+VARIANTS = {"all": ("calibrated", "full", []), **{name: (r[0], r[1], r[3]) for name, r in REDUCED.items()}}
 RESAMPLES = 1000
-# The collected answers kept in the repository (bench/calibration_lodo_bench.py --collect-only writes them).
-ANSWERS = [HERE / "results" / "lodo-answers" / f"{name}.jsonl.gz" for name in ("lodo-answers", "lodo-answers-short")]
+# The collected answers kept in the repository (bench/calibration_lodo_bench.py --collect-only writes them), in
+# the order collected: lodo-answers-longer holds date understanding, MMLU and GSM8K again, with room to finish.
+ANSWERS = [HERE / "results" / "lodo-answers" / f"{name}.jsonl.gz"
+           for name in ("lodo-answers", "lodo-answers-short", "lodo-answers-longer")]
 
 
 def load(path: Path) -> list[dict[str, Any]]:
     """Collected answers: the full file (with hidden states) or the repository's compressed copy (without)."""
     text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def shipped_features() -> list[str]:
+    """The features of the calibrator pgreflect ships for the default model: what a user's refit anchored on
+    it uses, so what the benches that stand in for it use."""
+    return json.loads((shipped.HERE / f"{PACKAGED[DEFAULT_MODEL].sha256}.json").read_text())["features"]
+
+
+def load_all(paths: list[Path]) -> list[dict[str, Any]]:
+    """The answers of several collections, each tagged with its file ("file"); a dataset collected again in a
+    later file replaces its answers from the earlier ones."""
+    files = [(path.name, load(path)) for path in paths]
+    latest = {r["dataset"]: name for name, rows in files for r in rows}
+    return [{**r, "file": name} for name, rows in files for r in rows if latest[r["dataset"]] == name]
 
 
 class Fitter:
@@ -226,7 +251,7 @@ def compare_p_true(rows: list[dict[str, Any]], values: dict[tuple[str, str], dic
 def analyse(paths: list[Path], ship: str | None, command: str, collect_minutes: float | None,
             p_true_from: tuple[Path, str] | None = None) -> dict[str, Any]:
     started = time.time()
-    rows = [{**r, "file": path.name} for path in paths for r in load(path)]
+    rows = load_all(paths)
     if p_true_from is not None:
         rows = with_p_true(rows, *p_true_from)
     sets = sorted({r["dataset"] for r in rows})
@@ -260,8 +285,8 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
     names = fitter.names
     y_all = np.array([r["correct"] for r in rows])
     oof: dict[str, np.ndarray] = {"full": np.zeros(len(rows))}
-    for g in GROUPS:
-        oof[f"-{g}"] = np.zeros(len(rows))
+    for key in [f"-{g}" for g in GROUPS] + [r[1] for r in REDUCED.values()]:
+        oof[key] = np.zeros(len(rows))
     if with_state:
         oof["probe alone"] = np.zeros(len(rows))
         oof["full + probe"] = np.zeros(len(rows))
@@ -277,11 +302,15 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
         oof["full"][at] = conf
         per[held] = {"calibrated": fitter.metrics(conf, y),
                      "default": fitter.metrics([r["features"]["p_true"] for r in test], y),
-                     "truncated_share": float(np.mean([r["features"].get("rule_failed", 0) > 0 for r in test]))}
+                     "rule_failed_share": float(np.mean([r["features"].get("rule_failed", 0) > 0 for r in test]))}
         for g, drop in GROUPS.items():
             kept = [n for n in names if n not in drop]
             oof[f"-{g}"][at] = fitter.score(fitter.fit(train, kept), test, kept)
-        per[held]["without_p_true"] = fitter.metrics(oof["-p_true"][at].tolist(), y)
+        for key, oof_key, _, drop in REDUCED.values():
+            if oof_key[1:] not in GROUPS:
+                kept = [n for n in names if n not in drop]
+                oof[oof_key][at] = fitter.score(fitter.fit(train, kept), test, kept)
+            per[held][key] = fitter.metrics(oof[oof_key][at].tolist(), y)
         if with_state:
             c = probe_cs[held] = choose_c(train)
             oof["probe alone"][at] = _probe_logits(_probe(train, c), test)
@@ -301,7 +330,7 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
             per[held]["calibrated_with_probe"] = fitter.metrics(conf_p, y)
         print(f"held out {held}: AUROC {per[held]['calibrated'].get('auroc')}", flush=True)
     pooled = {k: fitter.metrics(v.tolist(), y_all.tolist()) for k, v in oof.items()
-              if k in ("full", "-p_true", "full + probe")}
+              if k in ("full", "full + probe", *(r[1] for r in REDUCED.values()))}
     files = sorted({r["file"] for r in rows})
     if len(files) > 1:  # each file's answers apart: an earlier collection, scored by fits that also saw the later
         for name in files:
@@ -320,9 +349,6 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
             "features": names}
 
 
-VARIANTS = {"all": [], "without-p-true": ["p_true"]}
-
-
 def _ship_document(conn: psycopg.Connection, rows: list[dict[str, Any]], report: dict[str, Any], command: str,
                    variant: str) -> dict[str, Any]:
     """The calibrator fitted on every answer, as the document reflect.export_calibrator_v1 writes (set-up
@@ -330,15 +356,15 @@ def _ship_document(conn: psycopg.Connection, rows: list[dict[str, Any]], report:
     numbers on answers the fit that produced them never saw."""
     model = packaged_path(DEFAULT_MODEL)
     fitter = Fitter(conn)
-    names = [n for n in fitter.names if n not in VARIANTS[variant]]
+    key, pooled_key, left_out = VARIANTS[variant]
+    names = [n for n in fitter.names if n not in left_out]
     means, stds, weights = fitter.fit(rows, names)
     conf = fitter.score((means, stds, weights), rows, names)
-    key = "calibrated" if variant == "all" else "without_p_true"
     return {"format": "pgreflect-calibrator-1", "model_version": DEFAULT_MODEL,
             "gguf_sha256": verified_sha256(model), "adapter_sha256": None, "method": "logistic_l2",
             "features": names, "feature_means": means, "feature_stds": stds, "weights": weights,
             "n_train": len(rows), "n_heldout": len(rows),
-            "heldout_metrics": {**report["pooled"]["full" if variant == "all" else "-p_true"],
+            "heldout_metrics": {**report["pooled"][pooled_key],
                                 "kind": "leave-one-dataset-out, pooled"},
             "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "fit": {"command": command, "variant": variant, "n": len(rows), "datasets": report["datasets"],
@@ -376,13 +402,15 @@ def write_markdown(path: Path, report: dict[str, Any], command: str) -> None:
              "Intervals: bootstrap 95%. ECE (floor, gap): the ECE of these confidences, the mean ECE a perfectly "
              "calibrated score would show at this n, and the difference (target: gap <= 0.02). Share: selective "
              "gain at 80% coverage as a share of the oracle's (target >= 70%). 'default': the uncalibrated "
-             "confidence a fresh install had before (P(True)). Truncated: answers cut by the token budget (a rule "
-             "check flags them), where the model explained instead of answering.", "",
+             "confidence a fresh install had before (P(True)). Rule check failed: the share of answers a rule check "
+             "flags (cut off by the token budget, not in the format the question asks for, such as a reasoned "
+             "answer where it asks for only the letter, a refusal, a loop).", "",
              "| held out | n | accuracy | AUROC | ECE (floor, gap) | Brier | share of oracle gain | default AUROC "
              "| default ECE |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in per.items():
-        lines.append(_row(f"{name} (truncated {r['truncated_share']:.0%})", r["calibrated"], r["default"]))
-    for key, title in (("calibrated", "every signal"), ("without_p_true", "without P(True)")):
+        lines.append(_row(f"{name} (rule check failed {r['rule_failed_share']:.0%})", r["calibrated"],
+                          r["default"]))
+    for key, title in (("calibrated", "every signal"), *((r[0], r[2]) for r in REDUCED.values())):
         avg = averaged({d: r[key] for d, r in per.items()})
         left = sorted(set(per) - set(avg["averaged_over"]))
         lines += ["", f"Averaged over the {len(avg['averaged_over'])} held-out datasets with at least 10 right and 10 "
@@ -391,14 +419,16 @@ def write_markdown(path: Path, report: dict[str, Any], command: str) -> None:
     lines += ["", "Pooled (every answer scored by the calibrator that did not see its dataset):", "",
               "| pooled | n | accuracy | AUROC | ECE (floor, gap) | Brier | share of oracle gain |",
               "|---|---|---|---|---|---|---|"]
-    labels = {"full": "every signal", "-p_true": "without P(True)", "full + probe": "every signal + probe"}
+    labels = {"full": "every signal", "full + probe": "every signal + probe", **{r[1]: r[2] for r in REDUCED.values()}}
     for name, m in report["pooled"].items():
         lines.append(_row(labels.get(name, name.replace("full, ", "every signal, the answers of ")), m))
-    lines += ["", "Without P(True) (the calibrator refitted without it, leave-one-dataset-out):", "",
-              "| held out | n | accuracy | AUROC | ECE (floor, gap) | Brier | share of oracle gain |",
-              "|---|---|---|---|---|---|---|"]
-    for name, r in per.items():
-        lines.append(_row(name, r["without_p_true"]))
+    for key, _, title, _ in REDUCED.values():
+        lines += ["", f"{title[0].upper()}{title[1:]} (the calibrator refitted without these signals, "
+                  "leave-one-dataset-out):",
+                  "", "| held out | n | accuracy | AUROC | ECE (floor, gap) | Brier | share of oracle gain |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in per.items():
+            lines.append(_row(name, r[key]))
     if any("calibrated_with_probe" in r for r in per.values()):
         lines += ["", "With the hidden-state probe as one more feature (probe strength C per held-out dataset: "
                   f"{json.dumps(report['probe_c'])}):", "",

@@ -1,8 +1,8 @@
 """A user's first labels on traffic the shipped calibrator never saw: refit from scratch, anchored, or not at all.
 
-For each dataset D, the calibrator fitted on the other datasets stands in for the shipped one (D is the
-user's traffic, never seen by it). k of D's answers are labelled (drawn at random, REPEATS times), and the
-rest of D is scored three ways:
+For each dataset D, the calibrator fitted on the other datasets, on the shipped calibrator's features, stands in
+for the shipped one (D is the user's traffic, never seen by it). k of D's answers are labelled (drawn at random,
+REPEATS times), and the rest of D is scored three ways:
 - none: the stand-in as it is (what a user has before any refit);
 - scratch: a fit on the k labels alone (today's refit; the product only runs it from calibration_min_labels
   labels with calibration_min_per_class of each class, so it is reported where a draw meets that);
@@ -14,7 +14,7 @@ is what the settings ship with. The fits here are a numpy copy of reflect._fit_l
 for ~60,000 fits; checked against the SQL on one draw per dataset, the run stops if they differ); ECE, its
 floor, Brier and AUROC as reflect.eval_metrics_v1 defines them.
 
-    .venv/bin/python bench/lodo_few_labels.py --answers bench/results/lodo-answers/lodo-answers.jsonl.gz
+    .venv/bin/python bench/lodo_few_labels.py        # the answers kept in bench/results/lodo-answers/
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from lodo_analysis import Fitter, auroc, load  # noqa: E402
+from lodo_analysis import ANSWERS, Fitter, auroc, load_all, shipped_features  # noqa: E402
 
 from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
 
@@ -132,7 +132,7 @@ def check_against_sql(conn: psycopg.Connection, x: np.ndarray, y: np.ndarray, me
 def experiment(conn: psycopg.Connection, rows: list[dict[str, Any]], repeats: int = REPEATS, seed: int = 5
                ) -> dict[str, Any]:
     fitter = Fitter(conn)
-    names = fitter.names
+    names = shipped_features()
     settings = dict(conn.execute("SELECT key, value FROM reflect.settings WHERE key LIKE 'calibration_%'").fetchall())
     l2 = fitter.l2
     min_labels, min_class = int(settings["calibration_min_labels"]), int(settings["calibration_min_per_class"])
@@ -273,12 +273,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--answers", type=Path, nargs="+", required=True)
+    ap.add_argument("--answers", type=Path, nargs="+", default=ANSWERS,
+                    help="collected answers (default: those kept in the repository)")
     ap.add_argument("--repeats", type=int, default=REPEATS, help="random draws of k labels per dataset and k")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "calibration-few-labels.json")
     args = ap.parse_args()
     started = time.time()
-    rows = [r for p in args.answers for r in load(p)]
+    rows = load_all(args.answers)
     cluster = start_cluster()
     try:
         with psycopg.connect(pgreflect_database(cluster), autocommit=True) as conn:

@@ -27,7 +27,7 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from lodo_analysis import ANSWERS, Fitter, averaged, load  # noqa: E402
+from lodo_analysis import ANSWERS, Fitter, averaged, load_all, shipped_features  # noqa: E402
 
 from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
 
@@ -51,14 +51,14 @@ def speed(share: float) -> float:
 
 def main() -> None:
     started = time.time()
-    rows = [r for path in ANSWERS for r in load(path)]
+    rows = load_all(ANSWERS)
     y = np.array([r["correct"] for r in rows])
     ds = np.array([r["dataset"] for r in rows])
     cluster = start_cluster()
     try:
         with psycopg.connect(pgreflect_database(cluster), autocommit=True) as conn:
             fitter = Fitter(conn)
-            names = fitter.names
+            names = shipped_features()
             kept = [n for n in names if n != "p_true"]
             full, imputed, refitted = (np.zeros(len(rows)) for _ in range(3))
             for held in sorted(set(ds)):

@@ -40,6 +40,9 @@ from pgreflect.prompts import P_TRUE_QUESTION
 
 HERE = Path(__file__).resolve().parent
 VALUES = HERE / "results" / "lodo-answers" / "p-true-questions.jsonl.gz"
+# The answers VALUES were measured on: collected before date understanding, MMLU and GSM8K were collected again
+# with longer budgets (lodo-answers-longer, same question ids, other answers).
+MEASURED_ON = ANSWERS[:2]
 # The served question first: the others are compared with it. Chosen before measuring: the served question's
 # meaning in 5 tokens, and in 2.
 QUESTIONS = {"p_true": P_TRUE_QUESTION, "p_true_q5": "Is your answer correct?", "p_true_q2": "Correct?"}
@@ -94,7 +97,7 @@ def measure_answer(backend: LlamaBackend, question: str, answer: str) -> dict[st
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--answers", type=Path, nargs="+", default=ANSWERS)
+    ap.add_argument("--answers", type=Path, nargs="+", default=MEASURED_ON)
     ap.add_argument("--per-dataset", type=int, default=100)
     args = ap.parse_args()
     started = time.time()

@@ -334,6 +334,9 @@ def test_p_answer_reads_the_probability_of_the_answer_span() -> None:
     assert answer_span("(B) because") == (1, 2)
     assert answer_span("So she makes 9 * 2 = 18 dollars.\n18") == (33, 35)
     assert answer_span(" ".join(["word"] * 12)) is None
+    worked = "The date is 11/12/2002, option C.\n\nTherefore, the correct answer is \\boxed{B}."
+    assert worked[slice(*answer_span(worked))] == "B"  # the boxed pick, not option C or the date's numbers
+    assert "The answer is: **A**"[slice(*answer_span("The answer is: **A**"))] == "A"
     texts, lps = ["The", " answer", " is", " D", "."], [-0.1, -0.2, -0.1, -0.7, -0.3]
     assert p_answer(texts, lps, "The answer is D.") == pytest.approx(math.exp(-0.7))
     assert p_answer(["1", "8"], [-0.2, -0.3], "18") == pytest.approx(math.exp(-0.5))

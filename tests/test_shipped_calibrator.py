@@ -169,11 +169,25 @@ def test_the_anchored_fit_finds_the_penalised_optimum_around_its_anchor(db: Data
         assert err.value.sqlstate == "PR001"
 
 
-def test_a_few_labels_refine_the_installed_calibrator_around_it(db: Database, keyring: Keyring) -> None:
+def _without(doc: dict, left_out: list[str]) -> dict:
+    """The calibrator document on fewer features (as the shipped one leaves out signals that do not transfer)."""
+    kept = [i for i, name in enumerate(doc["features"]) if name not in left_out]
+    return {**doc, "features": [doc["features"][i] for i in kept],
+            "feature_means": [doc["feature_means"][i] for i in kept],
+            "feature_stds": [doc["feature_stds"][i] for i in kept],
+            "weights": [doc["weights"][0], *(doc["weights"][1 + i] for i in kept)]}
+
+
+@pytest.mark.parametrize("left_out", [[], ["p_answer", "option_max_prob", "option_margin", "option_entropy"]])
+def test_a_few_labels_refine_the_installed_calibrator_around_it(db: Database, keyring: Keyring,
+                                                                left_out: list[str]) -> None:
     """A user whose traffic is harder than what the shipped calibrator saw (same signal, lower base rate):
     25 labels are too few for a fit of their own (calibration_min_labels 50) but enough to move the installed
-    calibrator's intercept, with the signal's weight kept near the installed one."""
-    doc = _fitted_document(db, keyring)
+    calibrator's intercept, with the signal's weight kept near the installed one; on the installed one's
+    features when it leaves some out."""
+    full = _fitted_document(db, keyring)
+    doc = _without(full, left_out)
+    assert set(full["features"]) - set(doc["features"]) == set(left_out)
     with db.admin() as conn:
         installed = conn.execute(query("install_calibrator"), {"model_version": "tiny",
                                                                "document": json.dumps(doc)}).fetchone()[0]
@@ -183,7 +197,7 @@ def test_a_few_labels_refine_the_installed_calibrator_around_it(db: Database, ke
         features, weights, metrics = conn.execute(
             "SELECT features, weights, heldout_metrics FROM reflect.calibrators WHERE id <> %s "
             "ORDER BY id DESC LIMIT 1", (installed,)).fetchone()
-    assert metrics["anchored_on"] == installed
+    assert metrics["anchored_on"] == installed and features == doc["features"]
     anchor = dict(zip(["intercept", *doc["features"]], doc["weights"], strict=True))
     got = dict(zip(["intercept", *features], weights, strict=True))
     assert got["intercept"] < anchor["intercept"] - 0.5  # the base rate moved down

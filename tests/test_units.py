@@ -105,6 +105,9 @@ def test_option_letters_and_the_answers_letter_token() -> None:
     assert choice_token(["(", "C", ")"], "(C)") == 1
     assert choice_token(["Paris"], "Paris") is None
     assert choice_token(["B"], "C") is None  # texts that do not line up
+    # a reasoning answer names options on the way; its pick is the letter it boxes at the end, as scored
+    reasoning = ["Option", " C", " fits", " less", ".", " The", " answer", " is", " \\", "boxed", "{", "D", "}."]
+    assert choice_token(reasoning, "".join(reasoning)) == 11
     s = option_signals({"A": 0.7, "B": 0.2, "C": 0.1, "D": 0.0})
     assert s["option_max_prob"] == 0.7 and s["option_margin"] == pytest.approx(0.5)
     assert option_signals({"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25})["option_entropy"] == pytest.approx(1.0)

@@ -170,11 +170,13 @@ $$;
 -- side as labels accumulate); the held-out metrics are stored with the fit. A refit never makes held-out
 -- calibration worse: the active calibrator is scored on the same held-out answers (with its own features),
 -- and when its Brier score is lower the new fit is stored inactive, with both numbers and the reason.
--- When the version has an installed calibrator with the same features (the one pgreflect ships for its
--- default model), the fit is anchored on it (_fit_logistic_around, calibration_anchor_* settings) and needs
--- fewer labels: the user's labels correct it where their traffic differs instead of replacing it with a fit
--- on a few dozen answers (bench/results/calibration-few-labels.md measures both). Always the installed one, not
--- the last refit: a refit's labels are all counted again in the next one.
+-- When the version has an installed calibrator (the one pgreflect ships for its default model) whose features
+-- the database still computes, with the probe in both or neither, the fit is anchored on it, on its features
+-- (the shipped one leaves out signals that did not hold across datasets; _fit_logistic_around,
+-- calibration_anchor_* settings), and needs fewer labels: the user's labels correct it where their traffic
+-- differs instead of replacing it with a fit on a few dozen answers (bench/results/calibration-few-labels.md
+-- measures both). Always the installed one, not the last refit: a refit's labels are all counted again in the
+-- next one.
 -- Returns the new calibrator's id, or NULL when there are not enough labels.
 CREATE OR REPLACE FUNCTION reflect.fit_calibrator_v1(p_model_version text)
 RETURNS integer
@@ -220,10 +222,12 @@ BEGIN
   WHERE a.model_version_id = v_mv;
 
   SELECT * INTO anchor FROM reflect.calibrators
-  WHERE model_version_id = v_mv AND heldout_metrics ->> 'source' = 'installed' AND features = v_names
+  WHERE model_version_id = v_mv AND heldout_metrics ->> 'source' = 'installed' AND features <@ v_names
+    AND ('probe' = ANY (features)) = ('probe' = ANY (v_names))
   ORDER BY id DESC LIMIT 1;
   IF anchor.id IS NOT NULL THEN
     v_prefix := 'calibration_anchor_';
+    v_names := anchor.features;
   END IF;
   IF v_labels < reflect._setting_int(v_prefix || 'min_labels') OR ty IS NULL
      OR (SELECT count(*) FILTER (WHERE y) FROM unnest(ty) y) < reflect._setting_int(v_prefix || 'min_per_class')

@@ -45,15 +45,23 @@ def extract_number(answer: str) -> float | None:
     return _to_float(numbers[-1]) if numbers else None
 
 
-def extract_choice(answer: str) -> str | None:
-    boxed = _BOXED_LETTER.findall(answer)
+def choice_span(answer: str) -> tuple[int, int] | None:
+    """Character span of the option letter the answer picks: its last LaTeX box (a reasoning answer names
+    options on the way and boxes its pick at the end), else the first "the answer is B", "B is correct" or
+    leading "B."; None when it picks none. Scoring and the signals read the same letter."""
+    boxed = list(_BOXED_LETTER.finditer(answer))
     if boxed:
-        return boxed[-1].upper()
+        return boxed[-1].span(1)
     for pattern in _LETTER_PATTERNS:
         m = pattern.search(answer)
         if m:
-            return m.group(1).upper()
+            return m.span(1)
     return None
+
+
+def extract_choice(answer: str) -> str | None:
+    span = choice_span(answer)
+    return answer[span[0]:span[1]].upper() if span else None
 
 
 def normalise_text(text: str) -> str:

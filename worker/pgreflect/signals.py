@@ -11,6 +11,8 @@ import json
 import math
 import re
 
+from pgreflect.scoring import choice_span
+
 _REFUSAL = re.compile(
     r"\b(i (?:can(?:not|'t)|am (?:not able|unable)|won't) (?:help|answer|assist|provide|comply)|"
     r"as an ai(?: language model)?|i'm sorry, but i|i do not have (?:access|the ability))",
@@ -22,10 +24,6 @@ _NUMBER_ONLY = re.compile(r"\b(?:answer|reply|respond) with (?:only )?(?:a|the) 
 _YES_NO = re.compile(r"\b(?:answer|reply|respond) (?:with )?(?:only )?(?:yes or no|'yes' or 'no')\b", re.IGNORECASE)
 _LETTER = re.compile(r"\b(?:answer|reply|respond) with (?:only )?(?:the |a )?(?:single )?letter\b", re.IGNORECASE)
 _JSON = re.compile(r"\b(?:respond|answer|reply|output)\b[^.]{0,30}\bjson\b", re.IGNORECASE)
-_CHOICE_SPANS = [
-    re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE),
-    re.compile(r"^\s*\(?([A-J])(?:\)|\.|:|\s*$|\s*\n)"),
-]
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -58,10 +56,9 @@ def format_violated(prompt: str, answer: str) -> bool:
 def answer_span(answer: str) -> tuple[int, int] | None:
     """Character span of the answer proper: the option letter picked, else the final number, else the
     whole text when it is short (at most 8 words). None for long free text."""
-    for pattern in _CHOICE_SPANS:
-        m = pattern.search(answer)
-        if m:
-            return m.span(1)
+    span = choice_span(answer)
+    if span is not None:
+        return span
     numbers = list(_NUMBER.finditer(answer))
     if numbers:
         return numbers[-1].span()
@@ -109,14 +106,13 @@ def choice_token(token_texts: list[str], answer: str) -> int | None:
     "The answer is B"); None when the answer picks no letter or the token texts do not line up."""
     if "".join(token_texts) != answer:
         return None
-    for pattern in _CHOICE_SPANS:
-        m = pattern.search(answer)
-        if m:
-            pos = 0
-            for i, text in enumerate(token_texts):
-                if pos <= m.start(1) < pos + len(text):
-                    return i
-                pos += len(text)
+    span = choice_span(answer)
+    if span is not None:
+        pos = 0
+        for i, text in enumerate(token_texts):
+            if pos <= span[0] < pos + len(text):
+                return i
+            pos += len(text)
     return None
 
 
