@@ -40,14 +40,14 @@ from bench_cluster import cli_env, keyring, no_followups, pgreflect_database, re
 # name -> (split, questions, max_tokens). Twelve sources, four kinds: multiple choice (MMLU, BIG-bench date
 # understanding, Social IQa), numbers (GSM8K worked solutions, two-digit products, counting, "plus one"
 # addition), short text (Wikidata statements, chemical elements, plurals, colour names, answers from a
-# counterfactual context). GSM8K needs room to reason (~25 s an answer here), so it gets fewer questions.
+# counterfactual context). GSM8K needs room to reason (~9 s an answer here), so it gets fewer questions.
 DATASETS = {
-    "mmlu": ("heldout", 200, 256),  # 16 tokens cut off the 30% of answers the model reasons out first
-    "gsm8k": ("all", 40, 512),  # 256 tokens cut off 55% of the worked solutions
+    "mmlu": ("heldout", 200, 256),  # 16 tokens cut off the answers the model reasons out first (48 of 200)
+    "gsm8k": ("all", 40, 512),  # 256 tokens cut off 22 of the 40 worked solutions
     "bb-multiply-2digit": ("all", 180, 16),
     "bb-object-counting": ("all", 180, 16),
     "bb-wikidata": ("all", 220, 24),
-    "bb-date-understanding": ("all", 180, 512),  # reasons, then \boxed{X}: 16 tokens cut off 177 of 180, 256 about half
+    "bb-date-understanding": ("all", 180, 512),  # reasons, then \boxed{X}: 28 of 180 answers run past 256
     "bb-plus-one-addition": ("all", 180, 16),
     "bb-periodic-elements": ("all", 180, 16),
     "bb-social-iqa": ("all", 180, 16),

@@ -2451,10 +2451,12 @@ BEGIN
   FROM reflect.labels l JOIN reflect.answers a ON a.request_id = l.request_id
   WHERE a.model_version_id = v_mv;
   SELECT * INTO anchor FROM reflect.calibrators
-  WHERE model_version_id = v_mv AND heldout_metrics ->> 'source' = 'installed' AND features = v_names
+  WHERE model_version_id = v_mv AND heldout_metrics ->> 'source' = 'installed' AND features <@ v_names
+    AND ('probe' = ANY (features)) = ('probe' = ANY (v_names))
   ORDER BY id DESC LIMIT 1;
   IF anchor.id IS NOT NULL THEN
     v_prefix := 'calibration_anchor_';
+    v_names := anchor.features;
   END IF;
   IF v_labels < reflect._setting_int(v_prefix || 'min_labels') OR ty IS NULL
      OR (SELECT count(*) FILTER (WHERE y) FROM unnest(ty) y) < reflect._setting_int(v_prefix || 'min_per_class')
