@@ -58,9 +58,10 @@ REDUCED = {"without-p-true": ("without_p_true", "-p_true", "without P(True)", GR
 VARIANTS = {"all": ("calibrated", "full", []), **{name: (r[0], r[1], r[3]) for name, r in REDUCED.items()}}
 RESAMPLES = 1000
 # The collected answers kept in the repository (bench/calibration_lodo_bench.py --collect-only writes them), in
-# the order collected: lodo-answers-longer holds date understanding, MMLU and GSM8K again, with room to finish.
+# the order collected: lodo-answers-longer holds date understanding, MMLU and GSM8K again, with room to finish;
+# lodo-answers-gsm8k GSM8K once more, 180 questions instead of 40.
 ANSWERS = [HERE / "results" / "lodo-answers" / f"{name}.jsonl.gz"
-           for name in ("lodo-answers", "lodo-answers-short", "lodo-answers-longer")]
+           for name in ("lodo-answers", "lodo-answers-short", "lodo-answers-longer", "lodo-answers-gsm8k")]
 
 
 def load(path: Path) -> list[dict[str, Any]]:
