@@ -12,8 +12,9 @@
    that a refit or a new analysis of the signals never needs the hours of answering again.
 2. Analyse (see bench/lodo_analysis.py): per held-out dataset, a calibrator fitted on the other datasets'
    answers, measured on the held-out one; each signal alone and the calibrator without it (ablation); the
-   hidden-state probe; the all-data fit with every signal and without P(True) written beside the answers as
-   candidate documents, and with --ship VARIANT the chosen one where set-up installs it.
+   hidden-state probe; the all-data fits (every signal, without P(True), without the answer span and the option
+   distribution: lodo_analysis.VARIANTS) written beside the answers as candidate documents, and with --ship
+   VARIANT the chosen one where set-up installs it (shipped: without-span-options).
 """
 
 from __future__ import annotations
