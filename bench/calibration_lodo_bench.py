@@ -32,6 +32,8 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from lodo_analysis import VARIANTS, analyse  # noqa: E402
+
 from pgreflect import datasets  # noqa: E402
 from pgreflect.models import DEFAULT_MODEL, packaged_path, verified_sha256  # noqa: E402
 from pgreflect.paths import datasets_dir  # noqa: E402
@@ -126,7 +128,7 @@ def main() -> None:
     ap.add_argument("--collect-only", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help=f"where to collect (default {answers_file()})")
     ap.add_argument("--answers", type=Path, nargs="+", help="analyse these collected answers instead of collecting")
-    ap.add_argument("--ship", choices=["all", "without-p-true", "without-span-options"], default=None,
+    ap.add_argument("--ship", choices=list(VARIANTS), default=None,
                     help="write this variant of the all-data fit where set-up installs it")
     ap.add_argument("--p-true-from", metavar="FILE:KEY", default=None,
                     help="analyse with the answers' P(True) replaced by KEY from FILE (bench/p_true_questions.py's "
@@ -140,8 +142,6 @@ def main() -> None:
         print(f"collected into {path} in {minutes:.0f} min", flush=True)
         paths = [path]
     if not args.collect_only:
-        from lodo_analysis import analyse
-
         p_true_from = None
         if args.p_true_from:
             file, _, key = args.p_true_from.rpartition(":")
