@@ -11,7 +11,7 @@ import pytest
 
 from pgreflect import datasets
 from pgreflect.keys import Keyring
-from pgreflect.scoring import extract_choice, extract_number, is_correct, kind_of, normalise_text
+from pgreflect.scoring import extract_choice, extract_number, is_correct, kind_of, normalise_text, stated_answer
 
 from conftest import Database
 from helpers import client
@@ -43,6 +43,23 @@ def test_normalisers() -> None:
     assert extract_number("about -3.5 degrees") == -3.5
     assert extract_choice("I think the answer is b") == "B"
     assert normalise_text("The  Eiffel Tower!") == "eiffel tower"
+
+
+@pytest.mark.parametrize("answer, stated", [
+    ("She pays 3 * 6 = 18 dollars, so \\boxed{18}.", "18"),
+    ("First \\boxed{A}, then on reflection \\boxed{\\text{(B)}}", "(B)"),  # the last box, without LaTeX text
+    ("so \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),  # nested braces
+    ("\\boxed{7} and then \\boxed{8", "7"),  # a box cut off: the last closed one
+    ("The total is 10 + 8. The answer is $18.", "18"),
+    ("Thus the final answer is (C) because 3 > 2", "C"),
+    ("Natalia sold 48 clips.\n#### 1,000", "1,000"),
+    ("B is correct since the others fail", "B"),
+    ("Let us consider option A first, then option B", None),  # options named on the way state nothing
+    ("A good question; the answer is complicated", None),
+    ("Step 1: 48 / 2 = 24. Step 2: 48 + 24 =", None),  # cut off before its end
+])
+def test_stated_answer(answer: str, stated: str | None) -> None:
+    assert stated_answer(answer) == stated
 
 
 def test_dataset_loaders_and_fixed_split() -> None:

@@ -36,6 +36,28 @@ def test_agreement_rules() -> None:
     assert agreement("B", ["B", "C", "(B)", "D"]) == 0.5
 
 
+def test_reasoned_answers_agree_on_what_they_state() -> None:
+    """Worked solutions and reasoned choices agree when they reach the same answer, whatever the wording; a
+    sample cut off before its answer agrees with none. (Before, any two answers over 8 words were compared by
+    their wording: two solutions of one problem read alike whether or not they reach the same number.)"""
+    solution = ("Janet's ducks lay 16 eggs. She eats 3 and bakes with 4, so she sells 16 - 3 - 4 = 9 eggs at $2: "
+                "\\boxed{18}")
+    assert answers_agree(solution, "Eggs left: 16 - 7 = 9. Each sells for 2 dollars, 9 * 2 = 18. The answer is 18.")
+    assert not answers_agree(solution, solution.replace("\\boxed{18}", "\\boxed{20}"))
+    assert not answers_agree(solution, solution.rsplit(",", 1)[0])  # the same reasoning, cut off: no answer
+    assert answers_agree(solution, "18")
+    assert answers_agree("1,000", "After adding the three amounts we get \\boxed{1000}")
+    date = "Yesterday was 04/30/2021, so today is one day later, which is option (A) in the list: \\boxed{A}"
+    assert answers_agree(date, "One day after 04/30/2021 is 05/01/2021. So the answer is (A).")
+    assert not answers_agree(date, date.replace("\\boxed{A}", "\\boxed{B}"))
+    # Stated dates and expressions compare as text, not by their last number.
+    assert not answers_agree("count the days from the start of the month: \\boxed{05/01/2021}",
+                             "count the days from the start of the month: \\boxed{06/01/2021}")
+    assert not answers_agree("simplify both the numerator and the denominator: \\boxed{\\frac{1}{2}}",
+                             "simplify both the numerator and the denominator: \\boxed{\\frac{3}{2}}")
+    assert agreement(solution, ["The answer is 18.", "\\boxed{18}", "#### 17"]) == 2 / 3
+
+
 def test_every_critique_parses_even_from_a_random_model(db: Database, keyring: Keyring) -> None:
     _enable(db, critique=1.0, agreement_share=0.0)
     prompts = ["What is 2 + 2?", "Name a prime number larger than 10.", 'Say "hello" in French; use "quotes".']

@@ -59,6 +59,41 @@ def choice_span(answer: str) -> tuple[int, int] | None:
     return None
 
 
+def last_boxed(answer: str) -> str | None:
+    """The content of the answer's last LaTeX box, "\\boxed{...}" (nested braces included), or None."""
+    start = answer.rfind("\\boxed{")
+    while start >= 0:
+        depth, i = 1, start + len("\\boxed{")
+        while i < len(answer) and depth:
+            depth += {"{": 1, "}": -1}.get(answer[i], 0)
+            i += 1
+        if depth == 0:
+            return answer[start + len("\\boxed{"):i - 1]
+        start = answer.rfind("\\boxed{", 0, start)  # an unclosed box (cut off): the one before it
+    return None
+
+
+# "#### 18" (GSM8K's own mark), "the answer is 18", "the final answer is (C)", "Answer: $18".
+_STATED = re.compile(r"(?:####|\banswer\s*(?:is|:))\s*:?\s*\**\s*"
+                     r"(?:\(?([A-J])\)?(?![A-Za-z])|\\?\$?\s*(-?\d[\d,]*(?:\.\d+)?))", re.IGNORECASE)
+_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}")
+
+
+def stated_answer(answer: str) -> str | None:
+    """What an answer states as its final answer, whatever its length: the content of its last box, else the
+    letter or number of its last "the answer is ..." / "#### ...", else the letter of "C is correct"; None when
+    it states none (an explanation, or reasoning cut off before its end)."""
+    boxed = last_boxed(answer)
+    if boxed is not None:
+        return _LATEX_TEXT.sub(r"\1", boxed).replace("\\$", "$").replace("\\%", "%").strip()
+    stated = _STATED.findall(answer)
+    if stated:
+        letter, number = stated[-1]
+        return letter.upper() or number
+    m = _LETTER_PATTERNS[1].search(answer)
+    return m.group(1).upper() if m else None
+
+
 def extract_choice(answer: str) -> str | None:
     span = choice_span(answer)
     return answer[span[0]:span[1]].upper() if span else None
