@@ -133,6 +133,8 @@ def main() -> None:
     ap.add_argument("--p-true-from", metavar="FILE:KEY", default=None,
                     help="analyse with the answers' P(True) replaced by KEY from FILE (bench/p_true_questions.py's "
                          "values, when the served question changed after the answers were collected)")
+    ap.add_argument("--agreement", action="store_true",
+                    help="analyse with the agreement signal where bench/agreement_bench.py drew samples")
     args = ap.parse_args()
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     minutes = None
@@ -147,7 +149,7 @@ def main() -> None:
             file, _, key = args.p_true_from.rpartition(":")
             p_true_from = (Path(file), key)
         analyse(paths, ship=args.ship, command=" ".join(["bench/calibration_lodo_bench.py", *sys.argv[1:]]),
-                collect_minutes=minutes, p_true_from=p_true_from)
+                collect_minutes=minutes, p_true_from=p_true_from, agreement_samples=args.agreement)
 
 
 if __name__ == "__main__":

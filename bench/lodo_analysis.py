@@ -27,6 +27,8 @@ from sklearn.metrics import roc_auc_score
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from pgreflect.agreement import agreement  # noqa: E402
+from pgreflect.embeddings import Embedder, embedding_available  # noqa: E402
 from pgreflect.meta import probe, shipped  # noqa: E402
 from pgreflect.models import DEFAULT_MODEL, PACKAGED, packaged_path, verified_sha256  # noqa: E402
 from pgreflect.paths import datasets_dir  # noqa: E402
@@ -46,7 +48,7 @@ METRICS = "SELECT reflect.eval_metrics_v1(%s::float8[], %s::bool[])"
 GROUPS = {"p_true": ["p_true"], "log-probs": ["logprob_mean", "logprob_min"], "p_answer": ["p_answer"],
           "length": ["log_tokens"], "rule checks": ["rule_failed"],
           "option distribution": ["option_max_prob", "option_margin", "option_entropy"],
-          "kind": ["kind_choice", "kind_number", "kind_long"]}
+          "kind": ["kind_choice", "kind_number", "kind_long"], "agreement": ["agreement"]}
 # Calibrators on fewer signals, fitted and reported like the full one: variant name -> (report key, key of its
 # held-out confidences, title, signals left out).
 REDUCED = {"without-p-true": ("without_p_true", "-p_true", "without P(True)", GROUPS["p_true"]),
@@ -62,6 +64,9 @@ RESAMPLES = 1000
 # lodo-answers-gsm8k GSM8K once more, 180 questions instead of 40.
 ANSWERS = [HERE / "results" / "lodo-answers" / f"{name}.jsonl.gz"
            for name in ("lodo-answers", "lodo-answers-short", "lodo-answers-longer", "lodo-answers-gsm8k")]
+# Extra samples of some of those answers, as the agreement follow-up draws them (bench/agreement_bench.py).
+AGREEMENT_SAMPLES = HERE / "results" / "lodo-answers" / "agreement-samples.jsonl.gz"
+BEFORE = ", before follow-ups"  # suffix of the report keys of confidences without the follow-ups' signals
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -214,6 +219,23 @@ def with_p_true(rows: list[dict[str, Any]], path: Path, key: str) -> list[dict[s
     return [{**r, "features": {**r["features"], "p_true": values[(r["dataset"], r["id"])]}} for r in rows]
 
 
+def with_agreement(rows: list[dict[str, Any]], path: Path = AGREEMENT_SAMPLES) -> list[dict[str, Any]]:
+    """The answers with the agreement signal where bench/agreement_bench.py drew samples for them (`path`),
+    under pgreflect's current agreement rule; "agreement_at_sampling" keeps the rule's value when they were
+    drawn. The others keep none (a calibrator takes its training mean for them, as for served traffic)."""
+    embedder = Embedder() if embedding_available() else None
+    kept = {(s["dataset"], s["id"]): s for s in load(path)}
+    out = []
+    for r in rows:
+        s = kept.get((r["dataset"], r["id"]))
+        if s is None:
+            out.append(r)
+        else:
+            out.append({**r, "features": {**r["features"], "agreement": agreement(s["answer"], s["samples"], embedder)},
+                        "agreement_at_sampling": s["agreement_at_sampling"]})
+    return out
+
+
 def compare_p_true(rows: list[dict[str, Any]], values: dict[tuple[str, str], dict[str, float]],
                    variants: dict[str, str], against: str) -> dict[str, Any]:
     """Other measurements of P(True) on the same answers (`values`, by dataset and id) in the calibrator's place:
@@ -250,11 +272,13 @@ def compare_p_true(rows: list[dict[str, Any]], values: dict[tuple[str, str], dic
 
 
 def analyse(paths: list[Path], ship: str | None, command: str, collect_minutes: float | None,
-            p_true_from: tuple[Path, str] | None = None) -> dict[str, Any]:
+            p_true_from: tuple[Path, str] | None = None, agreement_samples: bool = False) -> dict[str, Any]:
     started = time.time()
     rows = load_all(paths)
     if p_true_from is not None:
         rows = with_p_true(rows, *p_true_from)
+    if agreement_samples:
+        rows = with_agreement(rows)
     sets = sorted({r["dataset"] for r in rows})
     with_state = all(r.get("state") for r in rows)
     cluster = start_cluster()
@@ -282,12 +306,25 @@ def analyse(paths: list[Path], ship: str | None, command: str, collect_minutes: 
     return report
 
 
+def _without_followups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "features": {**r["features"], "agreement": None, "critique_verdict": None}} for r in rows]
+
+
 def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_state: bool) -> dict[str, Any]:
     names = fitter.names
     y_all = np.array([r["correct"] for r in rows])
     oof: dict[str, np.ndarray] = {"full": np.zeros(len(rows))}
-    for key in [f"-{g}" for g in GROUPS] + [r[1] for r in REDUCED.values()]:
+    # A group no answer has (agreement, unless its samples were added) would change nothing: not ablated.
+    groups = {g: drop for g, drop in GROUPS.items()
+              if any(r["features"].get(n) is not None for r in rows for n in drop)}
+    for key in [f"-{g}" for g in groups] + [r[1] for r in REDUCED.values()]:
         oof[key] = np.zeros(len(rows))
+    # With agreement on some answers: each variant's confidences also as served before the follow-up arrives
+    # (the held-out answers without their agreement, scored by the same fits).
+    followups = "agreement" in groups
+    if followups:
+        for _, oof_key, _ in VARIANTS.values():
+            oof[f"{oof_key}{BEFORE}"] = np.zeros(len(rows))
     if with_state:
         oof["probe alone"] = np.zeros(len(rows))
         oof["full + probe"] = np.zeros(len(rows))
@@ -299,19 +336,27 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
         test = [r for r in rows if r["dataset"] == held]
         at = [index[id(r)] for r in test]
         y = [r["correct"] for r in test]
-        conf = fitter.score(fitter.fit(train, names), test, names)
+        fitted = fitter.fit(train, names)
+        conf = fitter.score(fitted, test, names)
         oof["full"][at] = conf
+        if followups:
+            oof[f"full{BEFORE}"][at] = fitter.score(fitted, _without_followups(test), names)
         per[held] = {"calibrated": fitter.metrics(conf, y),
                      "default": fitter.metrics([r["features"]["p_true"] for r in test], y),
                      "rule_failed_share": float(np.mean([r["features"].get("rule_failed", 0) > 0 for r in test]))}
-        for g, drop in GROUPS.items():
+        for g, drop in groups.items():
             kept = [n for n in names if n not in drop]
             oof[f"-{g}"][at] = fitter.score(fitter.fit(train, kept), test, kept)
         for key, oof_key, _, drop in REDUCED.values():
-            if oof_key[1:] not in GROUPS:
-                kept = [n for n in names if n not in drop]
-                oof[oof_key][at] = fitter.score(fitter.fit(train, kept), test, kept)
+            kept = [n for n in names if n not in drop]
+            fitted = fitter.fit(train, kept)
+            oof[oof_key][at] = fitter.score(fitted, test, kept)
             per[held][key] = fitter.metrics(oof[oof_key][at].tolist(), y)
+            if followups:
+                oof[f"{oof_key}{BEFORE}"][at] = fitter.score(fitted, _without_followups(test), kept)
+        if followups:
+            for key, oof_key, _ in VARIANTS.values():
+                per[held][f"{key}{BEFORE}"] = fitter.metrics(oof[f"{oof_key}{BEFORE}"][at].tolist(), y)
         if with_state:
             c = probe_cs[held] = choose_c(train)
             oof["probe alone"][at] = _probe_logits(_probe(train, c), test)
@@ -331,13 +376,22 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
             per[held]["calibrated_with_probe"] = fitter.metrics(conf_p, y)
         print(f"held out {held}: AUROC {per[held]['calibrated'].get('auroc')}", flush=True)
     pooled = {k: fitter.metrics(v.tolist(), y_all.tolist()) for k, v in oof.items()
-              if k in ("full", "full + probe", *(r[1] for r in REDUCED.values()))}
+              if k.removesuffix(BEFORE) in ("full", "full + probe", *(r[1] for r in REDUCED.values()))}
+    with_followups: dict[str, Any] = {}
+    if followups:  # the answers that have agreement: before and after it arrives
+        at = np.array([r["features"].get("agreement") is not None for r in rows])
+        ds = np.array([r["dataset"] for r in rows])
+        for _, oof_key, _ in VARIANTS.values():
+            for k in (f"{oof_key}{BEFORE}", oof_key):
+                with_followups[k] = {"pooled": fitter.metrics(oof[k][at].tolist(), y_all[at].tolist()),
+                                     **averaged(fitter.per_dataset(oof[k][at], y_all[at], ds[at]))}
     files = sorted({r["file"] for r in rows})
     if len(files) > 1:  # each file's answers apart: an earlier collection, scored by fits that also saw the later
         for name in files:
             at = np.array([r["file"] == name for r in rows])
             pooled[f"full, {name}"] = fitter.metrics(oof["full"][at].tolist(), y_all[at].tolist())
-    ablation = {k: paired_auroc_diff(oof["full"], v, y_all) for k, v in oof.items() if k.startswith("-")}
+    ablation = {k: paired_auroc_diff(oof["full"], v, y_all) for k, v in oof.items()
+                if k.startswith("-") and not k.endswith(BEFORE)}
     if with_state:
         ablation["+probe"] = paired_auroc_diff(oof["full + probe"], oof["full"], y_all)
     alone = {n: signal_alone(rows, n) for n in names}
@@ -346,7 +400,8 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
         alone["probe (leave-one-dataset-out)"] = {"n": len(rows), "auroc": auroc(z, y_all),
                                                   "ci": auroc_ci(z, y_all), "direction": "higher is right"}
     return {"model": DEFAULT_MODEL, "n": len(rows), "datasets": {d: sum(r["dataset"] == d for r in rows) for d in sets},
-            "per_dataset": per, "pooled": pooled, "ablation": ablation, "alone": alone, "probe_c": probe_cs,
+            "per_dataset": per, "pooled": pooled, "answers_with_agreement": with_followups,
+            "ablation": ablation, "alone": alone, "probe_c": probe_cs,
             "features": names}
 
 
@@ -358,6 +413,8 @@ def _ship_document(conn: psycopg.Connection, rows: list[dict[str, Any]], report:
     model = packaged_path(DEFAULT_MODEL)
     fitter = Fitter(conn)
     key, pooled_key, left_out = VARIANTS[variant]
+    # Its held-out numbers are those of answers as they are returned: before any follow-up's signal arrives.
+    served = pooled_key + BEFORE if pooled_key + BEFORE in report["pooled"] else pooled_key
     names = [n for n in fitter.names if n not in left_out]
     means, stds, weights = fitter.fit(rows, names)
     conf = fitter.score((means, stds, weights), rows, names)
@@ -365,12 +422,13 @@ def _ship_document(conn: psycopg.Connection, rows: list[dict[str, Any]], report:
             "gguf_sha256": verified_sha256(model), "adapter_sha256": None, "method": "logistic_l2",
             "features": names, "feature_means": means, "feature_stds": stds, "weights": weights,
             "n_train": len(rows), "n_heldout": len(rows),
-            "heldout_metrics": {**report["pooled"][pooled_key],
-                                "kind": "leave-one-dataset-out, pooled"},
+            "heldout_metrics": {**report["pooled"][served],
+                                "kind": "leave-one-dataset-out, pooled" + served.removeprefix(pooled_key)},
             "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "fit": {"command": command, "variant": variant, "n": len(rows), "datasets": report["datasets"],
                     "in_sample": fitter.metrics(conf, [r["correct"] for r in rows]),
-                    "leave_one_dataset_out": {d: v[key] for d, v in report["per_dataset"].items()},
+                    "leave_one_dataset_out": {d: v.get(key + BEFORE, v[key]) for d, v in report["per_dataset"].items()},
+                    **({"with_followups": report["pooled"][pooled_key]} if served != pooled_key else {}),
                     "report": "bench/results/calibration-lodo.md"}}
 
 
@@ -411,7 +469,10 @@ def write_markdown(path: Path, report: dict[str, Any], command: str) -> None:
     for name, r in per.items():
         lines.append(_row(f"{name} (rule check failed {r['rule_failed_share']:.0%})", r["calibrated"],
                           r["default"]))
-    for key, title in (("calibrated", "every signal"), *((r[0], r[2]) for r in REDUCED.values())):
+    titles = [("calibrated", "every signal"), *((r[0], r[2]) for r in REDUCED.values())]
+    if any(f"calibrated{BEFORE}" in r for r in per.values()):
+        titles += [(f"{key}{BEFORE}", f"{title}{BEFORE}") for key, title in titles]
+    for key, title in titles:
         avg = averaged({d: r[key] for d, r in per.items()})
         left = sorted(set(per) - set(avg["averaged_over"]))
         lines += ["", f"Averaged over the {len(avg['averaged_over'])} held-out datasets with at least 10 right and 10 "
@@ -422,7 +483,9 @@ def write_markdown(path: Path, report: dict[str, Any], command: str) -> None:
               "|---|---|---|---|---|---|---|"]
     labels = {"full": "every signal", "full + probe": "every signal + probe", **{r[1]: r[2] for r in REDUCED.values()}}
     for name, m in report["pooled"].items():
-        lines.append(_row(labels.get(name, name.replace("full, ", "every signal, the answers of ")), m))
+        base = name.removesuffix(BEFORE)
+        label = labels.get(base, base.replace("full, ", "every signal, the answers of "))
+        lines.append(_row(label + name[len(base):], m))
     for key, _, title, _ in REDUCED.values():
         lines += ["", f"{title[0].upper()}{title[1:]} (the calibrator refitted without these signals, "
                   "leave-one-dataset-out):",
@@ -443,6 +506,16 @@ def write_markdown(path: Path, report: dict[str, Any], command: str) -> None:
         if a.get("auroc") is not None:
             lines.append(f"| {name} | {a['n']} | {a['auroc']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}] | "
                          f"{a['direction']} |")
+    if report.get("answers_with_agreement"):
+        lines += ["", "The answers that have agreement, before and after it arrives (same fits):", "",
+                  "| calibrator | n | pooled AUROC | pooled ECE (floor) | averaged AUROC | averaged ECE gap | "
+                  "averaged share |", "|---|---|---|---|---|---|---|"]
+        for name, m in report["answers_with_agreement"].items():
+            base = name.removesuffix(BEFORE)
+            p = m["pooled"]
+            lines.append(f"| {labels.get(base, base)}{name[len(base):] or ', with agreement'} | {p['n']} | "
+                         f"{_ci(p, 'auroc')} | {p['ece']:.3f} ({p['ece_floor']:.3f}) | {m['auroc']:.3f} | "
+                         f"{m['ece_gap']:+.3f} | {m['share']:.0%} |")
     lines += ["", "Ablation, pooled leave-one-dataset-out AUROC: the full calibrator minus the calibrator without "
               "the group (positive: the group helps), paired bootstrap 95%:", "", "| group | AUROC change | 95% |",
               "|---|---|---|"]
