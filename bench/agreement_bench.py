@@ -50,6 +50,7 @@ from lodo_analysis import (
 from pgreflect.agreement import agreement
 from pgreflect.backends.base import GenerationRequest
 from pgreflect.embeddings import Embedder, embedding_available
+from pgreflect.jobs.followups import sample_params
 from pgreflect.models import DEFAULT_MODEL, packaged_path
 
 HERE = Path(__file__).resolve().parent
@@ -90,9 +91,8 @@ def sample(per_dataset: int, names: list[str]) -> None:
                     continue
                 texts = []
                 for i in range(SAMPLES):
-                    request = GenerationRequest(prompt=item["question"], system_prompt=None, params={
-                        "max_tokens": max_tokens, "temperature": TEMPERATURE, "seed": i + 1, "top_p": 0.95,
-                        "top_k": 0})
+                    request = GenerationRequest(prompt=item["question"], system_prompt=None,
+                                                params=sample_params({"max_tokens": max_tokens}, TEMPERATURE, i))
                     texts.append(backend.generate(request, threading.Event()).text)
                 out.write(json.dumps({"dataset": key[0], "id": key[1], "answer": main["answer"], "samples": texts,
                                       "agreement_at_sampling": agreement(main["answer"], texts, embedder)}) + "\n")

@@ -20,6 +20,12 @@ class CritiqueHandler:
         return {"critique": ctx.backend(job.model_version_id).critique(request, inp.answer or "")}
 
 
+def sample_params(params: dict[str, Any], temperature: float, i: int) -> dict[str, Any]:
+    """The i-th agreement sample's generation parameters: the request's own (its token budget), sampled, seeded
+    by i so that a resumed job draws what it would have drawn."""
+    return {**params, "temperature": temperature, "seed": i + 1, "top_p": 0.95, "top_k": 0}
+
+
 class AgreementHandler:
     """`samples` extra samples at `temperature`; each finished sample is checkpointed, so a worker killed
     half-way leaves the samples it drew to the next claim (`resumed_from` in the result says how many)."""
@@ -37,7 +43,7 @@ class AgreementHandler:
         temperature = float(job.payload.get("temperature", 0.7))
         for i in range(len(texts), samples):
             check_cancel(job)
-            sample = inp.request({**inp.params, "temperature": temperature, "seed": i + 1, "top_p": 0.95, "top_k": 0})
+            sample = inp.request(sample_params(inp.params, temperature, i))
             texts.append(backend.generate(sample, job.cancel).text)
             if len(texts) < samples:
                 ctx.checkpoint({"texts": texts})
