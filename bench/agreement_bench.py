@@ -38,6 +38,7 @@ from lodo_analysis import (
     auroc,
     auroc_ci,
     averaged,
+    embedder_if_installed,
     informative,
     load,
     load_all,
@@ -49,7 +50,6 @@ from lodo_analysis import (
 
 from pgreflect.agreement import agreement
 from pgreflect.backends.base import GenerationRequest
-from pgreflect.embeddings import Embedder, embedding_available
 from pgreflect.jobs.followups import sample_params
 from pgreflect.models import DEFAULT_MODEL, packaged_path
 
@@ -66,17 +66,13 @@ ORDER = ["bb-multiply-2digit", "bb-object-counting", "bb-wikidata", "bb-plus-one
          "bb-social-iqa", "bb-plural", "bb-color-rgb", "bb-context-qa", "mmlu", "bb-date-understanding", "gsm8k"]
 
 
-def _embedder() -> Embedder | None:
-    return Embedder() if embedding_available() else None
-
-
 def sample(per_dataset: int, names: list[str]) -> None:
     """Draws the samples the follow-up would, appending one record per answer to CACHE (resumes where it was)."""
     from pgreflect.backends.llama import LlamaBackend
 
     done = {(r["dataset"], r["id"]) for r in load(CACHE)} if CACHE.exists() else set()
     backend = LlamaBackend(packaged_path(DEFAULT_MODEL))
-    embedder = _embedder()
+    embedder = embedder_if_installed()
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     with CACHE.open("a") as out:
         for name in names:

@@ -219,11 +219,16 @@ def with_p_true(rows: list[dict[str, Any]], path: Path, key: str) -> list[dict[s
     return [{**r, "features": {**r["features"], "p_true": values[(r["dataset"], r["id"])]}} for r in rows]
 
 
+def embedder_if_installed() -> Embedder | None:
+    """The embedder the worker compares long answers with, when its package is installed (else word overlap)."""
+    return Embedder() if embedding_available() else None
+
+
 def with_agreement(rows: list[dict[str, Any]], path: Path = AGREEMENT_SAMPLES) -> list[dict[str, Any]]:
     """The answers with the agreement signal where bench/agreement_bench.py drew samples for them (`path`),
     under pgreflect's current agreement rule; "agreement_at_sampling" keeps the rule's value when they were
     drawn. The others keep none (a calibrator takes its training mean for them, as for served traffic)."""
-    embedder = Embedder() if embedding_available() else None
+    embedder = embedder_if_installed()
     kept = {(s["dataset"], s["id"]): s for s in load(path)}
     out = []
     for r in rows:

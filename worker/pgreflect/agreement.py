@@ -41,8 +41,8 @@ class Reading:
         return self.text == other.text
 
 
-def _read(text: str) -> Reading:
-    return Reading(extract_choice(text), extract_number(text), normalise_text(text))
+def _read(text: str, normalised: str) -> Reading:
+    return Reading(extract_choice(text), extract_number(text), normalised)
 
 
 def _read_stated(stated: str) -> Reading:
@@ -55,9 +55,9 @@ def _read_stated(stated: str) -> Reading:
 
 def answers_agree(a: str, b: str, embedder: Any = None) -> bool:
     sa, sb = stated_answer(a), stated_answer(b)
-    short_a, short_b = len(normalise_text(a).split()) <= SHORT_WORDS, len(normalise_text(b).split()) <= SHORT_WORDS
-    ra = _read_stated(sa) if sa is not None else _read(a) if short_a else None
-    rb = _read_stated(sb) if sb is not None else _read(b) if short_b else None
+    na, nb = normalise_text(a), normalise_text(b)
+    ra = _read_stated(sa) if sa is not None else _read(a, na) if len(na.split()) <= SHORT_WORDS else None
+    rb = _read_stated(sb) if sb is not None else _read(b, nb) if len(nb.split()) <= SHORT_WORDS else None
     if ra is not None and rb is not None:
         return ra.agrees(rb)
     if sa is not None or sb is not None:
@@ -65,7 +65,7 @@ def answers_agree(a: str, b: str, embedder: Any = None) -> bool:
     if embedder is not None:
         va, vb = embedder.embed([a, b])
         return float(np.dot(va, vb)) >= COSINE_AGREE
-    wa, wb = set(normalise_text(a).split()), set(normalise_text(b).split())
+    wa, wb = set(na.split()), set(nb.split())
     return len(wa & wb) / max(1, len(wa | wb)) >= JACCARD_AGREE
 
 
