@@ -102,6 +102,59 @@ def test_bigbench_examples_become_items_of_each_kind() -> None:
     assert plural["answer"] == "abilities" and is_correct("There are two abilities.", plural["answer"])
 
 
+def _bigbench_copy(root, tasks) -> None:
+    """A BIG-bench checkout's layout with one example per task (its input names the task)."""
+    for name in tasks:
+        task = root / "bigbench" / "benchmark_tasks" / datasets.BIGBENCH_TASKS[name] / "task.json"
+        task.parent.mkdir(parents=True)
+        task.write_text(json.dumps({"examples": [{"input": f"{name}: how many?", "target": ["one", "1"]}]}))
+
+
+def test_bigbench_tasks_come_from_a_local_copy(tmp_path, monkeypatch) -> None:
+    """The package index may stop serving the bigbench sdist: its task files are then read from a local copy,
+    the sdist itself, a checkout, or the benchmark_tasks folder; a copy that lacks tasks is refused by name and
+    nothing of it is kept."""
+    import tarfile
+
+    checkout = tmp_path / "BIG-bench"
+    _bigbench_copy(checkout, datasets.BIGBENCH_TASKS)
+    sdist = tmp_path / "bigbench-1.0.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(checkout / "bigbench", arcname="bigbench-1.0.0/bigbench")
+    for source in (sdist, checkout, checkout / "bigbench" / "benchmark_tasks"):
+        monkeypatch.setenv("PGREFLECT_DATASETS_DIR", str(tmp_path / f"cache-{source.name}"))
+        monkeypatch.setenv(datasets.BIGBENCH_SOURCE_ENV, str(source))
+        (item,) = datasets.items("bb-context-qa")
+        assert "bb-context-qa: how many?" in item["question"] and item["answer"] == "1"
+        (item,) = datasets.items("bb-color-rgb")  # the second time from the cache, whatever the source says
+        assert "bb-color-rgb: how many?" in item["question"]
+    partial = tmp_path / "partial"
+    _bigbench_copy(partial, ["bb-plural", "bb-wikidata"])
+    monkeypatch.setenv("PGREFLECT_DATASETS_DIR", str(tmp_path / "cache-partial"))
+    monkeypatch.setenv(datasets.BIGBENCH_SOURCE_ENV, str(partial))
+    with pytest.raises(datasets.DatasetUnavailable, match=r"bb-color-rgb, .*bb-social-iqa") as refused:
+        datasets.fetch_bigbench()
+    assert "bb-plural" not in str(refused.value) and not (tmp_path / "cache-partial").exists()
+    monkeypatch.setenv(datasets.BIGBENCH_SOURCE_ENV, str(tmp_path / "nothing-here"))
+    with pytest.raises(datasets.DatasetUnavailable, match=r"neither a \.tar\.gz nor a folder"):
+        datasets.fetch_bigbench()
+
+
+def test_bigbench_that_pip_cannot_fetch_says_how_to_provide_it(tmp_path, monkeypatch, capsys) -> None:
+    from pgreflect import cli
+
+    monkeypatch.setenv("PGREFLECT_DATASETS_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(datasets.BIGBENCH_SOURCE_ENV, raising=False)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # a real pip that finds no bigbench, as when the index drops it
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(datasets.DatasetUnavailable, match=f"No matching distribution.*{datasets.BIGBENCH_SOURCE_ENV}"):
+        datasets.fetch_bigbench()
+    assert cli.main(["datasets", "export", "bb-plural", "--out", str(tmp_path / "q.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: BIG-bench's task files are not in") and "Traceback" not in err
+    assert not (tmp_path / "q.jsonl").exists()
+
+
 def test_eval_items_may_carry_aliases(tmp_path) -> None:
     from pgreflect.errors import InvalidInput
     from pgreflect.evaluate import read_items

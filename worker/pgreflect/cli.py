@@ -550,7 +550,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         for name, ds in datasets.DATASETS.items():
             print(f"{name}: {ds.file()} ({ds.license})")
         for name, task in datasets.BIGBENCH_TASKS.items():
-            print(f"{name}: BIG-bench {task} (Apache-2.0; fetched on first use into {datasets.bigbench_file(name)})")
+            print(f"{name}: BIG-bench {task} (Apache-2.0; fetched on first use into {datasets.bigbench_file(name)}, "
+                  f"or copied from ${datasets.BIGBENCH_SOURCE_ENV})")
         return 0
     n, added = export_dataset(args.name, args.split, args.limit, args.seed, Path(args.out))
     print(f"wrote {n} {args.name} items ({args.split}) to {args.out}; {added} new in reflect.eval_items")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -32,6 +33,9 @@ COMPLETE_INSTRUCTION = "Complete the statement with a short answer (a few words)
 # BIG-bench tasks with exact-match targets, read from the bigbench sdist (Apache-2.0), which must not be
 # pip-installed (it pulls TensorFlow): fetch_bigbench() downloads it once and keeps only these files.
 BIGBENCH_VERSION = "1.0.0"
+# A local copy of BIG-bench to read the task files from instead (the package index may stop serving the sdist:
+# on 2026-12-05 it served bigbench 0.0.1 only).
+BIGBENCH_SOURCE_ENV = "PGREFLECT_BIGBENCH_SOURCE"
 BIGBENCH_TASKS = {
     "bb-multiply-2digit": "arithmetic/2_digit_multiplication",
     "bb-plus-one-addition": "modified_arithmetic/three_digit_addition_plus_one",
@@ -75,27 +79,63 @@ def bigbench_file(name: str) -> Path:
     return datasets_dir() / f"bigbench-{BIGBENCH_VERSION}" / BIGBENCH_TASKS[name] / "task.json"
 
 
-def fetch_bigbench() -> None:
-    """Downloads the bigbench sdist with pip (the configured package index) and extracts BIGBENCH_TASKS."""
+class DatasetUnavailable(RuntimeError):
+    """A dataset's files are not here and could not be fetched; the message says how to provide them."""
+
+
+def fetch_bigbench(source: str | Path | None = None) -> None:
+    """Keeps BIGBENCH_TASKS' task files under datasets_dir(), once: from a local copy of BIG-bench when `source`
+    (or PGREFLECT_BIGBENCH_SOURCE) names one, else from the bigbench sdist downloaded with pip (the configured
+    package index)."""
     if all(bigbench_file(name).exists() for name in BIGBENCH_TASKS):
         return
+    source = source or os.environ.get(BIGBENCH_SOURCE_ENV)
+    if source:
+        _copy_bigbench(Path(source))
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                        f"bigbench=={BIGBENCH_VERSION}", "-d", tmp], check=True)
-        (sdist,) = Path(tmp).glob("bigbench-*.tar.gz")
-        wanted = {f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks/{task}/task.json": name
-                  for name, task in BIGBENCH_TASKS.items()}
-        with tarfile.open(sdist) as tar:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                               f"bigbench=={BIGBENCH_VERSION}", "-d", tmp], capture_output=True, text=True, check=False)
+        sdists = list(Path(tmp).glob("bigbench-*.tar.gz"))
+        if done.returncode != 0 or len(sdists) != 1:
+            said = [line for line in done.stderr.splitlines() if line.startswith("ERROR")][-1:]
+            raise DatasetUnavailable(
+                f"BIG-bench's task files are not in {datasets_dir()} and pip could not download the bigbench "
+                f"{BIGBENCH_VERSION} source distribution{' (' + said[0] + ')' if said else ''}. Set "
+                f"{BIGBENCH_SOURCE_ENV} to a copy of BIG-bench (that sdist, bigbench-{BIGBENCH_VERSION}.tar.gz, or "
+                f"a folder holding its bigbench/benchmark_tasks) and run again.")
+        _copy_bigbench(sdists[0])
+
+
+def _copy_bigbench(source: Path) -> None:
+    """BIGBENCH_TASKS' task.json files from a bigbench sdist (a .tar.gz) or a folder (a BIG-bench checkout, an
+    unpacked sdist, or its benchmark_tasks folder itself)."""
+    found: dict[str, bytes] = {}
+    if source.is_file() and tarfile.is_tarfile(source):
+        wanted = {f"bigbench/benchmark_tasks/{task}/task.json": name for name, task in BIGBENCH_TASKS.items()}
+        with tarfile.open(source) as tar:
             for member in tar:
-                if member.name in wanted:
-                    target = bigbench_file(wanted[member.name])
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    data = tar.extractfile(member)
-                    assert data is not None
-                    target.write_bytes(data.read())
-    missing = [name for name in BIGBENCH_TASKS if not bigbench_file(name).exists()]
+                name = next((n for tail, n in wanted.items() if member.name.endswith(tail)), None)
+                data = tar.extractfile(member) if name and member.isfile() else None
+                if name and data is not None:
+                    found[name] = data.read()
+    elif source.is_dir():
+        roots = [source / "bigbench" / "benchmark_tasks", source / "benchmark_tasks", source,
+                 *source.glob("*/bigbench/benchmark_tasks")]
+        for name, task in BIGBENCH_TASKS.items():
+            hit = next((root / task / "task.json" for root in roots if (root / task / "task.json").is_file()), None)
+            if hit is not None:
+                found[name] = hit.read_bytes()
+    else:
+        raise DatasetUnavailable(f"{BIGBENCH_SOURCE_ENV}={source}: neither a .tar.gz nor a folder")
+    missing = sorted(set(BIGBENCH_TASKS) - set(found))
     if missing:
-        raise RuntimeError(f"the bigbench sdist has no task file for {missing}")
+        raise DatasetUnavailable(f"{source} holds no BIG-bench task file for {', '.join(missing)} "
+                                 f"(looked for bigbench/benchmark_tasks/<task>/task.json)")
+    for name, data in found.items():
+        target = bigbench_file(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
 
 
 def _targets(row: dict[str, Any]) -> list[str]:
