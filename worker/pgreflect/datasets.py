@@ -11,6 +11,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -98,7 +99,8 @@ def fetch_bigbench(source: str | Path | None = None) -> None:
                                f"bigbench=={BIGBENCH_VERSION}", "-d", tmp], capture_output=True, text=True, check=False)
         sdists = list(Path(tmp).glob("bigbench-*.tar.gz"))
         if done.returncode != 0 or len(sdists) != 1:
-            said = [line for line in done.stderr.splitlines() if line.startswith("ERROR")][-1:]
+            said = [re.sub(r"\S+://\S+", "<url>", line) for line in done.stderr.splitlines()
+                    if line.startswith("ERROR")][-1:]
             raise DatasetUnavailable(
                 f"BIG-bench's task files are not in {datasets_dir()} and pip could not download the bigbench "
                 f"{BIGBENCH_VERSION} source distribution{' (' + said[0] + ')' if said else ''}. Set "
@@ -135,7 +137,9 @@ def _copy_bigbench(source: Path) -> None:
     for name, data in found.items():
         target = bigbench_file(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        partial = target.with_suffix(".part")  # a copy cut short must not pass for the file next time
+        partial.write_bytes(data)
+        partial.replace(target)
 
 
 def _targets(row: dict[str, Any]) -> list[str]:
