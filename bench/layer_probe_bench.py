@@ -152,6 +152,9 @@ def collected(names: list[str]) -> list[dict[str, Any]]:
     out = []
     for name in names:
         stem = HERE / "results" / f"lodo-{name}"
+        if not stem.with_suffix(".jsonl").exists():
+            raise SystemExit(f"no collected answers of {name} ({stem.with_suffix('.jsonl')}): run "
+                             f"bench/calibration_lodo_bench.py --collect-only --datasets {name} first")
         asked = {q["id"]: q for q in load(stem.with_suffix(".questions.jsonl"))}
         for a in load(stem.with_suffix(".jsonl")):
             r = kept.get((name.replace("-", "_"), a["id"]))
