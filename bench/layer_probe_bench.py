@@ -49,10 +49,12 @@ from lodo_analysis import (
     auroc,
     auroc_ci,
     averaged,
+    choose_c,
     informative,
     load,
     load_all,
     paired_auroc_diff,
+    probe_as_feature,
     shipped_features,
 )
 from sklearn.linear_model import LogisticRegression
@@ -291,25 +293,14 @@ def analyse() -> dict[str, Any]:
 
 def _probe_lodo(fitter: Fitter, rows: list[dict[str, Any]], names: list[str], x: np.ndarray, y: np.ndarray,
                 ds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """As lodo_analysis does for the shipped probe: per held-out group, the strength chosen by leave-one-group-out
-    inside the training groups; as a calibrator feature, each training answer's value from a probe that did not
-    see its group."""
+    """As lodo_analysis does for the shipped probe, with these states and groups: per held-out group, the strength
+    chosen by leave-one-group-out inside the training groups, then the probe alone and as a calibrator feature."""
+    with_state = [{**r, "state": s} for r, s in zip(rows, x, strict=True)]
     alone, calibrated = np.zeros(len(y)), np.zeros(len(y))
-    sets = sorted(set(ds))
-    for held in sets:
-        tr, te = ds != held, ds == held
-        inner = sorted(set(ds[tr]))
-        c = probe.choose_strength(x[tr], y[tr], np.array([inner.index(d) for d in ds[tr]]))
-        alone[te] = probe.fit_logistic(x[tr], y[tr], c).logits(x[te])
-        z = np.zeros(len(y))
-        for d in inner:
-            part = ds == d
-            z[part] = probe.fit_logistic(x[tr & ~part], y[tr & ~part], c).logits(x[part])
-        z[te] = alone[te]
-        feats = [{**r, "features": {**r["features"], "probe": float(v)}} for r, v in zip(rows, z, strict=True)]
-        train = [f for f, t in zip(feats, tr, strict=True) if t]
-        test = [f for f, t in zip(feats, te, strict=True) if t]
-        calibrated[te] = fitter.score(fitter.fit(train, [*names, "probe"]), test, [*names, "probe"])
+    for held in sorted(set(ds)):
+        train = [r for r, d in zip(with_state, ds, strict=True) if d != held]
+        test = [r for r, d in zip(with_state, ds, strict=True) if d == held]
+        alone[ds == held], calibrated[ds == held] = probe_as_feature(fitter, train, test, names, choose_c(train))
     return alone, calibrated
 
 

@@ -155,6 +155,23 @@ def choose_c(rows: list[dict[str, Any]]) -> float:
     return probe.choose_strength(*_xy(rows), np.array([sets.index(r["dataset"]) for r in rows]))
 
 
+def probe_as_feature(fitter: Fitter, train: list[dict[str, Any]], test: list[dict[str, Any]], names: list[str],
+                     c: float) -> tuple[np.ndarray, list[float]]:
+    """The held-out answers' probe logits (a probe of strength c fitted on the training answers' states), and
+    their confidence from the calibrator with the probe as one more feature: on each training answer, the logit of
+    a probe that did not see that answer's dataset (nor the held-out one); on the held-out answers, the probe
+    fitted on all the training datasets."""
+    alone = _probe_logits(_probe(train, c), test)
+    train_f = []
+    for d in sorted({r["dataset"] for r in train}):
+        inner = [r for r in train if r["dataset"] != d]
+        part = [r for r in train if r["dataset"] == d]
+        for r, z in zip(part, _probe_logits(_probe(inner, c), part), strict=True):
+            train_f.append({**r, "features": {**r["features"], "probe": float(z)}})
+    test_f = [{**r, "features": {**r["features"], "probe": float(z)}} for r, z in zip(test, alone, strict=True)]
+    return alone, fitter.score(fitter.fit(train_f, [*names, "probe"]), test_f, [*names, "probe"])
+
+
 def auroc(conf: np.ndarray, y: np.ndarray) -> float | None:
     return float(roc_auc_score(y, conf)) if 0 < y.sum() < len(y) else None
 
@@ -364,19 +381,7 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
                 per[held][f"{key}{BEFORE}"] = fitter.metrics(oof[f"{oof_key}{BEFORE}"][at].tolist(), y)
         if with_state:
             c = probe_cs[held] = choose_c(train)
-            oof["probe alone"][at] = _probe_logits(_probe(train, c), test)
-            # The probe as one more calibrator feature: on each training answer, the logit of a probe that did
-            # not see that answer's dataset (nor the held-out one); on the held-out answers, a probe fitted on
-            # all the training datasets.
-            train_f = []
-            for d in sorted({r["dataset"] for r in train}):
-                inner = [r for r in train if r["dataset"] != d]
-                part = [r for r in train if r["dataset"] == d]
-                for r, z in zip(part, _probe_logits(_probe(inner, c), part), strict=True):
-                    train_f.append({**r, "features": {**r["features"], "probe": float(z)}})
-            test_f = [{**r, "features": {**r["features"], "probe": float(z)}}
-                      for r, z in zip(test, _probe_logits(_probe(train, c), test), strict=True)]
-            conf_p = fitter.score(fitter.fit(train_f, [*names, "probe"]), test_f, [*names, "probe"])
+            oof["probe alone"][at], conf_p = probe_as_feature(fitter, train, test, names, c)
             oof["full + probe"][at] = conf_p
             per[held]["calibrated_with_probe"] = fitter.metrics(conf_p, y)
         print(f"held out {held}: AUROC {per[held]['calibrated'].get('auroc')}", flush=True)
