@@ -59,7 +59,6 @@ sys.path.insert(0, str(HERE))
 from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
 
 SAMPLES = 3
-THRESHOLD = 0.5  # confidence_threshold_default: under it an answer is low-confidence, where agreement runs
 TEMPERATURE = 0.7
 CACHE = Path.home() / ".cache" / "pgreflect" / "bench" / "agreement-samples.jsonl"
 # Cheap datasets first: a run cut short still covers most of them. GSM8K costs ~9 s a sample here.
@@ -139,26 +138,27 @@ def analyse() -> dict[str, Any]:
             for key in ("at_sampling", "now"):
                 report[f"{key}_minus_without"] = paired_auroc_diff(conf[key], conf["without"], y)
                 report[f"{key}_minus_without_ece"] = paired_ece_diff(conf[key], conf["without"], y)
-            report["low_confidence"] = low_confidence(rows, conf["without"], conf["now"], y)
+            threshold = conn.execute("SELECT reflect._setting_float('confidence_threshold_default')").fetchone()[0]
+            report["low_confidence"] = low_confidence(rows, conf["without"], conf["now"], y, threshold)
     finally:
         cluster.destroy()
     return report
 
 
-def low_confidence(rows: list[dict[str, Any]], before: np.ndarray, after: np.ndarray,
-                   y: np.ndarray) -> dict[str, Any]:
+def low_confidence(rows: list[dict[str, Any]], before: np.ndarray, after: np.ndarray, y: np.ndarray,
+                   threshold: float) -> dict[str, Any]:
     """Where the follow-up runs by default: the low-confidence answers (calibrated confidence under
     confidence_threshold_default, or a rule check failed; here, the confidence of the fit without agreement). What
     one agreement run buys there: the ranking inside that set, and the answers it lifts over the threshold."""
-    low = (before < THRESHOLD) | np.array([(r["features"].get("rule_failed") or 0) > 0 for r in rows])
-    lifted = low & (after >= THRESHOLD)
+    low = (before < threshold) | np.array([(r["features"].get("rule_failed") or 0) > 0 for r in rows])
+    lifted = low & (after >= threshold)
     kept = low & ~lifted
-    return {"n": int(low.sum()), "share": float(low.mean()), "accuracy": float(y[low].mean()),
+    return {"threshold": threshold, "n": int(low.sum()), "share": float(low.mean()), "accuracy": float(y[low].mean()),
             "auroc_before": auroc(before[low], y[low]), "auroc_after": auroc(after[low], y[low]),
             "after_minus_before": paired_auroc_diff(after[low], before[low], y[low]),
             "lifted": int(lifted.sum()), "lifted_accuracy": float(y[lifted].mean()) if lifted.any() else None,
             "still_low_accuracy": float(y[kept].mean()) if kept.any() else None,
-            "lowered_of_the_rest": int((~low & (after < THRESHOLD)).sum())}
+            "lowered_of_the_rest": int((~low & (after < threshold)).sum())}
 
 
 def _ci(m: dict[str, Any]) -> str:
@@ -206,8 +206,8 @@ def write_markdown(report: dict[str, Any], command: str, minutes: float | None) 
     lifted = "" if low["lifted_accuracy"] is None else f", right {low['lifted_accuracy']:.0%} of the time"
     still = "none" if low["still_low_accuracy"] is None else f"right {low['still_low_accuracy']:.0%} of the time"
     lines += ["", "Where the follow-up runs by default (the low-confidence answers: confidence without agreement under "
-              f"{THRESHOLD}, or a rule check failed): {low['n']} of these answers ({low['share']:.0%}), accuracy "
-              f"{low['accuracy']:.3f}. Inside that set, AUROC {low['auroc_before']:.3f} without agreement, "
+              f"{low['threshold']}, or a rule check failed): {low['n']} of these answers ({low['share']:.0%}), "
+              f"accuracy {low['accuracy']:.3f}. Inside that set, AUROC {low['auroc_before']:.3f} without agreement, "
               f"{low['auroc_after']:.3f} with it ({d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]); agreement lifted "
               f"{low['lifted']} over the threshold{lifted} (those left under it: {still}). Answers above the "
               "threshold that agreement would move under it: "
