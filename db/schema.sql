@@ -1145,10 +1145,12 @@ BEGIN
                                            ('agreement', reflect._setting_float('agreement_fraction'))) x(k, fraction)
   LOOP
     IF f.fraction > 0 AND v_in_scope AND (coalesce(r.caller = 'pgreflect-eval', false) OR random() < f.fraction) THEN
+      -- The critique (a review aid: it told right from wrong no better than chance, AUROC 0.50 on 30) after every
+      -- other job, priority -1; the agreement, which ranks low-confidence answers better, before it.
       IF reflect._enqueue_job(f.k, CASE f.k WHEN 'agreement' THEN jsonb_build_object(
              'samples', reflect._setting_int('agreement_samples'),
              'temperature', reflect._setting_float('agreement_temperature')) ELSE '{}'::jsonb END,
-           r.id, r.model_version_id) IS NOT NULL THEN
+           r.id, r.model_version_id, CASE f.k WHEN 'critique' THEN -1 ELSE 0 END::smallint) IS NOT NULL THEN
         v_n := v_n + 1;
       END IF;
     END IF;

@@ -13,7 +13,7 @@ from pgreflect.keys import Keyring
 from pgreflect.sql import query
 
 from conftest import Database
-from helpers import client, drain, use_noop
+from helpers import BackgroundWorker, client, drain, use_noop, wait_for, worker
 
 
 def _enable(db: Database, critique: float, agreement_share: float) -> None:
@@ -198,3 +198,54 @@ def test_the_conversation_comes_between_the_memories_and_the_question() -> None:
                           history=({"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}))
     assert [(m["role"], m["content"]) for m in r.messages()] == [
         ("system", "sys"), ("user", "mq"), ("assistant", "ma"), ("user", "q1"), ("assistant", "a1"), ("user", "q2")]
+
+
+@pytest.mark.parametrize("preempt", [True, False])
+def test_a_request_does_not_wait_for_a_follow_up(db: Database, keyring: Keyring, preempt: bool) -> None:
+    """One slot, busy with an agreement follow-up (4 samples of 0.4 s) when a request arrives: the request
+    stops the follow-up and is answered at once; the follow-up is released (its attempt given back), keeps the
+    samples it had finished and completes afterwards. Without preemption the request waits for it."""
+    use_noop(db)
+    _enable(db, critique=0.0, agreement_share=1.0)
+    with db.admin() as conn:
+        conn.execute("UPDATE reflect.settings SET value = '\"all\"' WHERE key = 'followups_scope'")
+        conn.execute("UPDATE reflect.settings SET value = '4' WHERE key = 'agreement_samples'")
+    w = worker(db, keyring, backend="noop", noop_delay_s=0.4, concurrency=1, preempt_followups=preempt)
+    with BackgroundWorker(w) as bg, client(db, keyring) as c:
+        first = c.submit("first")
+        wait_for(lambda: db.scalar("SELECT jsonb_array_length(checkpoint -> 'texts') FROM reflect.jobs "
+                                   "WHERE request_id = %s AND state = 'running'", (first,)),
+                 what="the follow-up's first sample")
+        _enable(db, critique=0.0, agreement_share=0.0)  # the second request gets no follow-up of its own
+        second = c.submit("second")
+        assert c.wait(second, timeout=30)["state"] == "succeeded"
+        wait_for(lambda: db.scalar("SELECT state = 'succeeded' FROM reflect.jobs WHERE request_id = %s",
+                                   (first,)), what="the follow-up")
+        assert c.get(first)["signals"]["agreement"] == 1.0
+    with db.admin() as conn:
+        claimed, finished, attempts, resumed = conn.execute(
+            "SELECT r.claimed_at, j.finished_at, j.attempts, (j.result ->> 'resumed_from')::int "
+            "FROM reflect.requests r, reflect.jobs j WHERE r.id = %s AND j.request_id = %s",
+            (second, first)).fetchone()
+    assert bg.stats is not None
+    if preempt:
+        assert claimed < finished and attempts == 1 and resumed >= 1 and bg.stats.preempted == 1
+    else:
+        assert claimed > finished and resumed == 0 and bg.stats.preempted == 0
+
+
+def test_the_agreement_is_claimed_before_the_critique(db: Database, keyring: Keyring) -> None:
+    """Both follow-ups queued on one answer: the agreement (it moves the confidence) is claimed first, the
+    critique (a review aid) after every other job."""
+    use_noop(db)
+    _enable(db, critique=1.0, agreement_share=1.0)
+    with db.admin() as conn:
+        conn.execute("UPDATE reflect.settings SET value = '\"all\"' WHERE key = 'followups_scope'")
+    with client(db, keyring) as c:
+        c.submit("hello")
+    drain(db, keyring, backend="noop", followups=False)
+    with connect(db.dsn("worker"), keyring=keyring) as conn:
+        kinds = [conn.execute(query("claim_jobs"), {"worker_id": "w", "kinds": ["critique", "agreement"], "limit": 1,
+                                                    "lease_seconds": 60, "model_version_ids": None}).fetchone()[2]
+                 for _ in range(2)]
+    assert kinds == ["agreement", "critique"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 
 import llama_cpp
@@ -163,6 +164,32 @@ def test_cancel_stops_generation(smollm2: LlamaBackend) -> None:
     # The backend is still usable afterwards.
     after = smollm2.generate(GenerationRequest("Say hi.", None, {**PARAMS, "max_tokens": 3}), threading.Event())
     assert len(after.token_ids) == len(after.token_logprobs) == 3 and after.finish_reason == "length"
+
+
+class _SetAfter(threading.Event):
+    """An event that reads as set from its n-th check on: a cancel that arrives in the middle of a generation."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.checks, self.n = 0, n
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks >= self.n or super().is_set()
+
+
+def test_a_critique_stops_when_cancelled_and_the_backend_stays_usable(smollm2: LlamaBackend) -> None:
+    """The critique (a follow-up a request may stop) checks its cancel between streamed tokens; stopping it
+    half-way leaves the prefix cache's record in step with the context, and the next critique parses."""
+    req = GenerationRequest("What is the capital of France?", None, PARAMS)
+    cancel = _SetAfter(5)
+    with pytest.raises(Cancelled):
+        smollm2.critique(req, "Lyon.", cancel=cancel)
+    assert cancel.checks == 5  # stopped at its fifth check, mid-stream, not at the end
+    evaluated = [int(t) for t in smollm2.llm.input_ids[: smollm2.llm.n_tokens]]
+    assert evaluated and smollm2._evaluated == evaluated
+    after = json.loads(smollm2.critique(req, "Lyon."))
+    assert after["verdict"] in ("correct", "partially_correct", "incorrect", "unsure")
 
 
 def _lora_gguf(path, hidden: int, layers: int, rank: int = 4, scale: float = 0.5, seed: int = 0):  # type: ignore[no-untyped-def]

@@ -177,3 +177,20 @@ def test_every_setting_is_documented_with_its_default(empty_db: Database) -> Non
     wrong = [f"{key}: {value} (documented: {documented.get(key)})" for key, value in settings
              if documented.get(key, "").lower() != value.lower()]
     assert wrong == [], "\n".join(wrong)
+
+
+def test_the_agreement_share_moves_to_every_low_confidence_answer_unless_changed(empty_db: Database,
+                                                                                 tmp_path: Path) -> None:
+    """0016 raises agreement_fraction from the shipped 0.1 to 1.0 (a fresh install: the test above), and leaves
+    a share the installation chose as it was."""
+    shutil.copytree(db_dir(), tmp_path / "db")
+    (tmp_path / "db" / "migrations" / "0016_agreement_on_low_confidence.sql").unlink()
+    migrate(empty_db.dsn(), root=tmp_path / "db")
+    with empty_db.admin() as conn:
+        assert conn.execute("SELECT value FROM reflect.settings WHERE key = 'agreement_fraction'").fetchone() == (0.1,)
+        conn.execute("UPDATE reflect.settings SET value = '0.25' WHERE key = 'agreement_fraction'")
+    migrate(empty_db.dsn())
+    with empty_db.admin() as conn:
+        assert conn.execute("SELECT value FROM reflect.settings WHERE key = 'agreement_fraction'").fetchone() == (0.25,)
+        assert conn.execute("SELECT count(*) FROM reflect_meta.schema_migrations").fetchone()[0] == \
+            len(migration_files())

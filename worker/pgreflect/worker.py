@@ -69,6 +69,10 @@ class WorkerConfig:
     memory: str = "auto"  # embed prompts and retrieve memories: on | off | auto (on for the llama backend)
     p_true: bool = True  # measure P(True) after each answer (one extra forward pass over a short question)
     followups: bool = True  # also run critique and agreement follow-ups when no request is waiting
+    # A request that arrives while follow-ups fill the slots (or, on a llama model, which runs one generation at a
+    # time, while any follow-up runs) stops one: it is released with its finished samples kept and runs again
+    # when the worker is idle. Off: the request waits for the follow-up (up to ~30 s for a critique on 2 cores).
+    preempt_followups: bool = True
     train: str = "auto"  # claim fine-tune jobs in a training lane beside the request slots: on | off | auto (llama)
     model_refresh_s: float = 10.0  # how often newly registered versions (trained adapters) are picked up
     # PII kinds redacted from memories before they go into another prompt ("none": off); see pgreflect.privacy
@@ -105,6 +109,7 @@ class WorkerStats:
     released: int = 0
     lost: int = 0
     followups: int = 0  # jobs finished (critique, agreement, ...)
+    preempted: int = 0  # follow-ups stopped and released for a request that arrived
 
 
 class _ConnectionSlot:
@@ -300,7 +305,7 @@ class Worker:
                 claimed = 0
                 try:
                     with self._claim_lock:  # pause_serving waits for a claim in progress
-                        if free > 0 and not self._serving_paused.is_set():
+                        if (free > 0 or self._preemptible()) and not self._serving_paused.is_set():
                             claimed = self._claim(free, self._model_ids, pool, futures)
                     claimed += self._claim_training(train_pool)
                 except psycopg.OperationalError as exc:
@@ -338,12 +343,18 @@ class Worker:
         except Exception as exc:  # a half-written or unreadable file: keep the keys we have
             log.warning("could not re-read the keyring: %s", exc)
 
-    def _claim(self, limit: int, model_ids: list[int], pool: ThreadPoolExecutor,
+    def _claim(self, free: int, model_ids: list[int], pool: ThreadPoolExecutor,
                futures: set[Future[None]]) -> int:
+        """Claims requests for the free slots and for the slots follow-ups hold (those follow-ups are then
+        stopped: see _preempt), then follow-up jobs for the slots still free."""
+        preemptible = self._preemptible()
+        limit = max(free, 0) + len(preemptible)
         rows = self._call("main", "claim", {
             "worker_id": self.config.worker_id, "limit": limit,
             "lease_seconds": self.config.lease_seconds, "model_version_ids": model_ids,
-        })
+        }) if limit > 0 else []
+        if rows:
+            self._preempt(preemptible, len(rows) - max(free, 0))
         for row in rows:
             job = Job(*row[:6], params=row[6], queue_wait_ms=row[7])
             with self._inflight_lock:
@@ -353,15 +364,43 @@ class Worker:
             fut.add_done_callback(lambda _f: self._wake.set())
             futures.add(fut)
         kinds = self._job_kinds()
-        if len(rows) < limit and kinds:
-            # Answers first: jobs (critique, agreement, ...) only fill slots no request wanted.
+        with self._inflight_lock:
+            answering = bool(self._inflight)
+        if len(rows) < free and kinds and not (answering and self._one_at_a_time()):
+            # Answers first: jobs (critique, agreement, ...) only fill slots no request wanted, and not beside a
+            # request on a model that would make that request wait for them.
             for row in self._call("main", "claim_jobs", {
-                "worker_id": self.config.worker_id, "kinds": kinds, "limit": limit - len(rows),
+                "worker_id": self.config.worker_id, "kinds": kinds, "limit": free - len(rows),
                 "lease_seconds": self.config.lease_seconds, "model_version_ids": model_ids,
             }):
                 futures.add(self._dispatch_job(JobRun(*row), pool))
                 rows.append(row)
         return len(rows)
+
+    def _preemptible(self) -> list[JobRun]:
+        """The follow-ups in flight that a request may stop, the ones with least done first."""
+        if not self.config.preempt_followups:
+            return []
+        with self._inflight_lock:
+            runs = [r for r in self._inflight_jobs.values() if r.kind in FOLLOWUP_KINDS and not r.cancel.is_set()]
+        return sorted(runs, key=lambda r: len((r.checkpoint or {}).get("texts", ())))
+
+    def _preempt(self, preemptible: list[JobRun], wanted: int) -> None:
+        """Stops follow-ups for requests just claimed: `wanted` of them for the slots the requests lack and, on a
+        model that runs one generation at a time (llama.cpp), all of them, since a request in a slot of its own
+        would still wait for the follow-up's generation. A stopped follow-up is released at its next token
+        (_process_job: fail_job with release, the attempt given back), keeps the samples it checkpointed and is
+        claimed again when no request is waiting."""
+        if self._one_at_a_time():
+            wanted = len(preemptible)
+        for run in preemptible[:max(wanted, 0)]:
+            run.cancel.set()
+            self.stats.preempted += 1
+            log.info("job %s (%s) stopped for a request; it runs again when the worker is idle", run.job_id,
+                     run.kind)
+
+    def _one_at_a_time(self) -> bool:
+        return any(getattr(b, "one_at_a_time", False) for b in self.backends.values())
 
     def _dispatch_job(self, run: JobRun, pool: ThreadPoolExecutor) -> Future[None]:
         with self._inflight_lock:

@@ -75,8 +75,12 @@ class Backend(Protocol):
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation: ...
 
-    def critique(self, request: GenerationRequest, answer: str) -> str:
-        """A JSON critique of the answer that always parses (prompts.CRITIQUE_SCHEMA)."""
+    # True where generations run one at a time (one llama.cpp context): a request must not wait behind a follow-up.
+    one_at_a_time: bool = False
+
+    def critique(self, request: GenerationRequest, answer: str, cancel: threading.Event | None = None) -> str:
+        """A JSON critique of the answer that always parses (prompts.CRITIQUE_SCHEMA); raises Cancelled when
+        `cancel` is set before it is done."""
         ...
 
     def p_true(self, request: GenerationRequest, generation: Generation) -> float | None:

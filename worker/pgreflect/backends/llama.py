@@ -43,6 +43,7 @@ def normalise_json(raw: str) -> str:
 
 class LlamaBackend:
     name = "llama"
+    one_at_a_time = True  # one context, one generation at a time (the lock): a waiting request waits for it
 
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512):
@@ -309,21 +310,33 @@ class LlamaBackend:
         p_no = float(np.sum(np.exp(logits[no] - m)))
         return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else None
 
-    def critique(self, request: GenerationRequest, answer: str, adapter: str | None = None) -> str:
+    def critique(self, request: GenerationRequest, answer: str, cancel: threading.Event | None = None,
+                 adapter: str | None = None) -> str:
         """A second generation constrained by a grammar built from CRITIQUE_SCHEMA, through
-        llama-cpp-python's own chat completion (grammar sampling); no log-probs are needed here."""
+        llama-cpp-python's own chat completion (grammar sampling); no log-probs are needed here. Streamed, so
+        that `cancel` stops it at the next token (Cancelled)."""
         messages = [{"role": "system", "content": CRITIQUE_SYSTEM},
                     {"role": "user", "content": critique_prompt(request.prompt, answer)}]
+        parts: list[str] = []
         with self._lock:
             try:
                 self._select(adapter)
-                out = self.llm.create_chat_completion(
-                    messages=messages, max_tokens=CRITIQUE_MAX_TOKENS, temperature=0.0,
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                chunks = self.llm.create_chat_completion(
+                    messages=messages, max_tokens=CRITIQUE_MAX_TOKENS, temperature=0.0, stream=True,
                     response_format={"type": "json_object", "schema": CRITIQUE_SCHEMA})
+                try:
+                    for chunk in chunks:
+                        parts.append(chunk["choices"][0]["delta"].get("content") or "")
+                        if cancel is not None and cancel.is_set():
+                            raise Cancelled()
+                finally:
+                    chunks.close()
             finally:
                 # create_chat_completion evaluated its own tokens: resynchronise the prefix cache.
                 self._evaluated = [int(t) for t in self.llm.input_ids[: self.llm.n_tokens]]
-        return normalise_json(out["choices"][0]["message"]["content"])
+        return normalise_json("".join(parts))
 
     def _answer_token_ids(self) -> tuple[list[int], list[int]]:
         if self._yes_no is None:
@@ -352,6 +365,7 @@ class AdapterView:
     for each call (no reload)."""
 
     name = "llama"
+    one_at_a_time = True
 
     def __init__(self, base: LlamaBackend, adapter: str):
         self.base, self.adapter = base, adapter
@@ -362,8 +376,8 @@ class AdapterView:
     def p_true(self, request: GenerationRequest, generation: Generation) -> float | None:
         return self.base.p_true(request, generation, adapter=self.adapter)
 
-    def critique(self, request: GenerationRequest, answer: str) -> str:
-        return self.base.critique(request, answer, adapter=self.adapter)
+    def critique(self, request: GenerationRequest, answer: str, cancel: threading.Event | None = None) -> str:
+        return self.base.critique(request, answer, adapter=self.adapter, cancel=cancel)
 
     def close(self) -> None:
         """The base owns the adapter's handle and frees it when it closes."""

@@ -20,7 +20,9 @@ class NoopBackend:
         return Generation(text="ok", token_ids=[0], token_logprobs=[-0.01], prompt_tokens=1,
                           finish_reason="stop", prompt_eval_s=0.0, generation_s=0.0, token_texts=["ok"])
 
-    def critique(self, request: GenerationRequest, answer: str) -> str:
+    def critique(self, request: GenerationRequest, answer: str, cancel: threading.Event | None = None) -> str:
+        if self.delay_s and cancel is not None and cancel.wait(self.delay_s):
+            raise Cancelled()
         return json.dumps({"verdict": "unsure", "issues": [], "suggested_fix": ""})
 
     def p_true(self, request: GenerationRequest, generation: Generation) -> float | None:

@@ -163,7 +163,7 @@ class OpenAIServerBackend:
         total = mass["yes"] + mass["no"]
         return mass["yes"] / total if total > 0 else None
 
-    def critique(self, request: GenerationRequest, answer: str) -> str:
+    def critique(self, request: GenerationRequest, answer: str, cancel: threading.Event | None = None) -> str:
         """The same critique as the local backend, asked as a JSON object with its schema (llama.cpp's servers
         enforce the schema with a grammar; others return JSON without it); an answer that is not a critique
         becomes an "unsure" verdict."""
@@ -171,7 +171,8 @@ class OpenAIServerBackend:
                     {"role": "user", "content": critique_prompt(request.prompt, answer)}]
         out = self._call(lambda: self.client.chat.completions.create(
             model=self.model, messages=messages, max_tokens=CRITIQUE_MAX_TOKENS, temperature=0.0,
-            extra_body={"response_format": {"type": "json_object", "schema": CRITIQUE_SCHEMA}}), threading.Event())
+            extra_body={"response_format": {"type": "json_object", "schema": CRITIQUE_SCHEMA}}),
+            cancel or threading.Event())
         raw = (out.choices[0].message.content or "") if out.choices else ""
         try:
             parsed = json.loads(raw)

@@ -17,7 +17,7 @@ class CritiqueHandler:
             return None
         check_cancel(job)
         request = inp.request()
-        return {"critique": ctx.backend(job.model_version_id).critique(request, inp.answer or "")}
+        return {"critique": ctx.backend(job.model_version_id).critique(request, inp.answer or "", cancel=job.cancel)}
 
 
 def sample_params(params: dict[str, Any], temperature: float, i: int) -> dict[str, Any]:
