@@ -140,9 +140,25 @@ def analyse() -> dict[str, Any]:
                 report[f"{key}_minus_without_ece"] = paired_ece_diff(conf[key], conf["without"], y)
             threshold = conn.execute("SELECT reflect._setting_float('confidence_threshold_default')").fetchone()[0]
             report["low_confidence"] = low_confidence(rows, conf["without"], conf["now"], y, threshold)
+            # What a user sees by default (migration 0016): agreement on the low-confidence answers only.
+            low = low_set(rows, conf["without"], threshold)
+            served = np.where(low, conf["now"], conf["without"])
+            per = fitter.per_dataset(served, y, ds)
+            report["calibrated"]["served"] = {
+                "pooled": fitter.metrics(served.tolist(), y.tolist()), **averaged(per),
+                "per_dataset": {d: {"auroc": m["auroc"], "ece_gap": m["ece"] - m["ece_floor"]}
+                                for d, m in per.items() if informative(m)}}
+            report["served_minus_without"] = paired_auroc_diff(served, conf["without"], y)
+            report["served_minus_without_ece"] = paired_ece_diff(served, conf["without"], y)
     finally:
         cluster.destroy()
     return report
+
+
+def low_set(rows: list[dict[str, Any]], before: np.ndarray, threshold: float) -> np.ndarray:
+    """The answers the follow-ups run on by default (reflect._is_low_confidence): confidence under the threshold,
+    or a rule check failed."""
+    return (before < threshold) | np.array([(r["features"].get("rule_failed") or 0) > 0 for r in rows])
 
 
 def low_confidence(rows: list[dict[str, Any]], before: np.ndarray, after: np.ndarray, y: np.ndarray,
@@ -150,7 +166,7 @@ def low_confidence(rows: list[dict[str, Any]], before: np.ndarray, after: np.nda
     """Where the follow-up runs by default: the low-confidence answers (calibrated confidence under
     confidence_threshold_default, or a rule check failed; here, the confidence of the fit without agreement). What
     one agreement run buys there: the ranking inside that set, and the answers it lifts over the threshold."""
-    low = (before < threshold) | np.array([(r["features"].get("rule_failed") or 0) > 0 for r in rows])
+    low = low_set(rows, before, threshold)
     lifted = low & (after >= threshold)
     kept = low & ~lifted
     return {"threshold": threshold, "n": int(low.sum()), "share": float(low.mean()), "accuracy": float(y[low].mean()),
@@ -189,16 +205,22 @@ def write_markdown(report: dict[str, Any], command: str, minutes: float | None) 
     lines += ["", "Leave-one-dataset-out calibrator (the shipped calibrator's features) on these answers:", "",
               "| agreement | pooled AUROC | pooled ECE (floor) | averaged AUROC | averaged ECE gap | averaged share |",
               "|---|---|---|---|---|---|"]
-    for key, label in (("without", "none"), ("at_sampling", "rule at sampling"), ("now", "current rule")):
+    for key, label in (("without", "none"), ("at_sampling", "rule at sampling"), ("now", "current rule"),
+                       ("served", "current rule, low-confidence answers only (the default)")):
+        if key not in report["calibrated"]:
+            continue
         m = report["calibrated"][key]
         lines.append(f"| {label} | {m['pooled']['auroc']:.3f} | {m['pooled']['ece']:.3f} "
                      f"({m['pooled']['ece_floor']:.3f}) | {m['auroc']:.3f} | {m['ece_gap']:+.3f} | {m['share']:.0%} |")
-    lines += ["", "Per informative dataset (AUROC / ECE above its floor):", "",
-              "| dataset | none | rule at sampling | current rule |", "|---|---|---|---|"]
     cal = report["calibrated"]
+    columns = {"without": "none", "at_sampling": "rule at sampling", "now": "current rule",
+               "served": "low-confidence only"}
+    keys = [k for k in columns if k in cal]
+    lines += ["", "Per informative dataset (AUROC / ECE above its floor):", "",
+              "| dataset | " + " | ".join(columns[k] for k in keys) + " |", "|---|" + "---|" * len(keys)]
     for d in cal["without"]["per_dataset"]:
         cells = [f"{cal[k]['per_dataset'][d]['auroc']:.3f} / {cal[k]['per_dataset'][d]['ece_gap']:+.3f}"
-                 for k in ("without", "at_sampling", "now")]
+                 for k in keys]
         lines.append(f"| {d} | {' | '.join(cells)} |")
     lines += ["", f"Averaged over: {', '.join(cal['without']['averaged_over'])}."]
     low = report["low_confidence"]
@@ -212,6 +234,11 @@ def write_markdown(report: dict[str, Any], command: str, minutes: float | None) 
               f"{low['lifted']} over the threshold{lifted} (those left under it: {still}). Answers above the "
               "threshold that agreement would move under it: "
               f"{low['lowered_of_the_rest']} (it does not run there by default)."]
+    if "served" in cal:
+        a, e = report["served_minus_without"], report["served_minus_without_ece"]
+        lines += ["", "As served by default (agreement on the low-confidence answers only, each other answer as "
+                  f"returned) against every answer as returned: pooled AUROC {a[0]:+.3f} [{a[1]:+.3f}, {a[2]:+.3f}], "
+                  f"pooled ECE {e[0]:+.3f} [{e[1]:+.3f}, {e[2]:+.3f}]."]
     return "\n".join(lines) + "\n"
 
 
