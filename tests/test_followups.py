@@ -249,3 +249,36 @@ def test_the_agreement_is_claimed_before_the_critique(db: Database, keyring: Key
                                                     "lease_seconds": 60, "model_version_ids": None}).fetchone()[2]
                  for _ in range(2)]
     assert kinds == ["agreement", "critique"]
+
+
+def test_on_a_model_that_runs_one_generation_at_a_time_a_request_stops_follow_ups_even_with_a_free_slot(
+        db: Database, keyring: Keyring, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two slots, one busy with a follow-up: on a llama.cpp model the request that takes the free slot would
+    still wait for the follow-up's generation (one context, one lock), so it stops the follow-up too; and no
+    follow-up is claimed beside a request. (The noop backend stands in for one that runs one at a time.)"""
+    from pgreflect.backends.noop import NoopBackend
+
+    monkeypatch.setattr(NoopBackend, "one_at_a_time", True, raising=False)
+    use_noop(db)
+    _enable(db, critique=0.0, agreement_share=1.0)
+    with db.admin() as conn:
+        conn.execute("UPDATE reflect.settings SET value = '\"all\"' WHERE key = 'followups_scope'")
+        conn.execute("UPDATE reflect.settings SET value = '4' WHERE key = 'agreement_samples'")
+    w = worker(db, keyring, backend="noop", noop_delay_s=0.4, concurrency=2)
+    with BackgroundWorker(w) as bg, client(db, keyring) as c:
+        first = c.submit("first")
+        wait_for(lambda: db.scalar("SELECT state = 'running' FROM reflect.jobs WHERE request_id = %s", (first,)),
+                 what="the follow-up")
+        _enable(db, critique=0.0, agreement_share=0.0)
+        second = c.submit("second")
+        assert c.wait(second, timeout=30)["state"] == "succeeded"
+        wait_for(lambda: db.scalar("SELECT state = 'succeeded' FROM reflect.jobs WHERE request_id = %s",
+                                   (first,)), what="the follow-up to finish")
+    with db.admin() as conn:
+        answered, done, attempts, resumed = conn.execute(
+            "SELECT (SELECT finished_at FROM reflect.requests WHERE id = %s), j.finished_at, j.attempts, "
+            "(j.result ->> 'resumed_from')::int FROM reflect.jobs j WHERE j.request_id = %s",
+            (second, first)).fetchone()
+    assert bg.stats is not None and bg.stats.preempted == 1 and attempts == 1
+    # The samples left were drawn after the request was answered, not beside it in the free slot.
+    assert (done - answered).total_seconds() >= (4 - resumed) * 0.4 - 0.1
