@@ -1,0 +1,139 @@
+"""Out of the box on questions the shipped calibrator was not fitted on: a fresh database set up as `pgreflect
+up` sets it up (the default model registered, the calibrator pgreflect ships for its bytes installed, no labels),
+then `pgreflect eval` on questions of the packaged datasets that are not among the 2,220 answers the shipped
+calibrator was fitted on (bench/results/lodo-answers/), answered and scored by the product's own harness.
+
+    .venv/bin/python bench/out_of_box_bench.py [--mmlu 200] [--gsm8k 60]
+
+Same selection and budgets as the fit's collection (bench/calibration_lodo_bench.py: MMLU's held-out split,
+256 tokens; GSM8K, 512 tokens; order seed 21), taking the next questions after those fitted on. Answers as
+returned (no follow-ups), memory off. Results: bench/results/out-of-box.md and .json; the eval reports and
+answers beside them (out-of-box-<dataset>.md / .jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import psycopg  # noqa: E402
+from calibration_lodo_bench import DATASETS, SEED  # noqa: E402
+
+from pgreflect import datasets  # noqa: E402
+from pgreflect.flows.setup import register_packaged  # noqa: E402
+from pgreflect.models import DEFAULT_MODEL  # noqa: E402
+from pgreflect.sql import query  # noqa: E402
+
+from bench_cluster import cli_env, keyring, no_followups, pgreflect_database, start_cluster  # noqa: E402
+
+RESULTS = HERE / "results"
+
+
+def fitted_ids() -> set[str]:
+    ids: set[str] = set()
+    for path in (RESULTS / "lodo-answers").glob("lodo-answers*.jsonl.gz"):
+        with gzip.open(path, "rt") as f:
+            ids.update(json.loads(line)["id"] for line in f if line.strip())
+    return ids
+
+
+def fresh_items(name: str, n: int, fitted: set[str]) -> list[dict[str, Any]]:
+    split = DATASETS[name][0]
+    chosen = [it for it in datasets.select(name, split, None, seed=SEED) if it["id"] not in fitted]
+    return chosen[:n]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mmlu", type=int, default=200)
+    ap.add_argument("--gsm8k", type=int, default=60)
+    args = ap.parse_args()
+    fitted = fitted_ids()
+    wanted = {"mmlu": args.mmlu, "gsm8k": args.gsm8k}
+    cluster = start_cluster()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    t0 = time.time()
+    report: dict[str, Any] = {"started": started, "fitted_on": len(fitted), "datasets": {}}
+    try:
+        dsn = pgreflect_database(cluster)
+        register_packaged(dsn, DEFAULT_MODEL, activate=True)
+        no_followups(dsn)
+        env = cli_env(cluster, dsn, keyring())
+        results: list[dict[str, Any]] = []
+        for name, n in wanted.items():
+            if n <= 0:
+                continue
+            items = fresh_items(name, n, fitted)
+            assert not {it["id"] for it in items} & fitted
+            qfile = RESULTS / f"out-of-box-{name}.questions.jsonl"
+            qfile.write_text("".join(json.dumps(it) + "\n" for it in items))
+            out, md = RESULTS / f"out-of-box-{name}.jsonl", RESULTS / f"out-of-box-{name}.md"
+            t = time.time()
+            done = subprocess.run([sys.executable, "-m", "pgreflect.cli", "eval", "--file", str(qfile), "--out",
+                                   str(out), "--report", str(md), "--max-tokens", str(DATASETS[name][2]),
+                                   "--eval-memory", "off", "--run-label", f"out-of-box-{name}", "--timeout",
+                                   "36000"], env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"eval of {name} failed:\n{done.stderr[-3000:]}")
+            rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+            results += rows
+            report["datasets"][name] = {"questions": len(items), "minutes": (time.time() - t) / 60,
+                                        "calibrated_share": sum(bool(r["calibrated"]) for r in rows) / len(rows)}
+            print(f"{name}: {len(items)} answered in {(time.time() - t) / 60:.1f} min", flush=True)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            def metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+                scored = [r for r in rows if "correct" in r and r["confidence"] is not None]
+                return conn.execute(query("eval_metrics"), {
+                    "confidence": [float(r["confidence"]) for r in scored],
+                    "correct": [bool(r["correct"]) for r in scored]}).fetchone()[0]
+            for name in report["datasets"]:
+                report["datasets"][name]["metrics"] = metrics([r for r in results if r["dataset"] == name])
+            report["pooled"] = metrics(results)
+    finally:
+        cluster.destroy()
+    report["minutes"] = (time.time() - t0) / 60
+    (RESULTS / "out-of-box.json").write_text(json.dumps(report, indent=1) + "\n")
+    text = write_markdown(report, args)
+    (RESULTS / "out-of-box.md").write_text(text)
+    print(text)
+
+
+def _ci(m: dict[str, Any], key: str) -> str:
+    ci = m.get(f"{key}_ci") or [None, None]
+    return "n/a" if m.get(key) is None else f"{m[key]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def write_markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [
+        "# Out of the box: the shipped calibrator on questions it was not fitted on", "",
+        f"Command: `.venv/bin/python bench/out_of_box_bench.py --mmlu {args.mmlu} --gsm8k {args.gsm8k}` "
+        f"({report['started']}, {report['minutes']:.0f} min, 2 cores). A fresh database set up as `pgreflect up` "
+        "does (default model, the shipped calibrator installed, no labels); `pgreflect eval`, memory off, no "
+        "follow-ups (each answer as returned); the questions: the next ones after the "
+        f"{report['fitted_on']} the shipped calibrator was fitted on, same split, order and token budget. "
+        "Intervals: bootstrap 95%; ECE beside the ECE of a perfectly calibrated confidence at this n; share: "
+        "selective gain at 80% coverage as a share of the oracle's.", "",
+        "| questions | n | calibrated | accuracy | mean confidence | AUROC | ECE (floor, gap) | share of oracle gain |",
+        "|---|---|---|---|---|---|---|---|"]
+    rows = [(name, d["metrics"], f"{d['calibrated_share']:.0%}") for name, d in report["datasets"].items()]
+    rows.append(("pooled", report["pooled"], ""))
+    for name, m, calibrated in rows:
+        share = m.get("selective_gain_share")
+        lines.append(f"| {name} | {m['n']} | {calibrated} | {_ci(m, 'accuracy')} | {m['mean_confidence']:.3f} | "
+                     f"{_ci(m, 'auroc')} | {m['ece']:.3f} ({m['ece_floor']:.3f}, {m['ece'] - m['ece_floor']:+.3f}) | "
+                     f"{'n/a' if share is None else f'{share:.0%}'} |")
+    lines += ["", "Targets (issue 8): AUROC >= 0.80, ECE <= floor + 0.02, share >= 70%."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
