@@ -25,13 +25,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import psycopg  # noqa: E402
 from calibration_lodo_bench import DATASETS, SEED  # noqa: E402
 
 from pgreflect import datasets  # noqa: E402
+from pgreflect.client import Client  # noqa: E402
+from pgreflect.evaluate import metrics  # noqa: E402
 from pgreflect.flows.setup import register_packaged  # noqa: E402
 from pgreflect.models import DEFAULT_MODEL  # noqa: E402
-from pgreflect.sql import query  # noqa: E402
 
 from bench_cluster import cli_env, keyring, no_followups, pgreflect_database, start_cluster  # noqa: E402
 
@@ -67,7 +67,8 @@ def main() -> None:
         dsn = pgreflect_database(cluster)
         register_packaged(dsn, DEFAULT_MODEL, activate=True)
         no_followups(dsn)
-        env = cli_env(cluster, dsn, keyring())
+        ring = keyring()
+        env = cli_env(cluster, dsn, ring)
         results: list[dict[str, Any]] = []
         for name, n in wanted.items():
             if n <= 0:
@@ -89,15 +90,10 @@ def main() -> None:
             report["datasets"][name] = {"questions": len(items), "minutes": (time.time() - t) / 60,
                                         "calibrated_share": sum(bool(r["calibrated"]) for r in rows) / len(rows)}
             print(f"{name}: {len(items)} answered in {(time.time() - t) / 60:.1f} min", flush=True)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            def metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
-                scored = [r for r in rows if "correct" in r and r["confidence"] is not None]
-                return conn.execute(query("eval_metrics"), {
-                    "confidence": [float(r["confidence"]) for r in scored],
-                    "correct": [bool(r["correct"]) for r in scored]}).fetchone()[0]
+        with Client(cluster.dsn(user="pgreflect_app"), keyring=ring) as client:
             for name in report["datasets"]:
-                report["datasets"][name]["metrics"] = metrics([r for r in results if r["dataset"] == name])
-            report["pooled"] = metrics(results)
+                report["datasets"][name]["metrics"] = metrics(client, [r for r in results if r["dataset"] == name])
+            report["pooled"] = metrics(client, results)
     finally:
         cluster.destroy()
     report["minutes"] = (time.time() - t0) / 60
