@@ -6,11 +6,11 @@ REPEATS times), and the rest of D is scored three ways:
 - none: the stand-in as it is (what a user has before any refit);
 - scratch: a fit on the k labels alone (today's refit; the product only runs it from calibration_min_labels
   labels with calibration_min_per_class of each class, so it is reported where a draw meets that);
-- anchored: the fit fit_calibrator_v1 makes when an installed calibrator exists (_fit_logistic_around: the
-  stand-in's standardisation, its weights as the penalty's centre).
+- anchored: the fit fit_calibrator_v1 makes when an installed calibrator exists (_fit_logistic_around_kinds:
+  the stand-in's standardisation, its weights as the penalty's centre, a level per kind of question).
 The anchored fit's two penalties are chosen without looking at D: for each D, the pair with the lowest mean
 Brier over the other datasets' draws at the same k (nested leave-one-dataset-out); the pair over all datasets
-is what the settings ship with. The fits here are a numpy copy of reflect._fit_logistic_around (fast enough
+is what the settings ship with. The fits here are a numpy copy of reflect._fit_logistic_around_kinds (fast enough
 for ~60,000 fits; checked against the SQL on one draw per dataset, the run stops if they differ); ECE, its
 floor, Brier and AUROC as reflect.eval_metrics_v1 defines them.
 
@@ -68,11 +68,12 @@ def design(x: np.ndarray, means: np.ndarray, sds: np.ndarray) -> np.ndarray:
 
 
 def fit_around(x: np.ndarray, y: np.ndarray, means: np.ndarray, sds: np.ndarray, anchor: np.ndarray,
-               l2: float, l2_intercept: float) -> np.ndarray:
+               l2: float, l2_intercept: float, penalty: np.ndarray | None = None) -> np.ndarray:
     """reflect._fit_logistic_around: Newton-Raphson, penalty towards the anchor, steps halved until the
-    penalised log-loss falls."""
+    penalised log-loss falls; penalty (one per weight) instead of the two when given."""
     z = design(x, means, sds)
-    penalty = np.array([l2_intercept] + [l2] * (len(anchor) - 1))
+    if penalty is None:
+        penalty = np.array([l2_intercept] + [l2] * (len(anchor) - 1))
 
     def loss(w: np.ndarray) -> float:
         s = z @ w
@@ -98,6 +99,30 @@ def fit_around(x: np.ndarray, y: np.ndarray, means: np.ndarray, sds: np.ndarray,
     return w
 
 
+KINDS = ("kind_choice", "kind_number", "kind_long")
+
+
+def fit_around_kinds(x: np.ndarray, y: np.ndarray, names: list[str], means: np.ndarray, sds: np.ndarray,
+                     anchor: np.ndarray, l2: float, l2_kind: float) -> np.ndarray:
+    """reflect._fit_logistic_around_kinds (what fit_calibrator_v1 fits around an installed calibrator): the
+    level of each kind of question as a raw one-hot term around 0 under l2_kind, the intercept under l2, the
+    levels folded back into the intercept and the kind features' weights."""
+    if not set(KINDS) <= set(names):
+        return fit_around(x, y, means, sds, anchor, l2, l2_kind)
+    pos = [names.index(k) for k in KINDS]
+    raw = np.where(np.isnan(x[:, pos]), means[pos], x[:, pos])
+    xe = np.hstack([x, raw, 1 - raw.sum(axis=1, keepdims=True)])
+    d = len(means)
+    w = fit_around(xe, y, np.concatenate([means, np.zeros(4)]), np.concatenate([sds, np.ones(4)]),
+                   np.concatenate([anchor, np.zeros(4)]), l2, l2_kind,
+                   penalty=np.array([l2] * (d + 1) + [l2_kind] * 4))
+    level = w[d + 1:d + 4] - w[d + 4]
+    weights = w[:d + 1].copy()
+    weights[0] += w[d + 4] + float(level @ means[pos])
+    weights[[p + 1 for p in pos]] += level * sds[pos]
+    return weights
+
+
 def score(x: np.ndarray, means: np.ndarray, sds: np.ndarray, w: np.ndarray) -> np.ndarray:
     return sigmoid(design(x, means, sds) @ w)
 
@@ -119,14 +144,15 @@ def brier(conf: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((conf - y) ** 2))
 
 
-def check_against_sql(conn: psycopg.Connection, x: np.ndarray, y: np.ndarray, means: np.ndarray, sds: np.ndarray,
-                      anchor: np.ndarray, pair: tuple[float, float]) -> None:
+def check_against_sql(conn: psycopg.Connection, x: np.ndarray, y: np.ndarray, names: list[str], means: np.ndarray,
+                      sds: np.ndarray, anchor: np.ndarray, pair: tuple[float, float]) -> None:
     rows = [[None if np.isnan(v) else float(v) for v in r] for r in x]
-    sql = conn.execute("SELECT weights FROM reflect._fit_logistic_around(%s::float8[], %s, %s, %s, %s, %s, %s)",
-                       (rows, [bool(v) for v in y], means.tolist(), sds.tolist(), anchor.tolist(), *pair)).fetchone()[0]
-    here = fit_around(x, y, means, sds, anchor, *pair)
+    sql = conn.execute("SELECT weights FROM reflect._fit_logistic_around_kinds(%s::float8[], %s, %s, %s, %s, %s, "
+                       "%s, %s)", (rows, [bool(v) for v in y], names, means.tolist(), sds.tolist(), anchor.tolist(),
+                                   *pair)).fetchone()[0]
+    here = fit_around_kinds(x, y, names, means, sds, anchor, *pair)
     if not np.allclose(sql, here, atol=1e-6):
-        raise SystemExit(f"the numpy fit differs from reflect._fit_logistic_around: {here} vs {sql}")
+        raise SystemExit(f"the numpy fit differs from reflect._fit_logistic_around_kinds: {here} vs {sql}")
 
 
 def experiment(conn: psycopg.Connection, rows: list[dict[str, Any]], repeats: int = REPEATS, seed: int = 5
@@ -166,15 +192,15 @@ def experiment(conn: psycopg.Connection, rows: list[dict[str, Any]], repeats: in
                     draw["scratch"] = score(x[rest], m, s, ws)
                     draw["scratch_allowed"] = k >= min_labels and min(yl.sum(), k - yl.sum()) >= min_class
                 for pair in grid:
-                    draw[pair] = score(x[rest], means, sds, fit_around(xl, yl, means, sds, w0, *pair))
+                    draw[pair] = score(x[rest], means, sds, fit_around_kinds(xl, yl, names, means, sds, w0, *pair))
                 # What the product does with these labels: the anchored fit at the settings' penalties when there
                 # are enough (all k here; the product trains on 80% and keeps the rest to check), else nothing.
                 enough = k >= anchor_min_labels and draw["minority"] >= anchor_min_class
-                draw["product"] = (score(x[rest], means, sds, fit_around(xl, yl, means, sds, w0, *product))
+                draw["product"] = (score(x[rest], means, sds, fit_around_kinds(xl, yl, names, means, sds, w0, *product))
                                    if enough else draw["none"])
                 draw["product_fits"] = enough
                 if not draws:
-                    check_against_sql(conn, xl, yl, means, sds, w0, grid[len(grid) // 2])
+                    check_against_sql(conn, xl, yl, names, means, sds, w0, grid[len(grid) // 2])
                 draws.append(draw)
             raw[held][k] = draws
         print(f"few labels: {held} done", flush=True)
@@ -232,19 +258,19 @@ def markdown(result: dict[str, Any]) -> list[str]:
              "scored. none: the stand-in as it is. scratch: a fit on the k labels alone (the product refits from "
              "scratch only from calibration_min_labels labels, 10 of each class; 'allowed' is the share of draws "
              "that qualify). anchored: fit_calibrator_v1's fit around the installed calibrator on every draw, its "
-             "two penalties (features, intercept) chosen on the other datasets' draws (nested, so never on the "
-             "scored dataset). product: what the shipped settings do (" + ", ".join(
+             "two penalties (features and intercept, kind levels) chosen on the other datasets' draws (nested, so "
+             "never on the scored dataset). product: what the shipped settings do (" + ", ".join(
                  f"{k} {v:g}" for k, v in result["settings"].items()) + "): the anchored fit at those penalties "
              "where the draw has enough labels ('anchored share'), else none; the penalties were chosen on all "
              "datasets' draws (lowest Brier averaged over every k: features "
-             f"{result['choice_across_k'][0]:g}, intercept {result['choice_across_k'][1]:g}), so this column has seen "
-             "the dataset it is scored on. Means over draws; ECE gap = ECE minus its perfect-calibration floor at "
+             f"{result['choice_across_k'][0]:g}, kind levels {result['choice_across_k'][1]:g}), so this column has "
+             "seen the dataset it is scored on. Means over draws; ECE gap = ECE minus its perfect-calibration floor at "
              "the scored n.", ""]
     methods = ("none", "scratch", "anchored", "product")
     for k, block in result["per_k"].items():
         per = block["per_dataset"]
         lines += [f"k = {k} labels (penalties chosen on all datasets: features {block['overall_choice'][0]:g}, "
-                  f"intercept {block['overall_choice'][1]:g}):", "",
+                  f"kind levels {block['overall_choice'][1]:g}):", "",
                   "| user's traffic | ECE gap: none | scratch | anchored | product | Brier: none | scratch | anchored "
                   "| product | AUROC: none | anchored | scratch allowed | anchored share "
                   "| ECE gap, worst 10% of draws: none | product |", "|---" * 15 + "|"]

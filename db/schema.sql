@@ -719,7 +719,7 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect._fit_logistic(x double precision[], y boolean[], p_l2 double precision, OUT means double precision[], OUT stds double precision[], OUT weights double precision[], OUT iterations integer) OWNER TO reflect_owner;
-CREATE FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_l2 double precision, p_l2_intercept double precision, OUT weights double precision[], OUT iterations integer) RETURNS record
+CREATE FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_penalty double precision[], OUT weights double precision[], OUT iterations integer) RETURNS record
     LANGUAGE plpgsql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
@@ -740,9 +740,10 @@ DECLARE
   trial_loss double precision;
   step double precision;
 BEGIN
-  IF cardinality(p_anchor) <> d + 1 OR cardinality(p_stds) <> d OR (n > 0 AND array_length(x, 2) <> d) THEN
-    RAISE EXCEPTION 'logistic fit: % features, % deviations, % anchor weights, % columns', d, cardinality(p_stds),
-      cardinality(p_anchor), array_length(x, 2) USING ERRCODE = 'PR001';
+  IF cardinality(p_anchor) <> d + 1 OR cardinality(p_stds) <> d OR (n > 0 AND array_length(x, 2) <> d)
+     OR cardinality(p_penalty) <> d + 1 THEN
+    RAISE EXCEPTION 'logistic fit: % features, % deviations, % anchor weights, % penalties, % columns', d,
+      cardinality(p_stds), cardinality(p_anchor), cardinality(p_penalty), array_length(x, 2) USING ERRCODE = 'PR001';
   END IF;
   FOR i IN 1..n LOOP
     xi := ARRAY[1::double precision];
@@ -751,7 +752,7 @@ BEGIN
     END LOOP;
     zx := zx || ARRAY[xi];
   END LOOP;
-  pen := p_l2_intercept || array_fill(p_l2, ARRAY[d]);
+  pen := p_penalty;
   weights := p_anchor;
   loss := reflect._penalised_log_loss(zx, y, weights, p_anchor, pen);
   iterations := 0;
@@ -794,7 +795,56 @@ BEGIN
   END LOOP;
 END
 $$;
+ALTER FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_penalty double precision[], OUT weights double precision[], OUT iterations integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_l2 double precision, p_l2_intercept double precision, OUT weights double precision[], OUT iterations integer) RETURNS record
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT f.weights, f.iterations
+  FROM reflect._fit_logistic_around(x, y, p_means, p_stds, p_anchor,
+                                    p_l2_intercept || array_fill(p_l2, ARRAY[cardinality(p_means)])) f
+$$;
 ALTER FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_l2 double precision, p_l2_intercept double precision, OUT weights double precision[], OUT iterations integer) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._fit_logistic_around_kinds(x double precision[], y boolean[], p_names text[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_l2 double precision, p_l2_kind double precision, OUT weights double precision[], OUT iterations integer) RETURNS record
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  n integer := coalesce(cardinality(y), 0);
+  d integer := cardinality(p_means);
+  pos integer[] := ARRAY[array_position(p_names, 'kind_choice'), array_position(p_names, 'kind_number'),
+                         array_position(p_names, 'kind_long')];
+  xe double precision[] := '{}';
+  raw double precision[];
+  w double precision[];
+  lvl double precision[];
+BEGIN
+  IF array_position(pos, NULL) IS NOT NULL OR cardinality(p_names) <> d THEN
+    SELECT f.weights, f.iterations INTO weights, iterations
+    FROM reflect._fit_logistic_around(x, y, p_means, p_stds, p_anchor, p_l2, p_l2_kind) f;
+    RETURN;
+  END IF;
+  FOR i IN 1..n LOOP
+    -- an answer without a recorded kind counts as the mix the calibrator's training mean says
+    raw := ARRAY(SELECT coalesce(x[i][pos[k]], p_means[pos[k]]) FROM generate_series(1, 3) k);
+    xe := xe || ARRAY[ARRAY(SELECT x[i][j] FROM generate_series(1, d) j) || raw || (1 - raw[1] - raw[2] - raw[3])];
+  END LOOP;
+  SELECT f.weights, f.iterations INTO w, iterations
+  FROM reflect._fit_logistic_around(CASE WHEN n = 0 THEN NULL ELSE xe END, y,
+                                    p_means || array_fill(0::double precision, ARRAY[4]),
+                                    p_stds || array_fill(1::double precision, ARRAY[4]),
+                                    p_anchor || array_fill(0::double precision, ARRAY[4]),
+                                    ARRAY[p_l2] || array_fill(p_l2, ARRAY[d]) || array_fill(p_l2_kind, ARRAY[4])) f;
+  -- levels of choice, number and long relative to short; short's level goes to the intercept
+  lvl := ARRAY[w[d + 2] - w[d + 5], w[d + 3] - w[d + 5], w[d + 4] - w[d + 5]];
+  weights := w[1:d + 1];
+  weights[1] := weights[1] + w[d + 5] + lvl[1] * p_means[pos[1]] + lvl[2] * p_means[pos[2]] + lvl[3] * p_means[pos[3]];
+  FOR k IN 1..3 LOOP
+    weights[pos[k] + 1] := weights[pos[k] + 1] + lvl[k] * p_stds[pos[k]];
+  END LOOP;
+END
+$$;
+ALTER FUNCTION reflect._fit_logistic_around_kinds(x double precision[], y boolean[], p_names text[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_l2 double precision, p_l2_kind double precision, OUT weights double precision[], OUT iterations integer) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._gate_calibration(p_job_id bigint) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2472,9 +2522,9 @@ BEGIN
     f := reflect._fit_logistic(tx, ty, reflect._setting_float('calibration_l2'));
   ELSE
     SELECT anchor.feature_means AS means, anchor.feature_stds AS stds, a.weights, a.iterations INTO f
-    FROM reflect._fit_logistic_around(tx, ty, anchor.feature_means, anchor.feature_stds, anchor.weights,
-                                      reflect._setting_float('calibration_anchor_l2'),
-                                      reflect._setting_float('calibration_anchor_intercept_l2')) a;
+    FROM reflect._fit_logistic_around_kinds(tx, ty, v_names, anchor.feature_means, anchor.feature_stds,
+                                            anchor.weights, reflect._setting_float('calibration_anchor_l2'),
+                                            reflect._setting_float('calibration_anchor_intercept_l2')) a;
   END IF;
   v_new := reflect._calibration_metrics(reflect._logistic_rows(hx, f.means, f.stds, f.weights), hy);
   SELECT * INTO old FROM reflect.calibrators WHERE model_version_id = v_mv AND is_active;
@@ -5577,7 +5627,9 @@ REVOKE ALL ON FUNCTION reflect._finish_gate(j reflect.jobs, p_result jsonb) FROM
 REVOKE ALL ON FUNCTION reflect._finish_job(j reflect.jobs, p_result jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._fit_gate_calibrator(p_job_id bigint, p_version integer, p_metrics jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._fit_logistic(x double precision[], y boolean[], p_l2 double precision, OUT means double precision[], OUT stds double precision[], OUT weights double precision[], OUT iterations integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_penalty double precision[], OUT weights double precision[], OUT iterations integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_l2 double precision, p_l2_intercept double precision, OUT weights double precision[], OUT iterations integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._fit_logistic_around_kinds(x double precision[], y boolean[], p_names text[], p_means double precision[], p_stds double precision[], p_anchor double precision[], p_l2 double precision, p_l2_kind double precision, OUT weights double precision[], OUT iterations integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._gate_calibration(p_job_id bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._heldout(p_request_id bigint, p_share double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._is_blank(p_text text) FROM PUBLIC;

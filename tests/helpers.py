@@ -116,11 +116,20 @@ def answer_with_embedding(db: Database, keyring: Keyring, app_dsn: str, prompt: 
     return rid, recalled
 
 
+def kind_signals(kinds: tuple[str, ...], i: int) -> dict[str, float]:
+    """The worker's kind-of-question signals for the i-th answer of a synthetic batch (none without kinds)."""
+    if not kinds:
+        return {}
+    return {f"kind_{k}": float(kinds[i % len(kinds)] == k) for k in ("choice", "number", "long")}
+
+
 def synthetic_labelled_answers(db: Database, keyring: Keyring, n: int, seed: int, slope: float = 3.0,
-                                training_side_only: bool = False, shift: float = 0.0) -> np.ndarray:
+                                training_side_only: bool = False, shift: float = 0.0,
+                                kinds: tuple[str, ...] = ()) -> np.ndarray:
     """n answers whose only informative signal is the log-prob: P(correct) = sigmoid(slope (x + 1.5) + shift).
     p_true is noise. training_side_only: label only the answers the calibrator fit trains on (request id
-    hash not 0 mod 5), leaving its held-out answers as they were. Returns the true probabilities."""
+    hash not 0 mod 5), leaving its held-out answers as they were. kinds: the kinds of question the answers
+    report in turn (choice, number, long or short), none when empty. Returns the true probabilities."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-3, 0, size=n)
     truth = 1 / (1 + np.exp(-(slope * (x + 1.5) + shift)))
@@ -131,11 +140,11 @@ def synthetic_labelled_answers(db: Database, keyring: Keyring, n: int, seed: int
         claimed = conn.execute(query("claim"), {"worker_id": "synthetic", "limit": 1000, "lease_seconds": 600,
                                                 "model_version_ids": None}).fetchall()
         tokens = {r[0]: r[1] for r in claimed}
-        for rid, xi, noise in zip(ids, x, rng.uniform(size=n), strict=True):
+        for i, (rid, xi, noise) in enumerate(zip(ids, x, rng.uniform(size=n), strict=True)):
             conn.execute(query("complete"), {
                 "request_id": rid, "lease_token": tokens[rid], "answer": "a", "finish_reason": "stop",
                 "prompt_tokens": 3, "token_logprobs": [float(xi)], "prompt_eval_ms": 1.0, "generation_ms": 1.0,
-                "signals": json.dumps({"p_true": float(noise), "rule_format": 0.0})})
+                "signals": json.dumps({"p_true": float(noise), "rule_format": 0.0, **kind_signals(kinds, i)})})
     with db.admin() as conn:
         heldout = {r for (r,) in conn.execute(
             "SELECT id FROM unnest(%s::bigint[]) id WHERE abs(hashtext(id::text)) %% 5 = 0", (ids,)).fetchall()}

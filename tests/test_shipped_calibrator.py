@@ -204,3 +204,95 @@ def test_a_few_labels_refine_the_installed_calibrator_around_it(db: Database, ke
     slope = got["logprob_mean"] + got["logprob_min"]
     assert slope > 0.5 * (anchor["logprob_mean"] + anchor["logprob_min"])  # the signal kept its meaning
     assert truth.mean() < 0.35
+
+
+KIND_NAMES = ["signal", "kind_choice", "kind_number", "kind_long"]
+
+
+def _kind_rows(kinds: list[str], signal: np.ndarray) -> list[list[float | None]]:
+    return [[float(s), *(float(k == name) for name in ("choice", "number", "long"))] for k, s in zip(
+        kinds, signal, strict=True)]
+
+
+def test_a_refit_on_one_kind_of_question_leaves_the_other_kinds_where_they_were(db: Database) -> None:
+    """Labels of multiple-choice answers only, from harder traffic than the anchor's (base rate lower): the
+    kinds fit lowers the choice answers' confidence and leaves number, long and short answers where the anchor
+    put them; the plain anchored fit (one free intercept) lowers them all. The folded weights score exactly as
+    the fit with a raw term per kind; without the kind features the fit is the plain one."""
+    rng = np.random.default_rng(5)
+    means, sds = [0.0, 0.25, 0.35, 0.15], [1.0, 0.433, 0.477, 0.357]
+    anchor = [0.2, 1.5, 0.1, -0.3, 0.05]
+    n = 80
+    signal = rng.normal(size=n)
+    labels = [bool(v) for v in rng.uniform(size=n) < 1 / (1 + np.exp(-(1.5 * signal - 2.0)))]  # ~0.25 right
+    rows = _kind_rows(["choice"] * n, signal)
+    probe = [[0.0, *(float(k == name) for name in ("choice", "number", "long"))]
+             for k in ("choice", "number", "long", "short")]
+    with db.admin() as conn:
+        def conf(weights: list[float]) -> np.ndarray:
+            return np.array(conn.execute("SELECT reflect._logistic_rows(%s::float8[], %s, %s, %s)",
+                                         (probe, means, sds, weights)).fetchone()[0])
+
+        kinds_fit = conn.execute("SELECT weights FROM reflect._fit_logistic_around_kinds(%s::float8[], %s, %s, %s, "
+                                 "%s, %s, 30, 0.3)", (rows, labels, KIND_NAMES, means, sds, anchor)).fetchone()[0]
+        plain_fit = conn.execute("SELECT weights FROM reflect._fit_logistic_around(%s::float8[], %s, %s, %s, %s, "
+                                 "30, 0.3)", (rows, labels, means, sds, anchor)).fetchone()[0]
+        before, kinds_after, plain_after = conf(anchor), conf(kinds_fit), conf(plain_fit)
+        assert kinds_after[0] < before[0] - 0.2 and plain_after[0] < before[0] - 0.2  # choice: both move it down
+        np.testing.assert_allclose(kinds_after[1:], before[1:], atol=0.02)  # the other kinds stay
+        assert np.all(plain_after[1:] < before[1:] - 0.1)  # with one intercept they all went down
+
+        # the fold: the kinds fit is the penalised fit with a raw one-hot column per kind, its levels folded
+        # into the intercept and the kind weights; both score every kind of answer alike
+        raw = [[*r, *r[1:], 1 - sum(r[1:])] for r in rows]
+        wide = conn.execute("SELECT weights FROM reflect._fit_logistic_around(%s::float8[], %s, %s, %s, %s, %s)",
+                            (raw, labels, means + [0.0] * 4, sds + [1.0] * 4, anchor + [0.0] * 4,
+                             [30.0] * 5 + [0.3] * 4)).fetchone()[0]
+        wide_probe = [[*r, *r[1:], 1 - sum(r[1:])] for r in probe]
+        wide_conf = conn.execute("SELECT reflect._logistic_rows(%s::float8[], %s, %s, %s)",
+                                 (wide_probe, means + [0.0] * 4, sds + [1.0] * 4, wide)).fetchone()[0]
+        np.testing.assert_allclose(kinds_after, wide_conf, atol=1e-9)
+
+        # an answer with no recorded kind counts as the anchor's mix; without kind features, the plain fit
+        rows[0][1:] = [None, None, None]
+        assert conn.execute("SELECT weights FROM reflect._fit_logistic_around_kinds(%s::float8[], %s, %s, %s, %s, "
+                            "%s, 30, 0.3)", (rows, labels, KIND_NAMES, means, sds, anchor)).fetchone()[0]
+        no_kinds = [r[:1] for r in rows]
+        np.testing.assert_allclose(
+            conn.execute("SELECT weights FROM reflect._fit_logistic_around_kinds(%s::float8[], %s, %s, %s, %s, %s, "
+                         "30, 0.3)", (no_kinds, labels, ["signal"], means[:1], sds[:1], anchor[:2])).fetchone()[0],
+            conn.execute("SELECT weights FROM reflect._fit_logistic_around(%s::float8[], %s, %s, %s, %s, 30, 0.3)",
+                         (no_kinds, labels, means[:1], sds[:1], anchor[:2])).fetchone()[0], atol=1e-12)
+
+
+def test_labels_of_one_kind_refit_that_kind_only_through_the_product_path(db: Database, keyring: Keyring) -> None:
+    """The shipped calibrator stand-in fitted on mixed kinds; a user labels 40 harder multiple-choice answers;
+    the pg_cron job's refit lowers multiple-choice confidence and leaves numeric and short answers'."""
+    synthetic_labelled_answers(db, keyring, 300, seed=31, kinds=("choice", "number", "short"))
+    with db.admin() as conn:
+        conn.execute(query("fit_calibrator"), {"model_version": "tiny"})
+        doc = conn.execute(query("export_calibrator"), {"model_version": "tiny"}).fetchone()[0]
+        conn.execute("UPDATE reflect.answers SET calibrator_id = NULL")
+        conn.execute("DELETE FROM reflect.calibrators")
+        conn.execute("DELETE FROM reflect.feedback")
+        installed = conn.execute(query("install_calibrator"), {"model_version": "tiny",
+                                                               "document": json.dumps(doc)}).fetchone()[0]
+    assert {"kind_choice", "kind_number", "kind_long"} <= set(doc["features"])
+    synthetic_labelled_answers(db, keyring, 40, seed=32, shift=-2.5, kinds=("choice",))
+    with db.admin() as conn:
+        assert conn.execute(query("refit_calibrators")).fetchone()[0] == 1
+        refit = conn.execute("SELECT id FROM reflect.calibrators WHERE id <> %s AND is_active", (installed,)).fetchone()
+        assert refit is not None, "the refit calibrates the held-out answers better and is active"
+
+        def conf(cal: int, kind: str, logprob: float) -> float:
+            values = {"logprob_mean": logprob, "logprob_min": logprob, "p_true": 0.5, "rule_failed": 0,
+                      "log_tokens": float(np.log(2)), "kind_choice": float(kind == "choice"),
+                      "kind_number": float(kind == "number"), "kind_long": float(kind == "long")}
+            return conn.execute("SELECT reflect._logistic(reflect._vector(%s::jsonb, features), feature_means, "
+                                "feature_stds, weights) FROM reflect.calibrators WHERE id = %s",
+                                (json.dumps(values), cal)).fetchone()[0]
+
+        for logprob in (-2.0, -1.5, -1.0):
+            assert conf(refit[0], "choice", logprob) < conf(installed, "choice", logprob) - 0.15
+            for kind in ("number", "short"):
+                assert conf(refit[0], kind, logprob) == pytest.approx(conf(installed, kind, logprob), abs=0.05)

@@ -25,7 +25,7 @@ END
 $$;
 
 -- The same fit on features standardised with given means and deviations, its penalty pulling the weights
--- towards p_anchor instead of zero (p_l2 on the features' weights, p_l2_intercept on the intercept): a
+-- towards p_anchor instead of zero (p_penalty: one per weight, the intercept's first): a
 -- maximum a posteriori fit with the anchor as the prior's centre. With the anchor a calibrator fitted on
 -- many answers elsewhere (the one pgreflect ships), a few of a user's own labels move it where their
 -- traffic differs (mostly its base rate: the intercept) without the noise of a fit on those labels alone.
@@ -34,8 +34,7 @@ $$;
 -- 100 Wikidata labels around a calibrator that put them at 0.21 where 64% were right).
 CREATE OR REPLACE FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[],
                                                         p_means double precision[], p_stds double precision[],
-                                                        p_anchor double precision[], p_l2 double precision,
-                                                        p_l2_intercept double precision,
+                                                        p_anchor double precision[], p_penalty double precision[],
                                                         OUT weights double precision[], OUT iterations integer)
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -57,9 +56,10 @@ DECLARE
   trial_loss double precision;
   step double precision;
 BEGIN
-  IF cardinality(p_anchor) <> d + 1 OR cardinality(p_stds) <> d OR (n > 0 AND array_length(x, 2) <> d) THEN
-    RAISE EXCEPTION 'logistic fit: % features, % deviations, % anchor weights, % columns', d, cardinality(p_stds),
-      cardinality(p_anchor), array_length(x, 2) USING ERRCODE = 'PR001';
+  IF cardinality(p_anchor) <> d + 1 OR cardinality(p_stds) <> d OR (n > 0 AND array_length(x, 2) <> d)
+     OR cardinality(p_penalty) <> d + 1 THEN
+    RAISE EXCEPTION 'logistic fit: % features, % deviations, % anchor weights, % penalties, % columns', d,
+      cardinality(p_stds), cardinality(p_anchor), cardinality(p_penalty), array_length(x, 2) USING ERRCODE = 'PR001';
   END IF;
   FOR i IN 1..n LOOP
     xi := ARRAY[1::double precision];
@@ -68,7 +68,7 @@ BEGIN
     END LOOP;
     zx := zx || ARRAY[xi];
   END LOOP;
-  pen := p_l2_intercept || array_fill(p_l2, ARRAY[d]);
+  pen := p_penalty;
   weights := p_anchor;
   loss := reflect._penalised_log_loss(zx, y, weights, p_anchor, pen);
   iterations := 0;
@@ -108,6 +108,79 @@ BEGIN
     weights := trial;
     loss := trial_loss;
     EXIT WHEN iterations >= 50 OR step * (SELECT max(abs(v)) FROM unnest(delta) v) < 1e-8;
+  END LOOP;
+END
+$$;
+
+-- The same with one penalty for the features' weights and one for the intercept.
+CREATE OR REPLACE FUNCTION reflect._fit_logistic_around(x double precision[], y boolean[],
+                                                        p_means double precision[], p_stds double precision[],
+                                                        p_anchor double precision[], p_l2 double precision,
+                                                        p_l2_intercept double precision,
+                                                        OUT weights double precision[], OUT iterations integer)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT f.weights, f.iterations
+  FROM reflect._fit_logistic_around(x, y, p_means, p_stds, p_anchor,
+                                    p_l2_intercept || array_fill(p_l2, ARRAY[cardinality(p_means)])) f
+$$;
+
+-- The anchored fit a version's own labels make (fit_calibrator_v1), with the level of each kind of question
+-- (choice / number / short / long) as its own term: labels of one kind move that kind's confidence, not every
+-- answer's. With the intercept as the free term, 50 labels of one dataset moved the confidence of the other
+-- kinds' datasets too: their Brier score rose by +0.025 on average (12 packaged datasets, the shipped
+-- calibrator; +0.003 with these terms), and an evaluation's MMLU labels took GSM8K's confidence from 0.53 to
+-- 0.34 (accuracy 0.46, bench/results/out-of-box.md; 0.41-0.49 with these terms, replayed). The cost: labels
+-- drawn from traffic the installed calibrator already fits feed four free terms instead of one, so more noise
+-- (Brier +0.015 against +0.005 after 50 such labels, +0.005 against +0.003 after 200). Where the traffic is
+-- new to it, mixed kinds, the two fits are alike (ECE above floor +0.025 and +0.028 after 100 labels). All
+-- measured by bench/refit_kinds_bench.py (bench/results/refit-kinds.md).
+-- The fit adds the kinds as raw one-hot columns around 0 under p_l2_kind (the small penalty the intercept had)
+-- and holds the intercept with the features' p_l2, so a shift seen in one kind's labels alone reaches the
+-- others at p_l2_kind / (p_l2 + p_l2_kind), 1% at the shipped settings; then folds the four levels back into
+-- the intercept and the kind features' weights (the same scores on the calibrator's own features). Without the
+-- three kind features among p_names it is the plain anchored fit (p_l2_kind on the intercept).
+CREATE OR REPLACE FUNCTION reflect._fit_logistic_around_kinds(x double precision[], y boolean[], p_names text[],
+                                                              p_means double precision[], p_stds double precision[],
+                                                              p_anchor double precision[], p_l2 double precision,
+                                                              p_l2_kind double precision,
+                                                              OUT weights double precision[], OUT iterations integer)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  n integer := coalesce(cardinality(y), 0);
+  d integer := cardinality(p_means);
+  pos integer[] := ARRAY[array_position(p_names, 'kind_choice'), array_position(p_names, 'kind_number'),
+                         array_position(p_names, 'kind_long')];
+  xe double precision[] := '{}';
+  raw double precision[];
+  w double precision[];
+  lvl double precision[];
+BEGIN
+  IF array_position(pos, NULL) IS NOT NULL OR cardinality(p_names) <> d THEN
+    SELECT f.weights, f.iterations INTO weights, iterations
+    FROM reflect._fit_logistic_around(x, y, p_means, p_stds, p_anchor, p_l2, p_l2_kind) f;
+    RETURN;
+  END IF;
+  FOR i IN 1..n LOOP
+    -- an answer without a recorded kind counts as the mix the calibrator's training mean says
+    raw := ARRAY(SELECT coalesce(x[i][pos[k]], p_means[pos[k]]) FROM generate_series(1, 3) k);
+    xe := xe || ARRAY[ARRAY(SELECT x[i][j] FROM generate_series(1, d) j) || raw || (1 - raw[1] - raw[2] - raw[3])];
+  END LOOP;
+  SELECT f.weights, f.iterations INTO w, iterations
+  FROM reflect._fit_logistic_around(CASE WHEN n = 0 THEN NULL ELSE xe END, y,
+                                    p_means || array_fill(0::double precision, ARRAY[4]),
+                                    p_stds || array_fill(1::double precision, ARRAY[4]),
+                                    p_anchor || array_fill(0::double precision, ARRAY[4]),
+                                    ARRAY[p_l2] || array_fill(p_l2, ARRAY[d]) || array_fill(p_l2_kind, ARRAY[4])) f;
+  -- levels of choice, number and long relative to short; short's level goes to the intercept
+  lvl := ARRAY[w[d + 2] - w[d + 5], w[d + 3] - w[d + 5], w[d + 4] - w[d + 5]];
+  weights := w[1:d + 1];
+  weights[1] := weights[1] + w[d + 5] + lvl[1] * p_means[pos[1]] + lvl[2] * p_means[pos[2]] + lvl[3] * p_means[pos[3]];
+  FOR k IN 1..3 LOOP
+    weights[pos[k] + 1] := weights[pos[k] + 1] + lvl[k] * p_stds[pos[k]];
   END LOOP;
 END
 $$;
@@ -172,8 +245,8 @@ $$;
 -- and when its Brier score is lower the new fit is stored inactive, with both numbers and the reason.
 -- When the version has an installed calibrator (the one pgreflect ships for its default model) whose features
 -- the database still computes, with the probe in both or neither, the fit is anchored on it, on its features
--- (the shipped one leaves out signals that did not hold across datasets; _fit_logistic_around,
--- calibration_anchor_* settings), and needs fewer labels: the user's labels correct it where their traffic
+-- (the shipped one leaves out signals that did not hold across datasets; _fit_logistic_around_kinds: a level
+-- per kind of question, calibration_anchor_* settings), and needs fewer labels: the user's labels correct it where their traffic
 -- differs instead of replacing it with a fit on a few dozen answers (bench/results/calibration-few-labels.md
 -- measures both). Always the installed one, not the last refit: a refit's labels are all counted again in the
 -- next one.
@@ -242,9 +315,9 @@ BEGIN
     f := reflect._fit_logistic(tx, ty, reflect._setting_float('calibration_l2'));
   ELSE
     SELECT anchor.feature_means AS means, anchor.feature_stds AS stds, a.weights, a.iterations INTO f
-    FROM reflect._fit_logistic_around(tx, ty, anchor.feature_means, anchor.feature_stds, anchor.weights,
-                                      reflect._setting_float('calibration_anchor_l2'),
-                                      reflect._setting_float('calibration_anchor_intercept_l2')) a;
+    FROM reflect._fit_logistic_around_kinds(tx, ty, v_names, anchor.feature_means, anchor.feature_stds,
+                                            anchor.weights, reflect._setting_float('calibration_anchor_l2'),
+                                            reflect._setting_float('calibration_anchor_intercept_l2')) a;
   END IF;
   v_new := reflect._calibration_metrics(reflect._logistic_rows(hx, f.means, f.stds, f.weights), hy);
   SELECT * INTO old FROM reflect.calibrators WHERE model_version_id = v_mv AND is_active;

@@ -1,0 +1,271 @@
+"""Does a refit on one kind of question's labels move the confidence of the others? The anchored refit with a
+free intercept (fit_calibrator_v1 until 2026-12-06) against one with a free level per kind of question
+(reflect._fit_logistic_around_kinds, what it fits now), at the shipped penalties, on the 2,220 answers kept in
+bench/results/lodo-answers/ and the out-of-box answers (bench/results/out-of-box-*.jsonl).
+
+    .venv/bin/python bench/refit_kinds_bench.py
+
+1. Labels of one dataset, other datasets' traffic: the shipped calibrator refitted on k labels of dataset D
+   (DRAWS random draws), scored on every other dataset, by whether it asks another kind of question or the
+   same kind, and on D's unlabelled rest. Change in Brier score and in ECE against the shipped calibrator;
+   intervals: bootstrap over the labelled datasets (their draws resampled together).
+2. Labels of mixed traffic the shipped fit never saw: a stand-in fitted (reflect._fit_logistic, as the shipped
+   one) without two datasets of different kinds; k labels drawn from the two together, the rest scored.
+3. Labels of mixed traffic the shipped fit saw: k labels drawn from all 2,220 answers, the rest scored (every
+   change is noise here: what the extra terms cost).
+4. The out-of-box run, replayed: the shipped calibrator refitted on the first k MMLU answers as `pgreflect
+   eval` labelled them (all k, where the product trains on 80% and checks on the rest), scored on its GSM8K
+   answers.
+
+The fits are bench/lodo_few_labels.py's numpy copies, checked against the SQL here (the run stops if they
+differ); ECE as reflect.ece_v1 (10 bins), floors as reflect.eval_metrics_v1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from lodo_analysis import ANSWERS, Fitter, load_all  # noqa: E402
+from lodo_few_labels import KINDS, brier, check_against_sql, ece, ece_floor, fit_around, fit_around_kinds, matrix, score  # noqa: E402  # noqa: E402
+
+from pgreflect.meta import shipped  # noqa: E402
+from pgreflect.models import DEFAULT_MODEL, PACKAGED  # noqa: E402
+
+from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
+
+RESULTS = HERE / "results"
+KS = (25, 50, 100)
+DRAWS = 20
+PAIRS = 16
+BOOT = 2000
+FITS = ("intercept", "kinds")
+
+
+def kind_of(x: np.ndarray, names: list[str]) -> str:
+    share = np.nanmean(x[:, [names.index(k) for k in KINDS]], axis=0)
+    return KINDS[int(np.argmax(share))].removeprefix("kind_") if share.max() > 0.5 else "short"
+
+
+def refit(which: str, x: np.ndarray, y: np.ndarray, names: list[str], means: np.ndarray, sds: np.ndarray,
+          w0: np.ndarray, pens: tuple[float, float]) -> np.ndarray:
+    if which == "intercept":
+        return fit_around(x, y, means, sds, w0, *pens)
+    return fit_around_kinds(x, y, names, means, sds, w0, *pens)
+
+
+def interval(per_unit: dict[str, list[float]], rng: np.random.Generator) -> tuple[float, float, float]:
+    """Mean over every value, and a bootstrap 95% interval resampling the units (their values together)."""
+    units = [np.array(v) for v in per_unit.values() if v]
+    mean = float(np.mean(np.concatenate(units)))
+    boots = []
+    for _ in range(BOOT):
+        pick = rng.integers(0, len(units), len(units))
+        boots.append(float(np.mean(np.concatenate([units[i] for i in pick]))))
+    return mean, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def served_features(row: dict[str, Any]) -> dict[str, Any]:
+    """reflect._feature_values on an answer as `pgreflect eval` writes it (its signals and token count)."""
+    s = row["signals"]
+    return {"logprob_mean": max(s["logprob_mean"], -10.0), "logprob_min": max(s["logprob_min"], -20.0),
+            "p_true": s.get("p_true"), "log_tokens": math.log(1 + row["tokens"]),
+            "rule_failed": max([float(v) for k, v in s.items() if k.startswith("rule_")], default=0.0),
+            **{k: s.get(k) for k in ("p_answer", "agreement", "critique_verdict", "option_max_prob", "option_margin",
+                                     "option_entropy", "kind_choice", "kind_number", "kind_long", "probe")}}
+
+
+def main() -> None:
+    t0 = time.time()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    doc = json.loads((shipped.HERE / f"{PACKAGED[DEFAULT_MODEL].sha256}.json").read_text())
+    names = doc["features"]
+    means, sds, w0 = (np.array(doc[k], dtype=float) for k in ("feature_means", "feature_stds", "weights"))
+    rows = load_all(ANSWERS)
+    sets = sorted({r["dataset"] for r in rows})
+    x = {d: matrix([r for r in rows if r["dataset"] == d], names) for d in sets}
+    y = {d: np.array([r["correct"] for r in rows if r["dataset"] == d], dtype=float) for d in sets}
+    kinds = {d: kind_of(x[d], names) for d in sets}
+    rng = np.random.default_rng(17)
+    cluster = start_cluster()
+    try:
+        conn = psycopg.connect(pgreflect_database(cluster), autocommit=True)
+        settings = dict(conn.execute("SELECT key, value FROM reflect.settings WHERE key LIKE 'calibration_anchor_%'")
+                        .fetchall())
+        pens = (float(settings["calibration_anchor_l2"]), float(settings["calibration_anchor_intercept_l2"]))
+        first = sets[0]
+        check_against_sql(conn, x[first][:50], y[first][:50], names, means, sds, w0, pens)
+        sql_plain = conn.execute("SELECT weights FROM reflect._fit_logistic_around(%s::float8[], %s, %s, %s, %s, "
+                                 "%s, %s)", ([[None if np.isnan(v) else float(v) for v in r] for r in x[first][:50]],
+                                  [bool(v) for v in y[first][:50]], means.tolist(), sds.tolist(), w0.tolist(), *pens)
+                                 ).fetchone()[0]
+        if not np.allclose(sql_plain, fit_around(x[first][:50], y[first][:50], means, sds, w0, *pens), atol=1e-6):
+            raise SystemExit("the numpy fit differs from reflect._fit_logistic_around")
+        report: dict[str, Any] = {"started": started, "penalties": pens, "kinds": kinds, "draws": DRAWS}
+        report["one_dataset"] = one_dataset(x, y, kinds, names, means, sds, w0, pens, rng)
+        print("1 done", flush=True)
+        report["unseen_pairs"] = unseen_pairs(Fitter(conn), rows, x, y, kinds, names, pens, rng)
+        print("2 done", flush=True)
+        report["seen_mixed"] = seen_mixed(x, y, names, means, sds, w0, pens, rng)
+        print("3 done", flush=True)
+        report["out_of_box"] = out_of_box(names, means, sds, w0, pens)
+    finally:
+        cluster.destroy()
+    report["minutes"] = (time.time() - t0) / 60
+    (RESULTS / "refit-kinds.json").write_text(json.dumps(report, indent=1) + "\n")
+    text = markdown(report)
+    (RESULTS / "refit-kinds.md").write_text(text)
+    print(text)
+
+
+def one_dataset(x, y, kinds, names, means, sds, w0, pens, rng) -> dict[str, Any]:
+    sets = sorted(x)
+    base = {e: score(x[e], means, sds, w0) for e in sets}
+    out: dict[str, Any] = {}
+    for k in KS:
+        # changes[fit][group][labelled dataset] = list of (Brier change, ECE change) per draw and scored dataset
+        changes = {f: {g: {d: [] for d in sets} for g in ("same dataset", "same kind", "other kinds")}
+                   for f in FITS}
+        for d in sets:
+            for _ in range(DRAWS):
+                pick = rng.permutation(len(y[d]))
+                lab, rest = pick[:k], pick[k:]
+                for f in FITS:
+                    w = refit(f, x[d][lab], y[d][lab], names, means, sds, w0, pens)
+                    for e in sets:
+                        at = rest if e == d else slice(None)
+                        c0, c1, ye = base[e][at], score(x[e][at], means, sds, w), y[e][at]
+                        group = "same dataset" if e == d else "same kind" if kinds[e] == kinds[d] else "other kinds"
+                        changes[f][group][d].append((brier(c1, ye) - brier(c0, ye), ece(c1, ye) - ece(c0, ye)))
+        out[k] = {f: {g: {"brier": interval({d: [v[0] for v in vs] for d, vs in per.items()}, rng),
+                          "ece": interval({d: [v[1] for v in vs] for d, vs in per.items()}, rng)}
+                      for g, per in changes[f].items()} for f in FITS}
+    return out
+
+
+def unseen_pairs(fitter, rows, x, y, kinds, names, pens, rng) -> dict[str, Any]:
+    sets = sorted(x)
+    pairs = [(a, b) for a, b in itertools.combinations(sets, 2) if kinds[a] != kinds[b]]
+    pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), size=min(PAIRS, len(pairs)), replace=False))]
+    per: dict[int, dict[str, dict[str, list[tuple[float, float, float]]]]] = {
+        k: {f: {} for f in ("none", *FITS)} for k in KS}
+    for a, b in pairs:
+        m, s, w = (np.array(v, dtype=float) for v in fitter.fit([r for r in rows if r["dataset"] not in (a, b)], names))
+        xu, yu = np.vstack([x[a], x[b]]), np.concatenate([y[a], y[b]])
+        for k in KS:
+            for _ in range(DRAWS // 2):
+                pick = rng.permutation(len(yu))
+                lab, rest = pick[:k], pick[k:]
+                fits = {"none": w, **{f: refit(f, xu[lab], yu[lab], names, m, s, w, pens) for f in FITS}}
+                for f, wf in fits.items():
+                    c = score(xu[rest], m, s, wf)
+                    per[k][f].setdefault(f"{a}+{b}", []).append((brier(c, yu[rest]), ece(c, yu[rest]),
+                                                                 ece(c, yu[rest]) - ece_floor(c, rng, sims=50)))
+    return {"pairs": [f"{a}+{b}" for a, b in pairs],
+            "per_k": {k: {f: {"brier": interval({p: [v[0] for v in vs] for p, vs in d.items()}, rng),
+                              "ece": interval({p: [v[1] for v in vs] for p, vs in d.items()}, rng),
+                              "ece_gap": interval({p: [v[2] for v in vs] for p, vs in d.items()}, rng)}
+                          for f, d in per[k].items()} for k in KS}}
+
+
+def seen_mixed(x, y, names, means, sds, w0, pens, rng) -> dict[str, Any]:
+    xa, ya = np.vstack([x[d] for d in sorted(x)]), np.concatenate([y[d] for d in sorted(x)])
+    out: dict[str, Any] = {}
+    for k in (*KS, 200):
+        ch: dict[str, dict[str, list[float]]] = {f: {} for f in FITS}
+        for i in range(DRAWS * 2):
+            pick = rng.permutation(len(ya))
+            lab, rest = pick[:k], pick[k:]
+            c0 = score(xa[rest], means, sds, w0)
+            for f in FITS:
+                c1 = score(xa[rest], means, sds, refit(f, xa[lab], ya[lab], names, means, sds, w0, pens))
+                ch[f][str(i)] = [brier(c1, ya[rest]) - brier(c0, ya[rest])]
+        out[k] = {f: interval(v, rng) for f, v in ch.items()}
+    return out
+
+
+def out_of_box(names, means, sds, w0, pens) -> dict[str, Any]:
+    runs = {d: sorted((json.loads(line) for line in (RESULTS / f"out-of-box-{d}.jsonl").read_text().splitlines()
+                       if line.strip()), key=lambda r: r["request_id"]) for d in ("mmlu", "gsm8k")}
+    feats = {d: matrix([{"features": served_features(r)} for r in rs], names) for d, rs in runs.items()}
+    ys = {d: np.array([r["correct"] for r in rs], dtype=float) for d, rs in runs.items()}
+    # the first MMLU answers were served by the shipped calibrator: the features here must give their confidence
+    first = [r["confidence"] for r in runs["mmlu"][:20]]
+    if not np.allclose(score(feats["mmlu"][:20], means, sds, w0), first, atol=1e-9):
+        raise SystemExit("the out-of-box answers' features do not give their served confidence")
+    g = ys["gsm8k"]
+    out: dict[str, Any] = {"gsm8k_accuracy": float(g.mean())}
+    c = score(feats["gsm8k"], means, sds, w0)
+    out["shipped"] = {"mean_confidence": float(c.mean()), "ece": ece(c, g), "brier": brier(c, g)}
+    for k in (25, 50, 100, 200):
+        xl, yl = feats["mmlu"][:k], ys["mmlu"][:k]
+        out[k] = {}
+        for f in FITS:
+            w = refit(f, xl, yl, names, means, sds, w0, pens)
+            c = score(feats["gsm8k"], means, sds, w)
+            out[k][f] = {"mean_confidence": float(c.mean()), "ece": ece(c, g), "brier": brier(c, g)}
+    return out
+
+
+def _iv(v: tuple[float, float, float], scale: float = 1.0) -> str:
+    return f"{v[0] * scale:+.4f} [{v[1] * scale:+.4f}, {v[2] * scale:+.4f}]"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = ["# A refit on one kind of question's labels, and the other kinds' confidence", "",
+             f"Command: `.venv/bin/python bench/refit_kinds_bench.py` ({r['started']}, {r['minutes']:.1f} min, "
+             f"2 cores). Penalties as shipped (calibration_anchor_l2 {r['penalties'][0]:g}, "
+             f"calibration_anchor_intercept_l2 {r['penalties'][1]:g}). 'intercept': the anchored refit with its "
+             "intercept free (what fit_calibrator_v1 did); 'kinds': with a free level per kind of question "
+             "(reflect._fit_logistic_around_kinds, what it does now). Kinds of the datasets: "
+             + ", ".join(f"{d} {k}" for d, k in r["kinds"].items()) + ".", "",
+             f"## 1. k labels of one dataset; change against the shipped calibrator ({r['draws']} draws per "
+             "dataset; intervals: bootstrap over the 12 labelled datasets)", "",
+             "Negative is better. 'other kinds': the datasets that ask another kind of question than the labelled "
+             "one; 'same kind': the others of its kind; 'same dataset': its unlabelled answers.", "",
+             "| k | scored | Brier change: intercept | kinds | ECE change: intercept | kinds |",
+             "|---|---|---|---|---|---|"]
+    for k, by in r["one_dataset"].items():
+        for g in ("other kinds", "same kind", "same dataset"):
+            lines.append(f"| {k} | {g} | {_iv(by['intercept'][g]['brier'])} | {_iv(by['kinds'][g]['brier'])} | "
+                         f"{_iv(by['intercept'][g]['ece'])} | {_iv(by['kinds'][g]['ece'])} |")
+    u = r["unseen_pairs"]
+    lines += ["", f"## 2. Mixed traffic the shipped fit never saw: {len(u['pairs'])} pairs of datasets of different "
+              "kinds, each left out of a stand-in fit; k labels drawn from the pair, the rest scored", "",
+              "Pairs: " + ", ".join(u["pairs"]) + ". Intervals: bootstrap over the pairs.", "",
+              "| k | fit | Brier | ECE | ECE above its floor |", "|---|---|---|---|---|"]
+    for k, by in u["per_k"].items():
+        for f, m in by.items():
+            lines.append(f"| {k} | {f} | {m['brier'][0]:.4f} [{m['brier'][1]:.4f}, {m['brier'][2]:.4f}] | "
+                         f"{m['ece'][0]:.4f} [{m['ece'][1]:.4f}, {m['ece'][2]:.4f}] | {_iv(m['ece_gap'])} |")
+    lines += ["", "## 3. Mixed traffic the shipped fit saw: k labels drawn from all 2,220 answers, the rest scored",
+              "", "Brier change against the shipped calibrator (it is fitted on these answers: any change is noise, "
+              "so this is what a refit's extra terms cost).", "", "| k | intercept | kinds |", "|---|---|---|"]
+    for k, by in r["seen_mixed"].items():
+        lines.append(f"| {k} | {_iv(by['intercept'])} | {_iv(by['kinds'])} |")
+    o = r["out_of_box"]
+    lines += ["", "## 4. The out-of-box run replayed: refitted on its first k MMLU labels, scored on its GSM8K "
+              f"answers (accuracy {o['gsm8k_accuracy']:.3f})", "",
+              "| labels | fit | GSM8K mean confidence | ECE | Brier |", "|---|---|---|---|---|",
+              f"| 0 | shipped | {o['shipped']['mean_confidence']:.3f} | {o['shipped']['ece']:.3f} | "
+              f"{o['shipped']['brier']:.4f} |"]
+    for k in ("25", "50", "100", "200"):
+        for f in FITS:
+            m = o[k] if k in o else o[int(k)]
+            lines.append(f"| {k} | {f} | {m[f]['mean_confidence']:.3f} | {m[f]['ece']:.3f} | {m[f]['brier']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
