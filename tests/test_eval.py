@@ -14,7 +14,7 @@ from pgreflect.keys import Keyring
 from pgreflect.scoring import extract_choice, extract_number, is_correct, kind_of, normalise_text, stated_answer
 
 from conftest import Database
-from helpers import client
+from helpers import client, drain
 
 
 @pytest.mark.parametrize(("answer", "reference", "expected"), [
@@ -276,6 +276,38 @@ def test_an_evaluation_that_times_out_keeps_what_was_answered_and_resumes(db: Da
     with psycopg.connect(db.dsn("analyst"), autocommit=True) as conn:
         n, metrics = conn.execute("SELECT n, metrics FROM reflect.eval_results WHERE run_label = 'long'").fetchone()
     assert n == 4 and metrics["n"] == 4 and len(metrics["accuracy_ci"]) == 2
+
+
+@pytest.mark.parametrize("stop_at", [None, 3])
+def test_an_evaluation_labels_its_answers_when_it_stops_waiting_for_them(
+        db: Database, keyring: Keyring, tmp_path, monkeypatch: pytest.MonkeyPatch, stop_at: int | None) -> None:
+    """No verdict is recorded while the run still reads answers (labels feed the version's refits, which would
+    score the rest of the run), and every verdict read is recorded when it stops: all answered, or stopped."""
+    from pgreflect import evaluate
+
+    qs = tmp_path / "q.jsonl"
+    qs.write_text("".join(json.dumps({"id": str(i), "question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+                          for i in range(1, 5)))
+    labels = "SELECT count(*) FROM reflect.feedback WHERE source = 'ground_truth'"
+    seen: list[int] = []
+
+    def finished(c, rid, deadline, abort):  # as evaluate._finished, with every answer in and a look at labels
+        drain(db, keyring, memory="off")
+        seen.append(db.scalar(labels))
+        if len(seen) == stop_at:
+            raise RuntimeError("the worker went away")
+        return c.get(rid)
+
+    monkeypatch.setattr(evaluate, "_finished", finished)
+    cfg = evaluate.EvalConfig(file=qs, out=tmp_path / "r.jsonl", model_version="tiny", max_tokens=4)
+    with client(db, keyring) as c:
+        if stop_at is None:
+            assert evaluate.run(cfg, c, progress=False)["labelled"] == 4
+        else:
+            with pytest.raises(RuntimeError, match="went away"):
+                evaluate.run(cfg, c, progress=False)
+    assert seen == [0] * len(seen) and len(seen) == (stop_at or 4)
+    assert db.scalar(labels) == (stop_at - 1 if stop_at else 4)  # the answers read before it stopped
 
 
 def test_eval_metrics_match_reference_implementations(db: Database) -> None:

@@ -5,6 +5,12 @@ reflect.app_requests, with an idempotency key per run and item, so an interrupte
 scored against the reference with pgreflect.scoring, and each verdict is recorded with reflect.feedback_v1
 (source ground_truth), exactly as a person's label would be. Metrics use the database's own definitions
 (reflect.auroc_v1, ece_v1, brier_v1, accuracy_at_coverage_v1).
+
+The verdicts are recorded once the run stops waiting for answers (all in, timed out or aborted), not one by
+one: labels are what the version's calibrator refits on (every calibration_refit_new_labels, by pg_cron), and
+recorded as they came they had the rest of a run scored by refits on its own first answers, so its metrics
+measured a mix of calibrators fitted on the data they scored (from the 27th of 200 MMLU answers on,
+bench/results/out-of-box.md). This way one calibrator scores the run, and the labels refine the next one.
 """
 
 from __future__ import annotations
@@ -98,20 +104,27 @@ def run(cfg: EvalConfig, client: Client, progress: bool = True,
             client.conn.execute(query("tag_eval_request"), {"request_id": rid, "dataset": item["dataset"],
                                                              "item_id": item["id"], "run_label": cfg.run_label})
     results: list[dict[str, Any]] = []
+    verdicts: list[tuple[int, bool]] = []  # recorded when the run stops waiting (module docstring)
     deadline = time.monotonic() + cfg.timeout
     stopped = None
-    with cfg.out.open("w") as f:
-        for item in tqdm(items, desc="answering", disable=not progress, unit="q"):
-            try:
-                row = _finished(client, ids[item["id"]], deadline, abort)
-            except TimeoutError as exc:
-                stopped = str(exc)
-                break
-            out = _result(client, cfg, item, ids[item["id"]], row)
-            results.append(out)
-            f.write(json.dumps(out, default=str) + "\n")
-            f.flush()
+    try:
+        with cfg.out.open("w") as f:
+            for item in tqdm(items, desc="answering", disable=not progress, unit="q"):
+                try:
+                    row = _finished(client, ids[item["id"]], deadline, abort)
+                except TimeoutError as exc:
+                    stopped = str(exc)
+                    break
+                out = _result(cfg, item, ids[item["id"]], row)
+                if "correct" in out and row["is_correct"] is None:  # a resumed run does not label twice
+                    verdicts.append((ids[item["id"]], out["correct"]))
+                results.append(out)
+                f.write(json.dumps(out, default=str) + "\n")
+                f.flush()
+    finally:
+        _label(client, verdicts)
     summary = summarise(client, results, cfg, items)
+    summary["labelled"] = len(verdicts)
     summary["complete"] = stopped is None
     if stopped is not None:
         summary["stopped"] = (f"timeout after {cfg.timeout:.0f} s ({stopped}); {len(results)} of {len(items)} "
@@ -137,7 +150,14 @@ def _finished(client: Client, rid: int, deadline: float, abort: Callable[[], str
     return row
 
 
-def _result(client: Client, cfg: EvalConfig, item: dict[str, Any], rid: int, row: dict[str, Any]) -> dict[str, Any]:
+def _label(client: Client, verdicts: list[tuple[int, bool]]) -> None:
+    with client.conn.transaction():
+        for rid, correct in verdicts:
+            client.conn.execute(query("feedback"), {"request_id": rid, "is_correct": correct, "rating": None,
+                                                    "correction": None, "source": "ground_truth"})
+
+
+def _result(cfg: EvalConfig, item: dict[str, Any], rid: int, row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": item["id"], "dataset": item.get("dataset"), "run_label": cfg.run_label, "request_id": rid,
         "state": row["state"], "answer": row["answer"], "confidence": row["confidence"],
@@ -149,9 +169,6 @@ def _result(client: Client, cfg: EvalConfig, item: dict[str, Any], rid: int, row
         out["reference"] = item["answer"]
         out["correct"] = is_correct(row["answer"] or "", item["answer"], item.get("aliases", ()))
         out["scored_as"] = kind_of(item["answer"])
-        if row["is_correct"] is None:  # not labelled yet: a resumed run does not label twice
-            client.conn.execute(query("feedback"), {"request_id": rid, "is_correct": out["correct"], "rating": None,
-                                                    "correction": None, "source": "ground_truth"})
     return out
 
 
