@@ -11,9 +11,9 @@ Same selection and budgets as the fit's collection (bench/calibration_lodo_bench
 returned (no follow-ups), memory off. Results: bench/results/out-of-box.md and .json; the eval reports and
 answers beside them (out-of-box-<dataset>.md / .jsonl).
 
-`pgreflect eval` records each verdict as a label, and the product refits a version's calibrator every
-calibration_refit_new_labels labels (the pg_cron job): left on, the answers after the first 25 or so would be
-scored by refits on the run's own labels, not by the shipped calibrator. The run turns automatic refits off.
+`pgreflect eval` records its verdicts as labels, and the product refits a version's calibrator every
+calibration_refit_new_labels labels (the pg_cron job): the second dataset's answers would be scored by a refit
+on the first's labels, not by the shipped calibrator. The run evaluates with `--record-labels off`.
 The analysis also scores every kept answer with the shipped calibrator through the database's own function
 (reflect._confidence on the answer's served signals), and reports the served confidences beside them where
 they differ (the run of 2026-12-05 left refits on).
@@ -63,13 +63,6 @@ def fresh_items(name: str, n: int, fitted: set[str]) -> list[dict[str, Any]]:
     return chosen[:n]
 
 
-def no_refits(dsn: str) -> None:
-    """The installed calibrator stays the one that scores: no automatic refit on the run's own labels."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("UPDATE reflect.settings SET value = '1000000000' "
-                     "WHERE key IN ('calibration_min_labels', 'calibration_refit_new_labels')")
-
-
 def shipped_confidences(dsn: str, rows: list[dict[str, Any]]) -> list[float]:
     """Each answer's confidence under the calibrator the version has now (the shipped one on a fresh setup),
     from the signals it was served with, by the function that scores served answers."""
@@ -100,7 +93,6 @@ def main() -> None:
         dsn = pgreflect_database(cluster)
         register_packaged(dsn, DEFAULT_MODEL, activate=True)
         no_followups(dsn)
-        no_refits(dsn)
         ring = keyring()
         env = cli_env(cluster, dsn, ring)
         results: list[dict[str, Any]] = []
@@ -119,8 +111,9 @@ def main() -> None:
             t = time.time()
             done = subprocess.run([sys.executable, "-m", "pgreflect.cli", "eval", "--file", str(qfile), "--out",
                                    str(out), "--report", str(md), "--max-tokens", str(DATASETS[name][2]),
-                                   "--eval-memory", "off", "--run-label", f"out-of-box-{name}", "--timeout",
-                                   "36000"], env=env, capture_output=True, text=True, check=False)
+                                   "--eval-memory", "off", "--record-labels", "off", "--run-label",
+                                   f"out-of-box-{name}", "--timeout", "36000"],
+                                  env=env, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"eval of {name} failed:\n{done.stderr[-3000:]}")
             rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]

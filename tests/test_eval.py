@@ -310,6 +310,18 @@ def test_an_evaluation_labels_its_answers_when_it_stops_waiting_for_them(
     assert db.scalar(labels) == (stop_at - 1 if stop_at else 4)  # the answers read before it stopped
 
 
+def test_an_evaluation_that_records_no_labels_measures_only(db: Database, keyring: Keyring, tmp_path) -> None:
+    qs = tmp_path / "q.jsonl"
+    qs.write_text("".join(json.dumps({"id": str(i), "question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+                          for i in range(1, 3)))
+    done = _cli(db, keyring, "eval", "--file", str(qs), "--out", str(tmp_path / "r.jsonl"), "--model-version", "tiny",
+                "--max-tokens", "4", "--record-labels", "off")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.splitlines()[0])
+    assert summary["scored"] == 2 and summary["labelled"] == 0 and summary["accuracy"] is not None
+    assert db.scalar("SELECT count(*) FROM reflect.feedback") == 0
+
+
 def test_eval_metrics_match_reference_implementations(db: Database) -> None:
     """reflect.eval_metrics_v1 against scikit-learn's AUROC, scipy's percentile bootstrap, a numpy simulation
     of the ECE noise floor and the selective-gain definition."""

@@ -567,7 +567,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InvalidInput("--file (or PGREFLECT_FILE) is required")
     cfg = EvalConfig(file=Path(args.file), out=Path(args.out), report=Path(args.report) if args.report else None,
                      plot=Path(args.plot) if args.plot else None, model_version=args.model_version,
-                     max_tokens=args.max_tokens, memory=args.eval_memory == "on", timeout=args.timeout)
+                     max_tokens=args.max_tokens, memory=args.eval_memory == "on", timeout=args.timeout,
+                     record_labels=args.record_labels == "on")
     if args.run_label:
         cfg.run_label = args.run_label
     summary = run_with_worker(cfg, args.inline_worker, _worker_config(args))
@@ -907,6 +908,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--max-tokens", type=int, default=256, help="generation limit per question")
     _flag(p, "--run-label", default=None, help="names the run; re-running a label resumes it")
     _flag(p, "--eval-memory", default="on", choices=["on", "off"], help="let answers use retrieved memories")
+    _flag(p, "--record-labels", default="on", choices=["on", "off"],
+          help="record each verdict as a ground-truth label (the version's calibrator refits on labels); off: "
+               "measure only, e.g. a test set you evaluate again")
     _flag(p, "--timeout", type=float, default=3600.0,
           help="seconds to wait for all answers; what is answered by then is kept and reported (exit status 3), "
                "and the same --run-label resumes")

@@ -46,6 +46,7 @@ class EvalConfig:
     run_label: str = field(default_factory=lambda: time.strftime("eval-%Y%m%d-%H%M%S"))
     memory: bool = True
     timeout: float = 3600.0
+    record_labels: bool = True
 
 
 def read_items(path: Path) -> list[dict[str, Any]]:
@@ -116,7 +117,7 @@ def run(cfg: EvalConfig, client: Client, progress: bool = True,
                     stopped = str(exc)
                     break
                 out = _result(cfg, item, ids[item["id"]], row)
-                if "correct" in out and row["is_correct"] is None:  # a resumed run does not label twice
+                if cfg.record_labels and "correct" in out and row["is_correct"] is None:  # not twice on resume
                     verdicts.append((ids[item["id"]], out["correct"]))
                 results.append(out)
                 f.write(json.dumps(out, default=str) + "\n")
