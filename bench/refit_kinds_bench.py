@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -76,14 +75,12 @@ def interval(per_unit: dict[str, list[float]], rng: np.random.Generator) -> tupl
     return mean, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-def served_features(row: dict[str, Any]) -> dict[str, Any]:
-    """reflect._feature_values on an answer as `pgreflect eval` writes it (its signals and token count)."""
+def served_features(conn: psycopg.Connection, row: dict[str, Any]) -> dict[str, Any]:
+    """The features the database computes for an answer as `pgreflect eval` writes it (reflect._feature_values on
+    its signals and token count)."""
     s = row["signals"]
-    return {"logprob_mean": max(s["logprob_mean"], -10.0), "logprob_min": max(s["logprob_min"], -20.0),
-            "p_true": s.get("p_true"), "log_tokens": math.log(1 + row["tokens"]),
-            "rule_failed": max([float(v) for k, v in s.items() if k.startswith("rule_")], default=0.0),
-            **{k: s.get(k) for k in ("p_answer", "agreement", "critique_verdict", "option_max_prob", "option_margin",
-                                     "option_entropy", "kind_choice", "kind_number", "kind_long", "probe")}}
+    return conn.execute("SELECT reflect._feature_values(%s, %s, %s, %s::jsonb)",
+                        (s["logprob_mean"], s["logprob_min"], row["tokens"], json.dumps(s))).fetchone()[0]
 
 
 def main() -> None:
@@ -119,7 +116,7 @@ def main() -> None:
         print("2 done", flush=True)
         report["seen_mixed"] = seen_mixed(x, y, names, means, sds, w0, pens, rng)
         print("3 done", flush=True)
-        report["out_of_box"] = out_of_box(names, means, sds, w0, pens)
+        report["out_of_box"] = out_of_box(conn, names, means, sds, w0, pens)
     finally:
         cluster.destroy()
     report["minutes"] = (time.time() - t0) / 60
@@ -195,10 +192,10 @@ def seen_mixed(x, y, names, means, sds, w0, pens, rng) -> dict[str, Any]:
     return out
 
 
-def out_of_box(names, means, sds, w0, pens) -> dict[str, Any]:
+def out_of_box(conn, names, means, sds, w0, pens) -> dict[str, Any]:
     runs = {d: sorted((json.loads(line) for line in (RESULTS / f"out-of-box-{d}.jsonl").read_text().splitlines()
                        if line.strip()), key=lambda r: r["request_id"]) for d in ("mmlu", "gsm8k")}
-    feats = {d: matrix([{"features": served_features(r)} for r in rs], names) for d, rs in runs.items()}
+    feats = {d: matrix([{"features": served_features(conn, r)} for r in rs], names) for d, rs in runs.items()}
     ys = {d: np.array([r["correct"] for r in rs], dtype=float) for d, rs in runs.items()}
     # the first MMLU answers were served by the shipped calibrator: the features here must give their confidence
     first = [r["confidence"] for r in runs["mmlu"][:20]]

@@ -838,7 +838,8 @@ BEGIN
   -- levels of choice, number and long relative to short; short's level goes to the intercept
   lvl := ARRAY[w[d + 2] - w[d + 5], w[d + 3] - w[d + 5], w[d + 4] - w[d + 5]];
   weights := w[1:d + 1];
-  weights[1] := weights[1] + w[d + 5] + lvl[1] * p_means[pos[1]] + lvl[2] * p_means[pos[2]] + lvl[3] * p_means[pos[3]];
+  weights[1] := weights[1] + w[d + 5]
+                + lvl[1] * p_means[pos[1]] + lvl[2] * p_means[pos[2]] + lvl[3] * p_means[pos[3]];
   FOR k IN 1..3 LOOP
     weights[pos[k] + 1] := weights[pos[k] + 1] + lvl[k] * p_stds[pos[k]];
   END LOOP;

@@ -130,7 +130,7 @@ $$;
 -- (choice / number / short / long) as its own term: labels of one kind move that kind's confidence, not every
 -- answer's. With the intercept as the free term, 50 labels of one dataset moved the confidence of the other
 -- kinds' datasets too: their Brier score rose by +0.025 on average (12 packaged datasets, the shipped
--- calibrator; +0.003 with these terms), and an evaluation's MMLU labels took GSM8K's confidence from 0.53 to
+-- calibrator; +0.0035 with these terms), and an evaluation's MMLU labels took GSM8K's confidence from 0.53 to
 -- 0.34 (accuracy 0.46, bench/results/out-of-box.md; 0.41-0.49 with these terms, replayed). The cost: labels
 -- drawn from traffic the installed calibrator already fits feed four free terms instead of one, so more noise
 -- (Brier +0.015 against +0.005 after 50 such labels, +0.005 against +0.003 after 200). Where the traffic is
@@ -178,7 +178,8 @@ BEGIN
   -- levels of choice, number and long relative to short; short's level goes to the intercept
   lvl := ARRAY[w[d + 2] - w[d + 5], w[d + 3] - w[d + 5], w[d + 4] - w[d + 5]];
   weights := w[1:d + 1];
-  weights[1] := weights[1] + w[d + 5] + lvl[1] * p_means[pos[1]] + lvl[2] * p_means[pos[2]] + lvl[3] * p_means[pos[3]];
+  weights[1] := weights[1] + w[d + 5]
+                + lvl[1] * p_means[pos[1]] + lvl[2] * p_means[pos[2]] + lvl[3] * p_means[pos[3]];
   FOR k IN 1..3 LOOP
     weights[pos[k] + 1] := weights[pos[k] + 1] + lvl[k] * p_stds[pos[k]];
   END LOOP;
@@ -246,9 +247,9 @@ $$;
 -- When the version has an installed calibrator (the one pgreflect ships for its default model) whose features
 -- the database still computes, with the probe in both or neither, the fit is anchored on it, on its features
 -- (the shipped one leaves out signals that did not hold across datasets; _fit_logistic_around_kinds: a level
--- per kind of question, calibration_anchor_* settings), and needs fewer labels: the user's labels correct it where their traffic
--- differs instead of replacing it with a fit on a few dozen answers (bench/results/calibration-few-labels.md
--- measures both). Always the installed one, not the last refit: a refit's labels are all counted again in the
+-- per kind of question, calibration_anchor_* settings), and needs fewer labels: the user's labels correct it
+-- where their traffic differs instead of replacing it with a fit on a few dozen answers
+-- (bench/results/calibration-few-labels.md measures both). Always the installed one, not the last refit: a refit's labels are all counted again in the
 -- next one.
 -- Returns the new calibrator's id, or NULL when there are not enough labels.
 CREATE OR REPLACE FUNCTION reflect.fit_calibrator_v1(p_model_version text)
