@@ -968,6 +968,20 @@ CREATE FUNCTION reflect._knob_default(p_knob text) RETURNS double precision
                      WHEN 'memory_k' THEN reflect._setting_float('memory_k_default') END
 $$;
 ALTER FUNCTION reflect._knob_default(p_knob text) OWNER TO reflect_owner;
+CREATE FUNCTION reflect._labels_by_kind(p_values jsonb[]) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  SELECT coalesce(jsonb_object_agg(kind, n), '{}')
+  FROM (SELECT CASE WHEN (v ->> 'kind_choice')::float8 = 1 THEN 'choice'
+                    WHEN (v ->> 'kind_number')::float8 = 1 THEN 'number'
+                    WHEN (v ->> 'kind_long')::float8 = 1 THEN 'long'
+                    WHEN v ->> 'kind_choice' IS NULL AND v ->> 'kind_number' IS NULL AND v ->> 'kind_long' IS NULL
+                      THEN 'unknown'
+                    ELSE 'short' END AS kind, count(*) AS n
+        FROM unnest(p_values) v GROUP BY 1) k
+$$;
+ALTER FUNCTION reflect._labels_by_kind(p_values jsonb[]) OWNER TO reflect_owner;
 CREATE FUNCTION reflect._loaded_key_ids() RETURNS text[]
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2543,6 +2557,8 @@ BEGIN
           coalesce(cardinality(hy), 0),
           jsonb_build_object(
             'iterations', f.iterations, 'anchored_on', anchor.id,
+            -- the kinds of question its labels asked: an anchored refit moves those (_fit_logistic_around_kinds)
+            'train_labels_by_kind', reflect._labels_by_kind(tv),
             'heldout', v_new,
             'train', reflect._calibration_metrics(reflect._logistic_rows(tx, f.means, f.stds, f.weights), ty)
                      - 'accuracy_at_80' - 'mean_confidence')
@@ -5639,6 +5655,7 @@ REVOKE ALL ON FUNCTION reflect._job_channel(p_kind text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key(p_key_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._key_verifier(p_key_id text, p_key text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._knob_default(p_knob text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION reflect._labels_by_kind(p_values jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._loaded_key_ids() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._logistic(x double precision[], p_means double precision[], p_stds double precision[], p_weights double precision[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect._logistic_rows(x double precision[], p_means double precision[], p_stds double precision[], p_weights double precision[]) FROM PUBLIC;

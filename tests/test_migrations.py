@@ -30,7 +30,7 @@ def empty_db(cluster) -> Database:  # type: ignore[no-untyped-def]
 def _schema_fingerprint(db: Database) -> list[tuple]:
     with db.admin() as conn:
         return conn.execute("""
-            SELECT 'rel', c.relname, c.relkind::text, pg_get_userbyid(c.relowner) FROM pg_class c
+            SELECT 'rel', c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner) FROM pg_class c
             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'reflect'
             UNION ALL
             SELECT 'fn', p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', md5(p.prosrc),

@@ -198,6 +198,7 @@ def test_a_few_labels_refine_the_installed_calibrator_around_it(db: Database, ke
             "SELECT features, weights, heldout_metrics FROM reflect.calibrators WHERE id <> %s "
             "ORDER BY id DESC LIMIT 1", (installed,)).fetchone()
     assert metrics["anchored_on"] == installed and features == doc["features"]
+    assert list(metrics["train_labels_by_kind"]) == ["unknown"]  # these answers report no kind
     anchor = dict(zip(["intercept", *doc["features"]], doc["weights"], strict=True))
     got = dict(zip(["intercept", *features], weights, strict=True))
     assert got["intercept"] < anchor["intercept"] - 0.5  # the base rate moved down
@@ -283,6 +284,9 @@ def test_labels_of_one_kind_refit_that_kind_only_through_the_product_path(db: Da
         assert conn.execute(query("refit_calibrators")).fetchone()[0] == 1
         refit = conn.execute("SELECT id FROM reflect.calibrators WHERE id <> %s AND is_active", (installed,)).fetchone()
         assert refit is not None, "the refit calibrates the held-out answers better and is active"
+        n_train, by_kind = conn.execute("SELECT n_train, heldout_metrics -> 'train_labels_by_kind' "
+                                        "FROM reflect.calibrators WHERE id = %s", refit).fetchone()
+        assert by_kind == {"choice": n_train}  # the user's labels, all multiple choice (the fit's were cleared)
 
         def conf(cal: int, kind: str, logprob: float) -> float:
             values = {"logprob_mean": logprob, "logprob_min": logprob, "p_true": 0.5, "rule_failed": 0,

@@ -336,6 +336,8 @@ BEGIN
           coalesce(cardinality(hy), 0),
           jsonb_build_object(
             'iterations', f.iterations, 'anchored_on', anchor.id,
+            -- the kinds of question its labels asked: an anchored refit moves those (_fit_logistic_around_kinds)
+            'train_labels_by_kind', reflect._labels_by_kind(tv),
             'heldout', v_new,
             'train', reflect._calibration_metrics(reflect._logistic_rows(tx, f.means, f.stds, f.weights), ty)
                      - 'accuracy_at_80' - 'mean_confidence')
@@ -355,6 +357,22 @@ BEGIN
   END IF;
   RETURN v_id;
 END
+$$;
+
+-- How many of these answers (their feature values) asked each kind of question; "unknown": no kind recorded.
+CREATE OR REPLACE FUNCTION reflect._labels_by_kind(p_values jsonb[])
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(jsonb_object_agg(kind, n), '{}')
+  FROM (SELECT CASE WHEN (v ->> 'kind_choice')::float8 = 1 THEN 'choice'
+                    WHEN (v ->> 'kind_number')::float8 = 1 THEN 'number'
+                    WHEN (v ->> 'kind_long')::float8 = 1 THEN 'long'
+                    WHEN v ->> 'kind_choice' IS NULL AND v ->> 'kind_number' IS NULL AND v ->> 'kind_long' IS NULL
+                      THEN 'unknown'
+                    ELSE 'short' END AS kind, count(*) AS n
+        FROM unnest(p_values) v GROUP BY 1) k
 $$;
 
 -- Rows of named feature values as a matrix in the order of p_names.
