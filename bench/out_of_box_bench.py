@@ -3,13 +3,14 @@ up` sets it up (the default model registered, the calibrator pgreflect ships for
 then `pgreflect eval` on questions of the packaged datasets that are not among the 2,220 answers the shipped
 calibrator was fitted on (bench/results/lodo-answers/), answered and scored by the product's own harness.
 
-    .venv/bin/python bench/out_of_box_bench.py [--mmlu 200] [--gsm8k 60]
-    .venv/bin/python bench/out_of_box_bench.py --analyse-only     # the answers kept by the last run
+    .venv/bin/python bench/out_of_box_bench.py [--mmlu 200] [--gsm8k 60]          # a new collection
+    .venv/bin/python bench/out_of_box_bench.py --more [--mmlu 200] [--gsm8k 60]   # the next questions, added
+    .venv/bin/python bench/out_of_box_bench.py --analyse-only                    # the answers kept
 
 Same selection and budgets as the fit's collection (bench/calibration_lodo_bench.py: MMLU's held-out split,
 256 tokens; GSM8K, 512 tokens; order seed 21), taking the next questions after those fitted on. Answers as
 returned (no follow-ups), memory off. Results: bench/results/out-of-box.md and .json; the eval reports and
-answers beside them (out-of-box-<dataset>.md / .jsonl).
+answers beside them, one set per part (out-of-box-<dataset>[-<part>].md / .jsonl / .questions.jsonl).
 
 `pgreflect eval` records its verdicts as labels, and the product refits a version's calibrator every
 calibration_refit_new_labels labels (the pg_cron job): the second dataset's answers would be scored by a refit
@@ -57,10 +58,28 @@ def fitted_ids() -> set[str]:
     return ids
 
 
-def fresh_items(name: str, n: int, fitted: set[str]) -> list[dict[str, Any]]:
+def fresh_items(name: str, n: int, excluded: set[str]) -> list[dict[str, Any]]:
     split = DATASETS[name][0]
-    chosen = [it for it in datasets.select(name, split, None, seed=SEED) if it["id"] not in fitted]
+    chosen = [it for it in datasets.select(name, split, None, seed=SEED) if it["id"] not in excluded]
     return chosen[:n]
+
+
+def part_label(name: str, part: int) -> str:
+    """Part 1 of a dataset's answers is out-of-box-<name>; each run with --more adds the next part."""
+    return f"out-of-box-{name}" if part == 1 else f"out-of-box-{name}-{part}"
+
+
+def kept_parts(name: str) -> list[int]:
+    found = [1] if (RESULTS / f"{part_label(name, 1)}.jsonl").exists() else []
+    for path in RESULTS.glob(f"out-of-box-{name}-*.jsonl"):
+        tail = path.name.removeprefix(f"out-of-box-{name}-").removesuffix(".jsonl")
+        if tail.isdigit():
+            found.append(int(tail))
+    return sorted(found)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def shipped_confidences(dsn: str, rows: list[dict[str, Any]]) -> list[float]:
@@ -74,87 +93,113 @@ def shipped_confidences(dsn: str, rows: list[dict[str, Any]]) -> list[float]:
             {"mv": DEFAULT_MODEL, "tokens": r["tokens"], "s": json.dumps(r["signals"])}).fetchone()[0] for r in rows]
 
 
+def collect(env: dict[str, str], name: str, n: int, part: int, excluded: set[str]) -> dict[str, Any]:
+    """One part: the next n fresh questions through `pgreflect eval` (labels off: they would refit the
+    calibrator being measured)."""
+    items = fresh_items(name, n, excluded)
+    label = part_label(name, part)
+    qfile, out, md = (RESULTS / f"{label}{ext}" for ext in (".questions.jsonl", ".jsonl", ".md"))
+    qfile.write_text("".join(json.dumps(it) + "\n" for it in items))
+    t = time.time()
+    done = subprocess.run([sys.executable, "-m", "pgreflect.cli", "eval", "--file", str(qfile), "--out", str(out),
+                           "--report", str(md), "--max-tokens", str(DATASETS[name][2]), "--eval-memory", "off",
+                           "--record-labels", "off", "--run-label", label, "--timeout", "36000"],
+                          env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"eval of {name} failed:\n{done.stderr[-3000:]}")
+    print(f"{label}: {len(items)} answered in {(time.time() - t) / 60:.1f} min", flush=True)
+    return {"label": label, "questions": len(items), "minutes": (time.time() - t) / 60}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mmlu", type=int, default=200)
     ap.add_argument("--gsm8k", type=int, default=60)
-    ap.add_argument("--analyse-only", action="store_true", help="score the answers kept by the last run")
+    ap.add_argument("--more", action="store_true",
+                    help="answer the next fresh questions as one more part, keeping the parts answered before")
+    ap.add_argument("--analyse-only", action="store_true", help="score the answers kept by the runs before")
     args = ap.parse_args()
     fitted = fitted_ids()
     wanted = {"mmlu": args.mmlu, "gsm8k": args.gsm8k}
-    cluster = start_cluster()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    t0 = time.time()
-    report: dict[str, Any] = {"started": started, "fitted_on": len(fitted), "datasets": {}}
-    if args.analyse_only:
+    report: dict[str, Any] = {"fitted_on": len(fitted), "runs": [], "datasets": {}}
+    if args.analyse_only or args.more:
         report = json.loads((RESULTS / "out-of-box.json").read_text())
+        report.setdefault("runs", [{"started": report.pop("started"), "minutes": report.pop("minutes"),
+                                    "command": "--mmlu 200 --gsm8k 80",
+                                    "parts": [{"label": part_label(n, 1), "questions": d["questions"],
+                                               "minutes": d["minutes"]} for n, d in report["datasets"].items()]}])
+    if args.analyse_only:
         report["analysed"] = started
+    t0 = time.time()
+    cluster = start_cluster()
     try:
         dsn = pgreflect_database(cluster)
         register_packaged(dsn, DEFAULT_MODEL, activate=True)
         no_followups(dsn)
         ring = keyring()
         env = cli_env(cluster, dsn, ring)
+        if not args.analyse_only:
+            run: dict[str, Any] = {"started": started, "command": f"{'--more ' if args.more else ''}--mmlu "
+                                   f"{args.mmlu} --gsm8k {args.gsm8k}", "parts": []}
+            for name, n in wanted.items():
+                parts = kept_parts(name)
+                if not args.more:  # a new collection: the parts of the one before go
+                    for part in parts:
+                        for ext in (".questions.jsonl", ".jsonl", ".md"):
+                            (RESULTS / f"{part_label(name, part)}{ext}").unlink(missing_ok=True)
+                    parts = []
+                if n > 0:
+                    used = {it["id"] for part in parts
+                            for it in read_rows(RESULTS / f"{part_label(name, part)}.questions.jsonl")}
+                    run["parts"].append(collect(env, name, n, (parts[-1] + 1) if parts else 1, fitted | used))
+            run["minutes"] = (time.time() - t0) / 60
+            report["runs"] = [*report["runs"], run] if args.more else [run]
         results: list[dict[str, Any]] = []
-        for name, n in wanted.items():
-            if n <= 0:
-                continue
-            if args.analyse_only:
-                out = RESULTS / f"out-of-box-{name}.jsonl"
-                results += [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-                continue
-            items = fresh_items(name, n, fitted)
-            assert not {it["id"] for it in items} & fitted
-            qfile = RESULTS / f"out-of-box-{name}.questions.jsonl"
-            qfile.write_text("".join(json.dumps(it) + "\n" for it in items))
-            out, md = RESULTS / f"out-of-box-{name}.jsonl", RESULTS / f"out-of-box-{name}.md"
-            t = time.time()
-            done = subprocess.run([sys.executable, "-m", "pgreflect.cli", "eval", "--file", str(qfile), "--out",
-                                   str(out), "--report", str(md), "--max-tokens", str(DATASETS[name][2]),
-                                   "--eval-memory", "off", "--record-labels", "off", "--run-label",
-                                   f"out-of-box-{name}", "--timeout", "36000"],
-                                  env=env, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise SystemExit(f"eval of {name} failed:\n{done.stderr[-3000:]}")
-            rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-            results += rows
-            report["datasets"][name] = {"questions": len(items), "minutes": (time.time() - t) / 60,
-                                        "calibrated_share": sum(bool(r["calibrated"]) for r in rows) / len(rows)}
-            print(f"{name}: {len(items)} answered in {(time.time() - t) / 60:.1f} min", flush=True)
+        for name in wanted:
+            for part in kept_parts(name):
+                results += [{**r, "part": part} for r in read_rows(RESULTS / f"{part_label(name, part)}.jsonl")]
+        names = sorted({r["dataset"] for r in results}, key=list(wanted).index)
         shipped = [{**r, "confidence": c} for r, c in zip(results, shipped_confidences(dsn, results), strict=True)]
+        report["datasets"] = {}
         with Client(cluster.dsn(user="pgreflect_app"), keyring=ring) as client:
-            for name in report["datasets"]:
-                d = report["datasets"][name]
-                d["metrics"] = metrics(client, [r for r in shipped if r["dataset"] == name])
-                d.update(served_against_shipped([r for r in results if r["dataset"] == name],
-                                                [r for r in shipped if r["dataset"] == name]))
-                if d["same_before_first_difference"] < FIRST_REFIT and d["same_before_first_difference"] < len(
-                        [r for r in results if r["dataset"] == name]) and name == next(iter(report["datasets"])):
-                    raise SystemExit(f"{name}: the shipped calibrator's confidence differs from the served one from "
-                                     f"answer {d['same_before_first_difference'] + 1}, before any refit could run")
-                if d["served_differs"]:
-                    d["served_metrics"] = metrics(client, [r for r in results if r["dataset"] == name])
+            for name in names:
+                served = [r for r in results if r["dataset"] == name]
+                d = report["datasets"][name] = {
+                    "questions": len(served),
+                    "calibrated_share": sum(bool(r["calibrated"]) for r in served) / len(served),
+                    "metrics": metrics(client, [r for r in shipped if r["dataset"] == name]),
+                    "parts": {str(part): served_against_shipped([r for r in served if r["part"] == part],
+                                                                [r for r in shipped if r["dataset"] == name
+                                                                 and r["part"] == part])
+                              for part in sorted({r["part"] for r in served})}}
+                if any(p["served_differs"] for p in d["parts"].values()):
+                    d["served_metrics"] = metrics(client, served)
+            first = report["datasets"][names[0]]["parts"]
+            for part, check in first.items():
+                if check["same_before_first_difference"] < min(FIRST_REFIT, check["n"]):
+                    raise SystemExit(f"{names[0]} part {part}: the shipped calibrator's confidence differs from the "
+                                     f"served one from answer {check['same_before_first_difference'] + 1}, before "
+                                     "any refit could run")
             report["pooled"] = metrics(client, shipped)
-            if any(d["served_differs"] for d in report["datasets"].values()):
+            if any(d.get("served_metrics") for d in report["datasets"].values()):
                 report["served_pooled"] = metrics(client, results)
     finally:
         cluster.destroy()
-    if not args.analyse_only:
-        report["minutes"] = (time.time() - t0) / 60
     (RESULTS / "out-of-box.json").write_text(json.dumps(report, indent=1) + "\n")
-    text = write_markdown(report, args)
+    text = write_markdown(report)
     (RESULTS / "out-of-box.md").write_text(text)
     print(text)
 
 
 def served_against_shipped(served: list[dict[str, Any]], shipped: list[dict[str, Any]]) -> dict[str, Any]:
-    """How the confidences the run served compare with the shipped calibrator's on the same signals: the
+    """How the confidences a run served compare with the shipped calibrator's on the same signals: the
     answers in request order up to the first that differs (what was served before a refit) and the largest
     difference there, which checks the rescoring against the served path."""
     pairs = sorted(zip(served, shipped, strict=True), key=lambda p: p[0]["request_id"])
     diffs = [abs(a["confidence"] - b["confidence"]) for a, b in pairs]
     same = next((i for i, d in enumerate(diffs) if d > 1e-9), len(diffs))
-    return {"served_differs": same < len(diffs), "same_before_first_difference": same,
+    return {"n": len(diffs), "served_differs": same < len(diffs), "same_before_first_difference": same,
             "max_difference_before": max(diffs[:same], default=None), "max_difference": max(diffs, default=None)}
 
 
@@ -163,18 +208,19 @@ def _ci(m: dict[str, Any], key: str) -> str:
     return "n/a" if m.get(key) is None else f"{m[key]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def write_markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
+def write_markdown(report: dict[str, Any]) -> str:
+    runs = "; ".join(
+        f"`.venv/bin/python bench/out_of_box_bench.py {run['command']}` ({run['started']}, {run['minutes']:.0f} min: "
+        + ", ".join(f"{p['label']} {p['questions']}" for p in run["parts"]) + ")" for run in report["runs"])
     lines = [
         "# Out of the box: the shipped calibrator on questions it was not fitted on", "",
-        f"Command: `.venv/bin/python bench/out_of_box_bench.py --mmlu {args.mmlu} --gsm8k {args.gsm8k}` "
-        f"({report['started']}, {report['minutes']:.0f} min, 2 cores"
+        f"Commands: {runs}, 2 cores"
         + (f"; scored again with `--analyse-only` {report['analysed']}" if report.get("analysed") else "")
-        + "). A fresh database set up as `pgreflect up` "
-        "does (default model, the shipped calibrator installed, no labels); `pgreflect eval`, memory off, no "
-        "follow-ups (each answer as returned); the questions: the next ones after the "
-        f"{report['fitted_on']} the shipped calibrator was fitted on, same split, order and token budget. "
-        "Intervals: bootstrap 95%; ECE beside the ECE of a perfectly calibrated confidence at this n; share: "
-        "selective gain at 80% coverage as a share of the oracle's.", "",
+        + ". A fresh database set up as `pgreflect up` does (default model, the shipped calibrator installed, no "
+        "labels); `pgreflect eval`, memory off, no follow-ups (each answer as returned); the questions: the next "
+        f"ones after the {report['fitted_on']} the shipped calibrator was fitted on (and after those of the parts "
+        "before), same split, order and token budget. Intervals: bootstrap 95%; ECE beside the ECE of a perfectly "
+        "calibrated confidence at this n; share: selective gain at 80% coverage as a share of the oracle's.", "",
         "| questions | n | calibrated | accuracy | mean confidence | AUROC | ECE (floor, gap) | share of oracle gain |",
         "|---|---|---|---|---|---|---|---|"]
     rows = [(name, d["metrics"], f"{d['calibrated_share']:.0%}") for name, d in report["datasets"].items()]
@@ -190,13 +236,15 @@ def write_markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
                      f"{'n/a' if share is None else f'{share:.0%}'} |")
     lines += ["", "Rows: each answer's confidence under the shipped calibrator, from the signals it was served with "
               "(reflect._confidence, the function that scores served answers). Rows 'as served': the confidence "
-              "the run returned, where it differs."]
+              "the runs returned, where it differs."]
     for name, d in report["datasets"].items():
-        lines.append(f"- {name}: {d['same_before_first_difference']} answers, in request order, served with the "
-                     "shipped calibrator's confidence (largest difference "
-                     f"{d['max_difference_before'] if d['max_difference_before'] is not None else 'n/a'}), "
-                     + ("then refits on the run's own labels scored the rest (largest difference "
-                        f"{d['max_difference']:.3f})." if d["served_differs"] else "all of them."))
+        for part, c in d["parts"].items():
+            before = c["max_difference_before"]
+            lines.append(f"- {part_label(name, int(part))}: {c['same_before_first_difference']} of {c['n']} answers, "
+                         "in request order, served with the shipped calibrator's confidence (largest difference "
+                         f"{'n/a' if before is None else f'{before:.1e}'})"
+                         + (", then refits on the run's own labels scored the rest (largest difference "
+                            f"{c['max_difference']:.3f})." if c["served_differs"] else "."))
     lines += ["", "Targets (issue 8): AUROC >= 0.80, ECE <= floor + 0.02, share >= 70%."]
     return "\n".join(lines) + "\n"
 
