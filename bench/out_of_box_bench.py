@@ -125,10 +125,11 @@ def main() -> None:
     report: dict[str, Any] = {"fitted_on": len(fitted), "runs": [], "datasets": {}}
     if args.analyse_only or args.more:
         report = json.loads((RESULTS / "out-of-box.json").read_text())
-        report.setdefault("runs", [{"started": report.pop("started"), "minutes": report.pop("minutes"),
-                                    "command": "--mmlu 200 --gsm8k 80",
-                                    "parts": [{"label": part_label(n, 1), "questions": d["questions"],
-                                               "minutes": d["minutes"]} for n, d in report["datasets"].items()]}])
+        if "runs" not in report:  # written before parts existed: one run, part 1 of each dataset
+            report["runs"] = [{"started": report.pop("started"), "minutes": report.pop("minutes"),
+                               "command": "--mmlu 200 --gsm8k 80",
+                               "parts": [{"label": part_label(n, 1), "questions": d["questions"],
+                                          "minutes": d["minutes"]} for n, d in report["datasets"].items()]}]
     if args.analyse_only:
         report["analysed"] = started
     t0 = time.time()
