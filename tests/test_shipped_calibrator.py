@@ -22,8 +22,8 @@ from conftest import Database
 from helpers import client, drain, synthetic_labelled_answers
 
 
-def _fitted_document(db: Database, keyring: Keyring) -> dict:
-    synthetic_labelled_answers(db, keyring, 300, seed=11)
+def _fitted_document(db: Database, keyring: Keyring, seed: int = 11, kinds: tuple[str, ...] = ()) -> dict:
+    synthetic_labelled_answers(db, keyring, 300, seed=seed, kinds=kinds)
     with db.admin() as conn:
         conn.execute(query("fit_calibrator"), {"model_version": "tiny"})
         doc = conn.execute(query("export_calibrator"), {"model_version": "tiny"}).fetchone()[0]
@@ -269,13 +269,8 @@ def test_a_refit_on_one_kind_of_question_leaves_the_other_kinds_where_they_were(
 def test_labels_of_one_kind_refit_that_kind_only_through_the_product_path(db: Database, keyring: Keyring) -> None:
     """The shipped calibrator stand-in fitted on mixed kinds; a user labels 40 harder multiple-choice answers;
     the pg_cron job's refit lowers multiple-choice confidence and leaves numeric and short answers'."""
-    synthetic_labelled_answers(db, keyring, 300, seed=31, kinds=("choice", "number", "short"))
+    doc = _fitted_document(db, keyring, seed=31, kinds=("choice", "number", "short"))
     with db.admin() as conn:
-        conn.execute(query("fit_calibrator"), {"model_version": "tiny"})
-        doc = conn.execute(query("export_calibrator"), {"model_version": "tiny"}).fetchone()[0]
-        conn.execute("UPDATE reflect.answers SET calibrator_id = NULL")
-        conn.execute("DELETE FROM reflect.calibrators")
-        conn.execute("DELETE FROM reflect.feedback")
         installed = conn.execute(query("install_calibrator"), {"model_version": "tiny",
                                                                "document": json.dumps(doc)}).fetchone()[0]
     assert {"kind_choice", "kind_number", "kind_long"} <= set(doc["features"])
