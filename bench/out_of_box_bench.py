@@ -130,6 +130,7 @@ def main() -> None:
                                "command": "--mmlu 200 --gsm8k 80",
                                "parts": [{"label": part_label(n, 1), "questions": d["questions"],
                                           "minutes": d["minutes"]} for n, d in report["datasets"].items()]}]
+    report.pop("analysed", None)
     if args.analyse_only:
         report["analysed"] = started
     t0 = time.time()
