@@ -10,7 +10,8 @@ calibrator was fitted on (bench/results/lodo-answers/), answered and scored by t
 Same selection and budgets as the fit's collection (bench/calibration_lodo_bench.py: MMLU's held-out split,
 256 tokens; GSM8K, 512 tokens; order seed 21), taking the next questions after those fitted on. Answers as
 returned (no follow-ups), memory off. Results: bench/results/out-of-box.md and .json; the eval reports and
-answers beside them, one set per part (out-of-box-<dataset>[-<part>].md / .jsonl / .questions.jsonl).
+answers beside them, one set per part (out-of-box-<dataset>[-<part>].md / .jsonl / .questions.jsonl), the answers
+also compressed in bench/results/out-of-box-answers/ (kept in the repository: what the analysis reads).
 
 `pgreflect eval` records its verdicts as labels, and the product refits a version's calibrator every
 calibration_refit_new_labels labels (the pg_cron job): the second dataset's answers would be scored by a refit
@@ -37,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from calibration_lodo_bench import DATASETS, SEED  # noqa: E402
+from lodo_analysis import load  # noqa: E402
 
 from pgreflect import datasets  # noqa: E402
 from pgreflect.client import Client  # noqa: E402
@@ -47,6 +49,7 @@ from pgreflect.models import DEFAULT_MODEL  # noqa: E402
 from bench_cluster import cli_env, keyring, no_followups, pgreflect_database, start_cluster  # noqa: E402
 
 RESULTS = HERE / "results"
+ANSWERS = RESULTS / "out-of-box-answers"
 FIRST_REFIT = 25  # labels before the first automatic refit (calibration_refit_new_labels' default)
 
 
@@ -69,17 +72,17 @@ def part_label(name: str, part: int) -> str:
     return f"out-of-box-{name}" if part == 1 else f"out-of-box-{name}-{part}"
 
 
+def answers_path(name: str, part: int) -> Path:
+    return ANSWERS / f"{part_label(name, part)}.jsonl.gz"
+
+
 def kept_parts(name: str) -> list[int]:
-    found = [1] if (RESULTS / f"{part_label(name, 1)}.jsonl").exists() else []
-    for path in RESULTS.glob(f"out-of-box-{name}-*.jsonl"):
-        tail = path.name.removeprefix(f"out-of-box-{name}-").removesuffix(".jsonl")
-        if tail.isdigit():
-            found.append(int(tail))
+    found = []
+    for path in ANSWERS.glob(f"out-of-box-{name}*.jsonl.gz"):
+        tail = path.name.removeprefix(f"out-of-box-{name}").removesuffix(".jsonl.gz")
+        if tail == "" or tail.removeprefix("-").isdigit():
+            found.append(int(tail.removeprefix("-") or 1))
     return sorted(found)
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def shipped_confidences(dsn: str, rows: list[dict[str, Any]]) -> list[float]:
@@ -107,6 +110,8 @@ def collect(env: dict[str, str], name: str, n: int, part: int, excluded: set[str
                           env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"eval of {name} failed:\n{done.stderr[-3000:]}")
+    ANSWERS.mkdir(exist_ok=True)
+    answers_path(name, part).write_bytes(gzip.compress(out.read_bytes(), mtime=0))
     print(f"{label}: {len(items)} answered in {(time.time() - t) / 60:.1f} min", flush=True)
     return {"label": label, "questions": len(items), "minutes": (time.time() - t) / 60}
 
@@ -150,17 +155,17 @@ def main() -> None:
                     for part in parts:
                         for ext in (".questions.jsonl", ".jsonl", ".md"):
                             (RESULTS / f"{part_label(name, part)}{ext}").unlink(missing_ok=True)
+                        answers_path(name, part).unlink()
                     parts = []
                 if n > 0:
-                    used = {it["id"] for part in parts
-                            for it in read_rows(RESULTS / f"{part_label(name, part)}.questions.jsonl")}
+                    used = {r["id"] for part in parts for r in load(answers_path(name, part))}
                     run["parts"].append(collect(env, name, n, (parts[-1] + 1) if parts else 1, fitted | used))
             run["minutes"] = (time.time() - t0) / 60
             report["runs"] = [*report["runs"], run] if args.more else [run]
         results: list[dict[str, Any]] = []
         for name in wanted:
             for part in kept_parts(name):
-                results += [{**r, "part": part} for r in read_rows(RESULTS / f"{part_label(name, part)}.jsonl")]
+                results += [{**r, "part": part} for r in load(answers_path(name, part))]
         names = sorted({r["dataset"] for r in results}, key=list(wanted).index)
         shipped = [{**r, "confidence": c} for r, c in zip(results, shipped_confidences(dsn, results), strict=True)]
         report["datasets"] = {}

@@ -1,7 +1,7 @@
 """Does a refit on one kind of question's labels move the confidence of the others? The anchored refit with a
 free intercept (fit_calibrator_v1 until 2026-12-06) against one with a free level per kind of question
 (reflect._fit_logistic_around_kinds, what it fits now), at the shipped penalties, on the 2,220 answers kept in
-bench/results/lodo-answers/ and the out-of-box answers (bench/results/out-of-box-*.jsonl).
+bench/results/lodo-answers/ and the out-of-box answers (bench/results/out-of-box-answers/).
 
     .venv/bin/python bench/refit_kinds_bench.py
 
@@ -36,8 +36,19 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from lodo_analysis import ANSWERS, Fitter, load_all  # noqa: E402
-from lodo_few_labels import KINDS, brier, check_against_sql, ece, ece_floor, fit_around, fit_around_kinds, matrix, score  # noqa: E402  # noqa: E402
+from lodo_analysis import ANSWERS, Fitter, load, load_all  # noqa: E402
+from lodo_few_labels import (  # noqa: E402
+    KINDS,
+    brier,
+    check_against_sql,
+    ece,
+    ece_floor,
+    fit_around,
+    fit_around_kinds,
+    matrix,
+    score,
+)
+from out_of_box_bench import answers_path  # noqa: E402
 
 from pgreflect.meta import shipped  # noqa: E402
 from pgreflect.models import DEFAULT_MODEL, PACKAGED  # noqa: E402
@@ -193,8 +204,7 @@ def seen_mixed(x, y, names, means, sds, w0, pens, rng) -> dict[str, Any]:
 
 
 def out_of_box(conn, names, means, sds, w0, pens) -> dict[str, Any]:
-    runs = {d: sorted((json.loads(line) for line in (RESULTS / f"out-of-box-{d}.jsonl").read_text().splitlines()
-                       if line.strip()), key=lambda r: r["request_id"]) for d in ("mmlu", "gsm8k")}
+    runs = {d: sorted(load(answers_path(d, 1)), key=lambda r: r["request_id"]) for d in ("mmlu", "gsm8k")}
     feats = {d: matrix([{"features": served_features(conn, r)} for r in rs], names) for d, rs in runs.items()}
     ys = {d: np.array([r["correct"] for r in rs], dtype=float) for d, rs in runs.items()}
     # the first MMLU answers were served by the shipped calibrator: the features here must give their confidence
