@@ -3,7 +3,10 @@ free intercept (fit_calibrator_v1 until 2026-12-06) against one with a free leve
 (reflect._fit_logistic_around_kinds, what it fits now), at the shipped penalties, on the 2,220 answers kept in
 bench/results/lodo-answers/ and the out-of-box answers (bench/results/out-of-box-answers/).
 
-    .venv/bin/python bench/refit_kinds_bench.py
+    .venv/bin/python bench/refit_kinds_bench.py [--penalties 30,0.3]
+
+(--penalties: features and intercept / kind levels, both fits; default: the database's calibration_anchor_l2 and
+calibration_anchor_intercept_l2. The reading of refit-kinds.md was made at 30,0.3.)
 
 1. Labels of one dataset, other datasets' traffic: the shipped calibrator refitted on k labels of dataset D
    (DRAWS random draws), scored on every other dataset, by whether it asks another kind of question or the
@@ -23,6 +26,7 @@ differ); ECE as reflect.ece_v1 (10 bins), floors as reflect.eval_metrics_v1.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import sys
@@ -60,7 +64,9 @@ KS = (25, 50, 100)
 DRAWS = 20
 PAIRS = 16
 BOOT = 2000
-FITS = ("intercept", "kinds")
+# A refit to compare: which fit ("intercept": reflect._fit_logistic_around, "kinds":
+# reflect._fit_logistic_around_kinds) at which penalties (features and intercept, kind levels).
+Spec = tuple[str, tuple[float, float]]
 
 
 def kind_of(x: np.ndarray, names: list[str]) -> str:
@@ -68,8 +74,9 @@ def kind_of(x: np.ndarray, names: list[str]) -> str:
     return KINDS[int(np.argmax(share))].removeprefix("kind_") if share.max() > 0.5 else "short"
 
 
-def refit(which: str, x: np.ndarray, y: np.ndarray, names: list[str], means: np.ndarray, sds: np.ndarray,
-          w0: np.ndarray, pens: tuple[float, float]) -> np.ndarray:
+def refit(spec: Spec, x: np.ndarray, y: np.ndarray, names: list[str], means: np.ndarray, sds: np.ndarray,
+          w0: np.ndarray) -> np.ndarray:
+    which, pens = spec
     if which == "intercept":
         return fit_around(x, y, means, sds, w0, *pens)
     return fit_around_kinds(x, y, names, means, sds, w0, *pens)
@@ -95,6 +102,9 @@ def served_features(conn: psycopg.Connection, row: dict[str, Any]) -> dict[str, 
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--penalties", default=None, help="A,B: calibration_anchor_l2, calibration_anchor_intercept_l2")
+    args = ap.parse_args()
     t0 = time.time()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     doc = json.loads((shipped.HERE / f"{PACKAGED[DEFAULT_MODEL].sha256}.json").read_text())
@@ -112,6 +122,10 @@ def main() -> None:
         settings = dict(conn.execute("SELECT key, value FROM reflect.settings WHERE key LIKE 'calibration_anchor_%'")
                         .fetchall())
         pens = (float(settings["calibration_anchor_l2"]), float(settings["calibration_anchor_intercept_l2"]))
+        if args.penalties:
+            a, b = (float(v) for v in args.penalties.split(","))
+            pens = (a, b)
+        report_command = " ".join(["bench/refit_kinds_bench.py", *sys.argv[1:]])
         first = sets[0]
         check_against_sql(conn, x[first][:50], y[first][:50], names, means, sds, w0, pens)
         sql_plain = conn.execute("SELECT weights FROM reflect._fit_logistic_around(%s::float8[], %s, %s, %s, %s, "
@@ -120,14 +134,16 @@ def main() -> None:
                                  ).fetchone()[0]
         if not np.allclose(sql_plain, fit_around(x[first][:50], y[first][:50], means, sds, w0, *pens), atol=1e-6):
             raise SystemExit("the numpy fit differs from reflect._fit_logistic_around")
-        report: dict[str, Any] = {"started": started, "penalties": pens, "kinds": kinds, "draws": DRAWS}
-        report["one_dataset"] = one_dataset(x, y, kinds, names, means, sds, w0, pens, rng)
+        report: dict[str, Any] = {"started": started, "command": report_command, "penalties": pens, "kinds": kinds,
+                                  "draws": DRAWS}
+        fits: dict[str, Spec] = {"intercept": ("intercept", pens), "kinds": ("kinds", pens)}
+        report["one_dataset"] = one_dataset(x, y, kinds, names, means, sds, w0, fits, rng)
         print("1 done", flush=True)
-        report["unseen_pairs"] = unseen_pairs(Fitter(conn), rows, x, y, kinds, names, pens, rng)
+        report["unseen_pairs"] = unseen_pairs(Fitter(conn), rows, x, y, kinds, names, fits, rng)
         print("2 done", flush=True)
-        report["seen_mixed"] = seen_mixed(x, y, names, means, sds, w0, pens, rng)
+        report["seen_mixed"] = seen_mixed(x, y, names, means, sds, w0, fits, rng)
         print("3 done", flush=True)
-        report["out_of_box"] = out_of_box(conn, names, means, sds, w0, pens)
+        report["out_of_box"] = out_of_box(conn, names, means, sds, w0, fits)
     finally:
         cluster.destroy()
     report["minutes"] = (time.time() - t0) / 60
@@ -137,20 +153,20 @@ def main() -> None:
     print(text)
 
 
-def one_dataset(x, y, kinds, names, means, sds, w0, pens, rng) -> dict[str, Any]:
+def one_dataset(x, y, kinds, names, means, sds, w0, fits: dict[str, Spec], rng, ks=KS) -> dict[str, Any]:
     sets = sorted(x)
     base = {e: score(x[e], means, sds, w0) for e in sets}
     out: dict[str, Any] = {}
-    for k in KS:
+    for k in ks:
         # changes[fit][group][labelled dataset] = list of (Brier change, ECE change) per draw and scored dataset
         changes = {f: {g: {d: [] for d in sets} for g in ("same dataset", "same kind", "other kinds")}
-                   for f in FITS}
+                   for f in fits}
         for d in sets:
             for _ in range(DRAWS):
                 pick = rng.permutation(len(y[d]))
                 lab, rest = pick[:k], pick[k:]
-                for f in FITS:
-                    w = refit(f, x[d][lab], y[d][lab], names, means, sds, w0, pens)
+                for f, spec in fits.items():
+                    w = refit(spec, x[d][lab], y[d][lab], names, means, sds, w0)
                     for e in sets:
                         at = rest if e == d else slice(None)
                         c0, c1, ye = base[e][at], score(x[e][at], means, sds, w), y[e][at]
@@ -158,16 +174,16 @@ def one_dataset(x, y, kinds, names, means, sds, w0, pens, rng) -> dict[str, Any]
                         changes[f][group][d].append((brier(c1, ye) - brier(c0, ye), ece(c1, ye) - ece(c0, ye)))
         out[k] = {f: {g: {"brier": interval({d: [v[0] for v in vs] for d, vs in per.items()}, rng),
                           "ece": interval({d: [v[1] for v in vs] for d, vs in per.items()}, rng)}
-                      for g, per in changes[f].items()} for f in FITS}
+                      for g, per in changes[f].items()} for f in fits}
     return out
 
 
-def unseen_pairs(fitter, rows, x, y, kinds, names, pens, rng) -> dict[str, Any]:
+def unseen_pairs(fitter, rows, x, y, kinds, names, fits: dict[str, Spec], rng) -> dict[str, Any]:
     sets = sorted(x)
     pairs = [(a, b) for a, b in itertools.combinations(sets, 2) if kinds[a] != kinds[b]]
     pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), size=min(PAIRS, len(pairs)), replace=False))]
     per: dict[int, dict[str, dict[str, list[tuple[float, float, float]]]]] = {
-        k: {f: {} for f in ("none", *FITS)} for k in KS}
+        k: {f: {} for f in ("none", *fits)} for k in KS}
     for a, b in pairs:
         m, s, w = (np.array(v, dtype=float) for v in fitter.fit([r for r in rows if r["dataset"] not in (a, b)], names))
         xu, yu = np.vstack([x[a], x[b]]), np.concatenate([y[a], y[b]])
@@ -175,8 +191,8 @@ def unseen_pairs(fitter, rows, x, y, kinds, names, pens, rng) -> dict[str, Any]:
             for _ in range(DRAWS // 2):
                 pick = rng.permutation(len(yu))
                 lab, rest = pick[:k], pick[k:]
-                fits = {"none": w, **{f: refit(f, xu[lab], yu[lab], names, m, s, w, pens) for f in FITS}}
-                for f, wf in fits.items():
+                fitted = {"none": w, **{f: refit(spec, xu[lab], yu[lab], names, m, s, w) for f, spec in fits.items()}}
+                for f, wf in fitted.items():
                     c = score(xu[rest], m, s, wf)
                     per[k][f].setdefault(f"{a}+{b}", []).append((brier(c, yu[rest]), ece(c, yu[rest]),
                                                                  ece(c, yu[rest]) - ece_floor(c, rng, sims=50)))
@@ -187,23 +203,23 @@ def unseen_pairs(fitter, rows, x, y, kinds, names, pens, rng) -> dict[str, Any]:
                           for f, d in per[k].items()} for k in KS}}
 
 
-def seen_mixed(x, y, names, means, sds, w0, pens, rng) -> dict[str, Any]:
+def seen_mixed(x, y, names, means, sds, w0, fits: dict[str, Spec], rng) -> dict[str, Any]:
     xa, ya = np.vstack([x[d] for d in sorted(x)]), np.concatenate([y[d] for d in sorted(x)])
     out: dict[str, Any] = {}
     for k in (*KS, 200):
-        ch: dict[str, dict[str, list[float]]] = {f: {} for f in FITS}
+        ch: dict[str, dict[str, list[float]]] = {f: {} for f in fits}
         for i in range(DRAWS * 2):
             pick = rng.permutation(len(ya))
             lab, rest = pick[:k], pick[k:]
             c0 = score(xa[rest], means, sds, w0)
-            for f in FITS:
-                c1 = score(xa[rest], means, sds, refit(f, xa[lab], ya[lab], names, means, sds, w0, pens))
+            for f, spec in fits.items():
+                c1 = score(xa[rest], means, sds, refit(spec, xa[lab], ya[lab], names, means, sds, w0))
                 ch[f][str(i)] = [brier(c1, ya[rest]) - brier(c0, ya[rest])]
         out[k] = {f: interval(v, rng) for f, v in ch.items()}
     return out
 
 
-def out_of_box(conn, names, means, sds, w0, pens) -> dict[str, Any]:
+def out_of_box(conn, names, means, sds, w0, fits: dict[str, Spec]) -> dict[str, Any]:
     runs = {d: sorted(load(answers_path(d, 1)), key=lambda r: r["request_id"]) for d in ("mmlu", "gsm8k")}
     feats = {d: matrix([{"features": served_features(conn, r)} for r in rs], names) for d, rs in runs.items()}
     ys = {d: np.array([r["correct"] for r in rs], dtype=float) for d, rs in runs.items()}
@@ -218,8 +234,8 @@ def out_of_box(conn, names, means, sds, w0, pens) -> dict[str, Any]:
     for k in (25, 50, 100, 200):
         xl, yl = feats["mmlu"][:k], ys["mmlu"][:k]
         out[k] = {}
-        for f in FITS:
-            w = refit(f, xl, yl, names, means, sds, w0, pens)
+        for f, spec in fits.items():
+            w = refit(spec, xl, yl, names, means, sds, w0)
             c = score(feats["gsm8k"], means, sds, w)
             out[k][f] = {"mean_confidence": float(c.mean()), "ece": ece(c, g), "brier": brier(c, g)}
     return out
@@ -231,8 +247,8 @@ def _iv(v: tuple[float, float, float], scale: float = 1.0) -> str:
 
 def markdown(r: dict[str, Any]) -> str:
     lines = ["# A refit on one kind of question's labels, and the other kinds' confidence", "",
-             f"Command: `.venv/bin/python bench/refit_kinds_bench.py` ({r['started']}, {r['minutes']:.1f} min, "
-             f"2 cores). Penalties as shipped (calibration_anchor_l2 {r['penalties'][0]:g}, "
+             f"Command: `.venv/bin/python {r.get('command', 'bench/refit_kinds_bench.py')}` ({r['started']}, "
+             f"{r['minutes']:.1f} min, 2 cores). Penalties (calibration_anchor_l2 {r['penalties'][0]:g}, "
              f"calibration_anchor_intercept_l2 {r['penalties'][1]:g}). 'intercept': the anchored refit with its "
              "intercept free (what fit_calibrator_v1 did); 'kinds': with a free level per kind of question "
              "(reflect._fit_logistic_around_kinds, what it does now). Kinds of the datasets: "
@@ -268,8 +284,8 @@ def markdown(r: dict[str, Any]) -> str:
               f"| 0 | shipped | {o['shipped']['mean_confidence']:.3f} | {o['shipped']['ece']:.3f} | "
               f"{o['shipped']['brier']:.4f} |"]
     for k in ("25", "50", "100", "200"):
-        for f in FITS:
-            m = o[k] if k in o else o[int(k)]
+        m = o[k] if k in o else o[int(k)]
+        for f in m:
             lines.append(f"| {k} | {f} | {m[f]['mean_confidence']:.3f} | {m[f]['ece']:.3f} | {m[f]['brier']:.4f} |")
     return "\n".join(lines) + "\n"
 

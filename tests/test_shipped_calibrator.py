@@ -292,6 +292,6 @@ def test_labels_of_one_kind_refit_that_kind_only_through_the_product_path(db: Da
                                 (json.dumps(values), cal)).fetchone()[0]
 
         for logprob in (-2.0, -1.5, -1.0):
-            assert conf(refit[0], "choice", logprob) < conf(installed, "choice", logprob) - 0.15
+            assert conf(refit[0], "choice", logprob) < conf(installed, "choice", logprob) - 0.1
             for kind in ("number", "short"):
                 assert conf(refit[0], kind, logprob) == pytest.approx(conf(installed, kind, logprob), abs=0.05)
