@@ -135,6 +135,9 @@ def main() -> None:
                          "values, when the served question changed after the answers were collected)")
     ap.add_argument("--agreement", action="store_true",
                     help="analyse with the agreement signal where bench/agreement_bench.py drew samples")
+    ap.add_argument("--p-true-min-tokens", type=int, default=0,
+                    help="analyse the answers as a worker with this --p-true-min-tokens serves them (P(True) only "
+                         "after answers of at least this many tokens)")
     args = ap.parse_args()
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     minutes = None
@@ -149,7 +152,8 @@ def main() -> None:
             file, _, key = args.p_true_from.rpartition(":")
             p_true_from = (Path(file), key)
         analyse(paths, ship=args.ship, command=" ".join(["bench/calibration_lodo_bench.py", *sys.argv[1:]]),
-                collect_minutes=minutes, p_true_from=p_true_from, agreement_samples=args.agreement)
+                collect_minutes=minutes, p_true_from=p_true_from, agreement_samples=args.agreement,
+                p_true_min_tokens=args.p_true_min_tokens)
 
 
 if __name__ == "__main__":

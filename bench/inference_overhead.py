@@ -38,6 +38,9 @@ PROMPTS = [
     "Describe how a hash table works.",
     "What are the main differences between TCP and UDP?",
 ]
+# Short questions with short answers (--prompts short): where the P(True) pass weighs most.
+SHORT_PROMPTS = [f"What is {a} times {b}? Answer with only the number." for a, b in
+                 ((17, 23), (48, 39), (66, 12), (91, 57), (34, 78), (25, 25), (83, 46), (59, 61), (72, 14), (38, 95))]
 
 
 def main() -> None:
@@ -46,10 +49,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--prompts", default="speed", choices=["speed", "short"],
+                    help="speed: 5 prompts with long answers; short: 10 two-digit products, the number alone")
     ap.add_argument("--signals", default="on", choices=["on", "off"],
                     help="off: no P(True) pass, no memory retrieval (the bare request loop)")
     ap.add_argument("--p-true", default="worker", choices=["worker", "on", "off"],
-                    help="with --signals on: the P(True) pass as the worker's default has it, or forced")
+                    help="with --signals on: the P(True) pass as the worker's default has it (after answers of "
+                         "--p-true-min-tokens or more), or forced after every answer / none")
     args = ap.parse_args()
     model = Path(args.model) if args.model else packaged_path(DEFAULT_MODEL)
 
@@ -64,7 +70,7 @@ def main() -> None:
                "PGREFLECT_LOG_LEVEL": "WARNING"}
         extra = ["--p-true", "off", "--memory", "off"] if args.signals == "off" else ["--memory", "on"]
         if args.signals == "on" and args.p_true != "worker":
-            extra += ["--p-true", args.p_true]
+            extra += ["--p-true", args.p_true, *(["--p-true-min-tokens", "0"] if args.p_true == "on" else [])]
         no_followups(dsn)
         worker = subprocess.Popen([sys.executable, "-m", "pgreflect.cli", "worker", "--threads", str(args.threads),
                                    "--poll-interval", "2", *extra], env=env)
@@ -77,9 +83,10 @@ def main() -> None:
         direct.create_chat_completion([{"role": "user", "content": "Hello"}], max_tokens=8, temperature=0)
 
         d_tokens = d_time = f_tokens = f_time = 0.0
+        asked = 0
         per_round = []
         for _ in range(args.rounds):
-            for prompt in PROMPTS:
+            for prompt in PROMPTS if args.prompts == "speed" else SHORT_PROMPTS:
                 t0 = time.perf_counter()
                 out = direct.create_chat_completion([{"role": "user", "content": prompt}],
                                                     max_tokens=args.max_tokens, temperature=0)
@@ -89,6 +96,7 @@ def main() -> None:
                 row = client.wait(client.submit(prompt, params=params), timeout=600)
                 ft = time.perf_counter() - t0
                 fn = row["tokens"]
+                asked += "p_true" in (row.get("signals") or {})
                 d_tokens, d_time, f_tokens, f_time = d_tokens + dn, d_time + dt, f_tokens + fn, f_time + ft
                 per_round.append((fn / ft) / (dn / dt))
     finally:
@@ -103,6 +111,7 @@ def main() -> None:
     text = "\n".join([
         f"Command: `.venv/bin/python bench/inference_overhead.py --rounds {args.rounds} "
         f"--max-tokens {args.max_tokens} --signals {args.signals}"
+        f"{' --prompts short' if args.prompts == 'short' else ''}"
         f"{f' --p-true {args.p_true}' if args.p_true != 'worker' else ''}` (model {model.name}, {args.threads} "
         f"threads; signals {on if args.signals == 'on' else 'off'}; no follow-ups)  ",
         f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(per_round)} prompt pairs, alternating.",
@@ -113,10 +122,12 @@ def main() -> None:
         f"| pgreflect INSERT -> answer | {f_tokens:.0f} | {f_time:.1f} | {f_tps:.2f} |",
         "",
         f"Ratio full path / direct: {f_tps / d_tps:.3f} (per-pair median {statistics.median(per_round):.3f}, "
-        f"min {min(per_round):.3f}, max {max(per_round):.3f}).",
+        f"min {min(per_round):.3f}, max {max(per_round):.3f}). P(True) measured after {asked} of the "
+        f"{len(per_round)} full-path answers.",
     ]) + "\n"
     print(text)
     suffix = f"-p-true-{args.p_true}" if args.signals == "on" and args.p_true != "worker" else ""
+    suffix += "-short" if args.prompts == "short" else ""
     (HERE / "results" / f"inference-signals-{args.signals}{suffix}.md").write_text(text)
 
 
@@ -124,8 +135,11 @@ def p_true_state(args: argparse.Namespace) -> str:
     from pgreflect.worker import WorkerConfig
 
     if args.p_true != "worker":
-        return args.p_true
-    return f"{'on' if WorkerConfig.p_true else 'off'} (the worker's default)"
+        return "after every answer" if args.p_true == "on" else "off"
+    config = WorkerConfig()
+    if not config.p_true:
+        return "off (the worker's default)"
+    return f"after answers of {config.p_true_min_tokens} tokens or more (the worker's default)"
 
 
 if __name__ == "__main__":

@@ -3,7 +3,12 @@ anchored on the installed calibrator (reflect._fit_logistic_around_kinds) at the
 candidates, side by side on the same draws of the 2,220 answers kept in bench/results/lodo-answers/ and the
 out-of-box answers:
 
-    .venv/bin/python bench/kind_penalty_bench.py
+    .venv/bin/python bench/kind_penalty_bench.py [--calibrator FILE] [--p-true-min-tokens N]
+
+(as bench/refit_kinds_bench.py: the installed calibrator, default the shipped one, and the answers as a worker with
+--p-true-min-tokens serves them, default the worker's; the reading of kind-penalty.md was made with the calibrator
+shipped until 2026-12-06 and P(True) after every answer: --calibrator
+bench/results/out-of-box-answers/served-calibrator-2026-11-28.json --p-true-min-tokens 0.)
 
 1. A user's own traffic (as bench/lodo_few_labels.py): each dataset in turn is traffic the calibrator never saw
    (a stand-in fitted on the others, as the shipped one); k of its answers labelled, the rest scored. What a
@@ -19,6 +24,7 @@ The fits are the numpy copies of bench/lodo_few_labels.py, checked against the S
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -31,12 +37,17 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from lodo_analysis import ANSWERS, Fitter, load_all  # noqa: E402
+from lodo_analysis import ANSWERS, Fitter, load_all, p_true_after  # noqa: E402
 from lodo_few_labels import brier, check_against_sql, ece, ece_floor, fit_around_kinds, matrix, score  # noqa: E402
-from refit_kinds_bench import Spec, kind_of, one_dataset, out_of_box, seen_mixed, unseen_pairs  # noqa: E402
-
-from pgreflect.meta import shipped  # noqa: E402
-from pgreflect.models import DEFAULT_MODEL, PACKAGED  # noqa: E402
+from refit_kinds_bench import (  # noqa: E402
+    Spec,
+    add_calibrator_args,
+    kind_of,
+    one_dataset,
+    out_of_box,
+    seen_mixed,
+    unseen_pairs,
+)
 
 from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
 
@@ -86,12 +97,15 @@ def paired(per: dict[str, dict[str, float]], base: dict[str, dict[str, float]], 
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    add_calibrator_args(ap)
+    args = ap.parse_args()
     t0 = time.time()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    doc = json.loads((shipped.HERE / f"{PACKAGED[DEFAULT_MODEL].sha256}.json").read_text())
+    doc = json.loads(Path(args.calibrator).read_text())
     names = doc["features"]
     means, sds, w0 = (np.array(doc[k], dtype=float) for k in ("feature_means", "feature_stds", "weights"))
-    rows = load_all(ANSWERS)
+    rows = p_true_after(load_all(ANSWERS), args.p_true_min_tokens)
     sets = sorted({r["dataset"] for r in rows})
     x = {d: matrix([r for r in rows if r["dataset"] == d], names) for d in sets}
     y = {d: np.array([r["correct"] for r in rows if r["dataset"] == d], dtype=float) for d in sets}
@@ -108,7 +122,9 @@ def main() -> None:
         first = sets[0]
         for _, pens in fits.values():
             check_against_sql(conn, x[first][:50], y[first][:50], names, means, sds, w0, pens)
-        report: dict[str, Any] = {"started": started, "shipped": f"{shipped_pens[0]:g} / {shipped_pens[1]:g}",
+        report: dict[str, Any] = {"started": started, "command": " ".join(["bench/kind_penalty_bench.py",
+                                                                           *sys.argv[1:]]),
+                                  "shipped": f"{shipped_pens[0]:g} / {shipped_pens[1]:g}",
                                   "fits": list(fits), "draws": DRAWS}
         report["own_traffic"] = own_traffic(Fitter(conn), rows, names, fits, rng)
         report["one_dataset"] = one_dataset(x, y, kinds, names, means, sds, w0, fits, rng, ks=(50,))
@@ -116,7 +132,7 @@ def main() -> None:
         report["seen_mixed"] = seen_mixed(x, y, names, means, sds, w0, fits, rng)
         report["unseen_pairs"] = unseen_pairs(Fitter(conn), rows, x, y, kinds, names, fits, rng)
         print("mixed done", flush=True)
-        report["out_of_box"] = out_of_box(conn, names, means, sds, w0, fits)
+        report["out_of_box"] = out_of_box(conn, names, means, sds, w0, fits, args.p_true_min_tokens)
     finally:
         cluster.destroy()
     report["paired"] = {k: {f: {key: paired(report["own_traffic"][k][f], report["own_traffic"][k][report["shipped"]],
@@ -137,7 +153,8 @@ def _iv(v: Any, signed: bool = True) -> str:
 def markdown(r: dict[str, Any]) -> str:
     ship = r["shipped"]
     lines = ["# The penalty on a refit's kind levels", "",
-             f"Command: `.venv/bin/python bench/kind_penalty_bench.py` ({r['started']}, {r['minutes']:.1f} min, 2 "
+             f"Command: `.venv/bin/python {r.get('command', 'bench/kind_penalty_bench.py')}` ({r['started']}, "
+             f"{r['minutes']:.1f} min, 2 "
              "cores). Each fit: reflect._fit_logistic_around_kinds at 'features / kind levels' penalties "
              f"(calibration_anchor_l2 / calibration_anchor_intercept_l2); shipped: {ship}. Every fit sees the same "
              "draws. Negative changes are better.", "",

@@ -226,6 +226,21 @@ def signal_alone(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
             "direction": "higher is right" if sign > 0 else "lower is right"}
 
 
+def answer_tokens(rows: list[dict[str, Any]]) -> np.ndarray:
+    """Each answer's length in tokens, from its log_tokens feature (ln(1 + tokens), reflect._feature_values)."""
+    return np.array([round(float(np.exp(r["features"]["log_tokens"]) - 1)) for r in rows])
+
+
+def p_true_after(rows: list[dict[str, Any]], min_tokens: int) -> list[dict[str, Any]]:
+    """The answers as a worker with --p-true-min-tokens serves them: P(True) only after answers of at least
+    min_tokens tokens (the pass comes after the answer and changes nothing else, so this is exact). The value
+    measured is kept apart for the 'default' column (the uncalibrated P(True) of a fresh install before)."""
+    short = answer_tokens(rows) < min_tokens
+    return [{**r, "p_true_measured": r["features"].get("p_true"),
+             "features": {k: v for k, v in r["features"].items() if k != "p_true"}} if short[i] else r
+            for i, r in enumerate(rows)]
+
+
 def with_p_true(rows: list[dict[str, Any]], path: Path, key: str) -> list[dict[str, Any]]:
     """The answers with their P(True) replaced by another measurement of it (`key` in `path`, by dataset and id:
     bench/p_true_questions.py writes them), for every answer or an error."""
@@ -294,11 +309,14 @@ def compare_p_true(rows: list[dict[str, Any]], values: dict[tuple[str, str], dic
 
 
 def analyse(paths: list[Path], ship: str | None, command: str, collect_minutes: float | None,
-            p_true_from: tuple[Path, str] | None = None, agreement_samples: bool = False) -> dict[str, Any]:
+            p_true_from: tuple[Path, str] | None = None, agreement_samples: bool = False,
+            p_true_min_tokens: int = 0) -> dict[str, Any]:
     started = time.time()
     rows = load_all(paths)
     if p_true_from is not None:
         rows = with_p_true(rows, *p_true_from)
+    if p_true_min_tokens:
+        rows = p_true_after(rows, p_true_min_tokens)
     if agreement_samples:
         rows = with_agreement(rows)
     sets = sorted({r["dataset"] for r in rows})
@@ -309,6 +327,7 @@ def analyse(paths: list[Path], ship: str | None, command: str, collect_minutes: 
         with psycopg.connect(dsn, autocommit=True) as conn:
             fitter = Fitter(conn)
             report = _lodo(fitter, rows, sets, with_state)
+            report["p_true_min_tokens"] = p_true_min_tokens
             docs = {v: _ship_document(conn, rows, report, command, v) for v in VARIANTS}
     finally:
         cluster.destroy()
@@ -364,7 +383,8 @@ def _lodo(fitter: Fitter, rows: list[dict[str, Any]], sets: list[str], with_stat
         if followups:
             oof[f"full{BEFORE}"][at] = fitter.score(fitted, _without_followups(test), names)
         per[held] = {"calibrated": fitter.metrics(conf, y),
-                     "default": fitter.metrics([r["features"]["p_true"] for r in test], y),
+                     "default": fitter.metrics([r.get("p_true_measured", r["features"].get("p_true")) for r in test],
+                                               y),
                      "rule_failed_share": float(np.mean([r["features"].get("rule_failed", 0) > 0 for r in test]))}
         for g, drop in groups.items():
             kept = [n for n in names if n not in drop]
@@ -436,6 +456,7 @@ def _ship_document(conn: psycopg.Connection, rows: list[dict[str, Any]], report:
                                 "kind": "leave-one-dataset-out, pooled" + served.removeprefix(pooled_key)},
             "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "fit": {"command": command, "variant": variant, "n": len(rows), "datasets": report["datasets"],
+                    "p_true_min_tokens": report.get("p_true_min_tokens", 0),
                     "in_sample": fitter.metrics(conf, [r["correct"] for r in rows]),
                     "leave_one_dataset_out": {d: v.get(key + BEFORE, v[key]) for d, v in report["per_dataset"].items()},
                     **({"with_followups": report["pooled"][pooled_key]} if served != pooled_key else {}),

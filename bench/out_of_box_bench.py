@@ -16,9 +16,14 @@ also compressed in bench/results/out-of-box-answers/ (kept in the repository: wh
 `pgreflect eval` records its verdicts as labels, and the product refits a version's calibrator every
 calibration_refit_new_labels labels (the pg_cron job): the second dataset's answers would be scored by a refit
 on the first's labels, not by the shipped calibrator. The run evaluates with `--record-labels off`.
-The analysis also scores every kept answer with the shipped calibrator through the database's own function
-(reflect._confidence on the answer's served signals), and reports the served confidences beside them where
-they differ (the run of 2026-12-05 left refits on).
+The analysis scores every kept answer with the shipped calibrator through the database's own function
+(reflect._confidence on the answer's served signals) as a worker with --p-true-min-tokens (default: the
+worker's) serves it: P(True) dropped after shorter answers (the pass comes after the answer and changes nothing
+else, so answers collected with P(True) after every answer are rescored exactly). It checks the rescoring
+against the served path: each run's answers scored again by the calibrator that served them (kept beside the
+answers, served-calibrator-*.json) with their signals as served give the confidence the run returned, up to the
+first automatic refit; and it reports the served confidences where they differ (the run of 2026-12-05 left
+refits on).
 """
 
 from __future__ import annotations
@@ -44,7 +49,10 @@ from pgreflect import datasets  # noqa: E402
 from pgreflect.client import Client  # noqa: E402
 from pgreflect.evaluate import metrics  # noqa: E402
 from pgreflect.flows.setup import register_packaged  # noqa: E402
-from pgreflect.models import DEFAULT_MODEL  # noqa: E402
+from pgreflect.meta import shipped as shipped_calibrators  # noqa: E402
+from pgreflect.models import DEFAULT_MODEL, PACKAGED  # noqa: E402
+from pgreflect.sql import query  # noqa: E402
+from pgreflect.worker import WorkerConfig  # noqa: E402
 
 from bench_cluster import cli_env, keyring, no_followups, pgreflect_database, start_cluster  # noqa: E402
 
@@ -85,6 +93,29 @@ def kept_parts(name: str) -> list[int]:
     return sorted(found)
 
 
+def served_signals(rows: list[dict[str, Any]], p_true_min_tokens: int) -> list[dict[str, Any]]:
+    """The answers' signals as a worker with this --p-true-min-tokens serves them."""
+    return [r if r["tokens"] >= p_true_min_tokens or "p_true" not in r["signals"] else
+            {**r, "signals": {k: v for k, v in r["signals"].items() if k != "p_true"}} for r in rows]
+
+
+def install(dsn: str, document: dict[str, Any]) -> None:
+    """Installs a calibrator document and makes it the version's active one (install_calibrator activates it
+    only where the version has none)."""
+    with psycopg.connect(dsn) as conn:
+        cal = conn.execute(query("install_calibrator"), {"model_version": DEFAULT_MODEL,
+                                                         "document": json.dumps(document)}).fetchone()[0]
+        conn.execute("UPDATE reflect.calibrators SET is_active = false WHERE is_active AND model_version_id = "
+                     "(SELECT model_version_id FROM reflect.calibrators WHERE id = %s)", (cal,))
+        conn.execute("UPDATE reflect.calibrators SET is_active = true WHERE id = %s", (cal,))
+
+
+def served_by(report: dict[str, Any]) -> dict[str, str]:
+    """Each part's label -> the file of the calibrator that served it (the shipped one when the run began)."""
+    return {p["label"]: run.get("served_by", "served-calibrator-2026-11-28.json")
+            for run in report["runs"] for p in run["parts"]}
+
+
 def shipped_confidences(dsn: str, rows: list[dict[str, Any]]) -> list[float]:
     """Each answer's confidence under the calibrator the version has now (the shipped one on a fresh setup),
     from the signals it was served with, by the function that scores served answers."""
@@ -123,6 +154,8 @@ def main() -> None:
     ap.add_argument("--more", action="store_true",
                     help="answer the next fresh questions as one more part, keeping the parts answered before")
     ap.add_argument("--analyse-only", action="store_true", help="score the answers kept by the runs before")
+    ap.add_argument("--p-true-min-tokens", type=int, default=WorkerConfig().p_true_min_tokens,
+                    help="score the answers as a worker with this --p-true-min-tokens serves them")
     args = ap.parse_args()
     fitted = fitted_ids()
     wanted = {"mmlu": args.mmlu, "gsm8k": args.gsm8k}
@@ -147,8 +180,12 @@ def main() -> None:
         ring = keyring()
         env = cli_env(cluster, dsn, ring)
         if not args.analyse_only:
+            doc = shipped_calibrators.HERE / f"{PACKAGED[DEFAULT_MODEL].sha256}.json"
+            kept = ANSWERS / f"served-calibrator-{json.loads(doc.read_text())['fitted_at'][:10]}.json"
+            ANSWERS.mkdir(exist_ok=True)
+            kept.write_bytes(doc.read_bytes())
             run: dict[str, Any] = {"started": started, "command": f"{'--more ' if args.more else ''}--mmlu "
-                                   f"{args.mmlu} --gsm8k {args.gsm8k}", "parts": []}
+                                   f"{args.mmlu} --gsm8k {args.gsm8k}", "served_by": kept.name, "parts": []}
             for name, n in wanted.items():
                 parts = kept_parts(name)
                 if not args.more:  # a new collection: the parts of the one before go
@@ -167,7 +204,17 @@ def main() -> None:
             for part in kept_parts(name):
                 results += [{**r, "part": part} for r in load(answers_path(name, part))]
         names = sorted({r["dataset"] for r in results}, key=list(wanted).index)
-        shipped = [{**r, "confidence": c} for r, c in zip(results, shipped_confidences(dsn, results), strict=True)]
+        report["p_true_min_tokens"] = args.p_true_min_tokens
+        as_served = served_signals(results, args.p_true_min_tokens)
+        shipped = [{**r, "confidence": c} for r, c in zip(results, shipped_confidences(dsn, as_served), strict=True)]
+        # The check: each part scored again by the calibrator that served it, on its signals as served.
+        check: dict[int, float] = {}
+        by = served_by(report)
+        for doc_name in sorted(set(by.values())):
+            install(dsn, json.loads((ANSWERS / doc_name).read_text()))
+            rows = [(i, r) for i, r in enumerate(results) if by[part_label(r["dataset"], r["part"])] == doc_name]
+            check.update(zip([i for i, _ in rows], shipped_confidences(dsn, [r for _, r in rows]), strict=True))
+        rescored = [{**r, "confidence": check[i]} for i, r in enumerate(results)]
         report["datasets"] = {}
         with Client(cluster.dsn(user="pgreflect_app"), keyring=ring) as client:
             for name in names:
@@ -177,7 +224,7 @@ def main() -> None:
                     "calibrated_share": sum(bool(r["calibrated"]) for r in served) / len(served),
                     "metrics": metrics(client, [r for r in shipped if r["dataset"] == name]),
                     "parts": {str(part): served_against_shipped([r for r in served if r["part"] == part],
-                                                                [r for r in shipped if r["dataset"] == name
+                                                                [r for r in rescored if r["dataset"] == name
                                                                  and r["part"] == part])
                               for part in sorted({r["part"] for r in served})}}
                 if any(p["served_differs"] for p in d["parts"].values()):
@@ -227,7 +274,10 @@ def write_markdown(report: dict[str, Any]) -> str:
         "labels); `pgreflect eval`, memory off, no follow-ups (each answer as returned); the questions: the next "
         f"ones after the {report['fitted_on']} the shipped calibrator was fitted on (and after those of the parts "
         "before), same split, order and token budget. Intervals: bootstrap 95%; ECE beside the ECE of a perfectly "
-        "calibrated confidence at this n; share: selective gain at 80% coverage as a share of the oracle's.", "",
+        "calibrated confidence at this n; share: selective gain at 80% coverage as a share of the oracle's. P(True) "
+        f"as a worker with --p-true-min-tokens {report.get('p_true_min_tokens', 0)} serves it (only after answers of "
+        "at least that many tokens; the answers were collected with it after every answer and are rescored "
+        "exactly).", "",
         "| questions | n | calibrated | accuracy | mean confidence | AUROC | ECE (floor, gap) | share of oracle gain |",
         "|---|---|---|---|---|---|---|---|"]
     rows = [(name, d["metrics"], f"{d['calibrated_share']:.0%}") for name, d in report["datasets"].items()]
@@ -243,12 +293,14 @@ def write_markdown(report: dict[str, Any]) -> str:
                      f"{'n/a' if share is None else f'{share:.0%}'} |")
     lines += ["", "Rows: each answer's confidence under the shipped calibrator, from the signals it was served with "
               "(reflect._confidence, the function that scores served answers). Rows 'as served': the confidence "
-              "the runs returned, where it differs."]
+              "the runs returned, where it differs. The check of that rescoring: each part's answers scored again "
+              "by the calibrator that served them (kept in bench/results/out-of-box-answers/), against the "
+              "confidence they were served with:"]
     for name, d in report["datasets"].items():
         for part, c in d["parts"].items():
             before = c["max_difference_before"]
             lines.append(f"- {part_label(name, int(part))}: {c['same_before_first_difference']} of {c['n']} answers, "
-                         "in request order, served with the shipped calibrator's confidence (largest difference "
+                         "in request order, served with that calibrator's confidence (largest difference "
                          f"{'n/a' if before is None else f'{before:.1e}'})"
                          + (", then refits on the run's own labels scored the rest (largest difference "
                             f"{c['max_difference']:.3f})." if c["served_differs"] else "."))

@@ -3,10 +3,13 @@ free intercept (fit_calibrator_v1 until 2026-12-06) against one with a free leve
 (reflect._fit_logistic_around_kinds, what it fits now), at the shipped penalties, on the 2,220 answers kept in
 bench/results/lodo-answers/ and the out-of-box answers (bench/results/out-of-box-answers/).
 
-    .venv/bin/python bench/refit_kinds_bench.py [--penalties 30,0.3]
+    .venv/bin/python bench/refit_kinds_bench.py [--penalties 30,0.3] [--calibrator FILE] [--p-true-min-tokens N]
 
 (--penalties: features and intercept / kind levels, both fits; default: the database's calibration_anchor_l2 and
-calibration_anchor_intercept_l2. The reading of refit-kinds.md was made at 30,0.3.)
+calibration_anchor_intercept_l2. --calibrator: the installed calibrator the refits anchor on (default: the one
+pgreflect ships); --p-true-min-tokens: the answers as a worker with it serves them (default: the worker's). The
+reading of refit-kinds.md was made at 30,0.3 with the calibrator shipped until 2026-12-06 and P(True) after every
+answer: --calibrator bench/results/out-of-box-answers/served-calibrator-2026-11-28.json --p-true-min-tokens 0.)
 
 1. Labels of one dataset, other datasets' traffic: the shipped calibrator refitted on k labels of dataset D
    (DRAWS random draws), scored on every other dataset, by whether it asks another kind of question or the
@@ -40,7 +43,7 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from lodo_analysis import ANSWERS, Fitter, load, load_all  # noqa: E402
+from lodo_analysis import ANSWERS, Fitter, load, load_all, p_true_after  # noqa: E402
 from lodo_few_labels import (  # noqa: E402
     KINDS,
     brier,
@@ -52,10 +55,12 @@ from lodo_few_labels import (  # noqa: E402
     matrix,
     score,
 )
-from out_of_box_bench import answers_path  # noqa: E402
+from out_of_box_bench import ANSWERS as OUT_OF_BOX_ANSWERS  # noqa: E402
+from out_of_box_bench import answers_path, served_by  # noqa: E402
 
 from pgreflect.meta import shipped  # noqa: E402
 from pgreflect.models import DEFAULT_MODEL, PACKAGED  # noqa: E402
+from pgreflect.worker import WorkerConfig  # noqa: E402
 
 from bench_cluster import pgreflect_database, start_cluster  # noqa: E402
 
@@ -104,13 +109,14 @@ def served_features(conn: psycopg.Connection, row: dict[str, Any]) -> dict[str, 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--penalties", default=None, help="A,B: calibration_anchor_l2, calibration_anchor_intercept_l2")
+    add_calibrator_args(ap)
     args = ap.parse_args()
     t0 = time.time()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    doc = json.loads((shipped.HERE / f"{PACKAGED[DEFAULT_MODEL].sha256}.json").read_text())
+    doc = json.loads(Path(args.calibrator).read_text())
     names = doc["features"]
     means, sds, w0 = (np.array(doc[k], dtype=float) for k in ("feature_means", "feature_stds", "weights"))
-    rows = load_all(ANSWERS)
+    rows = p_true_after(load_all(ANSWERS), args.p_true_min_tokens)
     sets = sorted({r["dataset"] for r in rows})
     x = {d: matrix([r for r in rows if r["dataset"] == d], names) for d in sets}
     y = {d: np.array([r["correct"] for r in rows if r["dataset"] == d], dtype=float) for d in sets}
@@ -143,7 +149,7 @@ def main() -> None:
         print("2 done", flush=True)
         report["seen_mixed"] = seen_mixed(x, y, names, means, sds, w0, fits, rng)
         print("3 done", flush=True)
-        report["out_of_box"] = out_of_box(conn, names, means, sds, w0, fits)
+        report["out_of_box"] = out_of_box(conn, names, means, sds, w0, fits, args.p_true_min_tokens)
     finally:
         cluster.destroy()
     report["minutes"] = (time.time() - t0) / 60
@@ -219,14 +225,27 @@ def seen_mixed(x, y, names, means, sds, w0, fits: dict[str, Spec], rng) -> dict[
     return out
 
 
-def out_of_box(conn, names, means, sds, w0, fits: dict[str, Spec]) -> dict[str, Any]:
+def add_calibrator_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--calibrator", default=str(shipped.HERE / f"{PACKAGED[DEFAULT_MODEL].sha256}.json"),
+                    help="the installed calibrator the refits anchor on (default: the one pgreflect ships)")
+    ap.add_argument("--p-true-min-tokens", type=int, default=WorkerConfig().p_true_min_tokens,
+                    help="the answers as a worker with this --p-true-min-tokens serves them (default: the worker's)")
+
+
+def out_of_box(conn, names, means, sds, w0, fits: dict[str, Spec], p_true_min_tokens: int) -> dict[str, Any]:
     runs = {d: sorted(load(answers_path(d, 1)), key=lambda r: r["request_id"]) for d in ("mmlu", "gsm8k")}
-    feats = {d: matrix([{"features": served_features(conn, r)} for r in rs], names) for d, rs in runs.items()}
+    served = {d: [{"features": served_features(conn, r)} for r in rs] for d, rs in runs.items()}
     ys = {d: np.array([r["correct"] for r in rs], dtype=float) for d, rs in runs.items()}
-    # the first MMLU answers were served by the shipped calibrator: the features here must give their confidence
+    # The first MMLU answers were served by the calibrator shipped then (before any refit): their features must give
+    # the confidence they were served with.
+    then = json.loads((OUT_OF_BOX_ANSWERS / served_by(json.loads((RESULTS / "out-of-box.json").read_text()))[
+        "out-of-box-mmlu"]).read_text())
     first = [r["confidence"] for r in runs["mmlu"][:20]]
-    if not np.allclose(score(feats["mmlu"][:20], means, sds, w0), first, atol=1e-9):
+    check = score(matrix(served["mmlu"][:20], then["features"]),
+                  *(np.array(then[k], dtype=float) for k in ("feature_means", "feature_stds", "weights")))
+    if not np.allclose(check, first, atol=1e-9):
         raise SystemExit("the out-of-box answers' features do not give their served confidence")
+    feats = {d: matrix(p_true_after(rs, p_true_min_tokens), names) for d, rs in served.items()}
     g = ys["gsm8k"]
     out: dict[str, Any] = {"gsm8k_accuracy": float(g.mean())}
     c = score(feats["gsm8k"], means, sds, w0)

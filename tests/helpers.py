@@ -25,6 +25,9 @@ def worker(db: Database, keyring: Keyring, **config: Any) -> Worker:
     config.setdefault("poll_interval", 0.2)
     config.setdefault("model_versions", [NOOP] if config.get("backend") == "noop" else ["tiny"])
     config.setdefault("n_threads", 2)
+    # The tiny model's answers are a few tokens long; the tests of what P(True) feeds want it after every answer
+    # (test_p_true_waits_for_long_answers tests the worker's default).
+    config.setdefault("p_true_min_tokens", 0)
     return Worker(db.dsn("worker"), WorkerConfig(**config), keyring=keyring)
 
 

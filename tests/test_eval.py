@@ -169,8 +169,10 @@ def test_eval_items_may_carry_aliases(tmp_path) -> None:
 
 
 def _cli(db: Database, keyring: Keyring, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pgreflect.cli", *args], env=db.env(keyring), capture_output=True,
-                          text=True, timeout=300)
+    # P(True) after every answer (the tiny model's are a few tokens), so that the report has its row.
+    env = {**db.env(keyring), "PGREFLECT_P_TRUE_MIN_TOKENS": "0"}
+    return subprocess.run([sys.executable, "-m", "pgreflect.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_eval_harness_end_to_end(db: Database, keyring: Keyring, tmp_path) -> None:

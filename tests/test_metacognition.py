@@ -15,6 +15,7 @@ from pgreflect.errors import InvalidInput, NotFound
 from pgreflect.keys import Keyring
 from pgreflect.signals import format_violated, repetition_loop, rule_checks
 from pgreflect.sql import query
+from pgreflect.worker import WorkerConfig
 
 from conftest import Database
 from helpers import client, drain, synthetic_labelled_answers
@@ -281,6 +282,27 @@ def test_corrections_become_memories_and_similar_prompts_retrieve_them(db: Datab
     # A later "wrong" verdict without a correction withdraws the confirmed memory.
     _feedback(db, keyring, ids[1], is_correct=False)
     assert db.scalar("SELECT count(*) FROM reflect.memories WHERE request_id = %s", (ids[1],)) == 0
+
+
+def test_p_true_waits_for_long_answers(db: Database, keyring: Keyring) -> None:
+    """The worker asks P(True) only after answers of at least p_true_min_tokens tokens (128 by default): a short
+    answer carries none and its uncalibrated confidence falls back to the token probabilities."""
+    assert WorkerConfig().p_true_min_tokens == 128
+    with client(db, keyring) as c:
+        ids = [c.submit(f"Tell me about {topic}.", params={"max_tokens": n, "temperature": 0})
+               for topic, n in (("cats", 3), ("dogs", 4), ("rivers", 40), ("mountains", 40))]
+    drain(db, keyring, memory="off", p_true_min_tokens=10)
+    with db.admin() as conn:
+        rows = conn.execute("SELECT a.request_id, a.completion_tokens, EXISTS (SELECT 1 FROM reflect.answer_signals s "
+                            "WHERE s.request_id = a.request_id AND s.name = 'p_true') FROM reflect.answers a "
+                            "WHERE a.request_id = ANY(%s) ORDER BY a.request_id", (ids,)).fetchall()
+    assert [has for _, _, has in rows] == [n >= 10 for _, n, _ in rows]
+    assert {n >= 10 for _, n, _ in rows} == {True, False}, rows  # both sides of the threshold were exercised
+    short = rows[0][0]
+    with db.admin() as conn:
+        mean = conn.execute("SELECT logprob_mean FROM reflect.answers WHERE request_id = %s", (short,)).fetchone()[0]
+    with client(db, keyring) as c:
+        assert c.get(short)["confidence"] == pytest.approx(math.exp(mean))
 
 
 def test_p_true_is_measured_for_llama_answers(db: Database, keyring: Keyring) -> None:

@@ -419,7 +419,8 @@ def _worker_config(args: argparse.Namespace) -> Any:
         shutdown_timeout=args.shutdown_timeout, reap_interval=args.reap_interval,
         model_versions=[mv] if isinstance(mv := args.model_version, str) else (mv or None),
         n_threads=args.threads, once=getattr(args, "once", False), noop_delay_s=args.noop_delay,
-        memory=args.memory, p_true=args.p_true == "on", followups=args.followups == "on",
+        memory=args.memory, p_true=args.p_true == "on", p_true_min_tokens=args.p_true_min_tokens,
+        followups=args.followups == "on",
         preempt_followups=args.preempt_followups == "on", redact=args.redact,
         train=args.train, model_refresh_s=args.model_refresh, stream_interval_s=args.stream_interval,
         remote_timeout_s=args.remote_timeout, remote_retries=args.remote_retries,
@@ -677,7 +678,9 @@ def _worker_flags(p: argparse.ArgumentParser, serve_flag: bool = True) -> None:
     _flag(p, "--noop-delay", type=float, default=0.0, help="seconds the noop backend takes per request")
     _flag(p, "--memory", default="auto", choices=["auto", "on", "off"],
           help="embed prompts and retrieve past corrections (auto: on with the llama backend)")
-    _flag(p, "--p-true", default="on", choices=["on", "off"], help="measure P(True) after each answer")
+    _flag(p, "--p-true", default="on", choices=["on", "off"], help="measure P(True) after answers")
+    _flag(p, "--p-true-min-tokens", type=int, default=128,
+          help="measure P(True) only after answers of at least this many tokens (0: after every answer)")
     _flag(p, "--followups", default="on", choices=["on", "off"],
           help="run critique and agreement follow-ups when no request is waiting")
     _flag(p, "--preempt-followups", default="on", choices=["on", "off"],

@@ -67,7 +67,13 @@ class WorkerConfig:
     once: bool = False  # exit when no claimable work is left
     noop_delay_s: float = 0.0
     memory: str = "auto"  # embed prompts and retrieve memories: on | off | auto (on for the llama backend)
-    p_true: bool = True  # measure P(True) after each answer (one extra forward pass over a short question)
+    p_true: bool = True  # measure P(True) after an answer (one extra forward pass over a short question)
+    # ... only after answers of at least this many tokens. The pass reads ~23 tokens whatever the answer's length,
+    # as long as 4-9 generated tokens take on 2 cores: 57% of the answer's time after 1-4-token answers, 2.6% after
+    # ~160 tokens. Asked from 128 tokens, the calibrator fitted that way lost 0.007 pooled AUROC leaving each dataset
+    # out, 0.004 out of the box, and calibrated as well (bench/results/p-true-cost.md, p-true-cascade.md). 0: after
+    # every answer.
+    p_true_min_tokens: int = 128
     followups: bool = True  # also run critique and agreement follow-ups when no request is waiting
     # A request that arrives while follow-ups fill the slots (or, on a llama model, which runs one generation at a
     # time, while any follow-up runs) stops one: it is released with its finished samples kept and runs again
@@ -564,7 +570,7 @@ class Worker:
         p_ans = p_answer(gen.token_texts, gen.token_logprobs, gen.text) if gen.token_texts else None
         if p_ans is not None:
             signals["p_answer"] = p_ans
-        if self.config.p_true:
+        if self.config.p_true and len(gen.token_logprobs) >= self.config.p_true_min_tokens:
             try:
                 p = backend.p_true(request, gen)
             except Exception as exc:  # a failed measurement must not lose the answer
