@@ -37,12 +37,13 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from lodo_analysis import ANSWERS, Fitter, load_all, p_true_after  # noqa: E402
+from lodo_analysis import Fitter  # noqa: E402
 from lodo_few_labels import brier, check_against_sql, ece, ece_floor, fit_around_kinds, matrix, score  # noqa: E402
 from refit_kinds_bench import (  # noqa: E402
+    Inputs,
     Spec,
     add_calibrator_args,
-    kind_of,
+    anchor_penalties,
     one_dataset,
     out_of_box,
     seen_mixed,
@@ -102,21 +103,15 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    doc = json.loads(Path(args.calibrator).read_text())
-    names = doc["features"]
-    means, sds, w0 = (np.array(doc[k], dtype=float) for k in ("feature_means", "feature_stds", "weights"))
-    rows = p_true_after(load_all(ANSWERS), args.p_true_min_tokens)
-    sets = sorted({r["dataset"] for r in rows})
-    x = {d: matrix([r for r in rows if r["dataset"] == d], names) for d in sets}
-    y = {d: np.array([r["correct"] for r in rows if r["dataset"] == d], dtype=float) for d in sets}
-    kinds = {d: kind_of(x[d], names) for d in sets}
+    inputs = Inputs(args)
+    names, means, sds, w0, rows, x, y, kinds = (inputs.names, inputs.means, inputs.sds, inputs.w0, inputs.rows,
+                                                inputs.x, inputs.y, inputs.kinds)
+    sets = sorted(x)
     rng = np.random.default_rng(23)
     cluster = start_cluster()
     try:
         conn = psycopg.connect(pgreflect_database(cluster), autocommit=True)
-        settings = dict(conn.execute("SELECT key, value FROM reflect.settings WHERE key LIKE 'calibration_anchor_%'")
-                        .fetchall())
-        shipped_pens = (float(settings["calibration_anchor_l2"]), float(settings["calibration_anchor_intercept_l2"]))
+        shipped_pens = anchor_penalties(conn)
         candidates = sorted({shipped_pens, *((shipped_pens[0], k) for k in KIND_L2S), (10.0, 1.0)})
         fits: dict[str, Spec] = {f"{a:g} / {b:g}": ("kinds", (a, b)) for a, b in candidates}
         first = sets[0]

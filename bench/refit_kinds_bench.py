@@ -113,21 +113,15 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    doc = json.loads(Path(args.calibrator).read_text())
-    names = doc["features"]
-    means, sds, w0 = (np.array(doc[k], dtype=float) for k in ("feature_means", "feature_stds", "weights"))
-    rows = p_true_after(load_all(ANSWERS), args.p_true_min_tokens)
-    sets = sorted({r["dataset"] for r in rows})
-    x = {d: matrix([r for r in rows if r["dataset"] == d], names) for d in sets}
-    y = {d: np.array([r["correct"] for r in rows if r["dataset"] == d], dtype=float) for d in sets}
-    kinds = {d: kind_of(x[d], names) for d in sets}
+    inputs = Inputs(args)
+    names, means, sds, w0, rows, x, y, kinds = (inputs.names, inputs.means, inputs.sds, inputs.w0, inputs.rows,
+                                                inputs.x, inputs.y, inputs.kinds)
+    sets = sorted(x)
     rng = np.random.default_rng(17)
     cluster = start_cluster()
     try:
         conn = psycopg.connect(pgreflect_database(cluster), autocommit=True)
-        settings = dict(conn.execute("SELECT key, value FROM reflect.settings WHERE key LIKE 'calibration_anchor_%'")
-                        .fetchall())
-        pens = (float(settings["calibration_anchor_l2"]), float(settings["calibration_anchor_intercept_l2"]))
+        pens = anchor_penalties(conn)
         if args.penalties:
             a, b = (float(v) for v in args.penalties.split(","))
             pens = (a, b)
@@ -223,6 +217,29 @@ def seen_mixed(x, y, names, means, sds, w0, fits: dict[str, Spec], rng) -> dict[
                 ch[f][str(i)] = [brier(c1, ya[rest]) - brier(c0, ya[rest])]
         out[k] = {f: interval(v, rng) for f, v in ch.items()}
     return out
+
+
+class Inputs:
+    """The installed calibrator (--calibrator) and the kept answers as a worker with --p-true-min-tokens serves them,
+    per dataset: features in the calibrator's order, labels, kind of question."""
+
+    def __init__(self, args: argparse.Namespace):
+        doc = json.loads(Path(args.calibrator).read_text())
+        self.names: list[str] = doc["features"]
+        self.means, self.sds, self.w0 = (np.array(doc[k], dtype=float)
+                                         for k in ("feature_means", "feature_stds", "weights"))
+        self.rows = p_true_after(load_all(ANSWERS), args.p_true_min_tokens)
+        sets = sorted({r["dataset"] for r in self.rows})
+        self.x = {d: matrix([r for r in self.rows if r["dataset"] == d], self.names) for d in sets}
+        self.y = {d: np.array([r["correct"] for r in self.rows if r["dataset"] == d], dtype=float) for d in sets}
+        self.kinds = {d: kind_of(self.x[d], self.names) for d in sets}
+
+
+def anchor_penalties(conn: psycopg.Connection) -> tuple[float, float]:
+    """The database's (calibration_anchor_l2, calibration_anchor_intercept_l2)."""
+    settings = dict(conn.execute("SELECT key, value FROM reflect.settings WHERE key LIKE 'calibration_anchor_%'")
+                    .fetchall())
+    return float(settings["calibration_anchor_l2"]), float(settings["calibration_anchor_intercept_l2"])
 
 
 def add_calibrator_args(ap: argparse.ArgumentParser) -> None:
