@@ -47,13 +47,7 @@ class CountingBackend(LlamaBackend):
         self.evaluated_last = 0
 
     def _eval_prompt(self, tokens: list[int]) -> None:
-        before = len(self._evaluated)
-        keep = 0
-        for a, b in zip(self._evaluated[:before], tokens[:-1], strict=False):
-            if a != b:
-                break
-            keep += 1
-        self.evaluated_last = len(tokens) - keep
+        self.evaluated_last = len(tokens) - self._reusable_prefix(tokens)
         super()._eval_prompt(tokens)
 
 

@@ -133,12 +133,13 @@ $$;
 -- calibrator; +0.0035 with these terms), and an evaluation's MMLU labels took GSM8K's confidence from 0.53 to
 -- 0.34 (accuracy 0.46, bench/results/out-of-box.md; 0.41-0.49 with these terms, replayed). The cost: labels
 -- drawn from traffic the installed calibrator already fits feed four free terms instead of one, so more noise
--- (Brier +0.015 against +0.005 after 50 such labels, +0.005 against +0.003 after 200). Where the traffic is
--- new to it, mixed kinds, the two fits are alike (ECE above floor +0.025 and +0.028 after 100 labels). All
--- measured by bench/refit_kinds_bench.py (bench/results/refit-kinds.md).
--- The fit adds the kinds as raw one-hot columns around 0 under p_l2_kind (the small penalty the intercept had)
--- and holds the intercept with the features' p_l2, so a shift seen in one kind's labels alone reaches the
--- others at p_l2_kind / (p_l2 + p_l2_kind), 1% at the shipped settings; then folds the four levels back into
+-- (Brier +0.015 against +0.005 after 50 such labels with the levels' penalty at 0.3; at 1, the setting since
+-- migration 0018, +0.008: bench/results/kind-penalty.md). Where the traffic is new to it, mixed kinds, the two
+-- fits are alike (ECE above floor +0.025 and +0.028 after 100 labels). Measured by bench/refit_kinds_bench.py
+-- (bench/results/refit-kinds.md).
+-- The fit adds the kinds as raw one-hot columns around 0 under p_l2_kind (a small penalty) and holds the
+-- intercept with the features' p_l2, so a shift seen in one kind's labels alone reaches the others at
+-- p_l2_kind / (p_l2 + p_l2_kind), 3% at the shipped settings (1 and 30); then folds the four levels back into
 -- the intercept and the kind features' weights (the same scores on the calibrator's own features). Without the
 -- three kind features among p_names it is the plain anchored fit (p_l2_kind on the intercept).
 CREATE OR REPLACE FUNCTION reflect._fit_logistic_around_kinds(x double precision[], y boolean[], p_names text[],
@@ -249,8 +250,8 @@ $$;
 -- (the shipped one leaves out signals that did not hold across datasets; _fit_logistic_around_kinds: a level
 -- per kind of question, calibration_anchor_* settings), and needs fewer labels: the user's labels correct it
 -- where their traffic differs instead of replacing it with a fit on a few dozen answers
--- (bench/results/calibration-few-labels.md measures both). Always the installed one, not the last refit: a refit's labels are all counted again in the
--- next one.
+-- (bench/results/calibration-few-labels.md measures both). Always the installed one, not the last refit: a
+-- refit's labels are all counted again in the next one.
 -- Returns the new calibrator's id, or NULL when there are not enough labels.
 CREATE OR REPLACE FUNCTION reflect.fit_calibrator_v1(p_model_version text)
 RETURNS integer

@@ -112,14 +112,19 @@ class LlamaBackend:
         ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
-    def _eval_prompt(self, tokens: list[int]) -> None:
-        # Reuse the KV cache of a shared prefix (same system prompt / chat header); at least one token is
-        # always evaluated so that fresh logits exist.
+    def _reusable_prefix(self, tokens: list[int]) -> int:
+        """How many of these tokens' KV entries the context already holds (same system prompt / chat header, the
+        answer before a P(True) question); at least one token is always left to evaluate so that fresh logits
+        exist."""
         keep = 0
         for a, b in zip(self._evaluated, tokens[:-1], strict=False):
             if a != b:
                 break
             keep += 1
+        return keep
+
+    def _eval_prompt(self, tokens: list[int]) -> None:
+        keep = self._reusable_prefix(tokens)
         self.llm.n_tokens = keep
         self._evaluated = self._evaluated[:keep]
         self.llm.eval(tokens[keep:])
