@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import llama_cpp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from pgreflect.client import Client  # noqa: E402
 from pgreflect.models import DEFAULT_MODEL, packaged_path, verified_sha256  # noqa: E402
@@ -85,6 +86,8 @@ def main() -> None:
         d_tokens = d_time = f_tokens = f_time = 0.0
         asked = 0
         per_round = []
+        pairs: list[tuple[float, float, float, float]] = []
+        timed: dict[int, float] = {}  # full-path request id -> seconds from before the INSERT to the answer read
         for _ in range(args.rounds):
             for prompt in PROMPTS if args.prompts == "speed" else SHORT_PROMPTS:
                 t0 = time.perf_counter()
@@ -93,12 +96,16 @@ def main() -> None:
                 dt = time.perf_counter() - t0
                 dn = out["usage"]["completion_tokens"]
                 t0 = time.perf_counter()
-                row = client.wait(client.submit(prompt, params=params), timeout=600)
+                request_id = client.submit(prompt, params=params)
+                row = client.wait(request_id, timeout=600)
                 ft = time.perf_counter() - t0
+                timed[request_id] = ft
                 fn = row["tokens"]
                 asked += "p_true" in (row.get("signals") or {})
                 d_tokens, d_time, f_tokens, f_time = d_tokens + dn, d_time + dt, f_tokens + fn, f_time + ft
                 per_round.append((fn / ft) / (dn / dt))
+                pairs.append((dn, dt, fn, ft))
+        parts = where_the_time_goes(dsn, timed) | {"direct": statistics.median(p[1] for p in pairs) * 1000}
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
@@ -106,6 +113,7 @@ def main() -> None:
         cluster.destroy()
 
     d_tps, f_tps = d_tokens / d_time, f_tokens / f_time
+    low, high = ratio_interval(pairs)
     on = ("on: every per-answer signal (log-probs, answer span, option distribution, kind, rule checks, hidden "
           f"state), prompt embedding and memory retrieval, P(True) pass {p_true_state(args)}")
     text = "\n".join([
@@ -121,14 +129,52 @@ def main() -> None:
         f"| llama-cpp-python create_chat_completion | {d_tokens:.0f} | {d_time:.1f} | {d_tps:.2f} |",
         f"| pgreflect INSERT -> answer | {f_tokens:.0f} | {f_time:.1f} | {f_tps:.2f} |",
         "",
-        f"Ratio full path / direct: {f_tps / d_tps:.3f} (per-pair median {statistics.median(per_round):.3f}, "
-        f"min {min(per_round):.3f}, max {max(per_round):.3f}). P(True) measured after {asked} of the "
-        f"{len(per_round)} full-path answers.",
+        f"Ratio full path / direct: {f_tps / d_tps:.3f} (bootstrap 95% over the pairs [{low:.3f}, {high:.3f}]; "
+        f"per-pair median {statistics.median(per_round):.3f}, min {min(per_round):.3f}, max {max(per_round):.3f}). "
+        f"P(True) measured after {asked} of the {len(per_round)} full-path answers.",
+        "",
+        "Where a full-path request's time goes (median ms per request; from the database's timestamps and the "
+        "worker's own timings):",
+        "",
+        "| queue wait (INSERT to claim) | model (prompt evaluation + generation) | rest of the worker's lease "
+        "(decrypt, embedding + memory lookup, signals, reports) | client (INSERT, notification, read back) | total | "
+        "direct, for comparison |",
+        "|---|---|---|---|---|---|",
+        "| " + " | ".join(f"{parts[k]:.1f}" for k in ("queue", "model", "worker", "client", "total", "direct")) + " |",
     ]) + "\n"
     print(text)
     suffix = f"-p-true-{args.p_true}" if args.signals == "on" and args.p_true != "worker" else ""
     suffix += "-short" if args.prompts == "short" else ""
     (HERE / "results" / f"inference-signals-{args.signals}{suffix}.md").write_text(text)
+
+
+def where_the_time_goes(dsn: str, timed: dict[int, float]) -> dict[str, float]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT r.id, extract(epoch FROM r.claimed_at - r.created_at)::float8 * 1000, "
+            "extract(epoch FROM r.finished_at - r.claimed_at)::float8 * 1000, a.prompt_eval_ms + a.generation_ms, "
+            "extract(epoch FROM r.finished_at - r.created_at)::float8 * 1000 "
+            "FROM reflect.requests r JOIN reflect.answers a ON a.request_id = r.id WHERE r.id = ANY(%s)",
+            [list(timed)]).fetchall()
+    parts: dict[str, list[float]] = {"queue": [], "model": [], "worker": [], "client": [], "total": []}
+    for request_id, queue, lease, model, server in rows:
+        total = timed[request_id] * 1000
+        for key, value in (("queue", queue), ("model", model), ("worker", lease - model),
+                           ("client", total - server), ("total", total)):
+            parts[key].append(value)
+    return {key: statistics.median(values) for key, values in parts.items()}
+
+
+def ratio_interval(pairs: list[tuple[float, float, float, float]], reps: int = 2000) -> tuple[float, float]:
+    """Bootstrap 95% interval of the ratio of the two paths' tokens/s, resampling the (direct, full) pairs: a pair
+    ran back to back, so machine noise that hits both stays paired."""
+    a = np.asarray(pairs, dtype=float)
+    idx = np.random.default_rng(0).integers(0, len(a), size=(reps, len(a)))
+    s = a[idx].sum(axis=1)  # (reps, 4): direct tokens, direct seconds, full tokens, full seconds
+    ratios = (s[:, 2] / s[:, 3]) / (s[:, 0] / s[:, 1])
+    return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
 
 
 def p_true_state(args: argparse.Namespace) -> str:
