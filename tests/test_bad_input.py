@@ -134,10 +134,10 @@ def test_worker_maps_stale_lease_to_exception(db: Database, keyring: Keyring) ->
     w = worker(db, keyring, backend="noop")
     with client(db, keyring) as c:
         rid = c.submit("hello")
-    rows = w._call("main", "claim", {"worker_id": "w", "limit": 1, "lease_seconds": 60, "model_version_ids": None})
+    rows = w.call("main", "claim", {"worker_id": "w", "limit": 1, "lease_seconds": 60, "model_version_ids": None})
     assert rows[0][0] == rid
     with pytest.raises(StaleLease):
-        w._call("main", "release", {"request_id": rid, "lease_token": uuid.uuid4()})
+        w.call("main", "release", {"request_id": rid, "lease_token": uuid.uuid4()})
 
 
 def test_claim_skips_requests_whose_key_the_worker_lacks(db: Database, keyring: Keyring) -> None:

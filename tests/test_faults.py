@@ -164,7 +164,7 @@ def test_a_report_that_fails_while_the_database_is_away_is_sent_again(db: Databa
                                                                       monkeypatch) -> None:
     use_noop(db)
     w = worker(db, keyring, backend="noop")
-    real_finish = w._finish
+    real_finish = w.answerer._finish
     failures = {"left": 2}
 
     def flaky_finish(job, name, params):  # type: ignore[no-untyped-def]
@@ -173,7 +173,7 @@ def test_a_report_that_fails_while_the_database_is_away_is_sent_again(db: Databa
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         return real_finish(job, name, params)
 
-    monkeypatch.setattr(w, "_finish", flaky_finish)
+    monkeypatch.setattr(w.answerer, "_finish", flaky_finish)
     with client(db, keyring) as c:
         rid = c.submit("answer me once")
         t0 = time.monotonic()
@@ -189,14 +189,14 @@ def test_a_report_that_fails_while_the_database_is_away_is_sent_again(db: Databa
 def test_a_refused_report_gives_the_request_back_at_once(db: Database, keyring: Keyring, monkeypatch) -> None:
     use_noop(db)
     w = worker(db, keyring, backend="noop")
-    real_finish = w._finish
+    real_finish = w.answerer._finish
 
     def refusing_finish(job, name, params):  # type: ignore[no-untyped-def]
         if name == "complete":
             return real_finish(job, name, {**params, "finish_reason": "exploded"})  # the database refuses it
         return real_finish(job, name, params)
 
-    monkeypatch.setattr(w, "_finish", refusing_finish)
+    monkeypatch.setattr(w.answerer, "_finish", refusing_finish)
     with client(db, keyring) as c:
         rid = c.submit("refused")
     w.config.once = True

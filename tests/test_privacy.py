@@ -60,10 +60,10 @@ def test_memories_are_redacted_before_they_enter_another_prompt(db: Database, ke
                                          "correction": "Gold plan; card 4111 1111 1111 1111 on file."})
     with client(db, keyring) as c:
         second = c.submit("Which plan am I on? My e-mail is jane.doe@example.com.")
-    rows = w._call("main", "claim", {"worker_id": "w", "limit": 1, "lease_seconds": 60, "model_version_ids": None})
+    rows = w.call("main", "claim", {"worker_id": "w", "limit": 1, "lease_seconds": 60, "model_version_ids": None})
     job = Job(*rows[0][:6], params=rows[0][6], queue_wait_ms=rows[0][7])
     assert job.request_id == second
-    examples = w._recall(job)
+    examples = w.answerer.recall(job)
     assert len(examples) == 1
     (question, answer), = examples
     assert "jane.doe" not in question + answer and "4111" not in answer

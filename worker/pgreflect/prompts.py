@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# The system prompt of a low-confidence answer given again with retrieved corrections as its examples
+# (params.low_confidence = 'reanswer').
+REANSWER_SYSTEM = ("The earlier exchanges are verified answers to similar questions. Use them as evidence "
+                   "where they apply.")
+
 # Asked after the answer, in the same conversation; P(yes) against P(no) is read from the next-token logits.
 P_TRUE_QUESTION = "Is your answer above correct? Reply with only yes or no."
 

@@ -1,4 +1,6 @@
-"""The worker: claims requests, runs the model, reports through the database's functions.
+"""The worker's runtime: claims requests and jobs, holds their leases (heartbeat, cancellation, shutdown), loads
+the models, and hands each claimed piece of work to its handler: a request to pgreflect.answering, a job to the
+handler of its kind (pgreflect.jobs).
 
 It holds no business rules: what to claim, retries, backoff, log-prob summaries and state changes are
 all decided by the SQL functions it calls. Wake-ups from LISTEN needs_inference are hints; polling every
@@ -25,24 +27,19 @@ from typing import Any
 
 import psycopg
 
-from pgreflect.backends import Backend, BackendError, Cancelled, GenerationRequest
+from pgreflect.answering import Answerer, Job
+from pgreflect.backends import Backend, BackendError, Cancelled
 from pgreflect.db import connect
-from pgreflect.embeddings import to_pgvector
-from pgreflect.errors import PgreflectError, StaleLease, translate
+from pgreflect.errors import StaleLease, translate
 from pgreflect.jobs import FOLLOWUP_KINDS, HANDLERS, TRAIN_KINDS
 from pgreflect.jobs.base import JobInput, JobRun
 from pgreflect.keys import Keyring, KeyringWatcher, install_keys, load_keyring
 from pgreflect.models import verify_file
 from pgreflect.paths import keyring_path
 from pgreflect.privacy import Redactor
-from pgreflect.signals import kind_signals, option_signals, p_answer, rule_checks
 from pgreflect.sql import query
 
 log = logging.getLogger("pgreflect.worker")
-
-
-REANSWER_SYSTEM = ("The earlier exchanges are verified answers to similar questions. Use them as evidence "
-                   "where they apply.")
 
 
 def default_worker_id() -> str:
@@ -90,20 +87,6 @@ class WorkerConfig:
     # default model makes ~10 tokens/s on a 2-core CPU, so at 0.1 s a reader gets about every token, for one
     # small encrypted upsert + NOTIFY each; a fast GPU server's tokens arrive a few at a time.
     stream_interval_s: float = 0.1
-
-
-@dataclass
-class Job:
-    request_id: int
-    lease_token: uuid.UUID
-    attempt: int
-    model_version_id: int
-    prompt: str
-    system_prompt: str | None
-    params: dict[str, Any]
-    queue_wait_ms: float
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lease_lost: bool = False
 
 
 @dataclass
@@ -174,6 +157,7 @@ class Worker:
         self.embedder: Any = None
         kinds = tuple(k.strip() for k in self.config.redact.split(",") if k.strip() and k.strip() != "none")
         self.redactor = Redactor(kinds=kinds) if kinds else None
+        self.answerer = Answerer(self)
 
     # -- connections ------------------------------------------------------------------------------
     def _slot(self, role: str) -> _ConnectionSlot:
@@ -185,7 +169,7 @@ class Worker:
                 self._slots.append(slot)
         return slot
 
-    def _call(self, role: str, name: str, params: dict[str, Any], attempts: int = 3) -> list[tuple]:
+    def call(self, role: str, name: str, params: dict[str, Any], attempts: int = 3) -> list[tuple]:
         """Runs a named query, reconnecting on connection loss. Database errors of ours are translated."""
         slot = self._slot(role)
         for attempt in range(attempts):
@@ -220,7 +204,7 @@ class Worker:
     def load_models(self) -> list[int]:
         """Loads every version this worker serves that it has not loaded yet: each GGUF once, and each adapter
         version as a view of its base (the adapter is switched in per request). Returns the served ids."""
-        rows = self._call("main", "models_to_serve", {"backend": self.config.backend,
+        rows = self.call("main", "models_to_serve", {"backend": self.config.backend,
                                                       "names": self.config.model_versions})
         if not rows:
             raise RuntimeError(f"no model versions registered for the {self.config.backend} backend: run "
@@ -334,7 +318,7 @@ class Worker:
             listener.join(timeout=5)
             heartbeat.join(timeout=5)
             try:
-                self._call("main", "worker_stopped", {"worker_id": cfg.worker_id})
+                self.call("main", "worker_stopped", {"worker_id": cfg.worker_id})
             except Exception as exc:  # best effort on the way out
                 log.debug("could not record worker stop: %s", exc)
             with self._slots_lock:
@@ -355,7 +339,7 @@ class Worker:
         stopped: see _preempt), then follow-up jobs for the slots still free."""
         preemptible = self._preemptible()
         limit = max(free, 0) + len(preemptible)
-        rows = self._call("main", "claim", {
+        rows = self.call("main", "claim", {
             "worker_id": self.config.worker_id, "limit": limit,
             "lease_seconds": self.config.lease_seconds, "model_version_ids": model_ids,
         }) if limit > 0 else []
@@ -375,7 +359,7 @@ class Worker:
         if len(rows) < free and kinds and not (answering and self._one_at_a_time()):
             # Answers first: jobs (critique, agreement, ...) only fill slots no request wanted, and not beside a
             # request on a model that would make that request wait for them.
-            for row in self._call("main", "claim_jobs", {
+            for row in self.call("main", "claim_jobs", {
                 "worker_id": self.config.worker_id, "kinds": kinds, "limit": free - len(rows),
                 "lease_seconds": self.config.lease_seconds, "model_version_ids": model_ids,
             }):
@@ -425,7 +409,7 @@ class Worker:
         """One fine-tune at a time, in its own lane: the request slots keep answering while it trains."""
         if not self._trains() or (self._train_future is not None and not self._train_future.done()):
             return 0
-        rows = self._call("main", "claim_jobs", {
+        rows = self.call("main", "claim_jobs", {
             "worker_id": self.config.worker_id, "kinds": list(TRAIN_KINDS), "limit": 1,
             "lease_seconds": self.config.lease_seconds, "model_version_ids": self._model_ids})
         for row in rows:
@@ -434,53 +418,7 @@ class Worker:
 
     def _process(self, job: Job) -> None:
         try:
-            backend = self.backends[job.model_version_id]
-            try:
-                request = GenerationRequest(job.prompt, job.system_prompt, job.params, self._recall(job),
-                                            self._history(job), on_text=self._publisher(job))
-                gen = backend.generate(request, job.cancel)
-            except Cancelled:
-                if job.lease_lost:
-                    self.stats.lost += 1
-                    log.warning("request %s: lease lost, generation abandoned", job.request_id)
-                else:
-                    self._report(job, "release", {})
-                    self.stats.released += 1
-                return
-            except StaleLease:
-                raise
-            except BackendError as exc:
-                self._fail(job, str(exc), exc.retryable)
-                return
-            except Exception as exc:  # any model failure becomes a recorded failed attempt
-                log.exception("request %s: generation failed", job.request_id)
-                self._fail(job, f"{type(exc).__name__}: {exc}"[:500], True)
-                return
-            signals = self._signals(backend, request, gen)
-            if job.params.get("low_confidence") == "reanswer":
-                gen, signals = self._maybe_reanswer(job, backend, request, gen, signals)
-            if gen.state is not None:
-                self._report(job, "store_state", {"state": to_pgvector(gen.state)})
-            if job.params.get("logprobs"):
-                self._report(job, "store_tokens", {"tokens": json.dumps(gen.token_records())})
-            self._report(job, "complete", {
-                "answer": gen.text, "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
-                "token_logprobs": gen.token_logprobs, "prompt_eval_ms": gen.prompt_eval_s * 1000,
-                "generation_ms": gen.generation_s * 1000, "signals": json.dumps(signals),
-            })
-            self.stats.succeeded += 1
-        except StaleLease as exc:
-            self.stats.lost += 1
-            log.warning("request %s: %s", job.request_id, exc)
-        except psycopg.OperationalError as exc:
-            log.error("request %s: the database stayed unreachable for %.0f s; the lease will expire and the "
-                      "request will be retried (%s)", job.request_id, self.config.report_retry_s, exc)
-        except Exception as exc:
-            # The database refused the report itself: give the request back at once rather than leave it to
-            # lease expiry.
-            log.exception("request %s: the result was refused; failing this attempt", job.request_id)
-            with contextlib.suppress(Exception):
-                self._fail(job, f"the worker's report was refused: {type(exc).__name__}: {exc}"[:500], True)
+            self.answerer.answer(job)
         finally:
             with self._inflight_lock:
                 self._inflight.pop(job.request_id, None)
@@ -491,148 +429,28 @@ class Worker:
         try:
             result = HANDLERS[run.kind].run(_RuntimeContext(self, run), run)
             if result is not None:
-                self._call("job", "complete_job", {**args, "result": json.dumps(result)})
+                self.call("job", "complete_job", {**args, "result": json.dumps(result)})
                 self.stats.followups += 1
                 if run.kind in TRAIN_KINDS:
                     self._refresh_models()  # serve the new candidate at once (its gate needs it)
         except Cancelled:
             if not run.lease_lost:
-                self._call("job", "fail_job", {**args, "error": "released", "retryable": True, "release": True})
+                self.call("job", "fail_job", {**args, "error": "released", "retryable": True, "release": True})
         except StaleLease as exc:
             log.warning("job %s: %s", run.job_id, exc)
         except BackendError as exc:
             log.error("job %s (%s) failed: %s", run.job_id, run.kind, exc)
             with contextlib.suppress(Exception):
-                self._call("job", "fail_job", {**args, "error": str(exc)[:500], "retryable": exc.retryable,
+                self.call("job", "fail_job", {**args, "error": str(exc)[:500], "retryable": exc.retryable,
                                                "release": False})
         except Exception as exc:
             log.exception("job %s (%s) failed", run.job_id, run.kind)
             with contextlib.suppress(Exception):
-                self._call("job", "fail_job", {**args, "error": f"{type(exc).__name__}: {exc}"[:500],
+                self.call("job", "fail_job", {**args, "error": f"{type(exc).__name__}: {exc}"[:500],
                                                "retryable": True, "release": False})
         finally:
             with self._inflight_lock:
                 self._inflight_jobs.pop(run.job_id, None)
-
-    def _maybe_reanswer(self, job: Job, backend: Backend, request: GenerationRequest, gen: Any,
-                        signals: dict[str, float]) -> tuple[Any, dict[str, float]]:
-        """Low confidence and action 'reanswer': answer again with retrieved corrections as evidence and keep
-        the more confident attempt (the database scores and stores both). The model's own critique is never
-        used to rewrite an answer."""
-        def record(g: Any, s: dict[str, float], evidence: list[int]) -> tuple[float, bool]:
-            (row,) = self._call("job", "record_candidate", {
-                "request_id": job.request_id, "lease_token": job.lease_token, "answer": g.text,
-                "token_logprobs": g.token_logprobs, "signals": json.dumps(s), "evidence": evidence})
-            return row[1], row[2]
-
-        first_conf, again = record(gen, signals, [])
-        if not again:
-            return gen, signals
-        rows = self._call("job", "evidence", {"request_id": job.request_id, "lease_token": job.lease_token,
-                                              "k": job.params.get("memory_k") or 3})
-        if not rows:
-            return gen, signals
-        system = "\n".join(filter(None, [request.system_prompt, REANSWER_SYSTEM]))
-        second_request = GenerationRequest(job.prompt, system, job.params,
-                                           tuple((self._redact(p), self._redact(a)) for _id, p, a in rows if p and a),
-                                           request.history)
-        second = backend.generate(second_request, job.cancel)
-        second_signals = self._signals(backend, second_request, second)
-        second_conf, _ = record(second, second_signals, [r[0] for r in rows])
-        log.info("request %s: re-answered with %d piece(s) of evidence: confidence %.3f -> %.3f",
-                 job.request_id, len(rows), first_conf, second_conf)
-        return (second, second_signals) if second_conf > first_conf else (gen, signals)
-
-    def _recall(self, job: Job) -> tuple[tuple[str, str], ...]:
-        """Stores the prompt's embedding and fetches memories to use as few-shot examples."""
-        if self.embedder is None:
-            return ()
-        vector = self.embedder.embed([job.prompt])[0]
-        rows = self._call("job", "recall", {"request_id": job.request_id, "lease_token": job.lease_token,
-                                            "model": self.embedder.name, "embedding": to_pgvector(vector), "k": None})
-        return tuple((self._redact(prompt), self._redact(correction or answer))
-                     for _id, _kind, _dist, prompt, answer, correction in rows if prompt and (correction or answer))
-
-    def _history(self, job: Job) -> tuple[dict[str, str], ...]:
-        """A conversation's earlier turns (only requests with params.history_turns have them)."""
-        if not job.params.get("history_turns"):
-            return ()
-        rows = self._call("job", "request_history", {"request_id": job.request_id, "lease_token": job.lease_token})
-        return tuple(rows[0][0] or ()) if rows else ()
-
-    def _redact(self, text: str) -> str:
-        return self.redactor.redact(text) or "" if self.redactor is not None else text
-
-    def _signals(self, backend: Backend, request: GenerationRequest, gen: Any) -> dict[str, float]:
-        signals = rule_checks(request.prompt, gen.text, gen.finish_reason) | kind_signals(request.prompt, gen.text)
-        if gen.option_probs:
-            signals.update(option_signals(gen.option_probs))
-        p_ans = p_answer(gen.token_texts, gen.token_logprobs, gen.text) if gen.token_texts else None
-        if p_ans is not None:
-            signals["p_answer"] = p_ans
-        if self.config.p_true and len(gen.token_logprobs) >= self.config.p_true_min_tokens:
-            try:
-                p = backend.p_true(request, gen)
-            except Exception as exc:  # a failed measurement must not lose the answer
-                log.warning("P(True) failed: %s", exc)
-                p = None
-            if p is not None:
-                signals["p_true"] = p
-        return signals
-
-    def _report(self, job: Job, name: str, params: dict[str, Any]) -> list[tuple]:
-        """Sends a finished result. When the database is unreachable it keeps trying (the job stays in flight,
-        so the heartbeat extends its lease as soon as the database is back) until the report goes through,
-        the lease is lost, or report_retry_s passes: a computed answer is not thrown away, and the request is
-        not left waiting for its lease to expire."""
-        delay = 0.5
-        deadline = time.monotonic() + self.config.report_retry_s
-        while True:
-            try:
-                return self._finish(job, name, params)
-            except psycopg.OperationalError as exc:
-                # Shutdown cancels in-flight work after its grace period: give up then, the lease expires.
-                if job.lease_lost or job.cancel.is_set() or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("request %s: could not report (%s); retrying in %.1f s", job.request_id, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    def _publisher(self, job: Job) -> Callable[[str], None] | None:
-        """For a streamed request whose answer will be shown whatever its confidence (reflect.report_partial_v1
-        says which): publishes the text so far, at most every stream_interval_s. A publish that fails is
-        skipped, never the answer: the reader then gets the text with the next publish or with the answer."""
-        if not job.params.get("stream") or job.params.get("low_confidence") not in ("answer", "flag"):
-            return None
-        last = {"at": float("-inf"), "text": ""}
-
-        def publish(text: str) -> None:
-            now = time.monotonic()
-            if text == last["text"] or now - last["at"] < self.config.stream_interval_s:
-                return
-            last["at"], last["text"] = now, text
-            try:
-                self._call("job", "report_partial", {"request_id": job.request_id, "lease_token": job.lease_token,
-                                                     "text": text}, attempts=1)
-            except StaleLease:
-                job.cancel.set()  # the request is someone else's now; the generation stops at its next token
-                job.lease_lost = True
-            except (psycopg.Error, PgreflectError) as exc:
-                log.debug("request %s: partial answer not published (%s)", job.request_id, type(exc).__name__)
-
-        return publish
-
-    def _fail(self, job: Job, error: str, retryable: bool) -> None:
-        state = self._report(job, "fail", {"error": error, "retryable": retryable})[0][0]
-        if state == "queued":
-            self.stats.retried += 1
-        else:
-            self.stats.failed += 1
-        log.warning("request %s attempt %s failed (%s): %s", job.request_id, job.attempt,
-                    "will retry" if state == "queued" else "final", error)
-
-    def _finish(self, job: Job, name: str, params: dict[str, Any]) -> list[tuple]:
-        return self._call("job", name, {"request_id": job.request_id, "lease_token": job.lease_token, **params})
 
     # -- shutdown ---------------------------------------------------------------------------------
     def _shutdown(self, pool: ThreadPoolExecutor, futures: set[Future[None]]) -> None:
@@ -685,7 +503,7 @@ class Worker:
                     self._seen(self._advertised(), "heartbeat")
                     last_seen = now
                 if now - last_reap >= cfg.reap_interval and not self._stop.is_set():
-                    reaped = self._call("heartbeat", "reap_expired", {})[0][0]
+                    reaped = self.call("heartbeat", "reap_expired", {})[0][0]
                     if reaped:
                         log.info("re-queued %d request(s) whose lease had expired", reaped)
                     last_reap = now
@@ -697,7 +515,7 @@ class Worker:
             jobs = list(self._inflight.values())
             runs = list(self._inflight_jobs.values())
         if runs:
-            held_j = {row[0] for row in self._call("heartbeat", "heartbeat_jobs", {
+            held_j = {row[0] for row in self.call("heartbeat", "heartbeat_jobs", {
                 "job_ids": [r.job_id for r in runs], "lease_tokens": [r.lease_token for r in runs],
                 "lease_seconds": self.config.lease_seconds})}
             for r in runs:
@@ -706,7 +524,7 @@ class Worker:
                     r.cancel.set()
         if not jobs:
             return
-        held = {row[0] for row in self._call("heartbeat", "heartbeat", {
+        held = {row[0] for row in self.call("heartbeat", "heartbeat", {
             "request_ids": [j.request_id for j in jobs],
             "lease_tokens": [j.lease_token for j in jobs],
             "lease_seconds": self.config.lease_seconds,
@@ -770,7 +588,7 @@ class Worker:
             return bool(self._inflight) or any(r.kind not in TRAIN_KINDS for r in self._inflight_jobs.values())
 
     def _seen(self, model_ids: list[int], role: str = "main") -> None:
-        self._call(role, "worker_seen", {"worker_id": self.config.worker_id, "model_version_ids": model_ids,
+        self.call(role, "worker_seen", {"worker_id": self.config.worker_id, "model_version_ids": model_ids,
                                    "pid": os.getpid(), "hostname": socket.gethostname()})
 
 
@@ -787,14 +605,14 @@ class _RuntimeContext:
         return self.worker.backends[model_version_id]
 
     def input(self) -> JobInput | None:
-        rows = self.worker._call("job", "job_input", {"job_id": self.run.job_id, "lease_token": self.run.lease_token})
+        rows = self.worker.call("job", "job_input", {"job_id": self.run.job_id, "lease_token": self.run.lease_token})
         if not rows:
             log.warning("job %s: its request does not decrypt; the job was failed", self.run.job_id)
             return None
         prompt, system_prompt, answer, params = rows[0]
         history = ()
         if params.get("history_turns"):
-            turns = self.worker._call("job", "job_history", {"job_id": self.run.job_id,
+            turns = self.worker.call("job", "job_history", {"job_id": self.run.job_id,
                                                              "lease_token": self.run.lease_token})
             history = tuple(turns[0][0] or ()) if turns else ()
         return JobInput(prompt, system_prompt, answer, params, history)
@@ -813,7 +631,7 @@ class _RuntimeContext:
         self.run.checkpoint = state  # what _preemptible weighs: the follow-up with least done is stopped first
 
     def call(self, query_name: str, **params: Any) -> list[tuple]:
-        return self.worker._call("job", query_name, {"job_id": self.run.job_id, "lease_token": self.run.lease_token,
+        return self.worker.call("job", query_name, {"job_id": self.run.job_id, "lease_token": self.run.lease_token,
                                                     **params})
 
 
