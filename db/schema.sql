@@ -3726,6 +3726,15 @@ BEGIN
 END
 $$;
 ALTER FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) OWNER TO reflect_owner;
+CREATE FUNCTION reflect.signal_orientations_v1() RETURNS TABLE(signal text, higher_is_right boolean)
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+  VALUES ('logprob_mean', true), ('logprob_min', true), ('logprob_norm', true), ('p_true', true),
+         ('p_answer', true), ('rule_failed', false), ('agreement', true), ('critique_verdict', true),
+         ('option_max_prob', true), ('option_margin', true), ('option_entropy', false), ('probe', true)
+$$;
+ALTER FUNCTION reflect.signal_orientations_v1() OWNER TO reflect_owner;
 CREATE FUNCTION reflect.snooze_job_v1(p_job_id bigint, p_lease_token uuid, p_seconds double precision, p_checkpoint jsonb DEFAULT NULL::jsonb) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -5117,7 +5126,16 @@ CREATE VIEW reflect.signal_auroc AS
     count(s.score) AS n,
     reflect.auroc_v1(array_agg(s.score), array_agg((NOT la.is_correct))) AS auroc_wrong
    FROM (reflect.labelled_answers la
-     CROSS JOIN LATERAL ( VALUES ('confidence'::text,((1)::double precision - la.confidence)), ('logprob_mean'::text,(- la.logprob_mean)), ('logprob_min'::text,(- la.logprob_min)), ('logprob_norm'::text,(- la.logprob_norm)), ('p_true'::text,(- la.p_true)), ('p_answer'::text,(- la.p_answer)), ('rule_failed'::text,la.rule_failed), ('agreement'::text,(- la.agreement)), ('critique_verdict'::text,(- la.critique_verdict)), ('option_max_prob'::text,(- la.option_max_prob)), ('option_margin'::text,(- la.option_margin)), ('option_entropy'::text,la.option_entropy), ('probe'::text,(- la.probe))) s(signal, score))
+     CROSS JOIN LATERAL ( SELECT 'confidence'::text AS signal,
+            ((1)::double precision - la.confidence) AS score
+        UNION ALL
+         SELECT o.signal,
+            ((
+                CASE
+                    WHEN o.higher_is_right THEN '-1'::integer
+                    ELSE 1
+                END)::double precision * ((to_jsonb(la.*) ->> o.signal))::double precision)
+           FROM reflect.signal_orientations_v1() o(signal, higher_is_right)) s)
   WHERE (s.score IS NOT NULL)
   GROUP BY la.model_version, s.signal;
 ALTER TABLE reflect.signal_auroc OWNER TO reflect_owner;
@@ -5836,6 +5854,10 @@ REVOKE ALL ON FUNCTION reflect.set_person_v1(p_name text, p_role text) FROM PUBL
 REVOKE ALL ON FUNCTION reflect.set_probe_signals_v1(p_model_version text, p_request_ids bigint[], p_values double precision[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.share_memories_v1(p_reader name, p_share boolean) TO reflect_app;
+REVOKE ALL ON FUNCTION reflect.signal_orientations_v1() FROM PUBLIC;
+GRANT ALL ON FUNCTION reflect.signal_orientations_v1() TO reflect_analyst;
+GRANT ALL ON FUNCTION reflect.signal_orientations_v1() TO reflect_app;
+GRANT ALL ON FUNCTION reflect.signal_orientations_v1() TO reflect_reviewer;
 REVOKE ALL ON FUNCTION reflect.snooze_job_v1(p_job_id bigint, p_lease_token uuid, p_seconds double precision, p_checkpoint jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION reflect.snooze_job_v1(p_job_id bigint, p_lease_token uuid, p_seconds double precision, p_checkpoint jsonb) TO reflect_worker;
 REVOKE ALL ON FUNCTION reflect.store_answer_state_v1(p_request_id bigint, p_lease_token uuid, p_state public.vector) FROM PUBLIC;

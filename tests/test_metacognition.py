@@ -237,8 +237,20 @@ def test_analyst_calibration_views(db: Database, keyring: Keyring) -> None:
     assert labelled == 120 and bins == 120 and 0 < accuracy < 1
     assert auroc_lp > 0.7 and 0.3 < auroc_pt < 0.7  # the informative signal and the noise
     assert set(signals) >= {"confidence", "logprob_mean", "logprob_min", "p_true", "rule_failed"}
+    # signal_auroc reads each signal by name with its orientation; calibration_daily spells two of them out
+    assert signals["logprob_mean"] == pytest.approx(auroc_lp) and signals["p_true"] == pytest.approx(auroc_pt)
     assert 0 <= ece <= 1 and 0 <= brier <= 1 and abstain == 0 and acc80 is not None and auroc_conf is not None
     assert "synthetic question" not in text
+
+
+def test_every_signal_reported_alone_is_a_labelled_answers_column(db: Database) -> None:
+    """signal_auroc and the evaluation harness read the signals that signal_orientations_v1 names from the
+    labelled_answers column of that name: a name without its column would drop the signal silently."""
+    with db.admin() as conn:
+        names = [r[0] for r in conn.execute("SELECT signal FROM reflect.signal_orientations_v1()")]
+        columns = {r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = "
+                                              "'reflect.labelled_answers'::regclass AND attnum > 0")}
+    assert len(names) >= 10 and set(names) <= columns, set(names) - columns
 
 
 # -- memory -----------------------------------------------------------------------------------------

@@ -23,6 +23,18 @@ AS $$
          || ARRAY['option_max_prob', 'option_margin', 'option_entropy', 'kind_choice', 'kind_number', 'kind_long']
 $$;
 
+-- The per-answer signals reported on their own (reflect.signal_auroc, the evaluation harness's per-signal AUROC),
+-- each named as its reflect.labelled_answers column, with the direction that means a right answer.
+CREATE OR REPLACE FUNCTION reflect.signal_orientations_v1()
+RETURNS TABLE (signal text, higher_is_right boolean)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  VALUES ('logprob_mean', true), ('logprob_min', true), ('logprob_norm', true), ('p_true', true),
+         ('p_answer', true), ('rule_failed', false), ('agreement', true), ('critique_verdict', true),
+         ('option_max_prob', true), ('option_margin', true), ('option_entropy', false), ('probe', true)
+$$;
+
 -- The features an answer may lack (NULL in reflect._feature_values when missing).
 CREATE OR REPLACE FUNCTION reflect.optional_features_v1()
 RETURNS text[]

@@ -50,7 +50,8 @@ GRANT EXECUTE ON FUNCTION reflect.auroc_v1(double precision[], boolean[]),
   reflect._uniform(bigint, bigint, bigint),  -- pure; called by the two below in the caller's rights
   reflect.ece_floor_v1(double precision[], integer, integer),
   reflect.bootstrap_v1(double precision[], boolean[], integer),
-  reflect.eval_metrics_v1(double precision[], boolean[], integer, double precision)
+  reflect.eval_metrics_v1(double precision[], boolean[], integer, double precision),
+  reflect.signal_orientations_v1()  -- read by reflect.signal_auroc in the reader's rights, and by the harness
 TO reflect_analyst, reflect_app;
 GRANT SELECT ON reflect.labelled_answers, reflect.calibration_daily, reflect.signal_auroc, reflect.reliability,
   reflect.calibrator_history TO reflect_analyst;
@@ -136,7 +137,8 @@ TO reflect_reviewer;
 GRANT EXECUTE ON FUNCTION reflect.auroc_v1(double precision[], boolean[]),
   reflect.ece_v1(double precision[], boolean[], integer),
   reflect.brier_v1(double precision[], boolean[]),
-  reflect.accuracy_at_coverage_v1(double precision[], boolean[], double precision)
+  reflect.accuracy_at_coverage_v1(double precision[], boolean[], double precision),
+  reflect.signal_orientations_v1()
 TO reflect_reviewer;
 
 -- remote backends (0014): a worker reads where a remote version is served; administrators register them

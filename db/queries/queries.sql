@@ -152,6 +152,9 @@ SELECT reflect.export_calibrator_v1(%(model_version)s);
 -- name: eval_metrics
 SELECT reflect.eval_metrics_v1(%(confidence)s::float8[], %(correct)s::bool[]);
 
+-- name: signal_orientations
+SELECT signal, higher_is_right FROM reflect.signal_orientations_v1();
+
 -- name: auroc
 SELECT reflect.auroc_v1(%(scores)s::float8[], %(positives)s::bool[]) AS auroc;
 

@@ -29,9 +29,6 @@ from pgreflect.errors import InvalidInput, QueueFull
 from pgreflect.scoring import is_correct, kind_of
 from pgreflect.sql import query
 
-SIGNALS = ("logprob_mean", "logprob_min", "p_true", "p_answer", "option_max_prob", "option_margin", "option_entropy",
-           "rule_failed", "agreement", "critique_verdict", "probe")
-HIGH_MEANS_WRONG = ("rule_failed", "option_entropy")
 QUEUE_FULL_WAIT_S = 2.0  # between submissions refused because the version's queue is at its limit
 
 
@@ -203,15 +200,15 @@ def summarise(client: Client, results: list[dict[str, Any]], cfg: EvalConfig,
     if len(datasets) > 1:
         summary["by_dataset"] = {d: metrics(client, [r for r in scored if r.get("dataset") == d]) for d in datasets}
     per_signal = {}
-    for name in SIGNALS:
+    for name, higher_is_right in client.conn.execute(query("signal_orientations")).fetchall():
         pairs = []
         for r in scored:
             value = _rule_failed(r["signals"]) if name == "rule_failed" else r["signals"].get(name)
             if value is not None:
-                # high rule_failed or option entropy means wrong; for the others a low value means wrong. jsonb
-                # gives 1.0 back as the integer 1: make every score a float.
+                # scored so that a high score means wrong (the AUROC of finding the wrong answers); jsonb gives
+                # 1.0 back as the integer 1: make every score a float.
                 value = float(value)
-                pairs.append((value if name in HIGH_MEANS_WRONG else -value, not r["correct"]))
+                pairs.append((-value if higher_is_right else value, not r["correct"]))
         if pairs:
             auroc = client.conn.execute(query("auroc"), {"scores": [p[0] for p in pairs],
                                                          "positives": [p[1] for p in pairs]}).fetchone()[0]
