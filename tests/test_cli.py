@@ -84,3 +84,22 @@ def test_ask_fails_fast_when_its_worker_cannot_load_the_model(db: Database, keyr
     out = cli(db, keyring, "ask", "--model-version", "ghost", "--timeout", "120", "hello", timeout=60)
     assert out.returncode == 1
     assert "in-process worker failed" in out.stderr and "does not exist" in out.stderr
+
+
+def test_models_commands_refuse_bad_input_with_one_line(db: Database, keyring: Keyring, tmp_path) -> None:
+    """The database's refusals reach the user as `error: ...` and exit 2, never as a traceback; nothing changes."""
+    before = db.scalar("SELECT count(*) FROM reflect.model_versions")
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF not really a model")
+    cases = [
+        (("models", "register", "tiny", str(gguf)), "tiny"),  # the name is taken
+        (("models", "activate", "no-such-version"), "no-such-version"),
+        (("models", "register", "x", "--backend", "openai", "--base-url", "ftp://h/", "--remote-model", "m"), "url"),
+        (("models", "register", "y", str(tmp_path / "missing.gguf")), "not a file"),
+    ]
+    for args, says in cases:
+        out = cli(db, keyring, *args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
+        last = out.stderr.strip().splitlines()[-1]  # after the sha256 progress bar, if any
+        assert last.startswith("error: ") and says in last.lower(), (args, out.stderr)
+    assert db.scalar("SELECT count(*) FROM reflect.model_versions") == before

@@ -103,72 +103,58 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 # -- models ------------------------------------------------------------------------------------------
 def cmd_models(args: argparse.Namespace) -> int:
-    import psycopg
-
     from pgreflect.db import dsns
-    from pgreflect.models import DEFAULT_MODEL, PACKAGED, packaged_path, verified_sha256
-    from pgreflect.sql import query
+    from pgreflect.flows import models
+    from pgreflect.models import DEFAULT_MODEL, PACKAGED, packaged_path
 
     if args.action == "assemble":
         for name in args.names or [DEFAULT_MODEL]:
             print(packaged_path(name))
         return 0
-    admin = dsns().admin
     if args.action == "install-default":
         from pgreflect.flows.setup import register_packaged
 
-        print(register_packaged(admin, args.name or DEFAULT_MODEL, activate=args.activate))
+        print(register_packaged(dsns().admin, args.name or DEFAULT_MODEL, activate=args.activate))
         return 0
     if args.action == "rollback":
         from pgreflect.improve import loop
 
         print(f"active again: {loop.rollback(args.reason)}")
         return 0
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if args.action == "list":
-            rows = conn.execute(query("list_models")).fetchall()
-            states = {m[1]: m for m in conn.execute(query("model_states")).fetchall()}
-            for r in rows:
-                m = states[r[1]]
-                lineage = f"parent {m[2]}" + (f", adapter {m[5][:12]} on {m[3]}" if m[5] else "") if m[2] else ""
-                decided = f"  [{m[8]}: {m[9]}]" if m[8] else ""
-                where = f"{r[10]} at {r[9]}" if r[8] == "openai" else f"sha256 {r[3][:12]}"
-                print(f"{'*' if r[6] else ' '} {r[1]:30} {m[4]:9} {r[8]:6} {where}  n_ctx {r[5]}  {lineage}{decided}")
-            if not rows:
-                print(f"no model versions registered; packaged: {', '.join(PACKAGED)}")
-        elif args.action == "register" and args.backend == "openai":
-            if args.base_url is None or args.remote_model is None or args.path is not None:
-                print("error: a version on an OpenAI-compatible server needs --base-url URL and --remote-model M "
-                      "(and no GGUF path)", file=sys.stderr)
-                return 2
-            conn.execute(query("register_remote_model"), {
-                "name": args.name, "base_url": args.base_url, "remote_model": args.remote_model,
-                "n_ctx": args.n_ctx, "parent": args.parent, "activate": args.activate})
-            print(args.name)
-        elif args.action == "register":
-            if args.base_url is not None or args.remote_model is not None:
-                print("error: --base-url and --remote-model are for --backend openai", file=sys.stderr)
-                return 2
-            if args.backend == "noop":  # a test backend: no file, answers "ok"
-                path_text, sha256, source = "noop", "0" * 64, args.source or "noop"
-            else:
-                if args.path is None:
-                    print("error: the llama backend needs the GGUF file's path", file=sys.stderr)
-                    return 2
-                path = Path(args.path).resolve()
-                if not path.is_file():
-                    print(f"error: {path} is not a file", file=sys.stderr)
-                    return 2
-                path_text, sha256 = str(path), verified_sha256(path, progress=True)
-                source = args.source or f"path:{path}"
-            conn.execute(query("register_model"), {
-                "name": args.name, "gguf_path": path_text, "sha256": sha256, "source": source,
-                "n_ctx": args.n_ctx, "parent": args.parent, "activate": args.activate, "backend": args.backend,
-            })
-            print(args.name)
-        elif args.action == "activate":
-            conn.execute(query("activate_model"), {"name": args.name})
-            print(args.name)
+    if args.action == "list":
+        listed = models.versions()
+        for m in listed:
+            lineage = f"parent {m.parent}" + (f", adapter {m.adapter_sha256[:12]} on {m.base}"
+                                              if m.adapter_sha256 else "") if m.parent else ""
+            decided = f"  [{m.last_decision}: {m.reason}]" if m.last_decision else ""
+            where = f"{m.remote_model} at {m.base_url}" if m.backend == "openai" else f"sha256 {(m.sha256 or '')[:12]}"
+            print(f"{'*' if m.active else ' '} {m.name:30} {m.state:9} {m.backend:6} {where}  n_ctx {m.n_ctx}  "
+                  f"{lineage}{decided}")
+        if not listed:
+            print(f"no model versions registered; packaged: {', '.join(PACKAGED)}")
+        return 0
+    if args.action == "activate":
+        print(models.activate(args.name))
+        return 0
+    # register
+    common = {"n_ctx": args.n_ctx, "parent": args.parent, "activate": args.activate}
+    if args.backend == "openai":
+        if args.base_url is None or args.remote_model is None or args.path is not None:
+            print("error: a version on an OpenAI-compatible server needs --base-url URL and --remote-model M "
+                  "(and no GGUF path)", file=sys.stderr)
+            return 2
+        print(models.register_remote(args.name, args.base_url, args.remote_model, **common))
+        return 0
+    if args.base_url is not None or args.remote_model is not None:
+        print("error: --base-url and --remote-model are for --backend openai", file=sys.stderr)
+        return 2
+    if args.backend == "noop":
+        print(models.register_noop(args.name, source=args.source, **common))
+        return 0
+    if args.path is None:
+        print("error: the llama backend needs the GGUF file's path", file=sys.stderr)
+        return 2
+    print(models.register_gguf(args.name, Path(args.path), source=args.source, **common))
     return 0
 
 
@@ -945,13 +931,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from pgreflect.errors import PgreflectError
+    import psycopg
+
+    from pgreflect.errors import PgreflectError, translate
 
     try:
         return int(args.func(args) or 0)
     except PgreflectError as exc:  # bad input: nothing was done
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except psycopg.Error as exc:  # a refusal or failure a flow did not translate: its message, not a traceback
+        ours = translate(exc)
+        if isinstance(ours, PgreflectError):
+            print(f"error: {ours}", file=sys.stderr)
+            return 2
+        print(f"error: {(exc.diag.message_primary or str(exc)).strip()}", file=sys.stderr)
+        return 1
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:  # model files, cluster, migrations, waits
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,90 @@
+"""Model versions: register a local GGUF (or the test backend) or a model on an OpenAI-compatible server, list
+them with their states, activate one. The database decides what is allowed; its refusals come back as
+pgreflect.errors exceptions (InvalidInput, UnknownModel, ...) with nothing changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pgreflect.db import dsns
+from pgreflect.errors import InvalidInput, translate
+from pgreflect.sql import query
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    active: bool
+    state: str  # the improvement loop's state (reflect.model_states): active, candidate, canary, rejected, ...
+    backend: str
+    sha256: str | None
+    base_url: str | None
+    remote_model: str | None
+    n_ctx: int
+    parent: str | None
+    base: str | None  # for an adapter version: the version whose GGUF it runs on
+    adapter_sha256: str | None
+    last_decision: str | None
+    reason: str | None
+
+
+def _admin(name: str, params: dict[str, Any] | None = None) -> list[tuple]:
+    with psycopg.connect(dsns().admin, autocommit=True) as conn:
+        try:
+            cur = conn.execute(query(name), params or {})
+            return cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+
+def versions() -> list[ModelVersion]:
+    states = {m[1]: m for m in _admin("model_states")}
+    out = []
+    for (_id, name, _source, sha256, _parent, n_ctx, is_active, _created, backend, base_url, remote_model) \
+            in _admin("list_models"):
+        m = states[name]
+        out.append(ModelVersion(name, bool(is_active), m[4], backend, sha256, base_url, remote_model, n_ctx, m[2],
+                                m[3], m[5], m[8], m[9]))
+    return out
+
+
+def register_gguf(name: str, path: Path, *, n_ctx: int, parent: str | None = None, activate: bool = False,
+                  source: str | None = None) -> str:
+    """Registers a GGUF file as a version of the llama backend, pinned to its sha256 (read now)."""
+    from pgreflect.models import verified_sha256
+
+    path = path.resolve()
+    if not path.is_file():
+        raise InvalidInput(f"{path} is not a file")
+    return _register(name, str(path), verified_sha256(path, progress=True), source or f"path:{path}", n_ctx,
+                     parent, activate, "llama")
+
+
+def register_noop(name: str, *, n_ctx: int, parent: str | None = None, activate: bool = False,
+                  source: str | None = None) -> str:
+    """A version of the test backend: no file; it answers "ok"."""
+    return _register(name, "noop", "0" * 64, source or "noop", n_ctx, parent, activate, "noop")
+
+
+def _register(name: str, path: str, sha256: str, source: str, n_ctx: int, parent: str | None, activate: bool,
+              backend: str) -> str:
+    _admin("register_model", {"name": name, "gguf_path": path, "sha256": sha256, "source": source, "n_ctx": n_ctx,
+                              "parent": parent, "activate": activate, "backend": backend})
+    return name
+
+
+def register_remote(name: str, base_url: str, remote_model: str, *, n_ctx: int, parent: str | None = None,
+                    activate: bool = False) -> str:
+    """Registers a model served by an OpenAI-compatible server (the openai backend's workers call it)."""
+    _admin("register_remote_model", {"name": name, "base_url": base_url, "remote_model": remote_model,
+                                     "n_ctx": n_ctx, "parent": parent, "activate": activate})
+    return name
+
+
+def activate(name: str) -> str:
+    _admin("activate_model", {"name": name})
+    return name
