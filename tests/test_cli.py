@@ -103,3 +103,53 @@ def test_models_commands_refuse_bad_input_with_one_line(db: Database, keyring: K
         last = out.stderr.strip().splitlines()[-1]  # after the sha256 progress bar, if any
         assert last.startswith("error: ") and says in last.lower(), (args, out.stderr)
     assert db.scalar("SELECT count(*) FROM reflect.model_versions") == before
+
+
+BAD_INPUT = [
+    ("feedback", "999999", "--correct"),
+    ("requests", "show", "999999", "--purpose", "a test"),
+    ("apps", "revoke", "no-such-app"),
+    ("apps", "add", "Robert'); DROP TABLE reflect.requests; --"),
+    ("apikeys", "revoke", "no-such-key"),
+    ("users", "revoke", "no-such-person"),
+    ("users", "add", "two words", "--role", "reviewer"),
+    ("improve", "promote", "no-such-version"),
+    ("improve", "revert-tuning", "999999"),
+    ("improve", "tune", "--model-version", "no-such-version"),
+    ("improve", "run", "--app", "no-such-app"),
+    ("calibrate", "--model-version", "no-such-version"),
+    ("calibrate", "--model-version", "tiny", "--install", "/no/such/calibrator.json"),
+    ("keys", "rotate", "--from", "no-such-key"),
+    ("ask", "--model-version", "no-such-version", "hello"),
+    ("eval", "--file", "/no/such/questions.jsonl"),
+    ("requests", "export-training", "--app", "no-such-app", "--out", "{tmp}/export.jsonl", "--purpose", "a test"),
+]
+
+
+@pytest.mark.parametrize("args", BAD_INPUT, ids=[" ".join(a[:3]) for a in BAD_INPUT])
+def test_bad_input_anywhere_gets_one_line_and_changes_nothing(db: Database, keyring: Keyring, tmp_path,
+                                                               args) -> None:
+    state = ("SELECT row((SELECT count(*) FROM reflect.requests), (SELECT count(*) FROM reflect.model_versions), "
+             "(SELECT count(*) FROM reflect.promotion_decisions), (SELECT count(*) FROM reflect.apps))::text")
+    before = db.scalar(state)
+    out = cli(db, keyring, *(a.format(tmp=tmp_path) for a in args), timeout=120)
+    assert out.returncode in (1, 2) and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: "), out.stderr
+    assert db.scalar(state) == before and not any(tmp_path.iterdir())  # no half-written output either
+
+
+def test_a_person_rejects_promotes_and_rolls_back_from_the_cli(db: Database, keyring: Keyring) -> None:
+    out = cli(db, keyring, "models", "register", "cand-cli", "--backend", "noop", "--parent", "tiny")
+    assert out.returncode == 0, out.stderr
+    steps = [(("improve", "reject", "cand-cli", "--reason", "worse on our tickets"), "cand-cli: rejected"),
+             (("improve", "promote", "cand-cli"), "cand-cli: promoted"),
+             (("models", "rollback", "--reason", "users complained"), "active again: tiny")]
+    for args, says in steps:
+        out = cli(db, keyring, *args)
+        assert out.returncode == 0 and says in out.stdout, (args, out.stdout, out.stderr)
+    rows = db.scalar("SELECT jsonb_agg(jsonb_build_array(d.decision, d.reason, d.decided_by) ORDER BY d.id) "
+                     "FROM reflect.promotion_decisions d JOIN reflect.model_versions mv ON mv.id = d.candidate_id "
+                     "WHERE mv.name = 'cand-cli'")
+    assert [r[:2] for r in rows] == [["reject", "worse on our tickets"], ["promote", "decided by " + rows[1][2]],
+                                     ["rollback", "users complained"]]
+    assert db.scalar("SELECT name FROM reflect.model_versions WHERE is_active") == "tiny"

@@ -295,8 +295,11 @@ def cmd_requests(args: argparse.Namespace) -> int:
                              "corrections", "critique"):
                     print(f"{name}: {row[name]}")
         else:
-            from pgreflect.apps import app_login
+            from pgreflect.apps import app_login, list_apps
+            from pgreflect.errors import InvalidInput
 
+            if args.app not in {a["name"] for a in list_apps(dsns().admin)}:
+                raise InvalidInput(f"no app named {args.app!r} (pgreflect apps list)")
             with open(args.out, "w") as out:
                 n = export_training(conn, app_login(args.app), args.purpose, redactor, out)
             print(f"wrote {n} example(s) to {args.out}")
@@ -377,7 +380,7 @@ def cmd_improve(args: argparse.Namespace) -> int:
         return 0
     if args.action in ("promote", "reject", "canary"):
         loop.decide(args.version, args.action, args.reason)
-        print(f"{args.version}: {'canary started' if args.action == 'canary' else args.action + 'd'}")
+        print(f"{args.version}: {dict(promote='promoted', reject='rejected', canary='canary started')[args.action]}")
         return 0
     from pgreflect.apps import app_login
 

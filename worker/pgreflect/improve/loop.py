@@ -22,9 +22,9 @@ def _admin() -> psycopg.Connection:
     return psycopg.connect(dsns().admin, autocommit=True, row_factory=dict_row)
 
 
-def _one(conn: psycopg.Connection, name: str, **params: Any) -> dict[str, Any] | None:
+def _one(conn: psycopg.Connection, query_name: str, /, **params: Any) -> dict[str, Any] | None:
     try:
-        return conn.execute(query(name), params).fetchone()
+        return conn.execute(query(query_name), params).fetchone()
     except psycopg.Error as exc:
         raise translate(exc) from exc
 
