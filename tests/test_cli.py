@@ -123,6 +123,10 @@ BAD_INPUT = [
     ("ask", "--model-version", "no-such-version", "hello"),
     ("eval", "--file", "/no/such/questions.jsonl"),
     ("requests", "export-training", "--app", "no-such-app", "--out", "{tmp}/export.jsonl", "--purpose", "a test"),
+    ("datasets", "export", "gsm8k", "--limit", "-3", "--out", "{tmp}/gsm8k.jsonl"),
+    ("worker", "--concurrency", "0", "--once"),
+    ("worker", "--poll-interval", "nan", "--once"),
+    ("serve", "--port", "70000"),
 ]
 
 
@@ -134,8 +138,19 @@ def test_bad_input_anywhere_gets_one_line_and_changes_nothing(db: Database, keyr
     before = db.scalar(state)
     out = cli(db, keyring, *(a.format(tmp=tmp_path) for a in args), timeout=120)
     assert out.returncode in (1, 2) and "Traceback" not in out.stderr, out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("error: "), out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") or (last.startswith("pgreflect ") and ": error: argument" in last), out.stderr
     assert db.scalar(state) == before and not any(tmp_path.iterdir())  # no half-written output either
+
+
+def test_a_bad_value_in_the_environment_is_refused_like_the_flag(db: Database, keyring: Keyring) -> None:
+    env = {**db.env(keyring), "PGREFLECT_LEASE_SECONDS": "sixty"}
+    run = [sys.executable, "-m", "pgreflect.cli"]
+    out = subprocess.run([*run, "worker", "--once"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "argument --lease-seconds: 'sixty' is not an integer" in out.stderr
+    # a command without that flag is not stopped by it
+    assert subprocess.run([*run, "status"], env=env, capture_output=True, timeout=60).returncode == 0
 
 
 def test_a_person_rejects_promotes_and_rolls_back_from_the_cli(db: Database, keyring: Keyring) -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,32 @@ def _flag(p: argparse.ArgumentParser, flag: str, *, type: Any = str, default: An
     if kw.get("nargs") in ("*", "+"):
         value = raw.split(",") if raw else default
     else:
-        value = type(raw) if raw is not None else default
+        # A string default goes through `type` when the command runs, as a typed value would: a bad value in the
+        # environment is refused like one on the command line (naming the flag), and only by the command using it.
+        value = raw if raw is not None else default
     p.add_argument(flag, type=type, default=value, help=f"{help} [env {env}; default {default!r}]", **kw)
+
+
+def _number(kind: type, low: float, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: an int or float within [low, high]; anything else is refused with a one-line error."""
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+                                             ) from None
+        if value != value or value < low or (high is not None and value > high):  # NaN, or out of range
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{text!r} must be {bounds}")
+        return value
+    return convert
+
+
+COUNT = _number(int, 1)
+NONNEGATIVE_INT = _number(int, 0)
+SECONDS = _number(float, 0.001)
+NONNEGATIVE_SECONDS = _number(float, 0)
+PORT = _number(int, 1, 65535)
 
 
 # -- setup -------------------------------------------------------------------------------------------
@@ -653,22 +678,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _worker_flags(p: argparse.ArgumentParser, serve_flag: bool = True) -> None:
     _flag(p, "--backend", default="llama", choices=["llama", "openai", "noop"],
           help="model backend (openai: versions registered with --base-url, on an OpenAI-compatible server)")
-    _flag(p, "--concurrency", type=int, default=None,
+    _flag(p, "--concurrency", type=COUNT, default=None,
           help="requests in flight at once (default: 1 for llama, 4 for openai: the server batches)")
-    _flag(p, "--poll-interval", type=float, default=2.0, help="seconds between polls without a NOTIFY")
-    _flag(p, "--lease-seconds", type=int, default=60, help="lease per claim (the heartbeat extends it)")
-    _flag(p, "--shutdown-timeout", type=float, default=30.0,
+    _flag(p, "--poll-interval", type=SECONDS, default=2.0, help="seconds between polls without a NOTIFY")
+    _flag(p, "--lease-seconds", type=COUNT, default=60, help="lease per claim (the heartbeat extends it)")
+    _flag(p, "--shutdown-timeout", type=NONNEGATIVE_SECONDS, default=30.0,
           help="after SIGTERM, seconds to finish in-flight work before releasing it")
-    _flag(p, "--reap-interval", type=float, default=15.0, help="seconds between expired-lease sweeps")
+    _flag(p, "--reap-interval", type=SECONDS, default=15.0, help="seconds between expired-lease sweeps")
     if serve_flag:
         _flag(p, "--model-version", nargs="*", default=None, help="model versions to serve (default: all)")
-    _flag(p, "--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    _flag(p, "--threads", type=COUNT, default=None, help="llama.cpp threads (default: all cores)")
     _flag(p, "--worker-id", default=None, help="worker id (default: host-pid-random)")
-    _flag(p, "--noop-delay", type=float, default=0.0, help="seconds the noop backend takes per request")
+    _flag(p, "--noop-delay", type=NONNEGATIVE_SECONDS, default=0.0, help="seconds the noop backend takes per request")
     _flag(p, "--memory", default="auto", choices=["auto", "on", "off"],
           help="embed prompts and retrieve past corrections (auto: on with the llama backend)")
     _flag(p, "--p-true", default="on", choices=["on", "off"], help="measure P(True) after answers")
-    _flag(p, "--p-true-min-tokens", type=int, default=128,
+    _flag(p, "--p-true-min-tokens", type=NONNEGATIVE_INT, default=128,
           help="measure P(True) only after answers of at least this many tokens (0: after every answer)")
     _flag(p, "--followups", default="on", choices=["on", "off"],
           help="run critique and agreement follow-ups when no request is waiting")
@@ -678,13 +703,13 @@ def _worker_flags(p: argparse.ArgumentParser, serve_flag: bool = True) -> None:
           help="PII kinds redacted from memories before they enter a prompt (none = off)")
     _flag(p, "--train", default="auto", choices=["auto", "on", "off"],
           help="run fine-tune jobs (needs_finetune) in a training lane beside the request slots (auto: llama)")
-    _flag(p, "--model-refresh", type=float, default=10.0,
+    _flag(p, "--model-refresh", type=SECONDS, default=10.0,
           help="seconds between looks for newly registered versions (trained adapters)")
-    _flag(p, "--remote-timeout", type=float, default=600.0,
+    _flag(p, "--remote-timeout", type=SECONDS, default=600.0,
           help="openai backend: seconds one call to the server may take")
-    _flag(p, "--remote-retries", type=int, default=4,
+    _flag(p, "--remote-retries", type=NONNEGATIVE_INT, default=4,
           help="openai backend: more tries after a connection error, timeout, 408/409/429 or 5xx")
-    _flag(p, "--stream-interval", type=float, default=0.1,
+    _flag(p, "--stream-interval", type=NONNEGATIVE_SECONDS, default=0.1,
           help="seconds between publishes of a streamed answer's text so far (0: every token)")
 
 
@@ -697,10 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="set everything up, start a worker, answer a demo prompt")
     _flag(p, "--prompt", default=DEMO_PROMPT, help="the demo prompt")
     _flag(p, "--json", action="store_true", help="print the answer as JSON")
-    _flag(p, "--timeout", type=float, default=600.0, help="seconds to wait for the answer")
+    _flag(p, "--timeout", type=SECONDS, default=600.0, help="seconds to wait for the answer")
     _flag(p, "--host", default="127.0.0.1", help="address the HTTP API binds (loopback by default)",
           env="PGREFLECT_SERVE_HOST")
-    _flag(p, "--port", type=int, default=8400, help="port the HTTP API binds", env="PGREFLECT_SERVE_PORT")
+    _flag(p, "--port", type=PORT, default=8400, help="port the HTTP API binds", env="PGREFLECT_SERVE_PORT")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("setup", help="cluster up, migrate, login roles, keyring, default model")
@@ -735,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="openai backend: the server's API root, e.g. http://gpu-box:8000/v1 (no credentials: "
                         "workers read PGREFLECT_OPENAI_API_KEY)")
     m.add_argument("--remote-model", default=None, help="openai backend: the model's name on that server")
-    m.add_argument("--n-ctx", type=int, default=4096)
+    m.add_argument("--n-ctx", type=COUNT, default=4096)
     m.add_argument("--parent", default=None)
     m.add_argument("--source", default=None)
     m.add_argument("--activate", action="store_true")
@@ -751,7 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
     ksub.add_parser("add", help="add a new current key")
     k = ksub.add_parser("rotate", help="re-encrypt rows from an old key to the current one")
     k.add_argument("--from", dest="from_key_id", required=True)
-    k.add_argument("--batch", type=int, default=500)
+    k.add_argument("--batch", type=COUNT, default=500)
     ksub.add_parser("usage", help="rows each key id still encrypts, per table")
     p.set_defaults(func=cmd_keys)
 
@@ -793,11 +818,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="the OpenAI-compatible HTTP API and the web pages")
     _flag(p, "--host", default="127.0.0.1", help="address to bind (loopback by default)", env="PGREFLECT_SERVE_HOST")
-    _flag(p, "--port", type=int, default=8400, help="port to bind", env="PGREFLECT_SERVE_PORT")
-    _flag(p, "--request-timeout", type=float, default=600.0,
+    _flag(p, "--port", type=PORT, default=8400, help="port to bind", env="PGREFLECT_SERVE_PORT")
+    _flag(p, "--request-timeout", type=SECONDS, default=600.0,
           help="seconds a request waits for its answer before 504 (the answer still comes; repeat with the same "
                "Idempotency-Key)")
-    _flag(p, "--max-connections-per-app", type=int, default=8, help="database connections per app login")
+    _flag(p, "--max-connections-per-app", type=COUNT, default=8, help="database connections per app login")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("improve", help="self-improvement: training sets and fine-tune jobs")
@@ -808,7 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--login", default=None, help="or the login role whose history trains")
     i.add_argument("--model-version", default=None, help="the parent version (default: the active one)")
     i.add_argument("--wait", action="store_true", help="follow training (progress bar) to the gate's decision")
-    i.add_argument("--timeout", type=float, default=7200.0, help="seconds --wait waits (the job goes on)")
+    i.add_argument("--timeout", type=SECONDS, default=7200.0, help="seconds --wait waits (the job goes on)")
     i.add_argument("--json", action="store_true", help="print the candidate, the decision and its numbers")
     i = isub.add_parser("status", help="training sets, fine-tune progress and decisions")
     i.add_argument("--json", action="store_true")
@@ -821,7 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = isub.add_parser("revert-tuning", help="revert a tuning change (improve status lists them)")
     i.add_argument("change_id", type=int)
     i = isub.add_parser("retention", help="load the gate's retention set (MMLU held-out questions)")
-    i.add_argument("--size", type=int, default=300)
+    i.add_argument("--size", type=COUNT, default=300)
     for action, text in (("promote", "make a candidate active now, overriding the gate"),
                          ("reject", "reject a candidate"),
                          ("canary", "send canary_share of the default traffic to a candidate until its test decides")):
@@ -887,7 +912,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d.add_argument("name", choices=[*DATASETS, *BIGBENCH_TASKS])
     d.add_argument("--split", default="heldout", choices=["train", "heldout", "all"])
-    d.add_argument("--limit", type=int, default=None)
+    d.add_argument("--limit", type=COUNT, default=None)
     d.add_argument("--seed", type=int, default=0, help="which items a --limit picks")
     d.add_argument("--out", required=True)
     p.set_defaults(func=cmd_datasets)
@@ -903,7 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--record-labels", default="on", choices=["on", "off"],
           help="record each verdict as a ground-truth label (the version's calibrator refits on labels); off: "
                "measure only, e.g. a test set you evaluate again")
-    _flag(p, "--timeout", type=float, default=3600.0,
+    _flag(p, "--timeout", type=SECONDS, default=3600.0,
           help="seconds to wait for all answers; what is answered by then is kept and reported (exit status 3), "
                "and the same --run-label resumes")
     _flag(p, "--inline-worker", default="auto", choices=["auto", "always", "never"],
@@ -921,7 +946,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--temperature", type=float, default=None, help="0 = greedy (server default)")
     _flag(p, "--seed", type=int, default=None, help="sampling seed")
     _flag(p, "--idempotency-key", default=None, help="resubmitting with the same key returns the same request")
-    _flag(p, "--timeout", type=float, default=600.0, help="seconds to wait for the answer")
+    _flag(p, "--timeout", type=SECONDS, default=600.0, help="seconds to wait for the answer")
     _flag(p, "--inline-worker", default="auto", choices=["auto", "always", "never"],
           help="run a worker in this process: when none is live (auto), always, or never")
     _flag(p, "--model-version", default=None, help="model version to ask (default: the active one)")

@@ -300,6 +300,7 @@ def run_with_worker(cfg: EvalConfig, inline_worker: str, worker_config: Any) -> 
     from pgreflect.flows.ask import inline_worker_config
     from pgreflect.worker import InlineWorker, Worker
 
+    read_items(cfg.file)  # a bad question file is refused before a model is loaded for it
     d = dsns()
     with Client(d.app, application_name="pgreflect-eval") as client:
         inline = None
