@@ -134,7 +134,7 @@ class Answerer:
         if not again:
             return gen, signals
         rows = self.host.call("job", "evidence", {"request_id": job.request_id, "lease_token": job.lease_token,
-                                              "k": job.params.get("memory_k") or 3})
+                                                  "k": job.params.get("memory_k") or 3})
         if not rows:
             return gen, signals
         system = "\n".join(filter(None, [request.system_prompt, REANSWER_SYSTEM]))
@@ -219,7 +219,7 @@ class Answerer:
             last["at"], last["text"] = now, text
             try:
                 self.host.call("job", "report_partial", {"request_id": job.request_id, "lease_token": job.lease_token,
-                                                     "text": text}, attempts=1)
+                                                         "text": text}, attempts=1)
             except StaleLease:
                 job.cancel.set()  # the request is someone else's now; the generation stops at its next token
                 job.lease_lost = True

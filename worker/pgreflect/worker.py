@@ -205,7 +205,7 @@ class Worker:
         """Loads every version this worker serves that it has not loaded yet: each GGUF once, and each adapter
         version as a view of its base (the adapter is switched in per request). Returns the served ids."""
         rows = self.call("main", "models_to_serve", {"backend": self.config.backend,
-                                                      "names": self.config.model_versions})
+                                                     "names": self.config.model_versions})
         if not rows:
             raise RuntimeError(f"no model versions registered for the {self.config.backend} backend: run "
                                "`pgreflect models install-default` (or register one with --backend)")
@@ -442,12 +442,12 @@ class Worker:
             log.error("job %s (%s) failed: %s", run.job_id, run.kind, exc)
             with contextlib.suppress(Exception):
                 self.call("job", "fail_job", {**args, "error": str(exc)[:500], "retryable": exc.retryable,
-                                               "release": False})
+                                              "release": False})
         except Exception as exc:
             log.exception("job %s (%s) failed", run.job_id, run.kind)
             with contextlib.suppress(Exception):
                 self.call("job", "fail_job", {**args, "error": f"{type(exc).__name__}: {exc}"[:500],
-                                               "retryable": True, "release": False})
+                                              "retryable": True, "release": False})
         finally:
             with self._inflight_lock:
                 self._inflight_jobs.pop(run.job_id, None)
@@ -589,7 +589,7 @@ class Worker:
 
     def _seen(self, model_ids: list[int], role: str = "main") -> None:
         self.call(role, "worker_seen", {"worker_id": self.config.worker_id, "model_version_ids": model_ids,
-                                   "pid": os.getpid(), "hostname": socket.gethostname()})
+                                  "pid": os.getpid(), "hostname": socket.gethostname()})
 
 
 class _RuntimeContext:
@@ -613,7 +613,7 @@ class _RuntimeContext:
         history = ()
         if params.get("history_turns"):
             turns = self.worker.call("job", "job_history", {"job_id": self.run.job_id,
-                                                             "lease_token": self.run.lease_token})
+                                                            "lease_token": self.run.lease_token})
             history = tuple(turns[0][0] or ()) if turns else ()
         return JobInput(prompt, system_prompt, answer, params, history)
 
@@ -632,7 +632,7 @@ class _RuntimeContext:
 
     def call(self, query_name: str, **params: Any) -> list[tuple]:
         return self.worker.call("job", query_name, {"job_id": self.run.job_id, "lease_token": self.run.lease_token,
-                                                    **params})
+                                                   **params})
 
 
 class InlineWorker:
