@@ -202,8 +202,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     elif args.action == "usage":
         from pgreflect.flows.admin import key_usage
 
-        for key_id, table, n in key_usage():
+        usage = key_usage()
+        for key_id, table, n in usage:
             print(f"{key_id:34} {table:20} {n}")
+        if not usage:
+            print("no encrypted rows yet")
     return 0
 
 
