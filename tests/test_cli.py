@@ -169,7 +169,7 @@ def test_a_person_rejects_promotes_and_rolls_back_from_the_cli(db: Database, key
                                      ["rollback", "users complained"]]
     assert db.scalar("SELECT name FROM reflect.model_versions WHERE is_active") == "tiny"
     out = cli(db, keyring, "models", "list", "--json")
-    listed = {v["name"]: v for v in map(json.loads, out.stdout.splitlines())}
+    listed = {v["name"]: v for v in json.loads(out.stdout)}
     assert listed["tiny"]["active"] and listed["tiny"]["state"] == "active"
     cand = listed["cand-cli"]
     assert (cand["parent"], cand["backend"], cand["active"], cand["last_decision"], cand["reason"]) == \

