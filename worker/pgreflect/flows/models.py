@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from pgreflect.db import dsns
 from pgreflect.errors import InvalidInput, translate
@@ -42,13 +43,17 @@ def _admin(name: str, params: dict[str, Any] | None = None) -> list[tuple]:
 
 
 def versions() -> list[ModelVersion]:
-    states = {m[1]: m for m in _admin("model_states")}
+    with psycopg.connect(dsns().admin, autocommit=True, row_factory=dict_row) as conn:
+        registry = conn.execute(query("list_models")).fetchall()
+        states = {m["name"]: m for m in conn.execute(query("model_states"))}
     out = []
-    for (_id, name, _source, sha256, _parent, n_ctx, is_active, _created, backend, base_url, remote_model) \
-            in _admin("list_models"):
-        m = states[name]
-        out.append(ModelVersion(name, bool(is_active), m[4], backend, sha256, base_url, remote_model, n_ctx, m[2],
-                                m[3], m[5], m[8], m[9]))
+    for r in registry:
+        m = states.get(r["name"], {})
+        out.append(ModelVersion(
+            name=r["name"], active=bool(r["is_active"]), state=m.get("state", "registered"), backend=r["backend"],
+            sha256=r["sha256"], base_url=r["base_url"], remote_model=r["remote_model"], n_ctx=r["n_ctx"],
+            parent=m.get("parent"), base=m.get("base"), adapter_sha256=m.get("adapter_sha256"),
+            last_decision=m.get("last_decision"), reason=m.get("reason")))
     return out
 
 
