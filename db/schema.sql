@@ -5129,13 +5129,13 @@ CREATE VIEW reflect.signal_auroc AS
      CROSS JOIN LATERAL ( SELECT 'confidence'::text AS signal,
             ((1)::double precision - la.confidence) AS score
         UNION ALL
-         SELECT o.signal,
-            ((
+         SELECT v.signal,
                 CASE
-                    WHEN o.higher_is_right THEN '-1'::integer
-                    ELSE 1
-                END)::double precision * ((to_jsonb(la.*) ->> o.signal))::double precision)
-           FROM reflect.signal_orientations_v1() o(signal, higher_is_right)) s)
+                    WHEN o.higher_is_right THEN (- v.value)
+                    ELSE v.value
+                END AS value
+           FROM (( VALUES ('logprob_mean'::text,la.logprob_mean), ('logprob_min'::text,la.logprob_min), ('logprob_norm'::text,la.logprob_norm), ('p_true'::text,la.p_true), ('p_answer'::text,la.p_answer), ('rule_failed'::text,la.rule_failed), ('agreement'::text,la.agreement), ('critique_verdict'::text,la.critique_verdict), ('option_max_prob'::text,la.option_max_prob), ('option_margin'::text,la.option_margin), ('option_entropy'::text,la.option_entropy), ('probe'::text,la.probe)) v(signal, value)
+             JOIN reflect.signal_orientations_v1() o(signal, higher_is_right) USING (signal))) s)
   WHERE (s.score IS NOT NULL)
   GROUP BY la.model_version, s.signal;
 ALTER TABLE reflect.signal_auroc OWNER TO reflect_owner;

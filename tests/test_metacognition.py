@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import psycopg
@@ -243,14 +244,18 @@ def test_analyst_calibration_views(db: Database, keyring: Keyring) -> None:
     assert "synthetic question" not in text
 
 
-def test_every_signal_reported_alone_is_a_labelled_answers_column(db: Database) -> None:
-    """signal_auroc and the evaluation harness read the signals that signal_orientations_v1 names from the
-    labelled_answers column of that name: a name without its column would drop the signal silently."""
+def test_every_signal_reported_alone_is_a_labelled_answers_column_and_in_signal_auroc(db: Database) -> None:
+    """The evaluation harness reports the signals signal_orientations_v1 names; signal_auroc lists the
+    labelled_answers column of each and joins the function for its orientation, so a name missing from either
+    would drop the signal silently."""
     with db.admin() as conn:
         names = [r[0] for r in conn.execute("SELECT signal FROM reflect.signal_orientations_v1()")]
         columns = {r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = "
                                               "'reflect.labelled_answers'::regclass AND attnum > 0")}
+        view = conn.execute("SELECT pg_get_viewdef('reflect.signal_auroc'::regclass)").fetchone()[0]
+    listed = set(re.findall(r"\('(\w+)'::text, ?la\.(\w+)\)", view))
     assert len(names) >= 10 and set(names) <= columns, set(names) - columns
+    assert listed == {(n, n) for n in names}, listed ^ {(n, n) for n in names}
 
 
 # -- memory -----------------------------------------------------------------------------------------
