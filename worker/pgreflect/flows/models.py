@@ -33,8 +33,8 @@ class ModelVersion:
     reason: str | None
 
 
-def _admin(name: str, params: dict[str, Any] | None = None) -> list[tuple]:
-    with psycopg.connect(dsns().admin, autocommit=True) as conn:
+def _admin(name: str, params: dict[str, Any] | None = None, admin_dsn: str | None = None) -> list[tuple]:
+    with psycopg.connect(admin_dsn or dsns().admin, autocommit=True) as conn:
         try:
             cur = conn.execute(query(name), params or {})
             return cur.fetchall() if cur.description else []
@@ -65,20 +65,22 @@ def register_gguf(name: str, path: Path, *, n_ctx: int, parent: str | None = Non
     path = path.resolve()
     if not path.is_file():
         raise InvalidInput(f"{path} is not a file")
-    return _register(name, str(path), verified_sha256(path, progress=True), source or f"path:{path}", n_ctx,
-                     parent, activate, "llama")
+    return register(name, str(path), verified_sha256(path, progress=True), source or f"path:{path}", n_ctx=n_ctx,
+                    parent=parent, activate=activate)
 
 
 def register_noop(name: str, *, n_ctx: int, parent: str | None = None, activate: bool = False,
                   source: str | None = None) -> str:
     """A version of the test backend: no file; it answers "ok"."""
-    return _register(name, "noop", "0" * 64, source or "noop", n_ctx, parent, activate, "noop")
+    return register(name, "noop", "0" * 64, source or "noop", n_ctx=n_ctx, parent=parent, activate=activate,
+                    backend="noop")
 
 
-def _register(name: str, path: str, sha256: str, source: str, n_ctx: int, parent: str | None, activate: bool,
-              backend: str) -> str:
+def register(name: str, path: str, sha256: str, source: str, *, n_ctx: int, parent: str | None = None,
+             activate: bool = False, backend: str = "llama", admin_dsn: str | None = None) -> str:
+    """Registers a version whose file (for llama) is already checked against `sha256`."""
     _admin("register_model", {"name": name, "gguf_path": path, "sha256": sha256, "source": source, "n_ctx": n_ctx,
-                              "parent": parent, "activate": activate, "backend": backend})
+                              "parent": parent, "activate": activate, "backend": backend}, admin_dsn)
     return name
 
 

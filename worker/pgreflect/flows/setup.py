@@ -84,16 +84,14 @@ def apply_changed_settings(cluster: object, say: Say) -> None:
 def register_packaged(admin_dsn: str, name: str | None, activate: bool = False) -> str:
     """Assembles a packaged model (if needed), registers it as a model version of the llama backend, and
     installs the calibrator pgreflect ships for its bytes, if any (pgreflect.meta.shipped)."""
+    from pgreflect.flows import models
     from pgreflect.meta import shipped
     from pgreflect.models import DEFAULT_MODEL, PACKAGED, packaged_path
 
     name = name or DEFAULT_MODEL
     model = PACKAGED[name]
     path = packaged_path(name)
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(query("register_model"), {
-            "name": name, "gguf_path": str(path), "sha256": model.sha256, "source": model.source,
-            "n_ctx": model.n_ctx, "parent": None, "activate": activate, "backend": "llama",
-        })
+    models.register(name, str(path), model.sha256, model.source, n_ctx=model.n_ctx, activate=activate,
+                    admin_dsn=admin_dsn)
     shipped.install(admin_dsn, name, model.sha256)
     return name
